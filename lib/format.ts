@@ -1,0 +1,263 @@
+/**
+ * The boot image format, version 2: one 4096-byte header, then `dataSize`
+ * payload bytes (the raw ZFS pool, stored or as one zlib stream).
+ *
+ * This module is the one home of the layout. Its constants carry the names of
+ * the fields they mirror, and encoding and decoding are pure functions over
+ * bytes: files, threads and sockets stay with the callers.
+ *
+ * The layout is a contract with software we do not control (the sled kernel,
+ * the control plane, the service processor), so it is reproduced byte for
+ * byte from `shared/docs/format.md`: little-endian integers, NUL-padded names
+ * whose last byte is always 0, zero padding up to 4096 bytes.
+ */
+
+export const MAGIC = 0x1deb0075;
+export const VERSION = 2;
+export const HEADER_SIZE = 4096;
+
+/** Header flag bit 0: the payload is one zlib (RFC 1950) stream. */
+export const FLAG_COMPRESSED = 1n;
+
+export const OFFSET_MAGIC = 0;
+export const OFFSET_VERSION = 4;
+export const OFFSET_FLAGS = 8;
+export const OFFSET_DATA_SIZE = 16;
+export const OFFSET_IMAGE_SIZE = 24;
+export const OFFSET_TARGET_SIZE = 32;
+export const OFFSET_SHA256 = 40;
+export const OFFSET_DATASET = 72;
+export const OFFSET_IMAGE_NAME = 200;
+export const OFFSET_PADDING = 328;
+
+export const SHA256_SIZE = 32;
+/** Both name fields are 128 bytes; the last byte is always NUL, so 127 are usable. */
+export const NAME_FIELD_SIZE = 128;
+export const NAME_MAX_BYTES = NAME_FIELD_SIZE - 1;
+
+export const DEFAULT_DATASET = "rpool/ROOT/ramdisk";
+export const MIB = 1024 * 1024;
+/** `mkimage -s` defaults to 4096 MiB, as the existing tool does. */
+export const DEFAULT_TARGET_SIZE = 4096 * MIB;
+
+/** The sled kernel refuses an image_size outside [4096, 4 GiB]. */
+export const KERNEL_MIN_IMAGE_SIZE = 4096;
+export const KERNEL_MAX_IMAGE_SIZE = 4 * 1024 * MIB;
+/** The kernel rounds target_size up to a whole page for the ramdisk. */
+export const KERNEL_PAGE_SIZE = 4096;
+
+/** A netbooting sled ignores offers whose ramdisk or image size is below 1 MiB. */
+export const NETBOOT_MIN_SIZE = MIB;
+/**
+ * A netbooting sled fetches 128 slots of 1024 bytes per batch and takes the
+ * end of its last batch as the image length, so only images whose size is a
+ * multiple of 128 KiB pass its checksum (netboot.md, "End of image").
+ */
+export const NETBOOT_BATCH_BYTES = 128 * 1024;
+
+/** The decoded fields of a boot image header. */
+export interface Header {
+  version: number;
+  /** All 64 flag bits; see FLAG_COMPRESSED. */
+  flags: bigint;
+  /** Payload bytes after the header (the compressed size when compressed). */
+  dataSize: number;
+  /** Bytes of the raw pool image. */
+  imageSize: number;
+  /** Size of the ramdisk the sled creates, in bytes. */
+  targetSize: number;
+  /** SHA-256 of the raw (uncompressed) pool image. */
+  sha256: Uint8Array;
+  dataset: string;
+  imageName: string;
+}
+
+/** What is wrong with a header or an image file, with the values named. */
+export class ImageFormatError extends Error {
+  override name = "ImageFormatError";
+}
+
+/** True when the payload is a zlib stream. */
+export function isCompressed(header: Pick<Header, "flags">): boolean {
+  return (header.flags & FLAG_COMPRESSED) !== 0n;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: false });
+
+/**
+ * Encode a name for one of the 128-byte fields, refusing what the field
+ * cannot hold: 128 bytes or more (byte 127 must stay NUL) or an embedded NUL
+ * (a reader would stop there).
+ *
+ * @example encodeName("image name", "recovery-testing").length // 16
+ */
+export function encodeName(what: string, name: string): Uint8Array {
+  const bytes = encoder.encode(name);
+  if (bytes.length > NAME_MAX_BYTES) {
+    throw new ImageFormatError(
+      `${what} is ${bytes.length} bytes long; at most ${NAME_MAX_BYTES} bytes fit in the ${NAME_FIELD_SIZE}-byte field`,
+    );
+  }
+  if (bytes.includes(0)) {
+    throw new ImageFormatError(`${what} contains a NUL byte`);
+  }
+  return bytes;
+}
+
+function checkU64(what: string, value: number): bigint {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new ImageFormatError(`${what} of ${value} is not a whole number of bytes`);
+  }
+  return BigInt(value);
+}
+
+/**
+ * Encode a header into exactly HEADER_SIZE bytes. Names are checked with
+ * encodeName; everything not written is zero.
+ *
+ * @example
+ * const bytes = encodeHeader({ version: 2, flags: 0n, dataSize: 4096, imageSize: 4096,
+ *   targetSize: 4096, sha256, dataset: DEFAULT_DATASET, imageName: "testing" });
+ */
+export function encodeHeader(header: Header): Uint8Array {
+  if (header.sha256.length !== SHA256_SIZE) {
+    throw new ImageFormatError(`sha256 is ${header.sha256.length} bytes, not ${SHA256_SIZE}`);
+  }
+  const out = new Uint8Array(HEADER_SIZE);
+  const view = new DataView(out.buffer);
+  view.setUint32(OFFSET_MAGIC, MAGIC, true);
+  view.setUint32(OFFSET_VERSION, header.version, true);
+  view.setBigUint64(OFFSET_FLAGS, BigInt.asUintN(64, header.flags), true);
+  view.setBigUint64(OFFSET_DATA_SIZE, checkU64("data size", header.dataSize), true);
+  view.setBigUint64(OFFSET_IMAGE_SIZE, checkU64("image size", header.imageSize), true);
+  view.setBigUint64(OFFSET_TARGET_SIZE, checkU64("target size", header.targetSize), true);
+  out.set(header.sha256, OFFSET_SHA256);
+  out.set(encodeName("dataset name", header.dataset), OFFSET_DATASET);
+  out.set(encodeName("image name", header.imageName), OFFSET_IMAGE_NAME);
+  return out;
+}
+
+function readSize(view: DataView, offset: number, what: string): number {
+  const value = view.getBigUint64(offset, true);
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new ImageFormatError(`${what} of ${value} bytes is beyond any real image`);
+  }
+  return Number(value);
+}
+
+function readName(bytes: Uint8Array, offset: number, what: string): string {
+  const field = bytes.subarray(offset, offset + NAME_FIELD_SIZE);
+  if (field[NAME_MAX_BYTES] !== 0) {
+    throw new ImageFormatError(`${what} is not NUL-terminated (byte ${offset + NAME_MAX_BYTES} is not 0)`);
+  }
+  const end = field.indexOf(0);
+  return decoder.decode(field.subarray(0, end));
+}
+
+/** Options for decodeHeader. */
+export interface DecodeOptions {
+  /**
+   * The whole file's length, when known: it must be HEADER_SIZE + dataSize.
+   */
+  fileSize?: number;
+  /** Versions to accept; by default only VERSION (2), as the sled kernel does. */
+  versions?: readonly number[];
+}
+
+/**
+ * Decode and check a header from the first bytes of an image file. Throws
+ * ImageFormatError naming the value that is wrong: a short file, bad magic or
+ * version, a size too large to be real, an unterminated name, an uncompressed
+ * payload whose size differs from the image size, or a file whose length is
+ * not 4096 + data_size.
+ *
+ * It does not apply the sled kernel's acceptance rules (sizes, target size):
+ * those are reported by kernelRefusals, because an image the kernel would
+ * refuse can still be inspected.
+ *
+ * @example const header = decodeHeader(await Bun.file(path).slice(0, 4096).bytes());
+ */
+export function decodeHeader(bytes: Uint8Array, options: DecodeOptions = {}): Header {
+  if (bytes.length < HEADER_SIZE) {
+    throw new ImageFormatError(`file is ${bytes.length} bytes, shorter than the ${HEADER_SIZE}-byte header`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
+  const magic = view.getUint32(OFFSET_MAGIC, true);
+  if (magic !== MAGIC) {
+    throw new ImageFormatError(
+      `bad magic 0x${magic.toString(16).padStart(8, "0")}, expected 0x${MAGIC.toString(16)}: not a boot image`,
+    );
+  }
+  const version = view.getUint32(OFFSET_VERSION, true);
+  const versions = options.versions ?? [VERSION];
+  if (!versions.includes(version)) {
+    throw new ImageFormatError(`unsupported version ${version}, expected ${versions.join(" or ")}`);
+  }
+  const flags = view.getBigUint64(OFFSET_FLAGS, true);
+  const dataSize = readSize(view, OFFSET_DATA_SIZE, "data size");
+  const imageSize = readSize(view, OFFSET_IMAGE_SIZE, "image size");
+  const targetSize = readSize(view, OFFSET_TARGET_SIZE, "target size");
+  const sha256 = bytes.slice(OFFSET_SHA256, OFFSET_SHA256 + SHA256_SIZE);
+  const dataset = readName(bytes, OFFSET_DATASET, "dataset name");
+  const imageName = readName(bytes, OFFSET_IMAGE_NAME, "image name");
+  const header: Header = { version, flags, dataSize, imageSize, targetSize, sha256, dataset, imageName };
+  if (version === VERSION && !isCompressed(header) && dataSize !== imageSize) {
+    throw new ImageFormatError(
+      `data size of ${dataSize} bytes differs from image size of ${imageSize} in an uncompressed image`,
+    );
+  }
+  if (options.fileSize !== undefined && options.fileSize !== HEADER_SIZE + dataSize) {
+    const expected = HEADER_SIZE + dataSize;
+    const how = options.fileSize < expected ? "truncated" : "has trailing bytes";
+    throw new ImageFormatError(
+      `file is ${options.fileSize} bytes but the header says ${expected} (${HEADER_SIZE} + data size ${dataSize}): ${how}`,
+    );
+  }
+  return header;
+}
+
+/**
+ * The reasons the sled kernel would refuse this header when booting from disk
+ * or recovery (format.md, "What the sled kernel accepts"); empty when none.
+ * The checksum match against /boot_image_csum is the caller's to check.
+ */
+export function kernelRefusals(header: Header): string[] {
+  const reasons: string[] = [];
+  if (header.imageSize < KERNEL_MIN_IMAGE_SIZE) {
+    reasons.push(`image size of ${header.imageSize} bytes is below the kernel's minimum of ${KERNEL_MIN_IMAGE_SIZE}`);
+  }
+  if (header.imageSize > KERNEL_MAX_IMAGE_SIZE) {
+    reasons.push(`image size of ${header.imageSize} bytes is above the kernel's maximum of ${KERNEL_MAX_IMAGE_SIZE} (4 GiB)`);
+  }
+  if (header.targetSize < header.imageSize) {
+    reasons.push(`target size of ${header.targetSize} bytes is less than image size of ${header.imageSize}`);
+  }
+  return reasons;
+}
+
+/**
+ * The reasons a sled could not netboot an image of these sizes; empty when
+ * none. A sled ignores offers below 1 MiB, and it can only verify an image
+ * whose size is a whole number of 128 KiB batches (netboot.md).
+ */
+export function netbootRefusals(sizes: { imageSize: number; targetSize: number }): string[] {
+  const reasons: string[] = [];
+  if (sizes.imageSize < NETBOOT_MIN_SIZE) {
+    reasons.push(`image size of ${sizes.imageSize} bytes is below 1 MiB, so a netbooting sled ignores the offer`);
+  }
+  if (sizes.targetSize < NETBOOT_MIN_SIZE) {
+    reasons.push(`target size of ${sizes.targetSize} bytes is below 1 MiB, so a netbooting sled ignores the offer`);
+  }
+  if (sizes.imageSize % NETBOOT_BATCH_BYTES !== 0) {
+    reasons.push(
+      `image size of ${sizes.imageSize} bytes is not a multiple of ${NETBOOT_BATCH_BYTES} (128 KiB), so a netbooting sled would fail its checksum`,
+    );
+  }
+  return reasons;
+}
+
+/** Lower-case hex of a digest, as lookimage prints `image sum`. */
+export function toHex(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex");
+}
