@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the toolkit needs on a Debian machine with Node.js and npm:
 # Bun (pinned, from the npm registry), libpcap and iproute2 (from Debian, for
-# the boot server and the network tests), pigz and zstd (independent peers the
+# the boot server and the network tests), pigz, zstd and tshark (independent peers the
 # tests and benchmarks check against), then the project's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,7 @@ missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v pigz >/dev/null || missing+=(pigz)
 command -v zstd >/dev/null || missing+=(zstd)
+command -v tshark >/dev/null || missing+=(tshark)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   as_root apt-get update -qq
