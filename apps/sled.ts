@@ -1,0 +1,168 @@
+/**
+ * sled: emulate the sled kernel's netboot client, one or many sleds at once,
+ * to test a boot server. Exits 0 only when every emulated sled would boot.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import yargs from "yargs";
+import { hideBin } from "yargs/helpers";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
+import { PcapError, PcapLink } from "../lib/pcap.ts";
+import { formatMac, parseMac, SHA256_SIZE } from "../lib/protocol.ts";
+import { consecutiveMacs, emulateSleds, sledMacFor, type EmulatedSledReport } from "../lib/sled.ts";
+
+/** The link is polled this often when idle, well inside the kernel's 50 ms. */
+const POLL_MS = 10;
+
+function parseArguments(argv: string[]) {
+  return yargs(argv)
+    .scriptName("sled")
+    .usage("$0 LINK (--checksum HEX | --checksum-file FILE) [options]\n\nEmulate sleds booting from the network on LINK.")
+    .command("$0 <link>", false)
+    .positional("link", { type: "string", demandOption: true, describe: "Ethernet link the boot server is on" })
+    .option("checksum", { type: "string", describe: "SHA-256 of the raw image, 64 hex digits (the sled's boot archive)" })
+    .option("checksum-file", { type: "string", describe: "the 32-byte checksum file written by mkimage -O" })
+    .option("mac", { type: "string", describe: "MAC of the first sled (default 02:, the link's last 4 bytes, :00)" })
+    .option("sleds", { type: "number", default: 1, describe: "sleds to emulate at once, on consecutive MACs" })
+    .option("timeout", { type: "number", default: 120, describe: "seconds a sled may take to boot before it fails" })
+    .option("restart-on-reset", { type: "boolean", default: false, describe: "on RESET start discovery again instead of failing" })
+    .option("drop-rate", { type: "number", default: 0, describe: "fraction of incoming DATA frames to drop" })
+    .option("duplicate-rate", { type: "number", default: 0, describe: "fraction of incoming DATA frames to deliver twice" })
+    .option("reorder-rate", { type: "number", default: 0, describe: "fraction of DATA frames held back until after the next one" })
+    .option("delay-rate", { type: "number", default: 0, describe: "fraction of DATA frames delivered late, by --delay-ms" })
+    .option("delay-ms", { type: "number", default: 0, describe: "how late delayed DATA frames arrive" })
+    .option("seed", { type: "number", default: 1, describe: "seed of the fault pattern (same seed, same faults)" })
+    .option("json", { type: "boolean", default: false, describe: "print one JSON object per sled instead of a line" })
+    .option("verbose", { type: "boolean", default: false, describe: "print refused and accepted offers on stderr" })
+    .conflicts("checksum", "checksum-file")
+    .check((args) => {
+      if (args.checksum === undefined && args["checksum-file"] === undefined) {
+        throw new Error("one of --checksum or --checksum-file is required");
+      }
+      if (!Number.isInteger(args.sleds) || args.sleds < 1 || args.sleds > 4096) throw new Error("--sleds must be a whole number from 1 to 4096");
+      if (!(args.timeout > 0)) throw new Error("--timeout must be a positive number of seconds");
+      for (const name of ["drop-rate", "duplicate-rate", "reorder-rate", "delay-rate"] as const) {
+        if (!(args[name] >= 0 && args[name] <= 1)) throw new Error(`--${name} must be between 0 and 1`);
+      }
+      if (!(args["delay-ms"] >= 0)) throw new Error("--delay-ms must not be negative");
+      if (!Number.isInteger(args.seed)) throw new Error("--seed must be a whole number");
+      return true;
+    })
+    .example("$0 eth1 --checksum-file boot_image_csum --sleds 4", "boot four emulated sleds from the server on eth1")
+    .example("$0 veth1 --checksum-file csum --drop-rate 0.01 --seed 7", "boot one sled losing 1% of DATA frames")
+    .strict()
+    .help()
+    .version(false)
+    .wrap(null)
+    .fail((message, error) => {
+      throw new UserError(message ?? error?.message ?? "bad arguments", EXIT_USAGE);
+    })
+    .parseSync();
+}
+
+function readChecksum(args: { checksum?: string; "checksum-file"?: string }): Uint8Array {
+  if (args.checksum !== undefined) {
+    const text = args.checksum.trim();
+    if (!/^[0-9a-fA-F]{64}$/.test(text)) throw new UserError(`--checksum must be 64 hex digits, not "${text}"`, EXIT_USAGE);
+    return Uint8Array.from(Buffer.from(text, "hex"));
+  }
+  const path = args["checksum-file"]!;
+  let bytes: Uint8Array;
+  try {
+    bytes = readFileSync(path);
+  } catch (error) {
+    throw new UserError(`cannot read checksum file ${path}: ${(error as Error).message}`);
+  }
+  if (bytes.length !== SHA256_SIZE) {
+    throw new UserError(`checksum file ${path} is ${bytes.length} bytes, not the ${SHA256_SIZE} bytes of a SHA-256`);
+  }
+  return Uint8Array.from(bytes);
+}
+
+function describe(report: EmulatedSledReport): string {
+  const parts = [
+    `${report.bytes} bytes`,
+    `${report.megabytesPerSecond.toFixed(1)} MB/s`,
+    `${report.reasked} re-asks`,
+    `${report.dataDropped + report.invalid} dropped`,
+  ];
+  if (report.firstDataMs !== null) parts.push(`first DATA after ${report.firstDataMs.toFixed(1)} ms`);
+  parts.push(`${(report.elapsedMs / 1000).toFixed(2)} s`);
+  const { faults } = report;
+  if (faults) {
+    parts.push(`faults: ${faults.dropped} dropped, ${faults.duplicated} duplicated, ${faults.reordered} reordered, ${faults.delayed} delayed`);
+  }
+  return `${report.mac} ${report.outcome}: ${parts.join(", ")}${report.detail ? `; ${report.detail}` : ""}`;
+}
+
+/** Linux's IFF_PROMISC in /sys/class/net/LINK/flags. */
+const IFF_PROMISC = 0x100;
+
+/**
+ * A physical NIC drops unicast frames for MAC addresses other than its own
+ * unless it is in promiscuous mode, and the capture handle does not ask for
+ * it; a veth (no `device` in sysfs) delivers them all. Says what to do when
+ * the emulated sleds would not hear their servers, else null.
+ */
+function promiscuityNeeded(linkName: string, linkMac: Uint8Array, macs: Uint8Array[]): string | null {
+  if (!existsSync(`/sys/class/net/${linkName}/device`)) return null;
+  if (macs.every((mac) => formatMac(mac) === formatMac(linkMac))) return null;
+  const flags = parseInt(readFileSync(`/sys/class/net/${linkName}/flags`, "utf8"), 16);
+  if (flags & IFF_PROMISC) return null;
+  return (
+    `${linkName} is a physical NIC not in promiscuous mode, so it drops frames sent to the emulated sleds' MACs; ` +
+    `run "ip link set ${linkName} promisc on", or emulate one sled with --mac ${formatMac(linkMac)}`
+  );
+}
+
+async function sled(argv: string[]): Promise<number> {
+  const args = parseArguments(argv);
+  const checksum = readChecksum(args);
+  let firstMac: Uint8Array | null = null;
+  if (args.mac !== undefined) {
+    firstMac = parseMac(args.mac);
+    if (!firstMac) throw new UserError(`--mac "${args.mac}" is not a MAC address like 02:00:00:00:00:01`, EXIT_USAGE);
+    if (firstMac[0]! & 1) throw new UserError(`--mac ${args.mac} is a multicast address; a sled's MAC is unicast`, EXIT_USAGE);
+  }
+
+  let link: PcapLink;
+  try {
+    link = PcapLink.open(args.link, { timeoutMs: POLL_MS });
+  } catch (error) {
+    if (error instanceof PcapError) throw new UserError(error.message);
+    throw error;
+  }
+  try {
+    const macs = consecutiveMacs(firstMac ?? sledMacFor(link.mac), args.sleds);
+    const unheard = promiscuityNeeded(args.link, link.mac, macs);
+    if (unheard) console.error(`sled: note: ${unheard}`);
+    if (!args.json) {
+      const range = macs.length > 1 ? `${formatMac(macs[0]!)} to ${formatMac(macs.at(-1)!)}` : formatMac(macs[0]!);
+      console.log(`emulating ${macs.length} sled${macs.length > 1 ? "s" : ""} on ${args.link} (${range}), timeout ${args.timeout} s`);
+    }
+    const reports = emulateSleds(link, {
+      macs,
+      checksum,
+      timeoutMs: args.timeout * 1000,
+      restartOnReset: args["restart-on-reset"],
+      faults: {
+        dropRate: args["drop-rate"],
+        duplicateRate: args["duplicate-rate"],
+        reorderRate: args["reorder-rate"],
+        delayRate: args["delay-rate"],
+        delayMs: args["delay-ms"],
+        seed: args.seed,
+      },
+      log: args.verbose ? (line) => console.error(`sled: ${line}`) : undefined,
+      onDone: (report) => console.log(args.json ? JSON.stringify(report) : describe(report)),
+    });
+    const booted = reports.filter((report) => report.outcome === "booted").length;
+    const { dropped } = link.stats();
+    if (dropped > 0) console.error(`sled: the capture buffer overflowed and lost ${dropped} frames (the emulator fell behind)`);
+    if (!args.json && reports.length > 1) console.log(`${booted} of ${reports.length} sleds booted`);
+    return booted === reports.length ? EXIT_OK : EXIT_FAILURE;
+  } finally {
+    link.close();
+  }
+}
+
+await runMain("sled", () => sled(hideBin(process.argv)));
