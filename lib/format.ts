@@ -19,6 +19,39 @@ export const HEADER_SIZE = 4096;
 /** Header flag bit 0: the payload is one zlib (RFC 1950) stream. */
 export const FLAG_COMPRESSED = 1n;
 
+/**
+ * The version of this project's zstd image (docs/format.md). The sled kernel
+ * and the control plane check `version == 2`, so they refuse it at the header
+ * instead of inflating zstd as zlib; the high bit is a private range that
+ * official versions, counting up from 2, will not reach.
+ */
+export const ZSTD_VERSION = 0x8000_0002;
+/** Header flag bit 1: the payload is seekable zstd. Only with ZSTD_VERSION. */
+export const FLAG_ZSTD = 2n;
+
+/** Flag bits by name, as lookimage prints them. */
+const FLAG_NAMES: readonly [bigint, string][] = [
+  [FLAG_COMPRESSED, "COMPRESSED"],
+  [FLAG_ZSTD, "ZSTD"],
+];
+
+/**
+ * The flag bits by name as lookimage prints them: `(empty)` for none, names
+ * joined by ` | `, and any unknown bits in hex.
+ *
+ * @example flagNames(0x1n) // "COMPRESSED"
+ */
+export function flagNames(flags: bigint): string {
+  const names: string[] = [];
+  let rest = flags;
+  for (const [bit, name] of FLAG_NAMES) {
+    if ((flags & bit) !== 0n) names.push(name);
+    rest &= ~bit;
+  }
+  if (rest !== 0n) names.push(`0x${rest.toString(16)}`);
+  return names.length === 0 ? "(empty)" : names.join(" | ");
+}
+
 export const OFFSET_MAGIC = 0;
 export const OFFSET_VERSION = 4;
 export const OFFSET_FLAGS = 8;

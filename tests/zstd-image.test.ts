@@ -1,0 +1,157 @@
+/**
+ * The zstd image variant of lib/zstd-image.ts: a version no version 2 reader
+ * accepts, the ZSTD flag, and the seek table and blocks read from a file.
+ * Checked against python3's struct module (header bytes), Debian's `zstd -d`
+ * (payload) and sha256sum (the header's checksum of the raw image).
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { decodeHeader, encodeHeader, HEADER_SIZE, ImageFormatError, VERSION, type Header } from "../lib/format.ts";
+import { samplePoolChunks } from "../lib/sample-pool.ts";
+import {
+  FLAG_ZSTD,
+  flagNames,
+  IMAGE_VERSIONS,
+  payloadCodec,
+  readBlock,
+  readSeekTable,
+  ZSTD_BLOCK_SIZE,
+  ZSTD_DEFAULT_LEVEL,
+  ZSTD_VERSION,
+} from "../lib/zstd-image.ts";
+import { blockChecksum, compressBlock, encodeSeekTable, type SeekTableEntry } from "../lib/zstd-seekable.ts";
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "zstd-image-test-"));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Write a zstd image of `raw` the way mkimage --zstd lays it out. */
+async function writeZstdImage(path: string, raw: Uint8Array): Promise<Header> {
+  const frames: Uint8Array[] = [];
+  const entries: SeekTableEntry[] = [];
+  for (let at = 0; at < raw.length; at += ZSTD_BLOCK_SIZE) {
+    const block = raw.subarray(at, at + ZSTD_BLOCK_SIZE);
+    const frame = compressBlock(block, ZSTD_DEFAULT_LEVEL);
+    frames.push(frame);
+    entries.push({ compressedSize: frame.length, decompressedSize: block.length, checksum: blockChecksum(block) });
+  }
+  const payload = Buffer.concat([...frames, encodeSeekTable(entries)]);
+  const header: Header = {
+    version: ZSTD_VERSION,
+    flags: FLAG_ZSTD,
+    dataSize: payload.length,
+    imageSize: raw.length,
+    targetSize: 64 * 1024 * 1024,
+    sha256: new Bun.CryptoHasher("sha256").update(raw).digest(),
+    dataset: "rpool/ROOT/ramdisk",
+    imageName: "zstd-testing",
+  };
+  await Bun.write(path, Buffer.concat([encodeHeader(header), payload]));
+  return header;
+}
+
+function run(command: string[]): { exitCode: number; stdout: Buffer } {
+  const result = Bun.spawnSync(command, { stdout: "pipe", stderr: "pipe" });
+  return { exitCode: result.exitCode, stdout: result.stdout };
+}
+
+describe("a zstd image file", () => {
+  const raw = new Uint8Array(Buffer.concat([...samplePoolChunks(2 * ZSTD_BLOCK_SIZE + 384 * 1024, 11)]));
+  let path: string;
+  let header: Header;
+  beforeAll(async () => {
+    path = join(dir, "zstd.img");
+    header = await writeZstdImage(path, raw);
+  });
+
+  test("its header has version 0x80000002 and flags 0x2, read by python3", () => {
+    const fields = run([
+      "python3",
+      "-c",
+      "import struct, sys; print(*struct.unpack_from('<IIQQQ', open(sys.argv[1], 'rb').read(40)))",
+      path,
+    ]);
+    expect(fields.stdout.toString().trim()).toBe(
+      `${0x1deb0075} ${0x80000002} 2 ${header.dataSize} ${raw.length}`,
+    );
+  });
+
+  test("a strict version 2 reader refuses the header, as the sled kernel does", async () => {
+    const bytes = await Bun.file(path).slice(0, HEADER_SIZE).bytes();
+    expect(() => decodeHeader(bytes)).toThrow(/^unsupported version 2147483650, expected 2$/);
+    const decoded = decodeHeader(bytes, { versions: IMAGE_VERSIONS, fileSize: Bun.file(path).size });
+    expect(decoded.version).toBe(ZSTD_VERSION);
+    expect(payloadCodec(decoded)).toBe("zstd");
+  });
+
+  test("zstd -d turns its payload into the raw image, whose sha256sum is the header's", async () => {
+    const restored = run(["sh", "-c", `tail -c +${HEADER_SIZE + 1} "$0" | zstd -d -q -c`, path]);
+    expect(restored.exitCode).toBe(0);
+    expect(Buffer.compare(restored.stdout, raw)).toBe(0);
+    const rawPath = join(dir, "restored.raw");
+    await Bun.write(rawPath, restored.stdout);
+    const sum = run(["sha256sum", rawPath]).stdout.toString().split(" ")[0];
+    expect(sum).toBe(Buffer.from(header.sha256).toString("hex"));
+  });
+
+  test("readSeekTable and readBlock give back every block", async () => {
+    const file = Bun.file(path);
+    const table = await readSeekTable(file, header);
+    expect(table.blocks.map((block) => block.decompressedSize)).toEqual([ZSTD_BLOCK_SIZE, ZSTD_BLOCK_SIZE, 384 * 1024]);
+    for (const block of table.blocks) {
+      const expected = raw.subarray(block.decompressedOffset, block.decompressedOffset + block.decompressedSize);
+      expect(Buffer.compare(await readBlock(file, block), expected)).toBe(0);
+    }
+  });
+
+  test("a corrupted frame in the file is refused when its block is read", async () => {
+    const table = await readSeekTable(Bun.file(path), header);
+    const damagedPath = join(dir, "damaged.img");
+    const bytes = await Bun.file(path).bytes();
+    const second = table.blocks[1]!;
+    bytes[HEADER_SIZE + second.compressedOffset + Math.floor(second.compressedSize / 2)]! ^= 0x40;
+    await Bun.write(damagedPath, bytes);
+    const damaged = Bun.file(damagedPath);
+    expect(Buffer.compare(await readBlock(damaged, table.blocks[0]!), raw.subarray(0, ZSTD_BLOCK_SIZE))).toBe(0);
+    await expect(readBlock(damaged, second)).rejects.toThrow(/^block 1: (checksum|frame)/);
+  });
+
+  test("a truncated file is refused when its seek table is read", async () => {
+    const truncatedPath = join(dir, "truncated.img");
+    await Bun.write(truncatedPath, (await Bun.file(path).bytes()).subarray(0, HEADER_SIZE + header.dataSize - 100));
+    await expect(readSeekTable(Bun.file(truncatedPath), header)).rejects.toThrow(ImageFormatError);
+    await expect(readSeekTable(Bun.file(truncatedPath), header)).rejects.toThrow(/truncated/);
+  });
+});
+
+describe("flags and versions", () => {
+  test("flagNames prints the bits as lookimage does", () => {
+    expect(flagNames(0n)).toBe("(empty)");
+    expect(flagNames(1n)).toBe("COMPRESSED");
+    expect(flagNames(2n)).toBe("ZSTD");
+    expect(flagNames(3n)).toBe("COMPRESSED | ZSTD");
+    expect(flagNames(0x15n)).toBe("COMPRESSED | 0x14");
+  });
+
+  test("payloadCodec reads version 2 images as before and refuses mixed-up headers", () => {
+    expect(payloadCodec({ version: VERSION, flags: 0n })).toBe("stored");
+    expect(payloadCodec({ version: VERSION, flags: 1n })).toBe("zlib");
+    expect(payloadCodec({ version: ZSTD_VERSION, flags: 2n })).toBe("zstd");
+    expect(() => payloadCodec({ version: VERSION, flags: 2n })).toThrow(/^flag ZSTD is set in a version 2 header/);
+    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 0n })).toThrow(/needs flags ZSTD alone, not \(empty\)$/);
+    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 3n })).toThrow(/needs flags ZSTD alone, not COMPRESSED \| ZSTD$/);
+  });
+
+  test("the existing tools' zlib vector is still read as zlib", async () => {
+    const bytes = await Bun.file(join(import.meta.dir, "../../shared/vectors/pool-1m-z.img")).slice(0, HEADER_SIZE).bytes();
+    const decoded = decodeHeader(bytes, { versions: IMAGE_VERSIONS });
+    expect(payloadCodec(decoded)).toBe("zlib");
+    expect(flagNames(decoded.flags)).toBe("COMPRESSED");
+  });
+});
