@@ -2,12 +2,12 @@
  * sled: emulate the sled kernel's netboot client, one or many sleds at once,
  * to test a boot server. Exits 0 only when every emulated sled would boot.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
-import { PcapError, PcapLink } from "../lib/pcap.ts";
-import { formatMac, parseMac, SHA256_SIZE } from "../lib/protocol.ts";
+import { PcapLink, readLinkMac } from "../lib/pcap.ts";
+import { formatMac, parseMac, sameMac, SHA256_SIZE } from "../lib/protocol.ts";
 import { consecutiveMacs, emulateSleds, sledMacFor, type EmulatedSledReport } from "../lib/sled.ts";
 
 /** The link is polled this often when idle, well inside the kernel's 50 ms. */
@@ -94,26 +94,6 @@ function describe(report: EmulatedSledReport): string {
   return `${report.mac} ${report.outcome}: ${parts.join(", ")}${report.detail ? `; ${report.detail}` : ""}`;
 }
 
-/** Linux's IFF_PROMISC in /sys/class/net/LINK/flags. */
-const IFF_PROMISC = 0x100;
-
-/**
- * A physical NIC drops unicast frames for MAC addresses other than its own
- * unless it is in promiscuous mode, and the capture handle does not ask for
- * it; a veth (no `device` in sysfs) delivers them all. Says what to do when
- * the emulated sleds would not hear their servers, else null.
- */
-function promiscuityNeeded(linkName: string, linkMac: Uint8Array, macs: Uint8Array[]): string | null {
-  if (!existsSync(`/sys/class/net/${linkName}/device`)) return null;
-  if (macs.every((mac) => formatMac(mac) === formatMac(linkMac))) return null;
-  const flags = parseInt(readFileSync(`/sys/class/net/${linkName}/flags`, "utf8"), 16);
-  if (flags & IFF_PROMISC) return null;
-  return (
-    `${linkName} is a physical NIC not in promiscuous mode, so it drops frames sent to the emulated sleds' MACs; ` +
-    `run "ip link set ${linkName} promisc on", or emulate one sled with --mac ${formatMac(linkMac)}`
-  );
-}
-
 async function sled(argv: string[]): Promise<number> {
   const args = parseArguments(argv);
   const checksum = readChecksum(args);
@@ -124,17 +104,14 @@ async function sled(argv: string[]): Promise<number> {
     if (firstMac[0]! & 1) throw new UserError(`--mac ${args.mac} is a multicast address; a sled's MAC is unicast`, EXIT_USAGE);
   }
 
-  let link: PcapLink;
+  // PcapError messages name the link and libpcap's reason; runMain prints them as they are.
+  const linkMac = readLinkMac(args.link);
+  const macs = consecutiveMacs(firstMac ?? sledMacFor(linkMac), args.sleds);
+  // A physical NIC drops unicast frames for MACs other than its own unless
+  // promiscuous; emulated sleds answer for their own MACs.
+  const promiscuous = macs.some((mac) => !sameMac(mac, linkMac));
+  const link = PcapLink.open(args.link, { timeoutMs: POLL_MS, promiscuous });
   try {
-    link = PcapLink.open(args.link, { timeoutMs: POLL_MS });
-  } catch (error) {
-    if (error instanceof PcapError) throw new UserError(error.message);
-    throw error;
-  }
-  try {
-    const macs = consecutiveMacs(firstMac ?? sledMacFor(link.mac), args.sleds);
-    const unheard = promiscuityNeeded(args.link, link.mac, macs);
-    if (unheard) console.error(`sled: note: ${unheard}`);
     if (!args.json) {
       const range = macs.length > 1 ? `${formatMac(macs[0]!)} to ${formatMac(macs.at(-1)!)}` : formatMac(macs[0]!);
       console.log(`emulating ${macs.length} sled${macs.length > 1 ? "s" : ""} on ${args.link} (${range}), timeout ${args.timeout} s`);

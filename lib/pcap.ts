@@ -64,6 +64,12 @@ export interface PcapOpenOptions {
   bufferBytes?: number;
   /** Default true. False opens an injection-only handle that captures nothing. */
   capture?: boolean;
+  /**
+   * Default false. True puts the link in promiscuous mode while the handle is
+   * open, so a physical NIC also delivers unicast frames for MAC addresses
+   * other than its own (the sled emulator answers for several MACs).
+   */
+  promiscuous?: boolean;
 }
 
 /** The netboot ethertype (shared/docs/netboot.md); the only frames captured. */
@@ -104,6 +110,7 @@ const LIBPCAP_SYMBOLS = {
   pcap_create: { args: [P, P], returns: P },
   pcap_set_snaplen: { args: [P, i32], returns: i32 },
   pcap_set_immediate_mode: { args: [P, i32], returns: i32 },
+  pcap_set_promisc: { args: [P, i32], returns: i32 },
   pcap_set_buffer_size: { args: [P, i32], returns: i32 },
   pcap_activate: { args: [P], returns: i32 },
   pcap_datalink: { args: [P], returns: i32 },
@@ -246,6 +253,7 @@ export class PcapLink {
     try {
       check("setting the snaplen", pcap.pcap_set_snaplen(handle, capture ? (options.snaplen ?? DEFAULT_SNAPLEN) : INJECT_ONLY_SNAPLEN));
       check("setting immediate mode", pcap.pcap_set_immediate_mode(handle, 1));
+      if (options.promiscuous) check("setting promiscuous mode", pcap.pcap_set_promisc(handle, 1));
       const bufferBytes = capture ? (options.bufferBytes ?? DEFAULT_BUFFER_BYTES) : INJECT_ONLY_BUFFER_BYTES;
       check("setting the buffer size", pcap.pcap_set_buffer_size(handle, bufferBytes));
       const activated = pcap.pcap_activate(handle);
@@ -264,7 +272,7 @@ export class PcapLink {
       } else {
         check("filter that keeps nothing", setRejectAllFilter(handle));
       }
-      return new PcapLink(link, readMac(link), handle, timeoutMs);
+      return new PcapLink(link, readLinkMac(link), handle, timeoutMs);
     } catch (error) {
       pcap.pcap_close(handle);
       throw error;
@@ -533,13 +541,18 @@ function setRejectAllFilter(handle: Pointer): number {
   return libpcap().pcap_setfilter(handle, program);
 }
 
-/** The link's MAC address as the kernel reports it ("02:fc:00:00:00:01"). */
-function readMac(link: string): Uint8Array {
+/**
+ * A link's MAC address as the kernel reports it, without opening the link.
+ *
+ * @example formatMac(readLinkMac("veth0")) // "02:fc:00:00:00:01"
+ */
+export function readLinkMac(link: string): Uint8Array {
   const path = `/sys/class/net/${link}/address`;
   let text: string;
   try {
     text = readFileSync(path, "utf8").trim();
   } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") throw new PcapError(`there is no link named ${link} (see "ip link")`);
     throw new PcapError(`cannot read the MAC address of link ${link} from ${path}: ${(error as Error).message}`);
   }
   const octets = text.split(":");
