@@ -24,6 +24,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v pigz >/dev/null || missing+=(pigz)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v tshark >/dev/null || missing+=(tshark)
+command -v python3 >/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   as_root apt-get update -qq
