@@ -1,10 +1,12 @@
 /**
- * lookimage: print a boot image's header and verify its payload.
+ * lookimage: print a boot image's header and verify its payload; with
+ * --extract, also write the raw pool back out.
  *
  * Standard output is byte for byte what the existing Rust lookimage prints
  * (shared/vectors/*.lookimage.txt), because people and scripts read it;
  * everything new (warnings, progress) goes to standard error, or with
- * --json into one JSON object (docs/lookimage-json.md).
+ * --json into one JSON object (docs/lookimage-json.md). A zstd image
+ * (docs/format.md) prints the same lines, its flags by name.
  */
 
 import { stat } from "node:fs/promises";
@@ -14,20 +16,25 @@ import { EXIT_FAILURE, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
 import {
   decodeHeader,
   FLAG_COMPRESSED,
+  flagNames,
   HEADER_SIZE,
   type Header,
-  isCompressed,
+  ImageFormatError,
   kernelRefusals,
   netbootRefusals,
   toHex,
 } from "../lib/format.ts";
 import { startProgress } from "../lib/progress.ts";
-import { type PayloadVerdict, sizeRefusal, verifyPayload } from "../lib/verify.ts";
+import { extractPayload, type PayloadVerdict, rawOutputTarget, sizeRefusal, verifyPayload } from "../lib/verify.ts";
+import { IMAGE_VERSIONS, type PayloadCodec, payloadCodec, ZSTD_BOOT_NOTE } from "../lib/zstd-image.ts";
 
 const PROGRAM = "lookimage";
 
-/** Read and decode the header of the image at `path`, checking the file's length against it. */
-async function readHeader(path: string): Promise<Header> {
+/**
+ * Read and decode the header of the image at `path` (version 2 or zstd),
+ * checking the file's length against it and its flags against its version.
+ */
+async function readHeader(path: string): Promise<{ header: Header; codec: PayloadCodec }> {
   let info;
   try {
     info = await stat(path);
@@ -44,9 +51,11 @@ async function readHeader(path: string): Promise<Header> {
     throw new UserError(`cannot read ${path}: ${systemReason(error)}`);
   }
   try {
-    return decodeHeader(bytes, { fileSize: info.size });
+    const header = decodeHeader(bytes, { fileSize: info.size, versions: IMAGE_VERSIONS });
+    return { header, codec: payloadCodec(header) };
   } catch (error) {
-    throw new UserError(`${path}: ${(error as Error).message}`);
+    if (error instanceof ImageFormatError) throw new UserError(`${path}: ${error.message}`);
+    throw error;
   }
 }
 
@@ -72,15 +81,21 @@ function formatRatio(imageSize: number, dataSize: number): string {
 }
 
 /**
- * The lines the existing lookimage prints before checking sizes. It reads
- * flags with bitflags' from_bits_truncate, so unknown bits are neither shown
- * in the value nor named.
+ * The flag bits lookimage shows. The existing lookimage reads a version 2
+ * header's flags with bitflags' from_bits_truncate, so unknown bits are
+ * neither shown in the value nor named; a zstd header is ours, and shows
+ * all its bits.
  */
-function headerLines(header: Header): string {
-  const known = header.flags & FLAG_COMPRESSED;
+function shownFlags(header: Header, codec: PayloadCodec): bigint {
+  return codec === "zstd" ? header.flags : header.flags & FLAG_COMPRESSED;
+}
+
+/** The lines the existing lookimage prints before checking sizes. */
+function headerLines(header: Header, codec: PayloadCodec): string {
+  const shown = shownFlags(header, codec);
   return [
     `image name = ${header.imageName}`,
-    `flags = 0x${known.toString(16)} (${known === 0n ? "(empty)" : "COMPRESSED"})`,
+    `flags = 0x${shown.toString(16)} (${flagNames(shown)})`,
     `data size = ${header.dataSize}`,
     `image size = ${header.imageSize}`,
     `target size = ${header.targetSize}`,
@@ -90,27 +105,50 @@ function headerLines(header: Header): string {
 }
 
 /** Where this image would be refused by the sled kernel or a netbooting sled. */
-function warnings(header: Header): string[] {
+function warnings(header: Header, codec: PayloadCodec): string[] {
   return [
+    ...(codec === "zstd" ? [ZSTD_BOOT_NOTE] : []),
     ...kernelRefusals(header).map((reason) => `the sled kernel would refuse this image: ${reason}`),
     ...netbootRefusals(header),
   ];
 }
 
-/** The --json object (docs/lookimage-json.md). */
-function jsonReport(header: Header, imageWarnings: string[], verdict: PayloadVerdict | null, refusal: string | null) {
-  const compressed = isCompressed(header);
+/**
+ * The --json object (docs/lookimage-json.md). A version 2 image's object is
+ * exactly what it was before zstd images existed; a zstd image's has two
+ * more fields, `codec` and `zstd`.
+ */
+function jsonReport(
+  header: Header,
+  codec: PayloadCodec,
+  imageWarnings: string[],
+  verdict: PayloadVerdict | null,
+  refusal: string | null,
+) {
+  const shown = shownFlags(header, codec);
+  const table = verdict?.seekTable ?? null;
+  const zstdFacts =
+    codec === "zstd"
+      ? {
+          codec,
+          zstd: table && {
+            frames: table.blocks.length,
+            blockSize: table.blocks.reduce((largest, block) => Math.max(largest, block.decompressedSize), 0),
+          },
+        }
+      : {};
   return {
     imageName: header.imageName,
     flags: Number(header.flags),
-    flagNames: compressed ? ["COMPRESSED"] : [],
+    flagNames: shown === 0n ? [] : flagNames(shown).split(" | "),
     dataSize: header.dataSize,
     imageSize: header.imageSize,
     targetSize: header.targetSize,
     sha256: toHex(header.sha256),
     dataset: header.dataset,
-    ratio: compressed && header.dataSize > 0 ? header.imageSize / header.dataSize : null,
-    compressed,
+    ratio: codec !== "stored" && header.dataSize > 0 ? header.imageSize / header.dataSize : null,
+    compressed: codec === "zlib",
+    ...zstdFacts,
     warnings: imageWarnings,
     verification: {
       checked: verdict !== null,
@@ -131,14 +169,30 @@ async function main(): Promise<number> {
   const { version } = (await Bun.file(new URL("../package.json", import.meta.url)).json()) as { version: string };
   const args = await yargs(hideBin(process.argv))
     .scriptName(PROGRAM)
-    .usage("Usage: $0 [-s|--skip-checksum] [--json] IMAGE\n\nPrint a boot image's header and verify its payload against it.")
+    .usage(
+      "Usage: $0 [-s|--skip-checksum] [--json] IMAGE\n       $0 --extract RAW [--json] IMAGE\n\n" +
+        "Print a boot image's header (version 2, or this project's zstd variant) and verify its payload against it.",
+    )
     .command("$0 <image>", false, (command) =>
       command.positional("image", { type: "string", describe: "boot image file", demandOption: true }),
     )
     .option("skip-checksum", { alias: "s", type: "boolean", default: false, describe: "print the header only; do not read the payload" })
     .option("json", { type: "boolean", default: false, describe: "print the facts as one JSON object (docs/lookimage-json.md)" })
+    .option("extract", {
+      type: "string",
+      requiresArg: true,
+      describe: "also write the raw pool to this file, atomically, only if the payload verifies",
+    })
+    .check((argv) => {
+      // Not yargs' conflicts(): a boolean with a default counts as given.
+      if (argv.extract !== undefined && argv.skipChecksum) {
+        throw new Error("--extract writes the raw pool only once it has verified it, so it cannot go with -s/--skip-checksum");
+      }
+      return true;
+    })
     .example("$0 recovery.img", "print the header, then inflate and check the payload's size and SHA-256")
     .example("$0 -s --json recovery.img", "the header as JSON, without reading the payload")
+    .example("$0 --extract pool.raw recovery.img", "verify, and write the raw pool to pool.raw")
     .strict()
     .parserConfiguration({ "duplicate-arguments-array": false })
     .version(version)
@@ -150,25 +204,35 @@ async function main(): Promise<number> {
     .parseAsync();
 
   const path = String(args.image);
-  const header = await readHeader(path);
-  const refusal = sizeRefusal(header);
+  const { header, codec } = await readHeader(path);
+  // Refused before anything is printed or read: a raw file may never replace the image it comes from.
+  const rawOutput = args.extract === undefined ? null : await rawOutputTarget(args.extract, path);
+  // The existing lookimage's size rules are for version 2; a zstd payload answers to its seek table.
+  const refusal = codec === "zstd" ? null : sizeRefusal(header);
 
   if (!args.json) {
-    await print(headerLines(header));
+    await print(headerLines(header, codec));
     if (refusal) throw new UserError(refusal);
-    if (isCompressed(header)) await print(`ratio = ${formatRatio(header.imageSize, header.dataSize)}x\n`);
+    if (codec !== "stored") await print(`ratio = ${formatRatio(header.imageSize, header.dataSize)}x\n`);
   }
-  const imageWarnings = warnings(header);
+  const imageWarnings = warnings(header, codec);
   for (const warning of imageWarnings) console.error(`${PROGRAM}: warning: ${warning}`);
   let verdict: PayloadVerdict | null = null;
   if (!args.skipChecksum && !refusal) {
-    const progress = startProgress("verifying", header.dataSize);
-    verdict = await verifyPayload(path, header, { onProgress: (done) => progress.update(done) });
-    progress.finish();
+    const progress = startProgress(rawOutput ? "extracting" : "verifying", header.dataSize);
+    const options = { onProgress: (done: number) => progress.update(done) };
+    try {
+      verdict = rawOutput
+        ? await extractPayload(path, header, rawOutput, options)
+        : await verifyPayload(path, header, options);
+    } finally {
+      progress.finish();
+    }
   }
-  if (args.json) await print(`${JSON.stringify(jsonReport(header, imageWarnings, verdict, refusal), null, 2)}\n`);
+  if (args.json) await print(`${JSON.stringify(jsonReport(header, codec, imageWarnings, verdict, refusal), null, 2)}\n`);
   const failure = verdict?.error ?? refusal;
   if (failure) throw new UserError(failure, EXIT_FAILURE);
+  if (rawOutput && !args.json) await print("ok, raw image written!\n");
   return 0;
 }
 

@@ -7,20 +7,24 @@
  *   | sha256sum` (pigz inflates on one thread, with reading, writing and the
  *   check value on others). Issue 2's goal: at least 1.5 times as fast.
  * - The same pool stored: `lookimage STORED` vs `sha256sum RAW`.
+ * - A zstd image (lookimageZstdRows): `lookimage IMAGE` vs `tail -c +4097
+ *   IMAGE | zstd -d -c | sha256sum` (Debian's zstd decompresses on one
+ *   thread, sha256sum hashes on another).
  *
  * Each command runs ROUNDS times, ours and the peer's alternating, after one
  * untimed read that puts the files in the page cache; the fastest run of
  * each counts, as the one least disturbed by whatever else the machine is
  * doing. The peer's digest must equal the header's, so both did the same work.
  *
- *   bun bench/lookimage-rows.ts RAW COMPRESSED_IMAGE   (rows for one pair of files)
+ *   bun bench/lookimage-rows.ts RAW COMPRESSED_IMAGE   (rows for one pair of files; zlib or zstd)
  */
 
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { decodeHeader, encodeHeader, HEADER_SIZE, isCompressed, toHex } from "../lib/format.ts";
+import { decodeHeader, encodeHeader, HEADER_SIZE, type Header, toHex } from "../lib/format.ts";
 import { formatBytes } from "../lib/progress.ts";
+import { IMAGE_VERSIONS, payloadCodec } from "../lib/zstd-image.ts";
 
 /** One line of the bench table; the numbers are there for goal checks. */
 export interface LookimageRow {
@@ -106,6 +110,23 @@ function rows(what: string, peerName: string, result: { ours: Timed; peer: Timed
   return lines;
 }
 
+/** The header of the image at `path`, version 2 or zstd. */
+async function readHeader(path: string): Promise<Header> {
+  return decodeHeader(await Bun.file(path).slice(0, HEADER_SIZE).bytes(), { fileSize: Bun.file(path).size, versions: IMAGE_VERSIONS });
+}
+
+/** Throw unless the peer printed the header's SHA-256, so both did the same work. */
+function checkPeer(header: Header, result: { peer: Timed }): void {
+  const expected = toHex(header.sha256);
+  const digest = result.peer.stdout.split(" ")[0];
+  if (digest !== expected) throw new Error(`the peer's SHA-256 ${digest} differs from the header's ${expected}`);
+}
+
+/** Put a file in the page cache, so the runs compare computing, not the disk. */
+function warm(path: string): void {
+  Bun.spawnSync(["cat", path], { stdout: "ignore" });
+}
+
 /**
  * Time our lookimage against `pigz -dz | sha256sum` on `compressedImagePath`
  * (a zlib image of the pool in `rawPath`), and against `sha256sum` on a
@@ -116,16 +137,8 @@ function rows(what: string, peerName: string, result: { ours: Timed; peer: Timed
  * for (const r of await lookimageRows(scratch, raw, zlibImage)) row(r.name, r.ours, r.peer, r.ratio);
  */
 export async function lookimageRows(workDir: string, rawPath: string, compressedImagePath: string): Promise<LookimageRow[]> {
-  const header = decodeHeader(await Bun.file(compressedImagePath).slice(0, HEADER_SIZE).bytes(), {
-    fileSize: Bun.file(compressedImagePath).size,
-  });
-  if (!isCompressed(header)) throw new Error(`${compressedImagePath} is not a compressed image`);
-  const expected = toHex(header.sha256);
-  const checkPeer = (result: { peer: Timed }) => {
-    const digest = result.peer.stdout.split(" ")[0];
-    if (digest !== expected) throw new Error(`the peer's SHA-256 ${digest} differs from the header's ${expected}`);
-  };
-  const warm = (path: string) => Bun.spawnSync(["cat", path], { stdout: "ignore" });
+  const header = await readHeader(compressedImagePath);
+  if (payloadCodec(header) !== "zlib") throw new Error(`${compressedImagePath} is not a zlib image`);
 
   warm(compressedImagePath);
   const zlib = await race(
@@ -133,7 +146,7 @@ export async function lookimageRows(workDir: string, rawPath: string, compressed
     ["sh", "-c", 'tail -c +4097 "$1" | pigz -dz | sha256sum', "sh", compressedImagePath],
     workDir,
   );
-  checkPeer(zlib);
+  checkPeer(header, zlib);
 
   // The stored twin: our header (data size = image size), then the raw bytes.
   const stored = join(workDir, "lookimage-bench-stored.img");
@@ -145,7 +158,7 @@ export async function lookimageRows(workDir: string, rawPath: string, compressed
     await writer.end();
     warm(rawPath);
     const plain = await race([...LOOKIMAGE, stored], ["sha256sum", rawPath], workDir);
-    checkPeer(plain);
+    checkPeer(header, plain);
     return [
       ...rows(`lookimage (zlib, ${formatBytes(header.imageSize)})`, "pigz -dz | sha256sum", zlib, GOAL_SPEEDUP),
       ...rows("lookimage (stored)", "sha256sum", plain),
@@ -153,6 +166,36 @@ export async function lookimageRows(workDir: string, rawPath: string, compressed
   } finally {
     await rm(stored, { force: true });
   }
+}
+
+/**
+ * Time our lookimage against `zstd -d -c | sha256sum` on `zstdImagePath`, a
+ * zstd image (docs/format.md). Throws when a command fails or the peer's
+ * digest differs from the header's.
+ *
+ * @example
+ * for (const r of await lookimageZstdRows(scratch, zstdImage)) row(r.name, r.ours, r.peer, r.ratio);
+ */
+export async function lookimageZstdRows(workDir: string, zstdImagePath: string): Promise<LookimageRow[]> {
+  const header = await readHeader(zstdImagePath);
+  if (payloadCodec(header) !== "zstd") throw new Error(`${zstdImagePath} is not a zstd image`);
+  warm(zstdImagePath);
+  const zstd = await race(
+    [...LOOKIMAGE, zstdImagePath],
+    ["sh", "-c", 'tail -c +4097 "$1" | zstd -d -q -c | sha256sum', "sh", zstdImagePath],
+    workDir,
+  );
+  checkPeer(header, zstd);
+  const what = `lookimage (zstd, ${formatBytes(header.imageSize)})`;
+  const lines = rows(what, "zstd -d | sha256sum", zstd);
+  const rate = (seconds: number) => `${(header.imageSize / seconds / 1e6).toFixed(0)} MB/s`;
+  lines.push({
+    name: `${what} vs zstd -d | sha256sum: raw bytes per second`,
+    ours: rate(zstd.ours.seconds),
+    peer: rate(zstd.peer.seconds),
+    ratio: "",
+  });
+  return lines;
 }
 
 if (import.meta.main) {
@@ -163,7 +206,8 @@ if (import.meta.main) {
   }
   const workDir = await mkdtemp(join(tmpdir(), "bench-lookimage-"));
   try {
-    for (const r of await lookimageRows(workDir, raw, image)) {
+    const zstd = payloadCodec(await readHeader(image)) === "zstd";
+    for (const r of zstd ? await lookimageZstdRows(workDir, image) : await lookimageRows(workDir, raw, image)) {
       console.log(`${r.name.padEnd(52)} ${r.ours.padStart(10)} ${r.peer.padStart(10)}   ${r.ratio}`);
     }
   } finally {

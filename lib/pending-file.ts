@@ -1,0 +1,165 @@
+/**
+ * Writing an output file so that nobody ever sees it half-written: the bytes
+ * go to a temporary file beside the target (same directory, hence the same
+ * file system, so the final rename is atomic), which is synced and then
+ * renamed over the target; any failure, and SIGINT, SIGTERM or SIGHUP,
+ * removes the temporary file instead. A reader of the target sees either
+ * the old file or the complete new one.
+ *
+ * mkimage writes images and checksum files this way, lookimage --extract the
+ * raw pool.
+ */
+
+import { randomBytes } from "node:crypto";
+import { unlinkSync } from "node:fs";
+import { type FileHandle, open, realpath, rename, stat } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { getSystemErrorMessage } from "node:util";
+import { UserError } from "./cli.ts";
+
+/** An error from the file system, as words: "no such file or directory". */
+export function systemReason(error: unknown): string {
+  const errno = (error as NodeJS.ErrnoException).errno;
+  if (typeof errno === "number") return getSystemErrorMessage(errno < 0 ? errno : -errno);
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** A path to write, with symbolic links resolved (the file they name is replaced, not the link). */
+export interface Target {
+  path: string;
+  /** What the file is, for messages: "output", "checksum file", "raw output". */
+  what: string;
+  resolved: string;
+  /** Device and inode when the file already exists, to catch hard links to an input. */
+  existing?: { dev: number; ino: number };
+}
+
+/**
+ * Resolve a path to write, refusing a directory or a missing parent
+ * directory with a one-line UserError.
+ *
+ * @example const output = await resolveTarget("output", "pool.img");
+ */
+export async function resolveTarget(what: string, path: string): Promise<Target> {
+  let resolved: string;
+  try {
+    resolved = await realpath(path);
+  } catch {
+    try {
+      resolved = join(await realpath(dirname(path)), basename(path));
+    } catch (error) {
+      throw new UserError(`cannot write ${what} ${path}: directory ${dirname(path)}: ${systemReason(error)}`);
+    }
+  }
+  const existing = await stat(resolved).catch(() => undefined);
+  if (existing?.isDirectory()) throw new UserError(`${what} ${path} is a directory`);
+  return { path, what, resolved, ...(existing ? { existing: { dev: existing.dev, ino: existing.ino } } : {}) };
+}
+
+/**
+ * True when writing `target` would replace `file` (an input being read):
+ * the same path once links are resolved, or a hard link to it.
+ *
+ * @example if (isSameFile(output, { realPath, dev, ino })) throw new UserError("refusing to overwrite the input");
+ */
+export function isSameFile(target: Target, file: { realPath: string; dev: number; ino: number }): boolean {
+  return target.resolved === file.realPath || (target.existing?.dev === file.dev && target.existing.ino === file.ino);
+}
+
+/**
+ * A file being written under a temporary name beside its target.
+ *
+ * @example
+ * const file = await PendingFile.create(await resolveTarget("output", path));
+ * try { await file.write(bytes, 0); await file.finish(); await file.publish(); }
+ * catch (error) { file.discard(); throw error; }
+ */
+export class PendingFile {
+  private constructor(
+    readonly target: Target,
+    readonly temp: string,
+    readonly handle: FileHandle,
+  ) {}
+
+  static async create(target: Target): Promise<PendingFile> {
+    const temp = join(dirname(target.resolved), `.${basename(target.resolved)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+    try {
+      return new PendingFile(target, temp, await open(temp, "wx"));
+    } catch (error) {
+      throw new UserError(`cannot write ${target.what} ${target.path}: ${systemReason(error)}`);
+    }
+  }
+
+  async write(bytes: Uint8Array, position: number): Promise<void> {
+    await this.failingAsUser(async () => {
+      let done = 0;
+      while (done < bytes.length) {
+        const { bytesWritten } = await this.handle.write(bytes, done, bytes.length - done, position + done);
+        done += bytesWritten;
+      }
+    });
+  }
+
+  /** Make the contents durable and close; the file keeps its temporary name. */
+  async finish(): Promise<void> {
+    await this.failingAsUser(async () => {
+      await this.handle.sync();
+      await this.handle.close();
+    });
+  }
+
+  /** Rename over the target and make the rename itself durable. */
+  async publish(): Promise<void> {
+    await this.failingAsUser(() => rename(this.temp, this.target.resolved));
+    const directory = await open(dirname(this.target.resolved), "r");
+    try {
+      await directory.sync();
+    } catch {
+      // Some file systems cannot sync a directory; the rename has happened either way.
+    } finally {
+      await directory.close();
+    }
+  }
+
+  /** Remove the temporary file; synchronous, so it also works from a signal handler. */
+  discard(): void {
+    try {
+      unlinkSync(this.temp);
+    } catch {
+      // Already renamed or never fully created: nothing to remove.
+    }
+  }
+
+  /** Run `work`, reporting a file system error as one line naming the file (e.g. a full disk). */
+  private async failingAsUser(work: () => Promise<void>): Promise<void> {
+    try {
+      await work();
+    } catch (error) {
+      throw new UserError(`cannot write ${this.target.what} ${this.target.path}: ${systemReason(error)}`);
+    }
+  }
+}
+
+/**
+ * Remove `files` and die of the same signal if the user interrupts, so
+ * nobody ever finds a stray temporary file. Returns the function that stops
+ * watching.
+ *
+ * @example
+ * const stopWatching = discardOnSignal(pending);
+ * try { ... } finally { stopWatching(); }
+ */
+export function discardOnSignal(files: PendingFile[]): () => void {
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  const onSignal = (signal: NodeJS.Signals) => {
+    for (const file of files) file.discard();
+    stop();
+    // Re-raised with no handler left, the signal ends the process the default way (status 128 + n).
+    process.kill(process.pid, signal);
+  };
+  const stop = () => {
+    for (const signal of signals) process.off(signal, onSignal);
+  };
+  for (const signal of signals) process.on(signal, onSignal);
+  return stop;
+}

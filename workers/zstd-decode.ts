@@ -1,0 +1,14 @@
+/**
+ * Thread entry for a zstd stage of payload verification (lib/verify.ts runs
+ * several): one order in, one report out. workers/zstd-block.ts answers one
+ * block at a time into fresh buffers, for mkimage and the bootserver; this
+ * one streams a whole share of the frames through recycled buffers
+ * (lib/verify-zstd.ts says why).
+ */
+import { type ZstdDecodeOrder, zstdDecodeStage } from "../lib/verify-zstd.ts";
+
+declare const self: Worker;
+
+self.onmessage = async (event: MessageEvent<ZstdDecodeOrder>) => {
+  self.postMessage(await zstdDecodeStage(event.data));
+};
