@@ -18,7 +18,7 @@ export const EXIT_USAGE = 2;
 /** The message of anything thrown, on one line. */
 export function oneLine(error: unknown): string {
   const text = error instanceof Error ? error.message : String(error);
-  return text.replace(/\s*\n\s*/g, "; ").trim();
+  return text.replace(/\s*[\r\n]+\s*/g, "; ").trim();
 }
 
 /**

@@ -12,6 +12,8 @@
  * whose last byte is always 0, zero padding up to 4096 bytes.
  */
 
+import { copyBytes } from "./bytes.ts";
+
 export const MAGIC = 0x1deb0075;
 export const VERSION = 2;
 export const HEADER_SIZE = 4096;
@@ -231,7 +233,7 @@ export function decodeHeader(bytes: Uint8Array, options: DecodeOptions = {}): He
   const dataSize = readSize(view, OFFSET_DATA_SIZE, "data size");
   const imageSize = readSize(view, OFFSET_IMAGE_SIZE, "image size");
   const targetSize = readSize(view, OFFSET_TARGET_SIZE, "target size");
-  const sha256 = bytes.slice(OFFSET_SHA256, OFFSET_SHA256 + SHA256_SIZE);
+  const sha256 = copyBytes(bytes, OFFSET_SHA256, OFFSET_SHA256 + SHA256_SIZE);
   const dataset = readName(bytes, OFFSET_DATASET, "dataset name");
   const imageName = readName(bytes, OFFSET_IMAGE_NAME, "image name");
   const header: Header = { version, flags, dataSize, imageSize, targetSize, sha256, dataset, imageName };

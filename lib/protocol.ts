@@ -16,6 +16,8 @@
  *   requestedOffsets() turns that into the list of offsets to answer.
  */
 
+import { copyBytes } from "./bytes.ts";
+
 export const ETHERTYPE = 0x1de0;
 export const PROTOCOL_MAGIC = 0x1de12345;
 
@@ -152,8 +154,8 @@ export function decodeFrame(bytes: Uint8Array): Decoded {
   const len = view.getUint32(ETHER_HEADER_SIZE + 8);
   const available = bytes.length - BODY_OFFSET;
   if (len > available) return bad(`${type} len ${len} is more than the ${available} body bytes in the frame`);
-  const destination = bytes.slice(0, MAC_SIZE);
-  const source = bytes.slice(MAC_SIZE, 2 * MAC_SIZE);
+  const destination = copyBytes(bytes, 0, MAC_SIZE);
+  const source = copyBytes(bytes, MAC_SIZE, 2 * MAC_SIZE);
   const body = bytes.subarray(BODY_OFFSET, BODY_OFFSET + len);
   const message = decodeBody(type, body, view);
   if (typeof message === "string") return bad(message);
@@ -164,15 +166,15 @@ function decodeBody(type: Message["type"], body: Uint8Array, view: DataView): Me
   const at = BODY_OFFSET;
   switch (type) {
     case "hello":
-      return { type, text: body.slice() };
+      return { type, text: copyBytes(body) };
     case "offer":
       if (body.length !== OFFER_BODY_SIZE) return `offer len ${body.length} is not ${OFFER_BODY_SIZE}`;
       return {
         type,
         ramdiskSize: view.getBigUint64(at),
         imageSize: view.getBigUint64(at + 8),
-        sha256: body.slice(16, 16 + SHA256_SIZE),
-        dataset: body.slice(16 + SHA256_SIZE),
+        sha256: copyBytes(body, 16, 16 + SHA256_SIZE),
+        dataset: copyBytes(body, 16 + SHA256_SIZE),
       };
     case "read": {
       if (body.length !== READ_BODY_SIZE) return `read len ${body.length} is not ${READ_BODY_SIZE}`;
@@ -186,7 +188,7 @@ function decodeBody(type: Message["type"], body: Uint8Array, view: DataView): Me
       if (body.length < DATA_MIN_BODY || body.length > DATA_MAX_BODY) {
         return `data len ${body.length} is outside ${DATA_MIN_BODY}..${DATA_MAX_BODY}`;
       }
-      return { type, offset: view.getBigUint64(at), bytes: body.slice(8) };
+      return { type, offset: view.getBigUint64(at), bytes: copyBytes(body, 8) };
     case "finished":
     case "reset":
       if (body.length !== 0) return `${type} len ${body.length} is not 0`;

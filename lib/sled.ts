@@ -36,6 +36,7 @@
  * addressed to.
  */
 
+import { copyBytes } from "./bytes.ts";
 import {
   BATCH_BYTES,
   BODY_OFFSET,
@@ -205,9 +206,9 @@ export class SledSession {
     if (config.checksum.length !== SHA256_SIZE) {
       throw new Error(`a sled's checksum is ${SHA256_SIZE} bytes, not ${config.checksum.length}`);
     }
-    this.mac = config.mac.slice(0, MAC_SIZE);
+    this.mac = copyBytes(config.mac, 0, MAC_SIZE);
     this.#config = config;
-    this.#checksum = config.checksum.slice();
+    this.#checksum = copyBytes(config.checksum);
     this.#hello = encodeFrame(BROADCAST_MAC, this.mac, {
       type: "hello",
       text: new TextEncoder().encode(config.greeting ?? DEFAULT_GREETING),
