@@ -265,9 +265,13 @@ export class PcapLink {
       if (pcap.pcap_setnonblock(handle, 1, errbuf) !== 0) {
         throw new PcapError(`cannot open link ${link}: non-blocking mode: ${fromCString(errbuf)}`);
       }
+      // Outgoing frames never reach any of our handles: without this the
+      // kernel hands each send-only handle every frame the other sessions
+      // send, only for the filter to discard it (measured: 20% of the boot
+      // server's CPU with 32 sleds).
+      ignoreOutgoingInKernel(handle);
       if (capture) {
         check("capturing incoming frames only", pcap.pcap_setdirection(handle, PCAP_D_IN));
-        ignoreOutgoingInKernel(handle);
         check(`filter "${CAPTURE_FILTER}"`, setCaptureFilter(handle));
       } else {
         check("filter that keeps nothing", setRejectAllFilter(handle));

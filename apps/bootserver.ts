@@ -1,0 +1,117 @@
+/**
+ * bootserver: serve boot images to sleds booting from the network over raw
+ * Ethernet (shared/docs/netboot.md), many sleds at once.
+ *
+ * Compatible with the existing `bootserver [-s] [-t SECONDS] LINK IMAGE MAC|any`,
+ * extended to several images, pinned images, allow lists and a boot count.
+ */
+import yargs from "yargs";
+import { hideBin } from "yargs/helpers";
+import { BootProgressDisplay } from "../lib/boot-progress.ts";
+import { BootServer, type BootServerOptions } from "../lib/bootserver.ts";
+import { EXIT_OK, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
+import { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
+import { parseMac, type Mac } from "../lib/protocol.ts";
+
+/** Conventional exit statuses for a program ended by a signal: 128 + its number. */
+const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
+
+function parseArguments(argv: string[]) {
+  return yargs(argv)
+    .scriptName("bootserver")
+    .usage(
+      "$0 [options] LINK IMAGE [IMAGE...] MAC|any\n\n" +
+        "Serve boot images on the Ethernet link LINK to sleds that boot from the network. " +
+        "The last argument is the one sled to serve, or `any`. With several images, a sled " +
+        "is offered each in turn on its successive HELLOs until it takes the one whose " +
+        "checksum it carries. Compressed images are inflated once, in memory.",
+    )
+    // Options may come between positionals, as in `LINK --sled MAC=IMAGE IMAGE any`: an array option takes one value each time.
+    .parserConfiguration({ "parse-positional-numbers": false, "greedy-arrays": false })
+    .option("s", { alias: "single", type: "boolean", default: false, describe: "exit 0 once a sled has finished; any failure is fatal" })
+    .option("t", { alias: "hello-timeout", type: "number", describe: "fail unless a sled says HELLO within SECONDS", requiresArg: true })
+    .option("boots", { type: "number", describe: "exit 0 once N sleds have finished (no more than N are offered an image)", requiresArg: true })
+    .option("sled", { type: "string", array: true, default: [], describe: "MAC=IMAGE: always offer IMAGE to that sled (repeatable)", requiresArg: true })
+    .option("allow", { type: "string", array: true, default: [], describe: "serve only these sleds, besides the MAC argument and --sled ones (repeatable)", requiresArg: true })
+    .example("$0 -s -t 60 eth1 recovery.img 02:08:20:aa:bb:cc", "boot one sled, as the existing bootserver does")
+    .example("$0 eth1 host.img recovery.img any", "boot every sled, each with the image it wants")
+    .example("$0 --boots 32 eth1 host.img any", "boot 32 sleds at once, then exit")
+    .example("$0 --sled 02:08:20:aa:bb:cc=test.img eth1 host.img any", "one sled gets test.img, the others host.img")
+    .example("$0 --allow 02:08:20:aa:bb:01 --allow 02:08:20:aa:bb:02 eth1 host.img any", "serve only these two sleds")
+    .strictOptions()
+    .help()
+    .version(false)
+    .wrap(null)
+    .fail((message, error) => {
+      throw new UserError(message ?? error?.message ?? "bad arguments", EXIT_USAGE);
+    })
+    .parseSync();
+}
+
+function macArgument(text: string, where: string): Mac {
+  const mac = parseMac(text);
+  if (!mac) throw new UserError(`${where} "${text}" is not a MAC address like 02:08:20:aa:bb:cc`, EXIT_USAGE);
+  return mac;
+}
+
+function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServerOptions, "onEvent"> {
+  const positionals = args._.map(String);
+  if (positionals.length < 3) {
+    throw new UserError("expected LINK IMAGE [IMAGE...] MAC|any (see --help)", EXIT_USAGE);
+  }
+  const link = positionals[0]!;
+  const images = positionals.slice(1, -1);
+  const target = positionals.at(-1)!;
+  const pinned = args.sled.map((pin): [Mac, string] => {
+    const at = pin.indexOf("=");
+    if (at < 0 || at === pin.length - 1) throw new UserError(`--sled "${pin}" is not MAC=IMAGE`, EXIT_USAGE);
+    return [macArgument(pin.slice(0, at), "--sled"), pin.slice(at + 1)];
+  });
+  const listed = args.allow.map((mac) => macArgument(mac, "--allow"));
+  const serveAny = target.toLowerCase() === "any";
+  if (!serveAny) listed.push(macArgument(target, "the last argument (MAC or any)"));
+  if (args.boots !== undefined && !(Number.isInteger(args.boots) && args.boots >= 1)) {
+    throw new UserError(`--boots must be a whole number of at least 1, not ${args.boots}`, EXIT_USAGE);
+  }
+  if (args.t !== undefined && !(args.t > 0)) throw new UserError(`-t must be a positive number of seconds, not ${args.t}`, EXIT_USAGE);
+  return {
+    link,
+    images,
+    pinned,
+    allowed: serveAny && listed.length === 0 ? null : listed,
+    boots: args.boots ?? (args.s ? 1 : undefined),
+    failuresFatal: args.s,
+    helloTimeoutSeconds: args.t,
+  };
+}
+
+/** The frames the dispatcher dropped or answered with RESET, when there were any. */
+function frameSummary(counts: Record<(typeof DISPATCH_COUNTERS)[number], number>): string | null {
+  const { frames, resets, ...dropped } = counts;
+  const parts = Object.entries(dropped)
+    .filter(([, count]) => count > 0)
+    .map(([reason, count]) => `${count} ${reason.replace(/[A-Z]/g, (letter) => ` ${letter.toLowerCase()}`)}`);
+  if (resets > 0) parts.push(`${resets} answered with RESET`);
+  return parts.length > 0 ? `of ${frames} frames received: ${parts.join(", ")}` : null;
+}
+
+async function bootserver(argv: string[]): Promise<number> {
+  const options = serverOptions(parseArguments(argv));
+  const display = new BootProgressDisplay(process.stdout);
+  const server = await BootServer.start({ ...options, onEvent: (event) => display.event(event) });
+  const ticker = setInterval(() => display.update(server.progress()), 1000);
+  const signalled = new Promise<number>((resolve) => {
+    for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => resolve(SIGNAL_EXIT[signal]));
+  });
+  try {
+    return await Promise.race([server.done.then(() => EXIT_OK), signalled]);
+  } finally {
+    clearInterval(ticker);
+    display.close();
+    await server.stop();
+    const summary = frameSummary(server.frameCounts());
+    if (summary) console.log(summary);
+  }
+}
+
+await runMain("bootserver", () => bootserver(hideBin(process.argv)));

@@ -1,0 +1,189 @@
+/**
+ * One sled's session on the boot server: answering its READs from the image
+ * it was offered, and counting its progress where the main thread can see it.
+ *
+ * A READ names up to 128 offsets in its slots (lib/protocol.ts,
+ * requestedOffsets). Each gets exactly one DATA: the 1024 image bytes at that
+ * offset, fewer at the end of the image, and none at or past the end, which
+ * is the only answer that frees such a slot in the sled (netboot.md, "End of
+ * image"). Offsets are whatever the frame says, so the bounds are checked as
+ * 64-bit integers before anything is read: an offset near 2^64 or one that is
+ * not a multiple of 1024 never reads outside the image.
+ *
+ * Progress lives in a few numbers in a SharedArrayBuffer (SharedCounters):
+ * the session thread writes them as it answers and the main thread reads them
+ * when it redraws, so reporting costs no message per frame.
+ *
+ * Re-asked offsets (asked more than once, because a DATA was lost) are told
+ * from new ones with a direct-mapped table of the offsets last asked, indexed
+ * by 1024-byte chunk number modulo 256. A sled keeps at most 128 offsets in
+ * flight, all in one 128 KiB batch, and batches follow each other, so a table
+ * of two batches recognises every repeat a sled makes, in the same small
+ * memory whatever the image size.
+ */
+
+import { CHUNK_SIZE, DataFrameWriter, READ_SLOTS, requestedOffsets, type Mac, type ReadRequest } from "./protocol.ts";
+import { SharedCounters } from "./shared-counters.ts";
+
+/** Slots in the re-ask table: two batches of 128 chunks. */
+const ASKED_TABLE_SIZE = 256;
+const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
+
+/**
+ * A session's progress, shared with the main thread:
+ * - imageSize: bytes of the image being served;
+ * - deliveredBytes: image bytes sent for offsets asked the first time (the image delivered);
+ * - sentBytes: all image bytes sent, repeats included;
+ * - reasked: offsets asked more than once;
+ * - reads: READ frames answered;
+ * - firstReadAt, lastReadAt: epoch milliseconds of the first and the latest READ, 0 before any;
+ * - sendFailures: batches of DATA frames the link refused to send (the sled asks again).
+ */
+export const SESSION_COUNTERS = [
+  "imageSize",
+  "deliveredBytes",
+  "sentBytes",
+  "reasked",
+  "reads",
+  "firstReadAt",
+  "lastReadAt",
+  "sendFailures",
+] as const;
+export type SessionCounters = SharedCounters<(typeof SESSION_COUNTERS)[number]>;
+
+/**
+ * Counters for one session, over a new buffer or the main thread's.
+ *
+ * @example const counters = sessionCounters(); worker.postMessage({ counters: counters.buffer });
+ */
+export function sessionCounters(buffer?: SharedArrayBuffer): SessionCounters {
+  return new SharedCounters(SESSION_COUNTERS, buffer);
+}
+
+/**
+ * The image bytes that answer `offset`: CHUNK_SIZE bytes, fewer at the end of
+ * the image, none at or past it. The comparison is done on the 64-bit offset,
+ * so no offset a frame can carry reads outside `image`.
+ *
+ * @example imageChunk(image, 1024n).length // 1024 inside the image
+ * @example imageChunk(image, 2n ** 64n - 1n).length // 0: marks the end
+ */
+export function imageChunk(image: Uint8Array, offset: bigint): Uint8Array {
+  // Compared with a constant so that no BigInt is made per frame: past 2^53
+  // is past any image, and below it Number(offset) is exact.
+  const start = offset > MAX_SAFE_OFFSET ? image.length : Math.min(Number(offset), image.length);
+  return image.subarray(start, Math.min(start + CHUNK_SIZE, image.length));
+}
+
+/**
+ * Tells offsets asked before from new ones, for a sled's sliding window of
+ * requests, in fixed memory (see the module comment).
+ */
+class AskedOffsets {
+  readonly #table = new Float64Array(ASKED_TABLE_SIZE).fill(-1);
+
+  /** Record `offset`; true when it was asked before. */
+  repeat(offset: bigint): boolean {
+    // Offsets past 2^53 lose precision here; they are answered exactly all
+    // the same, and only the count of repeats of such nonsense is approximate.
+    const at = Number(offset);
+    const slot = Math.floor(at / CHUNK_SIZE) % ASKED_TABLE_SIZE;
+    if (this.#table[slot] === at) return true;
+    this.#table[slot] = at;
+    return false;
+  }
+
+  clear(): void {
+    this.#table.fill(-1);
+  }
+}
+
+/**
+ * Answers one sled's READs with DATA frames from the image last offered to
+ * it. The answers to one READ go out together through `send` (a link's
+ * injectBatch: one system call for the batch), built in frame buffers that
+ * are made once per session and reused, one per slot.
+ *
+ * @example
+ * const session = new SledSession(sledMac, link.mac, (frames) => link.injectBatch(frames), counters);
+ * session.serve(new Uint8Array(image.bytes));
+ * session.answer(read);
+ */
+export class SledSession {
+  readonly #writers: DataFrameWriter[];
+  readonly #frames: Uint8Array[] = [];
+  readonly #asked = new AskedOffsets();
+  #image: Uint8Array = new Uint8Array(0);
+
+  constructor(
+    sled: Mac,
+    server: Mac,
+    private readonly send: (frames: readonly Uint8Array[]) => void,
+    readonly counters: SessionCounters = sessionCounters(),
+  ) {
+    this.#writers = Array.from({ length: READ_SLOTS }, () => new DataFrameWriter(sled, server));
+  }
+
+  /** Serve `image` from now on (the sled was just offered it); counters start over. */
+  serve(image: Uint8Array): void {
+    this.#image = image;
+    this.#asked.clear();
+    this.counters.clear();
+    this.counters.set("imageSize", image.length);
+  }
+
+  /** Send one DATA for every offset `read` asks for, in slot order. */
+  answer(read: ReadRequest, now = Date.now()): void {
+    const counters = this.counters;
+    if (counters.get("reads") === 0) counters.set("firstReadAt", now);
+    counters.set("lastReadAt", now);
+    counters.add("reads");
+    const frames = this.#frames;
+    frames.length = 0;
+    let sentBytes = 0;
+    let deliveredBytes = 0;
+    let reasked = 0;
+    // requestedOffsets gives at most READ_SLOTS offsets: one per slot, 0 only in place of an empty one.
+    for (const offset of requestedOffsets(read)) {
+      const chunk = imageChunk(this.#image, offset);
+      frames.push(this.#writers[frames.length]!.frame(offset, chunk));
+      sentBytes += chunk.length;
+      if (this.#asked.repeat(offset)) reasked++;
+      else deliveredBytes += chunk.length;
+    }
+    try {
+      this.send(frames);
+    } catch {
+      // The link refused the batch (it waits for room when its queue is
+      // full, so this is a link going away, not load); the sled asks again.
+      counters.add("sendFailures");
+      return;
+    }
+    counters.add("sentBytes", sentBytes);
+    counters.add("deliveredBytes", deliveredBytes);
+    counters.add("reasked", reasked);
+  }
+}
+
+/** What the main thread tells a session thread (workers/session.ts). */
+export type SessionCommand =
+  | {
+      type: "start";
+      link: string;
+      sled: Mac;
+      /** SESSION_COUNTERS, shared with the main thread. */
+      counters: SharedArrayBuffer;
+      /** The session's end of its channel to the dispatcher (SessionMessage). */
+      port: MessagePort;
+    }
+  | { type: "stop" };
+
+/**
+ * What the dispatcher sends a session thread, in order on one channel: the
+ * image it is about to offer the sled, then the sled's READs. Serving the
+ * image before the OFFER goes out means no READ can reach the session first.
+ */
+export type SessionMessage = { type: "serve"; bytes: SharedArrayBuffer } | { type: "read"; count: bigint; slots: BigUint64Array };
+
+/** What a session thread tells the main thread. */
+export type SessionReport = { type: "ready" } | { type: "stopped" } | { type: "error"; message: string };

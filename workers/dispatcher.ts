@@ -1,0 +1,90 @@
+/**
+ * Thread entry point for the boot server's dispatcher: capture netboot frames
+ * on the link and route each one (lib/dispatch.ts, FrameDispatcher). The
+ * capture loop takes up to a batch of frames, then yields to this thread's
+ * event loop so the main thread's offers and stop requests get in; when the
+ * link is quiet, `next()` waits up to its read timeout for the next frame.
+ */
+import { oneLine } from "../lib/cli.ts";
+import { FrameDispatcher, dispatchCounters, type DispatcherCommand, type DispatcherReport, type SessionInbox } from "../lib/dispatch.ts";
+import { PcapLink } from "../lib/pcap.ts";
+import type { SessionMessage } from "../lib/session.ts";
+
+declare var self: Worker;
+
+/** Frames handled between two looks at the event loop. */
+const FRAMES_PER_TURN = 64;
+/** How long a quiet link blocks the loop: the latency of an offer or a stop. */
+const READ_TIMEOUT_MS = 10;
+/** Larger than any netboot frame (at most 14 + 12 + 1476 bytes). */
+const RECEIVE_BUFFER_BYTES = 2048;
+
+let dispatcher: FrameDispatcher | undefined;
+let stopping = false;
+
+function report(message: DispatcherReport) {
+  self.postMessage(message);
+}
+
+/** A session thread's channel, as the dispatcher sees it. */
+function inboxOf(port: MessagePort): SessionInbox {
+  const post = (message: SessionMessage, transfer: Bun.Transferable[] = []) => port.postMessage(message, transfer);
+  return {
+    serve: (bytes) => post({ type: "serve", bytes }),
+    read: (read) => post({ type: "read", count: read.count, slots: read.slots }, [read.slots.buffer as ArrayBuffer]),
+    close: () => port.close(),
+  };
+}
+
+async function captureLoop(link: PcapLink, frames: FrameDispatcher) {
+  // Decoding copies what it keeps, so one receive buffer serves every frame.
+  const buffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
+  try {
+    while (!stopping) {
+      for (let handled = 0; handled < FRAMES_PER_TURN && !stopping; handled++) {
+        const length = link.nextInto(buffer);
+        if (length === 0) break;
+        frames.dispatch(buffer.subarray(0, length));
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    report({ type: "stopped" });
+  } catch (error) {
+    report({ type: "error", message: oneLine(error) });
+  } finally {
+    link.close();
+  }
+}
+
+self.onmessage = (event: MessageEvent<DispatcherCommand>) => {
+  const command = event.data;
+  try {
+    switch (command.type) {
+      case "start": {
+        const link = PcapLink.open(command.link, { timeoutMs: READ_TIMEOUT_MS });
+        dispatcher = new FrameDispatcher(
+          link.mac,
+          command.allowed,
+          {
+            send: (frame) => link.inject(frame),
+            hello: (sled, text) => report({ type: "hello", sled, text }),
+            finished: (sled) => report({ type: "finished", sled }),
+          },
+          dispatchCounters(command.counters),
+        );
+        report({ type: "ready", mac: link.mac });
+        void captureLoop(link, dispatcher);
+        return;
+      }
+      case "offer":
+        return dispatcher?.offer(command.sled, command.frame, command.bytes, command.port && inboxOf(command.port));
+      case "end":
+        return dispatcher?.end(command.sled);
+      case "stop":
+        stopping = true;
+        return;
+    }
+  } catch (error) {
+    report({ type: "error", message: oneLine(error) });
+  }
+};

@@ -1,0 +1,21 @@
+/**
+ * Thread entry point: fill one image's shared memory with its raw bytes
+ * (reading or inflating the file) and verify it; lib/served-image.ts,
+ * loadServedImage, starts it and waits for the answer.
+ */
+import { oneLine } from "../lib/cli.ts";
+import { fillRawImage, type FillRequest, type FillResult } from "../lib/served-image.ts";
+
+declare var self: Worker;
+
+self.onmessage = async (event: MessageEvent<FillRequest>) => {
+  const { path, header, bytes } = event.data;
+  let result: FillResult;
+  try {
+    await fillRawImage(path, header, new Uint8Array(bytes));
+    result = { ok: true };
+  } catch (error) {
+    result = { ok: false, message: oneLine(error) };
+  }
+  self.postMessage(result);
+};
