@@ -2,6 +2,8 @@
  * mkimage: wrap a raw pool file into a boot image, optionally zlib-compressed,
  * and write the checksum file. A drop-in for the command line the OS build
  * uses: `mkimage -i RAW -N NAME -o IMAGE -O CSUM_FILE -s MEBIBYTES [-z]`.
+ * `--zstd` writes this project's zstd image instead (docs/format.md), which
+ * boots only through its bootserver.
  */
 
 import yargs from "yargs";
@@ -10,8 +12,13 @@ import { EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
 import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "../lib/format.ts";
 import { type Compression, DEFAULT_JOBS, makeImage, MAX_JOBS } from "../lib/mkimage.ts";
 import type { ZlibLevel } from "../lib/zlib-stream.ts";
+import { ZSTD_DEFAULT_LEVEL } from "../lib/zstd-image.ts";
+import { MAX_LEVEL as ZSTD_MAX_LEVEL, MIN_LEVEL as ZSTD_MIN_LEVEL } from "../lib/zstd-seekable.ts";
 
 const PROGRAM = "mkimage";
+/** The zlib levels, and the default: level 9 is what existing images use (format.md). */
+const ZLIB_LEVELS = { min: 1, max: 9, default: 9 };
+const ZSTD_LEVELS = { min: ZSTD_MIN_LEVEL, max: ZSTD_MAX_LEVEL, default: ZSTD_DEFAULT_LEVEL };
 
 function wholeNumber(flag: string, value: string | number, min: number, max: number): number {
   const text = String(value);
@@ -23,10 +30,10 @@ function wholeNumber(flag: string, value: string | number, min: number, max: num
 }
 
 async function main(): Promise<void> {
-  const { version } = (await Bun.file(new URL("../package.json", import.meta.url)).json()) as { version: string };
+  const { version } = (await import("../package.json", { with: { type: "json" } })).default;
   const args = await yargs(hideBin(process.argv))
     .scriptName(PROGRAM)
-    .usage("Usage: $0 -i RAW -o IMAGE [-O CSUM_FILE] [-N NAME] [-s MEBIBYTES] [-z]\n\nWrap a raw pool file into a boot image.")
+    .usage("Usage: $0 -i RAW -o IMAGE [-O CSUM_FILE] [-N NAME] [-s MEBIBYTES] [-z | --zstd]\n\nWrap a raw pool file into a boot image.")
     .option("input", { alias: "i", type: "string", demandOption: true, describe: "raw pool file", requiresArg: true })
     .option("output", { alias: "o", type: "string", demandOption: true, describe: "boot image to write", requiresArg: true })
     .option("checksum-file", {
@@ -44,16 +51,27 @@ async function main(): Promise<void> {
     })
     .option("name", { alias: "N", type: "string", default: "", describe: "image name (at most 127 bytes)", requiresArg: true })
     .option("compress", { alias: "z", type: "boolean", default: false, describe: "compress the payload (zlib)" })
+    .option("zstd", {
+      type: "boolean",
+      default: false,
+      describe: "compress the payload with zstd (this project's zstd image: boots only through its bootserver)",
+    })
     .option("dataset", { type: "string", default: DEFAULT_DATASET, describe: "dataset name to record", requiresArg: true })
-    .option("level", { type: "string", default: "9", describe: "zlib level with -z, 1 (fastest) to 9 (smallest)", requiresArg: true })
+    .option("level", {
+      type: "string",
+      describe: `compression level: with -z ${ZLIB_LEVELS.min} (fastest) to ${ZLIB_LEVELS.max} (smallest), default ${ZLIB_LEVELS.default}; with --zstd ${ZSTD_LEVELS.min} to ${ZSTD_LEVELS.max}, default ${ZSTD_LEVELS.default}`,
+      requiresArg: true,
+    })
     .option("jobs", {
       type: "string",
       default: String(DEFAULT_JOBS),
-      describe: "compression threads with -z (default: one per CPU, at most 32)",
+      describe: "compression threads with -z or --zstd (default: one per CPU, at most 32)",
       requiresArg: true,
     })
     .example("$0 -i pool.raw -N testing -o pool.img -O pool.csum -s 4096", "uncompressed image and checksum file")
     .example("$0 -i pool.raw -N recovery -o recovery.img -O recovery.csum -s 4096 -z", "compressed recovery image")
+    .example("$0 -i pool.raw -N testing -o pool.img -O pool.csum --zstd", "zstd image for a quick netboot through our bootserver")
+    .epilogue("Exit status: 0 ok, 1 failure, 2 usage error.")
     .strict()
     .parserConfiguration({ "duplicate-arguments-array": false })
     .version(version)
@@ -64,9 +82,16 @@ async function main(): Promise<void> {
     })
     .parseAsync();
 
-  const level = wholeNumber("--level", args.level, 1, 9) as ZlibLevel;
+  if (args.compress && args.zstd) throw new UserError(`-z (zlib) and --zstd cannot be used together; see ${PROGRAM} --help`, EXIT_USAGE);
+  const levels = args.zstd ? ZSTD_LEVELS : ZLIB_LEVELS;
+  const level =
+    args.level === undefined ? levels.default : wholeNumber(args.zstd ? "--level with --zstd" : "--level", args.level, levels.min, levels.max);
   const jobs = wholeNumber("--jobs", args.jobs, 1, MAX_JOBS);
-  const compression: Compression = args.compress ? { codec: "zlib", level, jobs } : { codec: "stored" };
+  const compression: Compression = args.zstd
+    ? { codec: "zstd", level, jobs }
+    : args.compress
+      ? { codec: "zlib", level: level as ZlibLevel, jobs }
+      : { codec: "stored" };
   await makeImage({
     input: args.input,
     output: args.output,

@@ -24,91 +24,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeHeader, encodeHeader, HEADER_SIZE, type Header, toHex } from "../lib/format.ts";
 import { formatBytes } from "../lib/progress.ts";
-import { IMAGE_VERSIONS, payloadCodec } from "../lib/zstd-image.ts";
-
-/** One line of the bench table; the numbers are there for goal checks. */
-export interface LookimageRow {
-  name: string;
-  ours: string;
-  peer: string;
-  ratio: string;
-  oursSeconds?: number;
-  peerSeconds?: number;
-}
+import { IMAGE_VERSIONS, type PayloadCodec, payloadCodec } from "../lib/zstd-image.ts";
+import { type BenchRow, type Measured, printRows, race, timeRows } from "./measure.ts";
 
 /** Issue 2: verifying a compressed image at least 1.5 times as fast as `pigz -dz | sha256sum`. */
 export const GOAL_SPEEDUP = 1.5;
 const ROUNDS = 3;
 const LOOKIMAGE = ["bun", join(import.meta.dir, "..", "apps", "lookimage.ts")];
-const TIME = "/usr/bin/time";
-
-interface Timed {
-  seconds: number;
-  /** User plus system CPU time, when /usr/bin/time is there to say. */
-  cpuSeconds?: number;
-  peakRss?: number;
-  stdout: string;
-}
-
-async function timed(command: string[], workDir: string): Promise<Timed> {
-  const haveTime = await Bun.file(TIME).exists();
-  const usage = join(workDir, `lookimage-bench-time-${process.pid}`);
-  const wrapped = haveTime ? [TIME, "-f", "%M %U %S", "-o", usage, ...command] : command;
-  const started = performance.now();
-  const run = Bun.spawnSync(wrapped, { stdout: "pipe", stderr: "pipe" });
-  const seconds = (performance.now() - started) / 1000;
-  if (run.exitCode !== 0) throw new Error(`${command.join(" ")} failed (${run.exitCode}): ${run.stderr.toString().trim()}`);
-  const result: Timed = { seconds, stdout: run.stdout.toString() };
-  if (haveTime) {
-    const [kib, user, system] = (await Bun.file(usage).text()).trim().split("\n").at(-1)!.split(" ").map(Number);
-    await rm(usage, { force: true });
-    result.cpuSeconds = user! + system!;
-    result.peakRss = kib! * 1024;
-  }
-  return result;
-}
-
-/** Run ours and the peer's ROUNDS times, alternating; the fastest run of each. */
-async function race(ours: string[], peer: string[], workDir: string): Promise<{ ours: Timed; peer: Timed }> {
-  let best: { ours?: Timed; peer?: Timed } = {};
-  for (let round = 0; round < ROUNDS; round++) {
-    const o = await timed(ours, workDir);
-    const p = await timed(peer, workDir);
-    if (!best.ours || o.seconds < best.ours.seconds) best.ours = o;
-    if (!best.peer || p.seconds < best.peer.seconds) best.peer = p;
-  }
-  return best as { ours: Timed; peer: Timed };
-}
-
-const seconds = (s: number) => `${s.toFixed(2)} s`;
-
-function rows(what: string, peerName: string, result: { ours: Timed; peer: Timed }, goal?: number): LookimageRow[] {
-  const { ours, peer } = result;
-  const speedup = peer.seconds / ours.seconds;
-  const verdict = goal === undefined ? "" : speedup >= goal ? ` (goal ${goal}x met)` : ` (goal ${goal}x NOT met)`;
-  const lines: LookimageRow[] = [
-    {
-      name: `${what} vs ${peerName}: time`,
-      ours: seconds(ours.seconds),
-      peer: seconds(peer.seconds),
-      ratio: `${speedup.toFixed(2)}x as fast${verdict}`,
-      oursSeconds: ours.seconds,
-      peerSeconds: peer.seconds,
-    },
-  ];
-  if (ours.cpuSeconds !== undefined && peer.cpuSeconds !== undefined) {
-    lines.push({
-      name: `${what} vs ${peerName}: CPU time`,
-      ours: seconds(ours.cpuSeconds),
-      peer: seconds(peer.cpuSeconds),
-      ratio: `${((100 * ours.cpuSeconds) / peer.cpuSeconds).toFixed(0)}% of the peer's CPU`,
-    });
-  }
-  if (ours.peakRss !== undefined) {
-    lines.push({ name: `${what}: peak memory (max RSS)`, ours: formatBytes(ours.peakRss), peer: "", ratio: "" });
-  }
-  return lines;
-}
 
 /** The header of the image at `path`, version 2 or zstd. */
 async function readHeader(path: string): Promise<Header> {
@@ -116,7 +38,7 @@ async function readHeader(path: string): Promise<Header> {
 }
 
 /** Throw unless the peer printed the header's SHA-256, so both did the same work. */
-function checkPeer(header: Header, result: { peer: Timed }): void {
+function checkPeer(header: Header, result: { peer: Measured }): void {
   const expected = toHex(header.sha256);
   const digest = result.peer.stdout.split(" ")[0];
   if (digest !== expected) throw new Error(`the peer's SHA-256 ${digest} differs from the header's ${expected}`);
@@ -128,25 +50,28 @@ function warm(path: string): void {
 }
 
 /**
+ * Race lookimage on `image`, which must be a `codec` image, against the
+ * peer's shell pipeline (the image is its $1), checking the peer's digest.
+ */
+async function raceOnImage(image: string, codec: PayloadCodec, peerPipeline: string): Promise<{ header: Header; ours: Measured; peer: Measured }> {
+  const header = await readHeader(image);
+  if (payloadCodec(header) !== codec) throw new Error(`${image} is not a ${codec} image`);
+  warm(image);
+  const result = await race(ROUNDS, [...LOOKIMAGE, image], ["sh", "-c", peerPipeline, "sh", image]);
+  checkPeer(header, result);
+  return { header, ...result };
+}
+
+/**
  * Time our lookimage against `pigz -dz | sha256sum` on `compressedImagePath`
  * (a zlib image of the pool in `rawPath`), and against `sha256sum` on a
  * stored image of `rawPath` written to (and removed from) `workDir`. Throws
  * when a command fails or the peer's digest differs from the header's.
  *
- * @example
- * for (const r of await lookimageRows(scratch, raw, zlibImage)) row(r.name, r.ours, r.peer, r.ratio);
+ * @example printRows(await lookimageRows(scratch, raw, zlibImage));
  */
-export async function lookimageRows(workDir: string, rawPath: string, compressedImagePath: string): Promise<LookimageRow[]> {
-  const header = await readHeader(compressedImagePath);
-  if (payloadCodec(header) !== "zlib") throw new Error(`${compressedImagePath} is not a zlib image`);
-
-  warm(compressedImagePath);
-  const zlib = await race(
-    [...LOOKIMAGE, compressedImagePath],
-    ["sh", "-c", 'tail -c +4097 "$1" | pigz -dz | sha256sum', "sh", compressedImagePath],
-    workDir,
-  );
-  checkPeer(header, zlib);
+export async function lookimageRows(workDir: string, rawPath: string, compressedImagePath: string): Promise<BenchRow[]> {
+  const { header, ...zlib } = await raceOnImage(compressedImagePath, "zlib", 'tail -c +4097 "$1" | pigz -dz | sha256sum');
 
   // The stored twin: our header (data size = image size), then the raw bytes.
   const stored = join(workDir, "lookimage-bench-stored.img");
@@ -157,11 +82,11 @@ export async function lookimageRows(workDir: string, rawPath: string, compressed
     for await (const chunk of Bun.file(rawPath).stream()) writer.write(chunk);
     await writer.end();
     warm(rawPath);
-    const plain = await race([...LOOKIMAGE, stored], ["sha256sum", rawPath], workDir);
+    const plain = await race(ROUNDS, [...LOOKIMAGE, stored], ["sha256sum", rawPath]);
     checkPeer(header, plain);
     return [
-      ...rows(`lookimage (zlib, ${formatBytes(header.imageSize)})`, "pigz -dz | sha256sum", zlib, GOAL_SPEEDUP),
-      ...rows("lookimage (stored)", "sha256sum", plain),
+      ...timeRows(`lookimage (zlib, ${formatBytes(header.imageSize)})`, "pigz -dz | sha256sum", zlib.ours, zlib.peer, { speedup: GOAL_SPEEDUP }),
+      ...timeRows("lookimage (stored)", "sha256sum", plain.ours, plain.peer),
     ];
   } finally {
     await rm(stored, { force: true });
@@ -173,27 +98,18 @@ export async function lookimageRows(workDir: string, rawPath: string, compressed
  * zstd image (docs/format.md). Throws when a command fails or the peer's
  * digest differs from the header's.
  *
- * @example
- * for (const r of await lookimageZstdRows(scratch, zstdImage)) row(r.name, r.ours, r.peer, r.ratio);
+ * @example printRows(await lookimageZstdRows(zstdImage));
  */
-export async function lookimageZstdRows(workDir: string, zstdImagePath: string): Promise<LookimageRow[]> {
-  const header = await readHeader(zstdImagePath);
-  if (payloadCodec(header) !== "zstd") throw new Error(`${zstdImagePath} is not a zstd image`);
-  warm(zstdImagePath);
-  const zstd = await race(
-    [...LOOKIMAGE, zstdImagePath],
-    ["sh", "-c", 'tail -c +4097 "$1" | zstd -d -q -c | sha256sum', "sh", zstdImagePath],
-    workDir,
-  );
-  checkPeer(header, zstd);
+export async function lookimageZstdRows(zstdImagePath: string): Promise<BenchRow[]> {
+  const { header, ...zstd } = await raceOnImage(zstdImagePath, "zstd", 'tail -c +4097 "$1" | zstd -d -q -c | sha256sum');
   const what = `lookimage (zstd, ${formatBytes(header.imageSize)})`;
-  const lines = rows(what, "zstd -d | sha256sum", zstd);
+  const lines = timeRows(what, "zstd -d | sha256sum", zstd.ours, zstd.peer);
   const rate = (seconds: number) => `${(header.imageSize / seconds / 1e6).toFixed(0)} MB/s`;
   lines.push({
-    name: `${what} vs zstd -d | sha256sum: raw bytes per second`,
+    name: `${what} vs zstd -d | sha256sum: rate`,
     ours: rate(zstd.ours.seconds),
     peer: rate(zstd.peer.seconds),
-    ratio: "",
+    ratio: `${(zstd.peer.seconds / zstd.ours.seconds).toFixed(2)}x the peer's`,
   });
   return lines;
 }
@@ -207,9 +123,7 @@ if (import.meta.main) {
   const workDir = await mkdtemp(join(tmpdir(), "bench-lookimage-"));
   try {
     const zstd = payloadCodec(await readHeader(image)) === "zstd";
-    for (const r of zstd ? await lookimageZstdRows(workDir, image) : await lookimageRows(workDir, raw, image)) {
-      console.log(`${r.name.padEnd(52)} ${r.ours.padStart(10)} ${r.peer.padStart(10)}   ${r.ratio}`);
-    }
+    printRows(zstd ? await lookimageZstdRows(image) : await lookimageRows(workDir, raw, image));
   } finally {
     await rm(workDir, { recursive: true, force: true });
   }

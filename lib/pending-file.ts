@@ -75,19 +75,42 @@ export function isSameFile(target: Target, file: { realPath: string; dev: number
  * catch (error) { file.discard(); throw error; }
  */
 export class PendingFile {
+  #handle: FileHandle | null = null;
+
   private constructor(
     readonly target: Target,
     readonly temp: string,
-    readonly handle: FileHandle,
   ) {}
 
-  static async create(target: Target): Promise<PendingFile> {
-    const temp = join(dirname(target.resolved), `.${basename(target.resolved)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  /**
+   * Create the temporary file for `target`. `watched`, when given (the list
+   * discardOnSignal watches), gets the file before it exists on disk: the
+   * file appears on another thread, and a signal handled before the caller
+   * could add it to the list would otherwise leave it behind.
+   */
+  static async create(target: Target, watched?: PendingFile[]): Promise<PendingFile> {
+    const file = new PendingFile(
+      target,
+      join(dirname(target.resolved), `.${basename(target.resolved)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`),
+    );
+    watched?.push(file);
     try {
-      return new PendingFile(target, temp, await open(temp, "wx"));
+      file.#handle = await open(file.temp, "wx");
     } catch (error) {
       throw new UserError(`cannot write ${target.what} ${target.path}: ${systemReason(error)}`);
     }
+    return file;
+  }
+
+  /** The open temporary file; only once create() has succeeded. */
+  get handle(): FileHandle {
+    if (!this.#handle) throw new Error(`${this.temp} was never opened`);
+    return this.#handle;
+  }
+
+  /** Close the temporary file if it was opened, whatever state it is in (for cleanup). */
+  async close(): Promise<void> {
+    await this.#handle?.close().catch(() => {});
   }
 
   async write(bytes: Uint8Array, position: number): Promise<void> {

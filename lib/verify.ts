@@ -42,19 +42,21 @@
  * the header's claim; a zlib stream that is corrupt or ends before its end
  * marker is reported with zlib's own words; bytes after the end of the
  * stream but within `data_size` are counted and reported. A zstd frame is
- * given room for one byte more than its seek table entry. The byte count and
+ * stopped one byte past its seek table entry (decompressBlock). The byte count and
  * the SHA-256 are then checked against the header, with the messages the
  * existing Rust lookimage prints.
  */
 
 import { closeSync, openSync, writeSync } from "node:fs";
 import { open, realpath, stat } from "node:fs/promises";
-import { constants as zlibConstants, createInflate, type Inflate, type ZstdDecompress } from "node:zlib";
+import { createInflate } from "node:zlib";
 import { UserError } from "./cli.ts";
 import { HEADER_SIZE, type Header, ImageFormatError, toHex } from "./format.ts";
+import { CodecError, NativeCodec } from "./native-codec.ts";
 import { discardOnSignal, isSameFile, PendingFile, resolveTarget, systemReason, type Target } from "./pending-file.ts";
 import type { ZstdDecodeOrder, ZstdDecodeReport } from "./verify-zstd.ts";
 import { payloadCodec, readSeekTable } from "./zstd-image.ts";
+import { workerUrl } from "./workers.ts";
 import type { SeekTable } from "./zstd-seekable.ts";
 
 /** Payload bytes read from the file per piece (stored and zlib payloads; a zstd piece is one frame). */
@@ -78,9 +80,9 @@ export const ZSTD_DECODE_JOBS = 2;
  */
 const ZSTD_LINK_BYTES = 4 * 1024 * 1024;
 
-const SHA256_WORKER = new URL("../workers/sha256.ts", import.meta.url);
-const INFLATE_WORKER = new URL("../workers/inflate.ts", import.meta.url);
-const ZSTD_DECODE_WORKER = new URL("../workers/zstd-decode.ts", import.meta.url);
+const SHA256_WORKER = workerUrl("sha256");
+const INFLATE_WORKER = workerUrl("inflate");
+const ZSTD_DECODE_WORKER = workerUrl("zstd-decode");
 
 /** The outcome of verifying one payload. */
 export interface PayloadVerdict {
@@ -166,8 +168,10 @@ export async function extractPayload(
   output: Target,
   options: VerifyOptions = {},
 ): Promise<PayloadVerdict> {
-  const file = await PendingFile.create(output);
-  const stopWatching = discardOnSignal([file]);
+  // Watched before it exists on disk, so a signal in between leaves nothing behind.
+  const watched: PendingFile[] = [];
+  const stopWatching = discardOnSignal(watched);
+  const file = await PendingFile.create(output, watched);
   try {
     const verdict = await runPipeline(path, header, options, { path: file.temp, name: `${output.what} ${output.path}` });
     if (verdict.error === null) {
@@ -272,8 +276,7 @@ function startZstdStages(stages: StageThreads, table: SeekTable, jobs: number): 
       input: toDecode.port2,
       output: toHash.port1,
       blocks: table.blocks.filter((block) => block.index % threads === thread),
-      // One byte of room past the largest block, so a frame that gives more than its entry says is caught.
-      capacity: largestBlock + 1,
+      capacity: largestBlock,
       depth,
     };
     // A block that fails is reported down the thread's link, where the SHA-256 stage meets it in image
@@ -627,7 +630,7 @@ export type InflateReport =
  */
 export async function inflateStage(order: InflateOrder): Promise<InflateReport> {
   const output = new PieceSender(order.output);
-  const inflater = new NativeDecoder(createInflate());
+  const inflater = new NativeCodec(createInflate());
   // A bomb stops here: the inflater is never given room past this.
   const limit = order.imageSize + 1;
   let received = 0;
@@ -672,7 +675,7 @@ export async function inflateStage(order: InflateOrder): Promise<InflateReport> 
     }
     if (streamEnd === null && produced < limit) await inflateAll(new Uint8Array(0), true);
   } catch (error) {
-    if (error instanceof DecodeError) {
+    if (error instanceof CodecError) {
       const where = `after ${inflater.consumed} payload bytes`;
       const reason = error.message.startsWith("unexpected end of file")
         ? `zlib stream ends early, ${where}: ${error.message}`
@@ -694,116 +697,4 @@ export async function inflateStage(order: InflateOrder): Promise<InflateReport> 
   if (out && filled > 0) output.send((out as Uint8Array).subarray(0, filled));
   output.end();
   return { kind: "inflated", consumed: streamEnd ?? received, produced };
-}
-
-/** The decoder refused its input; the message is the library's own, with its code: "invalid distance too far back (Z_DATA_ERROR)". */
-export class DecodeError extends Error {
-  override name = "DecodeError";
-}
-
-/** The calls this module makes on the native handle behind a node:zlib stream. */
-interface NativeZlibHandle {
-  writeSync(
-    flush: number,
-    input: Uint8Array,
-    inputOffset: number,
-    inputLength: number,
-    output: Uint8Array,
-    outputOffset: number,
-    outputLength: number,
-  ): void;
-  reset(): void;
-  onerror: (message: string, errno: number, code: string) => void;
-}
-
-/** The internals of a node:zlib stream that NativeDecoder drives. */
-interface NativeZlibStream {
-  _handle?: NativeZlibHandle;
-  _writeState?: Uint32Array;
-  _defaultFlushFlag?: number;
-  _finishFlushFlag?: number;
-  close(): void;
-}
-
-/**
- * A node:zlib decoder (zlib inflate, or zstd decompress), run synchronously
- * on the calling thread into buffers the caller owns.
- *
- * Why not node:zlib's public streams and functions: streams inflate on
- * Bun's thread pool, with a round trip to the worker's event loop for every
- * output piece, and streams and the one-shot functions alike put each
- * output into a freshly allocated buffer. Measured on a 256 MiB pool-like
- * image (issue 2), the inflate pipeline built on a stream spent 1.3 to 1.6 s
- * of CPU against 0.75 s for this, and took 1.5 to 2 times as long; zstd
- * frames of 1 MiB decompress at 200-450 MB/s with zstdDecompressSync or
- * Bun.zstdDecompressSync and at 1.7-1.9 GB/s into a recycled buffer (issue
- * 4, one thread). So this drives the native handle behind a node:zlib
- * stream with the very calls Node's own `zlib.inflateSync` makes:
- * `_handle.writeSync(flush, in, inOffset, inLength, out, outOffset,
- * outLength)`, results in `_writeState` as [output room left, input left],
- * errors through `_handle.onerror`, the stream's own flush values. These are
- * internals that Bun 1.4.5 (the version package.json pins) mirrors from
- * Node; the constructor checks they are there, and tests/lookimage.test.ts
- * and tests/lookimage-zstd.test.ts go through every path (whole, corrupt,
- * cut short, trailing bytes, bomb).
- *
- * @example
- * const decoder = new NativeDecoder(createZstdDecompress());
- * const { produced } = decoder.step(frame, out, true);
- */
-export class NativeDecoder {
-  readonly #stream: NativeZlibStream;
-  readonly #handle: NativeZlibHandle;
-  readonly #state: Uint32Array;
-  readonly #flush: { more: number; finish: number };
-  #error: string | null = null;
-  #consumed = 0;
-
-  constructor(stream: Inflate | ZstdDecompress) {
-    const internals = stream as unknown as NativeZlibStream;
-    if (typeof internals._handle?.writeSync !== "function" || !(internals._writeState instanceof Uint32Array)) {
-      throw new Error("this runtime's node:zlib has no synchronous decoder handle (written for Bun 1.4.5)");
-    }
-    this.#stream = internals;
-    this.#handle = internals._handle;
-    this.#state = internals._writeState;
-    this.#flush = {
-      more: internals._defaultFlushFlag ?? zlibConstants.Z_NO_FLUSH,
-      finish: internals._finishFlushFlag ?? zlibConstants.Z_FINISH,
-    };
-    this.#handle.onerror = (message, _errno, code) => {
-      this.#error = `${message} (${code})`;
-    };
-  }
-
-  /** Input bytes taken since the start (or the last reset), up to the step that failed if one did. */
-  get consumed(): number {
-    return this.#consumed;
-  }
-
-  /**
-   * Decode from `input` into `output`; `finish` says no input follows, so a
-   * zlib stream without its end marker is an error. Returns the bytes taken
-   * from `input` and written to `output`. Throws DecodeError when the
-   * library refuses the input.
-   */
-  step(input: Uint8Array, output: Uint8Array, finish: boolean): { consumed: number; produced: number } {
-    this.#handle.writeSync(finish ? this.#flush.finish : this.#flush.more, input, 0, input.length, output, 0, output.length);
-    if (this.#error !== null) throw new DecodeError(this.#error);
-    const [outputLeft, inputLeft] = this.#state;
-    const consumed = input.length - inputLeft!;
-    this.#consumed += consumed;
-    return { consumed, produced: output.length - outputLeft! };
-  }
-
-  /** Start over, for the next independent stream or frame. */
-  reset(): void {
-    this.#handle.reset();
-    this.#error = null;
-    this.#consumed = 0;
-  }
-
-  close(): void {
-    this.#stream.close();
-  }
 }

@@ -34,14 +34,15 @@ export const IMAGE_VERSIONS: readonly number[] = [VERSION, ZSTD_VERSION];
  */
 export const ZSTD_BLOCK_SIZE = 1 * MIB;
 /**
- * mkimage's default level: the fastest whose payload is no larger than zlib
- * level 9's on every sample measured (bench/zstd-engines.ts). About 400-450
- * MB per CPU second in 1 MiB blocks, 12-14x zlib level 9, at 96.7% of its
- * size on the bench sample and 95.3-95.7% on the raw pools of the existing
- * tools' vectors. Level 1 is under 10% faster but 0.6% larger than zlib
- * level 9 on pool-1m.raw; level 3 is about 30% slower for 0.6-2.4% less.
+ * mkimage's default level, chosen by measurement (bench/mkimage.ts, 256 MiB
+ * in 1 MiB frames): level 3, zstd's own default. Level 2 was 20-25% cheaper
+ * but 4.4% larger than zlib level 9 on a tar of /usr/bin and
+ * /usr/lib/x86_64-linux-gnu; level 3 is 0.8% smaller there, at 8-26% more
+ * CPU, still many times faster than zlib level 9. On the generated sample
+ * (whose binaries are short repeats, which zlib's lazy matching finds and
+ * zstd's fast levels skip) no level below 7 matches zlib's size.
  */
-export const ZSTD_DEFAULT_LEVEL = 2;
+export const ZSTD_DEFAULT_LEVEL = 3;
 
 /** What mkimage and lookimage tell a person about a zstd image. */
 export const ZSTD_BOOT_NOTE =

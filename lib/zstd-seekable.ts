@@ -24,12 +24,15 @@
  * percent or so of size for blocks of a few MiB.
  *
  * Reference: zstd's contrib/seekable_format/zstd_seekable_compression_format.md.
- * This module is pure: bytes in, bytes out. Reading the table and frames from
- * an image file is lib/zstd-image.ts's.
+ * This module is pure: bytes in, bytes out (decompressBlock keeps one native
+ * decoder per thread, reset for every frame; compressBlock makes an encoder
+ * per block, which pledges the block's size). Reading the table and frames
+ * from an image file is lib/zstd-image.ts's.
  */
 
-import * as zlib from "node:zlib";
+import { constants as zlibConstants, createZstdCompress, createZstdDecompress } from "node:zlib";
 import { ImageFormatError, MIB } from "./format.ts";
+import { CodecError, NativeCodec } from "./native-codec.ts";
 
 /** The first four bytes of every zstd frame (little-endian u32). */
 export const ZSTD_FRAME_MAGIC = 0xfd2fb528;
@@ -58,7 +61,7 @@ export const MAX_FRAMES = 0x8000000;
  * is refused rather than trusted; mkimage writes blocks far smaller.
  */
 export const MAX_BLOCK_SIZE = 64 * MIB;
-/** The compression levels Bun's zstd accepts. */
+/** The compression levels zstd has. */
 export const MIN_LEVEL = 1;
 export const MAX_LEVEL = 22;
 
@@ -292,29 +295,100 @@ export function blockIndexForOffset(table: SeekTable, offset: number): number {
 }
 
 /**
- * Compress one block as an independent zstd frame (with its content size in
- * the frame header) with Bun's built-in zstd, the faster engine by
- * bench/zstd-engines.ts.
+ * Bytes a buffer needs to hold the frame of a block of `rawSize` bytes:
+ * zstd's worst case (ZSTD_COMPRESSBOUND: incompressible data stored in raw
+ * blocks, with their headers) and one byte more, so a frame that does not
+ * fill the buffer is known to be complete.
+ *
+ * @example const out = new Uint8Array(frameCapacity(ZSTD_BLOCK_SIZE));
+ */
+export function frameCapacity(rawSize: number): number {
+  const smallInputMargin = rawSize < 128 * 1024 ? (128 * 1024 - rawSize) >> 11 : 0;
+  return rawSize + (rawSize >> 8) + smallInputMargin + 1;
+}
+
+/**
+ * Compress one block as an independent zstd frame, with its content size in
+ * the frame header, by Bun's built-in zstd (the faster engine by
+ * bench/zstd-engines.ts). The frame goes into `out` when given (at least
+ * frameCapacity bytes; the result is a view of its start), which spares a
+ * fresh buffer per block (lib/native-codec.ts says why); else into a buffer
+ * of its own.
  *
  * @example const frame = compressBlock(raw, 3);
  */
-export function compressBlock(raw: Uint8Array, level: number): Uint8Array {
+export function compressBlock(raw: Uint8Array, level: number, out?: Uint8Array): Uint8Array {
   if (!Number.isInteger(level) || level < MIN_LEVEL || level > MAX_LEVEL) {
     throw new RangeError(`zstd level ${level} is not a whole number from ${MIN_LEVEL} to ${MAX_LEVEL}`);
   }
-  return Bun.zstdCompressSync(raw, { level });
+  const capacity = frameCapacity(raw.length);
+  if (out && out.length < capacity) throw new RangeError(`a frame of ${raw.length} bytes needs ${capacity} bytes of room, got ${out.length}`);
+  const room = out ?? new Uint8Array(capacity);
+  // The size pledged up front goes into the frame header, and lets zstd size its tables to the block.
+  const encoder = new NativeCodec(
+    createZstdCompress({ pledgedSrcSize: raw.length, params: { [zlibConstants.ZSTD_c_compressionLevel]: level } }),
+  );
+  try {
+    // One call: a second one with the finishing flag would begin another, empty frame.
+    const { consumed, produced } = encoder.step(raw, room, true);
+    if (consumed !== raw.length || produced === room.length) {
+      throw new Error(`zstd left a block of ${raw.length} bytes unfinished (${consumed} taken, ${produced} written)`);
+    }
+    return room.subarray(0, produced);
+  } finally {
+    encoder.close();
+  }
+}
+
+/** The zstd decoder decompressBlock reuses on this thread, made on first use. */
+let frameDecoder: NativeCodec | undefined;
+/** Where decompressBlock asks for one byte past a block's end, to catch a frame that gives more. */
+const probe = new Uint8Array(1);
+
+/**
+ * True when `frame` is exactly one whole zstd frame: its block headers
+ * (RFC 8878, section 3.1.1) end, with the last block and the optional
+ * checksum, at its last byte. node:zlib's zstd gives a frame's bytes without
+ * complaint when the frame stops before its last block, and `zstd -d`
+ * refuses such a frame, so decompressBlock checks this too.
+ *
+ * @example isWholeFrame(compressBlock(raw, 3)) // true
+ */
+export function isWholeFrame(frame: Uint8Array): boolean {
+  if (frame.length < 6) return false;
+  const descriptor = frame[4]!;
+  const singleSegment = (descriptor & 0x20) !== 0;
+  const contentSizeBytes = [singleSegment ? 1 : 0, 2, 4, 8][descriptor >> 6]!;
+  const dictionaryIdBytes = [0, 1, 2, 4][descriptor & 3]!;
+  let at = 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes + contentSizeBytes;
+  for (;;) {
+    if (at + 3 > frame.length) return false;
+    const header = frame[at]! | (frame[at + 1]! << 8) | (frame[at + 2]! << 16);
+    // An RLE block (type 1) holds one byte whatever its size; the others hold `size` bytes.
+    at += 3 + (((header >> 1) & 3) === 1 ? 1 : header >>> 3);
+    if ((header & 1) !== 0) break;
+  }
+  return ((descriptor & 4) !== 0 ? at + 4 : at) === frame.length;
 }
 
 /**
  * Decompress one frame and check it against its seek table entry: it must
- * give exactly `decompressedSize` bytes (decoding stops as soon as it would
- * give more, so a damaged or hostile frame cannot balloon in memory) whose
- * checksum matches. Throws ImageFormatError naming the block otherwise.
+ * give exactly `decompressedSize` bytes (decoding stops one byte past that,
+ * so a damaged or hostile frame cannot balloon in memory) whose checksum
+ * matches. Throws ImageFormatError naming the block otherwise. The bytes go
+ * into `out` when given (at least `decompressedSize` bytes; the result is a
+ * view of its start), which spares the page faults of a fresh buffer when a
+ * caller decompresses frame after frame (lib/verify-zstd.ts); else into a
+ * buffer of their own.
  *
- * @example const raw = decompressBlock(frame, table.blocks[3]!);
+ * @example
+ * const raw = decompressBlock(frame, table.blocks[3]!);
+ * const into = decompressBlock(frame, table.blocks[3]!, recycled);
  */
-export function decompressBlock(frame: Uint8Array, block: BlockEntry): Uint8Array {
+export function decompressBlock(frame: Uint8Array, block: BlockEntry, out?: Uint8Array): Uint8Array {
   const what = `block ${block.index}`;
+  const size = block.decompressedSize;
+  if (out && out.length < size) throw new RangeError(`${what} needs an output buffer of ${size} bytes, got ${out.length}`);
   if (frame.length !== block.compressedSize) {
     throw new ImageFormatError(`${what}: frame is ${frame.length} bytes, the seek table says ${block.compressedSize}`);
   }
@@ -322,27 +396,32 @@ export function decompressBlock(frame: Uint8Array, block: BlockEntry): Uint8Arra
   if (magic !== ZSTD_FRAME_MAGIC) {
     throw new ImageFormatError(`${what}: frame starts with ${hex32(magic)}, not the zstd magic ${hex32(ZSTD_FRAME_MAGIC)}`);
   }
-  let raw: Uint8Array;
+  const raw = out ? out.subarray(0, size) : new Uint8Array(size);
+  const decoder = (frameDecoder ??= new NativeCodec(createZstdDecompress()));
+  decoder.reset();
+  let consumed = 0;
+  let produced = 0;
+  let beyond = 0;
   try {
-    // node:zlib's zstd (Bun's built-in library) bounds the output, which
-    // Bun.zstdDecompressSync cannot.
-    raw = zlib.zstdDecompressSync(frame, {
-      maxOutputLength: block.decompressedSize,
-      chunkSize: Math.max(block.decompressedSize, zlib.constants.Z_MIN_CHUNK),
-    });
+    while (produced < size) {
+      const step = decoder.step(frame.subarray(consumed), raw.subarray(produced), true);
+      consumed += step.consumed;
+      produced += step.produced;
+      if (step.consumed === 0 && step.produced === 0) break;
+    }
+    if (produced === size) beyond = decoder.step(frame.subarray(consumed), probe, true).produced;
   } catch (error) {
-    const reason =
-      (error as { code?: string }).code === "ERR_BUFFER_TOO_LARGE"
-        ? `decompresses to more than the ${block.decompressedSize} bytes the seek table says`
-        : `does not decompress (${(error as Error).message})`;
-    throw new ImageFormatError(`${what}: frame ${reason}`);
+    if (error instanceof CodecError) throw new ImageFormatError(`${what}: frame does not decompress (${error.message})`);
+    throw error;
+  }
+  if (beyond > 0) {
+    throw new ImageFormatError(`${what}: frame decompresses to more than the ${size} bytes the seek table says`);
   }
   // A frame cut short decodes without error to fewer bytes, so the size is checked here.
-  if (raw.length !== block.decompressedSize) {
-    throw new ImageFormatError(
-      `${what}: frame decompresses to ${raw.length} bytes, the seek table says ${block.decompressedSize}`,
-    );
+  if (produced < size) {
+    throw new ImageFormatError(`${what}: frame decompresses to ${produced} bytes, the seek table says ${size}`);
   }
+  if (!isWholeFrame(frame)) throw new ImageFormatError(`${what}: the ${frame.length} bytes are not one whole zstd frame`);
   const checksum = blockChecksum(raw);
   if (checksum !== block.checksum) {
     throw new ImageFormatError(
@@ -350,4 +429,40 @@ export function decompressBlock(frame: Uint8Array, block: BlockEntry): Uint8Arra
     );
   }
   return raw;
+}
+
+/** One block's work for a zstd block thread (workers/zstd-block.ts). */
+export type ZstdBlockJob =
+  /** `out`, if given, is where the frame goes (compressBlock): a buffer to use again. */
+  | { kind: "compress"; raw: Uint8Array; level: number; out?: Uint8Array }
+  | { kind: "decompress"; frame: Uint8Array; block: BlockEntry };
+
+/**
+ * A compressed block: its frame and the seek table entry that describes it,
+ * and the raw block itself, handed back so its buffer can be filled again.
+ */
+export interface CompressedBlock {
+  kind: "compressed";
+  frame: Uint8Array;
+  entry: SeekTableEntry;
+  raw: Uint8Array;
+}
+
+/** A decompressed block whose size and checksum matched its entry. */
+export interface DecompressedBlock {
+  kind: "decompressed";
+  raw: Uint8Array;
+}
+
+/**
+ * Do one block's work: compress a block into its frame and seek table
+ * entry, or decompress and check a frame (decompressBlock).
+ *
+ * @example const { frame, entry } = runBlockJob({ kind: "compress", raw, level: 2 }) as CompressedBlock;
+ */
+export function runBlockJob(job: ZstdBlockJob): CompressedBlock | DecompressedBlock {
+  if (job.kind === "decompress") return { kind: "decompressed", raw: decompressBlock(job.frame, job.block) };
+  const { raw, level, out } = job;
+  const frame = compressBlock(raw, level, out);
+  return { kind: "compressed", frame, entry: { compressedSize: frame.length, decompressedSize: raw.length, checksum: blockChecksum(raw) }, raw };
 }

@@ -1232,13 +1232,11 @@ describe("fuzz: zstd seekable payload", () => {
    * A frame of one raw block whose Last_Block bit is clear: all its bytes
    * are there, but the frame never ends. `zstd -d` refuses it ("premature
    * end"), so a payload holding it is not the plain .zst docs/format.md
-   * promises. node:zlib's zstd gives the bytes without complaint, and
-   * decompressBlock then accepts the frame: the size and checksum match.
-   * Fix (reported to the lead): check in decompressBlock, after the size,
-   * that the frame's block headers end exactly at its last byte (RFC 8878,
-   * 3.1.1). Remove `.failing` once that is in.
+   * promises. node:zlib's zstd gives the bytes without complaint, so
+   * decompressBlock checks that the frame's block headers end exactly at its
+   * last byte (isWholeFrame, RFC 8878 3.1.1).
    */
-  test.failing("a frame whose last block never comes is refused, as zstd -d refuses it", () => {
+  test("a frame whose last block never comes is refused, as zstd -d refuses it", () => {
     const raw = imageLike(new Random(0x257d0005), 200);
     // Magic; descriptor 0x20 (single segment, 1-byte content size); content size; raw block header of 200 bytes.
     const frameOf = (last: number) => concat(Uint8Array.of(0x28, 0xb5, 0x2f, 0xfd, 0x20, 200, (200 << 3) & 0xff | last, (200 << 3) >> 8, 0), raw);

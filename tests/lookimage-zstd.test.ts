@@ -3,7 +3,7 @@
  * kind of image, run as a process.
  *
  * The zstd images are laid out here from lib/zstd-seekable.ts and
- * lib/format.ts (as mkimage --zstd will write them) and checked with
+ * lib/format.ts (as mkimage --zstd writes them) and checked with
  * Debian's `zstd -d` and sha256sum before lookimage sees them; damaged ones
  * are made by changing bytes of a good one. Stored and zlib images are the
  * existing Rust tools' vectors (shared/vectors), with their raw pools, and a
@@ -29,7 +29,8 @@ import {
 } from "../lib/zstd-seekable.ts";
 
 // Each test runs lookimage as a process several times, on two cores shared with other work.
-setDefaultTimeout(60_000);
+const SLOW = 60_000;
+setDefaultTimeout(SLOW);
 
 const ROOT = join(import.meta.dir, "..");
 const VECTORS = join(ROOT, "..", "shared", "vectors");
@@ -145,11 +146,11 @@ beforeAll(async () => {
   good = zstdImage(raw, "zstd-testing");
   goodPath = path("good.img");
   await Bun.write(goodPath, imageBytes(good));
-});
+}, SLOW);
 
 afterAll(async () => {
   await rm(scratch, { recursive: true, force: true });
-});
+}, SLOW);
 
 describe("a zstd image", () => {
   test("is what the format says, by independent tools: zstd -d gives the raw pool, sha256sum the header's sum", () => {

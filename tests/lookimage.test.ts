@@ -6,7 +6,7 @@
  * hashlib for the checksum), not by our own encoder.
  */
 
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,6 +14,10 @@ import { join } from "node:path";
 const ROOT = join(import.meta.dir, "..");
 const VECTORS = join(ROOT, "..", "shared", "vectors");
 const VECTOR_NAMES = ["pool-1m", "pool-1m-z", "pool-odd", "pool-odd-z"];
+// Every test runs lookimage as a process, some several times, and the setup runs python3 over
+// tens of MiB, on two cores shared with other work: room, but no assertion on time.
+const SLOW = 60_000;
+setDefaultTimeout(SLOW);
 
 /**
  * Makes the test images in the directory given as argv[1] and prints a JSON
@@ -158,11 +162,11 @@ beforeAll(async () => {
   const made = Bun.spawnSync(["python3", "-c", PYTHON_IMAGES, scratch, VECTORS]);
   if (made.exitCode !== 0) throw new Error(`python3 could not make the test images: ${made.stderr.toString()}`);
   facts = JSON.parse(made.stdout.toString()) as Facts;
-});
+}, SLOW);
 
 afterAll(async () => {
   await rm(scratch, { recursive: true, force: true });
-});
+}, SLOW);
 
 async function lookimage(...args: string[]): Promise<Run> {
   const child = Bun.spawn(["bun", join(ROOT, "apps", "lookimage.ts"), ...args], { stdout: "pipe", stderr: "pipe" });

@@ -29,10 +29,10 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "mkimage-test-"));
   bigRaw = join(dir, "big.raw");
   await writeSamplePool(bigRaw, 64 * MIB, 11);
-});
+}, SLOW);
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
-});
+}, SLOW);
 
 let caseCount = 0;
 /** A fresh directory for one case, so its listing shows exactly what the run left. */
@@ -497,7 +497,7 @@ describe("command line", () => {
   test("--help shows the options and examples; --version the package version", async () => {
     const help = mkimage(["--help"]);
     expect(help.exitCode).toBe(0);
-    for (const flag of ["--input", "--output", "--checksum-file", "--target-size", "--name", "--compress", "--dataset", "--level", "--jobs"]) {
+    for (const flag of ["--input", "--output", "--checksum-file", "--target-size", "--name", "--compress", "--zstd", "--dataset", "--level", "--jobs"]) {
       expect(help.stdout).toContain(flag);
     }
     expect(help.stdout).toContain("Examples:");

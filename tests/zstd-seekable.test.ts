@@ -3,7 +3,7 @@
  * decoders: Debian's `zstd` (decompression, frame listing, and the XXH64 it
  * writes with --check) and python3's struct module (the seek table layout).
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -12,29 +12,32 @@ import { samplePoolChunks } from "../lib/sample-pool.ts";
 import {
   blockChecksum,
   blockIndexForOffset,
+  type CompressedBlock,
   compressBlock,
   decodeSeekTable,
+  type DecompressedBlock,
   decompressBlock,
   encodeSeekTable,
   SEEK_TABLE_ENTRY_SIZE,
   SEEK_TABLE_FOOTER_SIZE,
   SKIPPABLE_HEADER_SIZE,
   type SeekTableEntry,
+  type ZstdBlockJob,
 } from "../lib/zstd-seekable.ts";
 import type { WorkerReply } from "../lib/mkimage.ts";
-import type { CompressedBlock, DecompressedBlock, ZstdBlockJob } from "../workers/zstd-block.ts";
 
 const KIB = 1024;
 /** Small blocks keep the tests quick; the format does not depend on the size. */
 const BLOCK = 256 * KIB;
 
-let dir: string;
-beforeAll(() => {
-  dir = mkdtempSync(join(tmpdir(), "zstd-seekable-test-"));
-});
+// Hooks and tests that compress megabytes or run zstd and python3, on two cores shared with other work.
+const SLOW = 30_000;
+setDefaultTimeout(SLOW);
+
+const dir = mkdtempSync(join(tmpdir(), "zstd-seekable-test-"));
 afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
-});
+}, SLOW);
 
 function poolBytes(size: number, seed = 7): Uint8Array {
   return new Uint8Array(Buffer.concat([...samplePoolChunks(size, seed)]));
