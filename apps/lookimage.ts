@@ -12,6 +12,7 @@
 import { stat } from "node:fs/promises";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
+import packageJson from "../package.json" with { type: "json" };
 import { EXIT_FAILURE, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
 import {
   decodeHeader,
@@ -166,7 +167,6 @@ function print(text: string): Promise<void> {
 }
 
 async function main(): Promise<number> {
-  const { version } = (await Bun.file(new URL("../package.json", import.meta.url)).json()) as { version: string };
   const args = await yargs(hideBin(process.argv))
     .scriptName(PROGRAM)
     .usage(
@@ -193,9 +193,10 @@ async function main(): Promise<number> {
     .example("$0 recovery.img", "print the header, then inflate and check the payload's size and SHA-256")
     .example("$0 -s --json recovery.img", "the header as JSON, without reading the payload")
     .example("$0 --extract pool.raw recovery.img", "verify, and write the raw pool to pool.raw")
+    .epilogue("Exit status: 0 ok, 1 failure, 2 usage error.")
     .strict()
     .parserConfiguration({ "duplicate-arguments-array": false })
-    .version(version)
+    .version(packageJson.version)
     .help()
     .wrap(null)
     .fail((message, error) => {

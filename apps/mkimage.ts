@@ -8,6 +8,7 @@
 
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
+import packageJson from "../package.json" with { type: "json" };
 import { EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
 import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "../lib/format.ts";
 import { type Compression, DEFAULT_JOBS, makeImage, MAX_JOBS } from "../lib/mkimage.ts";
@@ -30,7 +31,6 @@ function wholeNumber(flag: string, value: string | number, min: number, max: num
 }
 
 async function main(): Promise<void> {
-  const { version } = (await import("../package.json", { with: { type: "json" } })).default;
   const args = await yargs(hideBin(process.argv))
     .scriptName(PROGRAM)
     .usage("Usage: $0 -i RAW -o IMAGE [-O CSUM_FILE] [-N NAME] [-s MEBIBYTES] [-z | --zstd]\n\nWrap a raw pool file into a boot image.")
@@ -74,7 +74,7 @@ async function main(): Promise<void> {
     .epilogue("Exit status: 0 ok, 1 failure, 2 usage error.")
     .strict()
     .parserConfiguration({ "duplicate-arguments-array": false })
-    .version(version)
+    .version(packageJson.version)
     .help()
     .wrap(null)
     .fail((message, error) => {

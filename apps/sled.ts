@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
+import packageJson from "../package.json" with { type: "json" };
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
 import { PcapLink, readLinkMac } from "../lib/pcap.ts";
 import { formatMac, parseMac, sameMac, SHA256_SIZE } from "../lib/protocol.ts";
@@ -49,9 +50,10 @@ function parseArguments(argv: string[]) {
     })
     .example("$0 eth1 --checksum-file boot_image_csum --sleds 4", "boot four emulated sleds from the server on eth1")
     .example("$0 veth1 --checksum-file csum --drop-rate 0.01 --seed 7", "boot one sled losing 1% of DATA frames")
+    .epilogue("Exit status: 0 ok, 1 failure, 2 usage error.")
     .strict()
     .help()
-    .version(false)
+    .version(packageJson.version)
     .wrap(null)
     .fail((message, error) => {
       throw new UserError(message ?? error?.message ?? "bad arguments", EXIT_USAGE);
