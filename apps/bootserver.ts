@@ -7,9 +7,10 @@
  */
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { BootProgressDisplay } from "../lib/boot-progress.ts";
+import packageJson from "../package.json" with { type: "json" };
+import { BootProgressDisplay, JsonLogDisplay } from "../lib/boot-progress.ts";
 import { BootServer, type BootServerOptions } from "../lib/bootserver.ts";
-import { EXIT_OK, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
+import { EXIT_OK, EXIT_USAGE, oneLine, runMain, UserError } from "../lib/cli.ts";
 import { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
 import { parseMac, type Mac } from "../lib/protocol.ts";
 
@@ -33,14 +34,23 @@ function parseArguments(argv: string[]) {
     .option("boots", { type: "number", describe: "exit 0 once N sleds have finished (no more than N are offered an image)", requiresArg: true })
     .option("sled", { type: "string", array: true, default: [], describe: "MAC=IMAGE: always offer IMAGE to that sled (repeatable)", requiresArg: true })
     .option("allow", { type: "string", array: true, default: [], describe: "serve only these sleds, besides the MAC argument and --sled ones (repeatable)", requiresArg: true })
+    .option("pcap", { type: "string", describe: "record every frame received and sent to FILE (pcap; appears when the server exits)", requiresArg: true })
+    .option("json-log", { type: "boolean", default: false, describe: "print one JSON object per event on stdout (docs/bootserver-json-log.md)" })
     .example("$0 -s -t 60 eth1 recovery.img 02:08:20:aa:bb:cc", "boot one sled, as the existing bootserver does")
     .example("$0 eth1 host.img recovery.img any", "boot every sled, each with the image it wants")
     .example("$0 --boots 32 eth1 host.img any", "boot 32 sleds at once, then exit")
     .example("$0 --sled 02:08:20:aa:bb:cc=test.img eth1 host.img any", "one sled gets test.img, the others host.img")
     .example("$0 --allow 02:08:20:aa:bb:01 --allow 02:08:20:aa:bb:02 eth1 host.img any", "serve only these two sleds")
+    .example("$0 -s --pcap boot.pcap eth1 recovery.img any", "record one boot for Wireshark (docs/wireshark.md)")
+    .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line")
+    .epilogue(
+      "Exit status: 0 when the sleds asked for (-s, --boots) have finished; 1 on a failure " +
+        "(an image that cannot be served, a link that cannot be opened, with -s a sled that fails); " +
+        "2 on bad usage; 130 on SIGINT and 143 on SIGTERM. See docs/operators.md.",
+    )
     .strictOptions()
     .help()
-    .version(false)
+    .version(packageJson.version)
     .wrap(null)
     .fail((message, error) => {
       throw new UserError(message ?? error?.message ?? "bad arguments", EXIT_USAGE);
@@ -82,6 +92,7 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
     boots: args.boots ?? (args.s ? 1 : undefined),
     failuresFatal: args.s,
     helloTimeoutSeconds: args.t,
+    pcap: args.pcap,
   };
 }
 
@@ -96,21 +107,36 @@ function frameSummary(counts: Record<(typeof DISPATCH_COUNTERS)[number], number>
 }
 
 async function bootserver(argv: string[]): Promise<number> {
-  const options = serverOptions(parseArguments(argv));
-  const display = new BootProgressDisplay(process.stdout);
-  const server = await BootServer.start({ ...options, onEvent: (event) => display.event(event) });
+  const args = parseArguments(argv);
+  const options = serverOptions(args);
+  const json = args["json-log"] ? new JsonLogDisplay(process.stdout) : null;
+  const display = json ?? new BootProgressDisplay(process.stdout);
+  let server: BootServer;
+  try {
+    server = await BootServer.start({ ...options, onEvent: (event) => display.event(event) });
+  } catch (error) {
+    json?.write({ event: "error", fatal: true, message: oneLine(error) });
+    throw error;
+  }
   const ticker = setInterval(() => display.update(server.progress()), 1000);
   const signalled = new Promise<number>((resolve) => {
     for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => resolve(SIGNAL_EXIT[signal]));
   });
   try {
     return await Promise.race([server.done.then(() => EXIT_OK), signalled]);
+  } catch (error) {
+    json?.write({ event: "error", fatal: true, message: oneLine(error) });
+    throw error;
   } finally {
     clearInterval(ticker);
     display.close();
     await server.stop();
-    const summary = frameSummary(server.frameCounts());
-    if (summary) console.log(summary);
+    const counts = server.frameCounts();
+    if (json) json.write({ event: "frames", ...counts });
+    else {
+      const summary = frameSummary(counts);
+      if (summary) console.log(summary);
+    }
   }
 }
 

@@ -7,11 +7,15 @@
  * is printed above the block, which is then drawn again under it. Anywhere else (a log, a pipe, a test) progress
  * comes as plain lines, one per sled whose transfer moved since the last
  * time, so a log reads top to bottom without escape sequences.
+ *
+ * With `--json-log` (JsonLogDisplay) every event and every progress report is
+ * instead one JSON object on one line, in the schema of
+ * docs/bootserver-json-log.md, for a script to read.
  */
 
 import type { BootEvent, SledProgress } from "./bootserver.ts";
 import { formatBytes } from "./progress.ts";
-import { isCompressed, toHex } from "./format.ts";
+import { isCompressed, toHex, ZSTD_VERSION } from "./format.ts";
 
 /** Decimal megabytes, as line rates are quoted (gigabit is about 117 MB/s of image data). */
 const MB = 1_000_000;
@@ -50,7 +54,10 @@ export function eventLines(event: BootEvent): string[] {
         `serving on ${event.link} (${event.mac})`,
         ...event.images.map((image) => {
           const { header } = image;
-          const how = isCompressed(header) ? `compressed, ${formatBytes(header.dataSize)} on disk` : "uncompressed";
+          const how =
+            header.version === ZSTD_VERSION
+              ? `zstd, ${formatBytes(header.dataSize)} on disk; each block's checksum is checked as sleds read it, the whole image's SHA-256 is not checked here`
+              : isCompressed(header) ? `compressed, ${formatBytes(header.dataSize)} on disk` : "uncompressed";
           return `  ${image.path}: image name "${header.imageName}", ${formatBytes(header.imageSize)} (${how}), sha256 ${toHex(header.sha256)}`;
         }),
       ];
@@ -73,6 +80,10 @@ export function eventLines(event: BootEvent): string[] {
           `${progress.reasked} re-asked offsets; ${event.boots} finished so far`,
       ];
     }
+    case "session-start":
+      return [];
+    case "reset":
+      return [`RESET to ${event.sled}: it asked for data without a session (the server restarted or its session ended)`];
     case "notice":
       return [event.message];
     case "problem":
@@ -148,4 +159,102 @@ export class BootProgressDisplay {
     if (lines.length > 0) this.#sink.write(lines.map((line) => `\x1b[K${line}\n`).join(""));
     this.#drawn = lines;
   }
+}
+
+/** One event of the JSON log (docs/bootserver-json-log.md): `event` names it, `time` is ISO 8601 UTC. */
+export type JsonLogRecord = { event: string; time: string } & Record<string, unknown>;
+
+function imageFields(image: SledProgress["image"]) {
+  const { header } = image;
+  return { image: image.name, path: image.path, image_size: header.imageSize, sha256: toHex(header.sha256) };
+}
+
+function transferFields(progress: SledProgress) {
+  return {
+    sled: progress.sled,
+    ...imageFields(progress.image),
+    bytes: progress.deliveredBytes,
+    sent_bytes: progress.sentBytes,
+    seconds: Number(progress.seconds.toFixed(3)),
+    mb_per_second: Number((progress.bytesPerSecond / MB).toFixed(3)),
+    reasked: progress.reasked,
+    send_failures: progress.sendFailures,
+  };
+}
+
+/**
+ * The JSON log record for an event, without its time.
+ *
+ * @example jsonLogRecord({ type: "hello", sled: "02:00:00:00:00:01", text: "hi" }) // { event: "hello", sled: ..., text: "hi" }
+ */
+export function jsonLogRecord(event: BootEvent): Omit<JsonLogRecord, "time"> {
+  switch (event.type) {
+    case "listening":
+      return {
+        event: "listening",
+        link: event.link,
+        mac: event.mac,
+        images: event.images.map((image) => ({
+          ...imageFields(image),
+          target_size: image.header.targetSize,
+          dataset: image.header.dataset,
+          compressed: isCompressed(image.header),
+        })),
+      };
+    case "hello":
+      return { event: "hello", sled: event.sled, text: event.text };
+    case "offer":
+      return { event: "offer", sled: event.sled, ...imageFields(event.image), target_size: event.image.header.targetSize, dataset: event.image.header.dataset };
+    case "session-start":
+      return { event: "session-start", sled: event.sled, ...imageFields(event.image) };
+    case "reloaded":
+      return { event: "reload", ...imageFields(event.image) };
+    case "finished":
+      return { event: "finished", ...transferFields(event.progress), boots: event.boots };
+    case "reset":
+      return { event: "reset", sled: event.sled };
+    case "notice":
+      return { event: "notice", message: event.message };
+    case "problem":
+      return { event: "error", fatal: false, message: event.message };
+  }
+}
+
+/**
+ * Prints events and progress as one JSON object per line (`bootserver
+ * --json-log`), with the same interface as BootProgressDisplay. Progress
+ * records come only for transfers that moved since the last update.
+ *
+ * @example
+ * const log = new JsonLogDisplay(process.stdout);
+ * log.event({ type: "reset", sled: "02:00:00:00:00:01" }); // {"event":"reset","time":"...","sled":"02:00:00:00:00:01"}
+ */
+export class JsonLogDisplay {
+  readonly #sink: ProgressSink;
+  readonly #previous = new Map<string, number>();
+
+  constructor(sink: ProgressSink) {
+    this.#sink = sink;
+  }
+
+  event(event: BootEvent): void {
+    if (event.type === "finished") this.#previous.delete(event.progress.sled);
+    this.write(jsonLogRecord(event));
+  }
+
+  update(transfers: SledProgress[]): void {
+    for (const progress of transfers) {
+      if (this.#previous.get(progress.sled) === progress.deliveredBytes) continue;
+      this.#previous.set(progress.sled, progress.deliveredBytes);
+      this.write({ event: "progress", ...transferFields(progress) });
+    }
+  }
+
+  /** Write one record, stamped now; for events the server itself does not report (a fatal error). */
+  write(record: Omit<JsonLogRecord, "time">): void {
+    const { event, ...fields } = record;
+    this.#sink.write(`${JSON.stringify({ event, time: new Date().toISOString(), ...fields })}\n`);
+  }
+
+  close(): void {}
 }

@@ -30,11 +30,14 @@ import { DISPATCH_COUNTERS, dispatchCounters, macKey, type DispatchCounters, typ
 import { datasetField, encodeFrame, formatMac, type Mac } from "./protocol.ts";
 import { ServedImageFile, type ServedImage } from "./served-image.ts";
 import { sessionCounters, type SessionCommand, type SessionCounters, type SessionReport } from "./session.ts";
+import { workerUrl } from "./workers.ts";
 
 /** A session with no READ or HELLO for this long has lost its sled. */
 export const SESSION_QUIET_MS = 20_000;
 /** How long a stopping thread gets to close its link before it is terminated. */
 const STOP_GRACE_MS = 1000;
+/** The dispatcher may also have a capture file to flush, sync and rename. */
+const RECORDING_STOP_GRACE_MS = 10_000;
 
 export interface BootServerOptions {
   /** The Ethernet link the sleds are on. */
@@ -51,6 +54,8 @@ export interface BootServerOptions {
   failuresFatal: boolean;
   /** Fail unless a sled says HELLO within this many seconds. */
   helloTimeoutSeconds?: number;
+  /** Record every frame received and sent to this pcap file, which appears when the server stops. */
+  pcap?: string;
   /** Where to report what happens. */
   onEvent: (event: BootEvent) => void;
 }
@@ -78,6 +83,10 @@ export type BootEvent =
   | { type: "listening"; link: string; mac: string; images: ServedImage[] }
   | { type: "hello"; sled: string; text: string }
   | { type: "offer"; sled: string; image: ServedImage }
+  /** The sled was offered an image for the first time in this session: a session thread serves it from now on. */
+  | { type: "session-start"; sled: string; image: ServedImage }
+  /** The sled READ without a session (the server restarted, or its session ended) and was told to start over. */
+  | { type: "reset"; sled: string }
   | { type: "reloaded"; image: ServedImage }
   | { type: "finished"; progress: SledProgress; boots: number }
   /** Something worth knowing that is not a failure. */
@@ -213,12 +222,15 @@ export class BootServer {
     this.#closed = true;
     clearTimeout(this.#helloTimer);
     clearInterval(this.#quietTimer);
-    const stopping = [this.#stopWorker(this.#dispatcher, this.#dispatcherStopped)];
+    // Sessions first: when recording, their last batches reach the dispatcher before it closes the capture.
+    const sessions: Promise<void>[] = [];
     for (const sled of this.#sleds.values()) {
-      if (sled.session) stopping.push(this.#stopWorker(sled.session.worker, sled.session.stopped));
+      if (sled.session) sessions.push(this.#stopWorker(sled.session.worker, sled.session.stopped));
       sled.session = undefined;
     }
-    await Promise.all(stopping);
+    await Promise.all(sessions);
+    const grace = this.#options.pcap === undefined ? STOP_GRACE_MS : RECORDING_STOP_GRACE_MS;
+    await this.#stopWorker(this.#dispatcher, this.#dispatcherStopped, grace);
   }
 
   #emit(event: BootEvent) {
@@ -240,7 +252,7 @@ export class BootServer {
   }
 
   async #startDispatcher(): Promise<void> {
-    const worker = new Worker(new URL("../workers/dispatcher.ts", import.meta.url).href);
+    const worker = new Worker(workerUrl("dispatcher").href);
     this.#dispatcher = worker;
     let stopped!: () => void;
     this.#dispatcherStopped = new Promise((resolve) => (stopped = resolve));
@@ -255,6 +267,8 @@ export class BootServer {
             return void this.#hello(report.sled, report.text);
           case "finished":
             return this.#sledFinished(report.sled);
+          case "reset":
+            return this.#emit({ type: "reset", sled: formatMac(report.sled) });
           case "stopped":
             return stopped();
           case "error":
@@ -268,7 +282,7 @@ export class BootServer {
       };
     });
     const allowed = this.#options.allowed && [...this.#options.allowed, ...this.#options.pinned.map(([mac]) => mac)];
-    this.#command({ type: "start", link: this.#options.link, allowed, counters: this.#frameCounters.buffer });
+    this.#command({ type: "start", link: this.#options.link, allowed, counters: this.#frameCounters.buffer, pcap: this.#options.pcap });
     try {
       await ready;
     } catch (error) {
@@ -326,6 +340,7 @@ export class BootServer {
     this.#loaded.set(file, image);
 
     const session = sled.session ?? this.#startSession(sled, image);
+    if (!sled.session) this.#emit({ type: "session-start", sled: sled.name, image });
     sled.session = session;
     session.image = image;
     session.heardAt = Date.now();
@@ -353,7 +368,7 @@ export class BootServer {
   }
 
   #startSession(sled: Sled, image: ServedImage): SessionThread {
-    const worker = new Worker(new URL("../workers/session.ts", import.meta.url).href);
+    const worker = new Worker(workerUrl("session").href);
     const counters = sessionCounters();
     const channel = new MessageChannel();
     let stopped!: () => void;
@@ -379,10 +394,18 @@ export class BootServer {
       const report = event.data;
       if (report.type === "ready") ready();
       else if (report.type === "stopped") stopped();
+      else if (report.type === "problem") this.#problem(`${sled.name}: ${report.message}`);
       else fail(`session for ${sled.name}: ${report.message}`);
     };
     worker.onerror = (event) => fail(`session thread for ${sled.name} failed: ${event.message}`);
-    const start: SessionCommand = { type: "start", link: this.#options.link, sled: sled.mac, counters: counters.buffer, port: channel.port2 };
+    const start: SessionCommand = {
+      type: "start",
+      link: this.#options.link,
+      sled: sled.mac,
+      counters: counters.buffer,
+      port: channel.port2,
+      record: this.#options.pcap !== undefined,
+    };
     worker.postMessage(start, [channel.port2]);
     return session;
   }
@@ -443,9 +466,9 @@ export class BootServer {
     };
   }
 
-  async #stopWorker(worker: Worker, stopped: Promise<void>): Promise<void> {
+  async #stopWorker(worker: Worker, stopped: Promise<void>, graceMs = STOP_GRACE_MS): Promise<void> {
     worker.postMessage({ type: "stop" } satisfies SessionCommand & DispatcherCommand);
-    await settledWithin(stopped, STOP_GRACE_MS);
+    await settledWithin(stopped, graceMs);
     worker.terminate();
   }
 }

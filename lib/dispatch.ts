@@ -20,6 +20,7 @@
  * session already there rather than draw a RESET.
  */
 
+import type { ServedBytes } from "./served-image.ts";
 import { SharedCounters } from "./shared-counters.ts";
 import { BROADCAST_MAC, decodeFrame, encodeFrame, formatMac, MAC_SIZE, sameMac, type Mac, type ReadRequest } from "./protocol.ts";
 
@@ -58,7 +59,7 @@ export function dispatchCounters(buffer?: SharedArrayBuffer): DispatchCounters {
 /** Where a sled's frames go once it has a session (its thread's channel). */
 export interface SessionInbox {
   /** Serve these raw image bytes from now on. */
-  serve(bytes: SharedArrayBuffer): void;
+  serve(bytes: ServedBytes): void;
   read(read: ReadRequest): void;
   /** The session ended; nothing more will be delivered. */
   close(): void;
@@ -71,6 +72,8 @@ export interface DispatchEvents {
   hello(sled: Mac, text: Uint8Array): void;
   /** The sled said FINISHED; its session is already detached. */
   finished(sled: Mac): void;
+  /** The sled READ without a session and was sent a RESET. */
+  reset?(sled: Mac): void;
 }
 
 /**
@@ -112,7 +115,7 @@ export class FrameDispatcher {
    * Serve `bytes` to `sled` and send it `offerFrame`. `inbox` attaches a new
    * session; without it the sled's existing session serves the new image.
    */
-  offer(sled: Mac, offerFrame: Uint8Array, bytes: SharedArrayBuffer, inbox?: SessionInbox): void {
+  offer(sled: Mac, offerFrame: Uint8Array, bytes: ServedBytes, inbox?: SessionInbox): void {
     const key = macKey(sled);
     if (inbox) {
       this.#sessions.get(key)?.close();
@@ -148,7 +151,10 @@ export class FrameDispatcher {
       case "read": {
         const session = this.#sessions.get(key);
         if (session) return session.read(message);
-        if (this.#send(this.#reset(source))) counters.add("resets");
+        if (this.#send(this.#reset(source))) {
+          counters.add("resets");
+          this.events.reset?.(source);
+        }
         return;
       }
       case "finished": {
@@ -176,10 +182,65 @@ export class FrameDispatcher {
   }
 }
 
+/**
+ * A batch of frames a session thread sent, copied for the capture file
+ * (`bootserver --pcap`). Only the dispatcher thread writes the file, so a
+ * session that records posts each batch it sends back on its channel: one
+ * buffer and one message per batch, and none at all when nothing records.
+ */
+export interface SentFrames {
+  type: "sent";
+  /** Wall-clock milliseconds when the batch went out (lib/pcap-file.ts nowMs). */
+  at: number;
+  /** The frames, end to end. */
+  bytes: Uint8Array;
+  /** Each frame's length, in order. */
+  lengths: Uint16Array;
+}
+
+/**
+ * Copy `frames` (views into buffers the sender reuses) into one SentFrames.
+ *
+ * @example port.postMessage(packSentFrames(frames, nowMs()), [sent.bytes.buffer, sent.lengths.buffer]);
+ */
+export function packSentFrames(frames: readonly Uint8Array[], at: number): SentFrames {
+  let total = 0;
+  for (const frame of frames) total += frame.length;
+  const bytes = new Uint8Array(total);
+  const lengths = new Uint16Array(frames.length);
+  let offset = 0;
+  frames.forEach((frame, index) => {
+    bytes.set(frame, offset);
+    lengths[index] = frame.length;
+    offset += frame.length;
+  });
+  return { type: "sent", at, bytes, lengths };
+}
+
+/**
+ * The frames of a SentFrames, as views into its buffer.
+ *
+ * @example for (const frame of unpackSentFrames(sent)) capture.write(frame, sent.at);
+ */
+export function* unpackSentFrames(sent: SentFrames): Generator<Uint8Array> {
+  let offset = 0;
+  for (const length of sent.lengths) {
+    yield sent.bytes.subarray(offset, offset + length);
+    offset += length;
+  }
+}
+
 /** What the main thread tells the dispatcher thread (workers/dispatcher.ts). */
 export type DispatcherCommand =
-  | { type: "start"; link: string; allowed: Mac[] | null; counters: SharedArrayBuffer }
-  | { type: "offer"; sled: Mac; frame: Uint8Array; bytes: SharedArrayBuffer; port?: MessagePort }
+  | {
+      type: "start";
+      link: string;
+      allowed: Mac[] | null;
+      counters: SharedArrayBuffer;
+      /** Record every frame received and sent to this pcap file (sessions post theirs as SentFrames). */
+      pcap?: string;
+    }
+  | { type: "offer"; sled: Mac; frame: Uint8Array; bytes: ServedBytes; port?: MessagePort }
   | { type: "end"; sled: Mac }
   | { type: "stop" };
 
@@ -188,5 +249,6 @@ export type DispatcherReport =
   | { type: "ready"; mac: Mac }
   | { type: "hello"; sled: Mac; text: Uint8Array }
   | { type: "finished"; sled: Mac }
+  | { type: "reset"; sled: Mac }
   | { type: "stopped" }
   | { type: "error"; message: string };

@@ -57,6 +57,7 @@ export const DATA_MIN_BODY = 8;
 export const DATA_MAX_BODY = 1476;
 
 export type Mac = Uint8Array;
+const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
 export const BROADCAST_MAC: Mac = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 
 export interface Hello {
@@ -277,18 +278,38 @@ export function encodeFrame(destination: Mac, source: Mac, message: Message): Ui
  *
  * @example
  * const writer = new DataFrameWriter(sledMac, serverMac);
- * link.inject(writer.frame(offset, image.subarray(start, start + 1024)));
+ * link.inject(writer.answer(offset, image));
  */
 export class DataFrameWriter {
   private readonly buffer = new Uint8Array(BODY_OFFSET + 8 + DATA_MAX_BODY);
   private readonly view = new DataView(this.buffer.buffer);
+  /** Image bytes in the frame written last. */
+  imageBytes = 0;
 
   constructor(destination: Mac, source: Mac) {
     writeHeaders(this.buffer, this.view, destination, source, "data", 0);
   }
 
+  /**
+   * The DATA frame that answers a READ of `offset` in `image` (netboot.md,
+   * "End of image"): the CHUNK_SIZE bytes at `offset`, fewer at the end of
+   * the image, none at or past it. The bound is checked on the 64-bit
+   * offset, so no offset a frame can carry reads outside `image`. A view
+   * valid until the next call.
+   *
+   * @example writer.answer(1024n, image) // DATA for offset 1024 with image bytes 1024..2047
+   * @example writer.answer(2n ** 64n - 1n, image) // DATA with no bytes: the end
+   */
+  answer(offset: bigint, image: Uint8Array): Uint8Array {
+    // Compared with a constant so that no BigInt is made per frame: past 2^53
+    // is past any image, and below it Number(offset) is exact.
+    const start = offset > MAX_SAFE_OFFSET ? image.length : Math.min(Number(offset), image.length);
+    return this.frame(offset, image.subarray(start, Math.min(start + CHUNK_SIZE, image.length)));
+  }
+
   /** The whole frame for `bytes` at `offset`: a view valid until the next call. */
   frame(offset: bigint, bytes: Uint8Array): Uint8Array {
+    this.imageBytes = bytes.length;
     const bodySize = 8 + bytes.length;
     this.view.setUint32(ETHER_HEADER_SIZE + 8, bodySize);
     this.view.setBigUint64(BODY_OFFSET, offset);

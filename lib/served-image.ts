@@ -11,6 +11,13 @@
  * loaded must equal the header's, since that is what a sled checks after the
  * transfer and what the OFFER promises.
  *
+ * A zstd image (docs/format.md) is the exception: inflating a large pool
+ * before the first DATA would keep a sled waiting for seconds, so only its
+ * seek table is checked and its compressed payload read into shared memory
+ * at load; sessions decompress the blocks READs touch through a block cache
+ * they share (lib/block-cache.ts). Its SHA-256 is not checked here, as that
+ * needs every block; each block's checksum is checked as it is decompressed.
+ *
  * An image is refused, saying why, when a sled could not boot it over the
  * network: below 1 MiB, not a whole number of 128 KiB batches, or larger than
  * its ramdisk (lib/format.ts, netbootRefusals and kernelRefusals).
@@ -23,6 +30,7 @@
 
 import { open, stat } from "node:fs/promises";
 import { basename } from "node:path";
+import { zstdImageMemory, type ZstdImageMemory } from "./block-cache.ts";
 import {
   decodeHeader,
   HEADER_SIZE,
@@ -34,6 +42,8 @@ import {
   type Header,
 } from "./format.ts";
 import { type InflateOrder, type InflateReport, PieceSender, receivePieces } from "./verify.ts";
+import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "./zstd-image.ts";
+import { workerUrl } from "./workers.ts";
 
 /** What identifies one version of a file: a rebuilt image differs in one of these. */
 export interface FileStamp {
@@ -43,14 +53,20 @@ export interface FileStamp {
   dev: number;
 }
 
-/** An image ready to serve: its header and its raw bytes in shared memory. */
+/**
+ * An image's bytes in shared memory, as sessions read them: the raw pool
+ * (exactly header.imageSize bytes) for plain and zlib images, the payload and
+ * block cache for a zstd one.
+ */
+export type ServedBytes = SharedArrayBuffer | ZstdImageMemory;
+
+/** An image ready to serve: its header and its bytes in shared memory. */
 export interface ServedImage {
   path: string;
   /** The file's base name, for messages and progress lines. */
   name: string;
   header: Header;
-  /** The raw pool image, exactly header.imageSize bytes. */
-  bytes: SharedArrayBuffer;
+  bytes: ServedBytes;
   stamp: FileStamp;
 }
 
@@ -84,7 +100,8 @@ export async function readServableHeader(path: string): Promise<{ header: Header
     const { bytesRead } = await file.read(bytes, 0, HEADER_SIZE, 0);
     let header: Header;
     try {
-      header = decodeHeader(bytes.subarray(0, bytesRead), { fileSize: stats.size });
+      header = decodeHeader(bytes.subarray(0, bytesRead), { fileSize: stats.size, versions: IMAGE_VERSIONS });
+      payloadCodec(header);
     } catch (error) {
       throw new ImageFormatError(`${path}: ${(error as Error).message}`);
     }
@@ -143,7 +160,7 @@ async function readInto(path: string, header: Header, target: Uint8Array, hasher
 }
 
 async function inflateInto(path: string, header: Header, target: Uint8Array, hasher: Bun.CryptoHasher): Promise<number> {
-  const inflater = new Worker(new URL("../workers/inflate.ts", import.meta.url).href);
+  const inflater = new Worker(workerUrl("inflate").href);
   const toInflater = new MessageChannel();
   const fromInflater = new MessageChannel();
   const input = new PieceSender(toInflater.port1);
@@ -217,8 +234,9 @@ export type FillResult = { ok: true } | { ok: false; message: string };
  */
 export async function loadServedImage(path: string): Promise<ServedImage> {
   const { header, stamp } = await readServableHeader(path);
+  if (payloadCodec(header) === "zstd") return { path, name: basename(path), header, bytes: await loadZstdPayload(path, header), stamp };
   const bytes = new SharedArrayBuffer(header.imageSize);
-  const worker = new Worker(new URL("../workers/served-image.ts", import.meta.url).href);
+  const worker = new Worker(workerUrl("served-image").href);
   try {
     const result = await new Promise<FillResult>((resolve) => {
       worker.onmessage = (event: MessageEvent<FillResult>) => resolve(event.data);
@@ -230,6 +248,35 @@ export async function loadServedImage(path: string): Promise<ServedImage> {
     worker.terminate();
   }
   return { path, name: basename(path), header, bytes, stamp };
+}
+
+/**
+ * Check a zstd image's seek table against its header and read its payload
+ * into shared memory, with an empty block cache beside it: two small reads
+ * and one of the compressed payload, however large the pool.
+ *
+ * @example const memory = await loadZstdPayload("dev.img", header);
+ */
+export async function loadZstdPayload(path: string, header: Header): Promise<ZstdImageMemory> {
+  let table;
+  try {
+    table = await readSeekTable(Bun.file(path), header);
+  } catch (error) {
+    throw new ImageFormatError(`${path}: ${(error as Error).message}`);
+  }
+  const payload = new SharedArrayBuffer(header.dataSize);
+  const target = new Uint8Array(payload);
+  const file = await open(path, "r");
+  try {
+    for (let done = 0; done < header.dataSize; ) {
+      const { bytesRead } = await file.read(target, done, Math.min(READ_CHUNK, header.dataSize - done), HEADER_SIZE + done);
+      if (bytesRead === 0) throw new ImageFormatError(`${path}: file ends ${done} bytes into the ${header.dataSize}-byte payload`);
+      done += bytesRead;
+    }
+  } finally {
+    await file.close();
+  }
+  return zstdImageMemory(payload, table);
 }
 
 /**

@@ -10,6 +10,12 @@
  * 64-bit integers before anything is read: an offset near 2^64 or one that is
  * not a multiple of 1024 never reads outside the image.
  *
+ * A zstd image is read through lib/block-cache.ts, which decompresses the
+ * block an offset falls in and checks its checksum. A block that fails its
+ * check is never sent: the sled gets a RESET instead (it gives up this boot
+ * rather than wait for bytes that will not come), the reason goes to
+ * `onProblem` once, and every later READ of the same offer draws a RESET too.
+ *
  * Progress lives in a few numbers in a SharedArrayBuffer (SharedCounters):
  * the session thread writes them as it answers and the main thread reads them
  * when it redraws, so reporting costs no message per frame.
@@ -22,12 +28,14 @@
  * memory whatever the image size.
  */
 
-import { CHUNK_SIZE, DataFrameWriter, READ_SLOTS, requestedOffsets, type Mac, type ReadRequest } from "./protocol.ts";
+import { ZstdImageReader, type ZstdImageMemory } from "./block-cache.ts";
+import { ImageFormatError } from "./format.ts";
+import { CHUNK_SIZE, DataFrameWriter, encodeFrame, READ_SLOTS, requestedOffsets, type Mac, type ReadRequest } from "./protocol.ts";
+import type { ServedBytes } from "./served-image.ts";
 import { SharedCounters } from "./shared-counters.ts";
 
 /** Slots in the re-ask table: two batches of 128 chunks. */
 const ASKED_TABLE_SIZE = 256;
-const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
 
 /**
  * A session's progress, shared with the main thread:
@@ -60,19 +68,55 @@ export function sessionCounters(buffer?: SharedArrayBuffer): SessionCounters {
   return new SharedCounters(SESSION_COUNTERS, buffer);
 }
 
+/** Where a session takes the bytes that answer an offset from. */
+export interface ImageSource {
+  /** Bytes of the raw image. */
+  readonly size: number;
+  /** The DATA frame answering `offset`, by `writer` (DataFrameWriter.answer's bytes); throws ImageFormatError for a damaged block. */
+  answer(writer: DataFrameWriter, offset: bigint): Uint8Array;
+  /** Done with the bytes of the last answer (a shared cache may reuse them). */
+  release(): void;
+}
+
+/** A raw image in memory as an ImageSource. */
+class RawImage implements ImageSource {
+  constructor(readonly bytes: Uint8Array) {}
+  get size(): number {
+    return this.bytes.length;
+  }
+  answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
+    return writer.answer(offset, this.bytes);
+  }
+  release(): void {}
+}
+
+/** A zstd image in shared memory as an ImageSource. */
+class ZstdImage implements ImageSource {
+  readonly #reader: ZstdImageReader;
+  constructor(memory: ZstdImageMemory) {
+    this.#reader = new ZstdImageReader(memory);
+  }
+  get size(): number {
+    return this.#reader.size;
+  }
+  answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
+    return writer.frame(offset, this.#reader.chunk(offset));
+  }
+  release(): void {
+    this.#reader.release();
+  }
+}
+
 /**
- * The image bytes that answer `offset`: CHUNK_SIZE bytes, fewer at the end of
- * the image, none at or past it. The comparison is done on the 64-bit offset,
- * so no offset a frame can carry reads outside `image`.
+ * The source a session reads an image's shared bytes from: the raw pool
+ * itself, or a zstd payload through the shared block cache.
  *
- * @example imageChunk(image, 1024n).length // 1024 inside the image
- * @example imageChunk(image, 2n ** 64n - 1n).length // 0: marks the end
+ * @example session.serve(imageSource(message.bytes));
  */
-export function imageChunk(image: Uint8Array, offset: bigint): Uint8Array {
-  // Compared with a constant so that no BigInt is made per frame: past 2^53
-  // is past any image, and below it Number(offset) is exact.
-  const start = offset > MAX_SAFE_OFFSET ? image.length : Math.min(Number(offset), image.length);
-  return image.subarray(start, Math.min(start + CHUNK_SIZE, image.length));
+export function imageSource(bytes: ServedBytes | Uint8Array): ImageSource {
+  if (bytes instanceof Uint8Array) return new RawImage(bytes);
+  if (bytes instanceof SharedArrayBuffer) return new RawImage(new Uint8Array(bytes));
+  return new ZstdImage(bytes);
 }
 
 /**
@@ -106,30 +150,38 @@ class AskedOffsets {
  *
  * @example
  * const session = new SledSession(sledMac, link.mac, (frames) => link.injectBatch(frames), counters);
- * session.serve(new Uint8Array(image.bytes));
+ * session.serve(imageSource(image.bytes));
  * session.answer(read);
  */
 export class SledSession {
   readonly #writers: DataFrameWriter[];
   readonly #frames: Uint8Array[] = [];
   readonly #asked = new AskedOffsets();
-  #image: Uint8Array = new Uint8Array(0);
+  readonly #reset: Uint8Array[];
+  #image: ImageSource = new RawImage(new Uint8Array(0));
+  /** The image could not be read: every READ of this offer draws a RESET. */
+  #broken = false;
 
   constructor(
     sled: Mac,
     server: Mac,
     private readonly send: (frames: readonly Uint8Array[]) => void,
     readonly counters: SessionCounters = sessionCounters(),
+    /** Told, once per offer, why the sled was sent a RESET. */
+    private readonly onProblem: (message: string) => void = () => {},
   ) {
     this.#writers = Array.from({ length: READ_SLOTS }, () => new DataFrameWriter(sled, server));
+    this.#reset = [encodeFrame(sled, server, { type: "reset" })];
   }
 
   /** Serve `image` from now on (the sled was just offered it); counters start over. */
-  serve(image: Uint8Array): void {
-    this.#image = image;
+  serve(image: ImageSource | Uint8Array): void {
+    this.#image.release();
+    this.#image = image instanceof Uint8Array ? new RawImage(image) : image;
+    this.#broken = false;
     this.#asked.clear();
     this.counters.clear();
-    this.counters.set("imageSize", image.length);
+    this.counters.set("imageSize", this.#image.size);
   }
 
   /** Send one DATA for every offset `read` asks for, in slot order. */
@@ -143,13 +195,28 @@ export class SledSession {
     let sentBytes = 0;
     let deliveredBytes = 0;
     let reasked = 0;
-    // requestedOffsets gives at most READ_SLOTS offsets: one per slot, 0 only in place of an empty one.
-    for (const offset of requestedOffsets(read)) {
-      const chunk = imageChunk(this.#image, offset);
-      frames.push(this.#writers[frames.length]!.frame(offset, chunk));
-      sentBytes += chunk.length;
-      if (this.#asked.repeat(offset)) reasked++;
-      else deliveredBytes += chunk.length;
+    if (!this.#broken) {
+      try {
+        // requestedOffsets gives at most READ_SLOTS offsets: one per slot, 0 only in place of an empty one.
+        for (const offset of requestedOffsets(read)) {
+          const writer = this.#writers[frames.length]!;
+          frames.push(this.#image.answer(writer, offset));
+          sentBytes += writer.imageBytes;
+          if (this.#asked.repeat(offset)) reasked++;
+          else deliveredBytes += writer.imageBytes;
+        }
+      } catch (error) {
+        if (!(error instanceof ImageFormatError)) throw error;
+        this.#broken = true;
+        this.onProblem(`sent a RESET instead of bytes that failed their check: ${error.message}`);
+      } finally {
+        // The frames hold copies, so the cached block can go before they are sent.
+        this.#image.release();
+      }
+    }
+    if (this.#broken) {
+      this.#sendReset();
+      return;
     }
     try {
       this.send(frames);
@@ -163,6 +230,15 @@ export class SledSession {
     counters.add("deliveredBytes", deliveredBytes);
     counters.add("reasked", reasked);
   }
+
+  #sendReset(): void {
+    try {
+      this.send(this.#reset);
+    } catch {
+      // The link is going away; the sled RESETs on its next READ, or the session ends.
+      this.counters.add("sendFailures");
+    }
+  }
 }
 
 /** What the main thread tells a session thread (workers/session.ts). */
@@ -175,6 +251,8 @@ export type SessionCommand =
       counters: SharedArrayBuffer;
       /** The session's end of its channel to the dispatcher (SessionMessage). */
       port: MessagePort;
+      /** Post a copy of each batch sent back on `port` (lib/dispatch.ts SentFrames), for `bootserver --pcap`. */
+      record?: boolean;
     }
   | { type: "stop" };
 
@@ -183,7 +261,10 @@ export type SessionCommand =
  * image it is about to offer the sled, then the sled's READs. Serving the
  * image before the OFFER goes out means no READ can reach the session first.
  */
-export type SessionMessage = { type: "serve"; bytes: SharedArrayBuffer } | { type: "read"; count: bigint; slots: BigUint64Array };
+export type SessionMessage = { type: "serve"; bytes: ServedBytes } | { type: "read"; count: bigint; slots: BigUint64Array };
 
-/** What a session thread tells the main thread. */
-export type SessionReport = { type: "ready" } | { type: "stopped" } | { type: "error"; message: string };
+/**
+ * What a session thread tells the main thread: "error" when the thread cannot
+ * work at all, "problem" when one sled's boot cannot go on (the server can).
+ */
+export type SessionReport = { type: "ready" } | { type: "stopped" } | { type: "error"; message: string } | { type: "problem"; message: string };

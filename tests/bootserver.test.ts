@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "../lib/dispatch.ts";
 import { PcapLink } from "../lib/pcap.ts";
 import { encodeFrame, parseMac, READ_SLOTS, type Mac, type ReadRequest } from "../lib/protocol.ts";
-import { imageChunk, SledSession } from "../lib/session.ts";
+import { SledSession } from "../lib/session.ts";
 import { canUseRawNetwork, withVethPair } from "./helpers/veth.ts";
 
 setDefaultTimeout(90_000);
@@ -153,24 +153,6 @@ afterAll(() => {
 });
 
 // --- Answering READs --------------------------------------------------------
-
-describe("imageChunk", () => {
-  const image = new Uint8Array(4 * 1024).map((_, i) => i % 251);
-
-  test("gives 1024 bytes at any offset inside, fewer at the end, none at or past it", () => {
-    expect(imageChunk(image, 0n)).toEqual(image.slice(0, 1024));
-    expect(imageChunk(image, 1500n)).toEqual(image.slice(1500, 2524));
-    expect(imageChunk(image, 3500n)).toEqual(image.slice(3500));
-    expect(imageChunk(image, 4096n).length).toBe(0);
-    expect(imageChunk(image, 4097n).length).toBe(0);
-  });
-
-  test("never reads outside the image for offsets near 2^64", () => {
-    for (const offset of [TWO_64 - 1n, TWO_64 - 1024n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 63n]) {
-      expect(imageChunk(image, offset).length).toBe(0);
-    }
-  });
-});
 
 describe("SledSession", () => {
   const image = new Uint8Array(POOL_SIZE).map((_, i) => (i * 7 + (i >> 10)) & 0xff);

@@ -328,6 +328,36 @@ describe("DataFrameWriter", () => {
       expect(hex(written)).toBe(hex(encodeFrame(SLED, SERVER, { type: "data", offset, bytes })));
     }
   });
+
+  test("answer() sends 1024 image bytes at an offset inside, fewer at the end, none at or past it", () => {
+    const image = patterned(4096, 9);
+    const writer = new DataFrameWriter(SLED, SERVER);
+    const cases: [bigint, Uint8Array][] = [
+      [0n, image.slice(0, 1024)],
+      [1500n, image.slice(1500, 2524)],
+      [3072n, image.slice(3072)],
+      [3500n, image.slice(3500)],
+      [4095n, image.slice(4095)],
+      [4096n, new Uint8Array(0)],
+      [4097n, new Uint8Array(0)],
+    ];
+    for (const [offset, bytes] of cases) {
+      expect(hex(writer.answer(offset, image).slice())).toBe(hex(encodeFrame(SLED, SERVER, { type: "data", offset, bytes })));
+      expect(writer.imageBytes).toBe(bytes.length);
+    }
+  });
+
+  test("answer() reads nothing outside the image for offsets near 2^53 and 2^64", () => {
+    // An image in the middle of a larger buffer: bytes on either side must never be sent.
+    const whole = patterned(3 * 4096, 11);
+    const image = whole.subarray(4096, 8192);
+    const writer = new DataFrameWriter(SLED, SERVER);
+    for (const offset of [U64_MAX, U64_MAX - 1023n, 2n ** 64n - 1024n, 2n ** 63n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 53n - 1n, 2n ** 32n]) {
+      const frame = writer.answer(offset, image).slice();
+      expect(writer.imageBytes).toBe(0);
+      expect(hex(frame)).toBe(hex(encodeFrame(SLED, SERVER, { type: "data", offset, bytes: new Uint8Array(0) })));
+    }
+  });
 });
 
 describe("MAC addresses", () => {

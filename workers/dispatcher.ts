@@ -4,10 +4,25 @@
  * capture loop takes up to a batch of frames, then yields to this thread's
  * event loop so the main thread's offers and stop requests get in; when the
  * link is quiet, `next()` waits up to its read timeout for the next frame.
+ *
+ * With a capture file (`bootserver --pcap`) this thread is its one writer:
+ * it records each frame it captures or sends, and the batches of DATA the
+ * session threads post back on their channels (SentFrames). A session's
+ * channel stays open a moment after the session ends so that batches still
+ * on their way are recorded too.
  */
 import { oneLine } from "../lib/cli.ts";
-import { FrameDispatcher, dispatchCounters, type DispatcherCommand, type DispatcherReport, type SessionInbox } from "../lib/dispatch.ts";
+import {
+  FrameDispatcher,
+  dispatchCounters,
+  unpackSentFrames,
+  type DispatcherCommand,
+  type DispatcherReport,
+  type SentFrames,
+  type SessionInbox,
+} from "../lib/dispatch.ts";
 import { PcapLink } from "../lib/pcap.ts";
+import { nowMs, PcapFileWriter } from "../lib/pcap-file.ts";
 import type { SessionMessage } from "../lib/session.ts";
 
 declare var self: Worker;
@@ -18,8 +33,11 @@ const FRAMES_PER_TURN = 64;
 const READ_TIMEOUT_MS = 10;
 /** Larger than any netboot frame (at most 14 + 12 + 1476 bytes). */
 const RECEIVE_BUFFER_BYTES = 2048;
+/** How long a recording session's channel stays open after it ends, for its last batches. */
+const RECORD_DRAIN_MS = 500;
 
 let dispatcher: FrameDispatcher | undefined;
+let capture: PcapFileWriter | undefined;
 let stopping = false;
 
 function report(message: DispatcherReport) {
@@ -29,11 +47,30 @@ function report(message: DispatcherReport) {
 /** A session thread's channel, as the dispatcher sees it. */
 function inboxOf(port: MessagePort): SessionInbox {
   const post = (message: SessionMessage, transfer: Bun.Transferable[] = []) => port.postMessage(message, transfer);
+  const recording = capture;
+  if (recording) {
+    port.onmessage = (event) => {
+      const sent = event.data as SentFrames;
+      for (const frame of unpackSentFrames(sent)) recording.write(frame, sent.at);
+    };
+  }
+  let closed = false;
   return {
     serve: (bytes) => post({ type: "serve", bytes }),
-    read: (read) => post({ type: "read", count: read.count, slots: read.slots }, [read.slots.buffer as ArrayBuffer]),
-    close: () => port.close(),
+    read: (read) => {
+      if (!closed) post({ type: "read", count: read.count, slots: read.slots }, [read.slots.buffer as ArrayBuffer]);
+    },
+    close: () => {
+      closed = true;
+      if (recording) setTimeout(() => port.close(), RECORD_DRAIN_MS);
+      else port.close();
+    },
   };
+}
+
+/** Stamp and record a frame, when recording. */
+function record(frame: Uint8Array) {
+  capture?.write(frame, nowMs());
 }
 
 async function captureLoop(link: PcapLink, frames: FrameDispatcher) {
@@ -44,15 +81,21 @@ async function captureLoop(link: PcapLink, frames: FrameDispatcher) {
       for (let handled = 0; handled < FRAMES_PER_TURN && !stopping; handled++) {
         const length = link.nextInto(buffer);
         if (length === 0) break;
+        record(buffer.subarray(0, length));
         frames.dispatch(buffer.subarray(0, length));
       }
       await new Promise((resolve) => setImmediate(resolve));
     }
+    link.close();
+    capture?.close();
     report({ type: "stopped" });
   } catch (error) {
-    report({ type: "error", message: oneLine(error) });
-  } finally {
     link.close();
+    // Keep what was recorded: a capture of a failing boot is the one worth reading.
+    try {
+      capture?.close();
+    } catch {}
+    report({ type: "error", message: oneLine(error) });
   }
 }
 
@@ -62,13 +105,23 @@ self.onmessage = (event: MessageEvent<DispatcherCommand>) => {
     switch (command.type) {
       case "start": {
         const link = PcapLink.open(command.link, { timeoutMs: READ_TIMEOUT_MS });
+        try {
+          if (command.pcap !== undefined) capture = PcapFileWriter.open(command.pcap);
+        } catch (error) {
+          link.close();
+          throw error;
+        }
         dispatcher = new FrameDispatcher(
           link.mac,
           command.allowed,
           {
-            send: (frame) => link.inject(frame),
+            send: (frame) => {
+              link.inject(frame);
+              record(frame);
+            },
             hello: (sled, text) => report({ type: "hello", sled, text }),
             finished: (sled) => report({ type: "finished", sled }),
+            reset: (sled) => report({ type: "reset", sled }),
           },
           dispatchCounters(command.counters),
         );

@@ -1,11 +1,14 @@
 /**
  * Thread entry point for one sled's session: open an injection-only handle
  * on the link, then answer the READs the dispatcher passes on with DATA
- * frames from the shared image (lib/session.ts, SledSession).
+ * frames from the shared image (lib/session.ts, SledSession), and tell the
+ * main thread when a sled was RESET because its image failed a check.
  */
 import { oneLine } from "../lib/cli.ts";
+import { packSentFrames } from "../lib/dispatch.ts";
 import { PcapLink } from "../lib/pcap.ts";
-import { sessionCounters, SledSession, type SessionCommand, type SessionMessage, type SessionReport } from "../lib/session.ts";
+import { nowMs } from "../lib/pcap-file.ts";
+import { imageSource, sessionCounters, SledSession, type SessionCommand, type SessionMessage, type SessionReport } from "../lib/session.ts";
 
 declare var self: Worker;
 
@@ -27,11 +30,20 @@ self.onmessage = (event: MessageEvent<SessionCommand>) => {
   try {
     const opened = PcapLink.open(command.link, { capture: false });
     link = opened;
-    const session = new SledSession(command.sled, opened.mac, (frames) => opened.injectBatch(frames), sessionCounters(command.counters));
-    port = command.port;
+    const channel = command.port;
+    // Recording copies each batch for the dispatcher's capture file; without it the hot path is untouched.
+    const send = command.record
+      ? (frames: readonly Uint8Array[]) => {
+          opened.injectBatch(frames);
+          const sent = packSentFrames(frames, nowMs());
+          channel.postMessage(sent, [sent.bytes.buffer as ArrayBuffer, sent.lengths.buffer as ArrayBuffer]);
+        }
+      : (frames: readonly Uint8Array[]) => opened.injectBatch(frames);
+    const session = new SledSession(command.sled, opened.mac, send, sessionCounters(command.counters), (message) => report({ type: "problem", message }));
+    port = channel;
     port.onmessage = (message) => {
       const data = message.data as SessionMessage;
-      if (data.type === "serve") session.serve(new Uint8Array(data.bytes));
+      if (data.type === "serve") session.serve(imageSource(data.bytes));
       else session.answer({ type: "read", count: data.count, slots: data.slots });
     };
     report({ type: "ready" });
