@@ -7,10 +7,9 @@
  */
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import packageJson from "../package.json" with { type: "json" };
 import { BootProgressDisplay, JsonLogDisplay } from "../lib/boot-progress.ts";
 import { BootServer, type BootServerOptions } from "../lib/bootserver.ts";
-import { EXIT_OK, EXIT_USAGE, oneLine, runMain, UserError } from "../lib/cli.ts";
+import { EXIT_OK, EXIT_USAGE, oneLine, runMain, usageConventions, UserError } from "../lib/cli.ts";
 import { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
 import { parseMac, type Mac } from "../lib/protocol.ts";
 
@@ -18,7 +17,7 @@ import { parseMac, type Mac } from "../lib/protocol.ts";
 const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
 
 function parseArguments(argv: string[]) {
-  return yargs(argv)
+  const parser = yargs(argv)
     .scriptName("bootserver")
     .usage(
       "$0 [options] LINK IMAGE [IMAGE...] MAC|any\n\n" +
@@ -42,20 +41,14 @@ function parseArguments(argv: string[]) {
     .example("$0 --sled 02:08:20:aa:bb:cc=test.img eth1 host.img any", "one sled gets test.img, the others host.img")
     .example("$0 --allow 02:08:20:aa:bb:01 --allow 02:08:20:aa:bb:02 eth1 host.img any", "serve only these two sleds")
     .example("$0 -s --pcap boot.pcap eth1 recovery.img any", "record one boot for Wireshark (docs/wireshark.md)")
-    .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line")
-    .epilogue(
+    .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line");
+  return usageConventions(parser, "bootserver", {
+    strict: "options",
+    exitStatus:
       "Exit status: 0 when the sleds asked for (-s, --boots) have finished; 1 on a failure " +
         "(an image that cannot be served, a link that cannot be opened, with -s a sled that fails); " +
         "2 on bad usage; 130 on SIGINT and 143 on SIGTERM. See docs/operators.md.",
-    )
-    .strictOptions()
-    .help()
-    .version(packageJson.version)
-    .wrap(null)
-    .fail((message, error) => {
-      throw new UserError(message ?? error?.message ?? "bad arguments", EXIT_USAGE);
-    })
-    .parseSync();
+  }).parseSync();
 }
 
 function macArgument(text: string, where: string): Mac {

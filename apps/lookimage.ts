@@ -12,8 +12,7 @@
 import { stat } from "node:fs/promises";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import packageJson from "../package.json" with { type: "json" };
-import { EXIT_FAILURE, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
+import { EXIT_FAILURE, EXIT_USAGE, runMain, usageConventions, UserError } from "../lib/cli.ts";
 import {
   decodeHeader,
   FLAG_COMPRESSED,
@@ -167,7 +166,7 @@ function print(text: string): Promise<void> {
 }
 
 async function main(): Promise<number> {
-  const args = await yargs(hideBin(process.argv))
+  const parser = yargs(hideBin(process.argv))
     .scriptName(PROGRAM)
     .usage(
       "Usage: $0 [-s|--skip-checksum] [--json] IMAGE\n       $0 --extract RAW [--json] IMAGE\n\n" +
@@ -193,16 +192,8 @@ async function main(): Promise<number> {
     .example("$0 recovery.img", "print the header, then inflate and check the payload's size and SHA-256")
     .example("$0 -s --json recovery.img", "the header as JSON, without reading the payload")
     .example("$0 --extract pool.raw recovery.img", "verify, and write the raw pool to pool.raw")
-    .epilogue("Exit status: 0 ok, 1 failure, 2 usage error.")
-    .strict()
-    .parserConfiguration({ "duplicate-arguments-array": false })
-    .version(packageJson.version)
-    .help()
-    .wrap(null)
-    .fail((message, error) => {
-      throw new UserError(`${message ?? error?.message}; see ${PROGRAM} --help`, EXIT_USAGE);
-    })
-    .parseAsync();
+    .parserConfiguration({ "duplicate-arguments-array": false });
+  const args = await usageConventions(parser, PROGRAM).parseAsync();
 
   const path = String(args.image);
   const { header, codec } = await readHeader(path);

@@ -8,8 +8,7 @@
 
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import packageJson from "../package.json" with { type: "json" };
-import { EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
+import { EXIT_USAGE, runMain, usageConventions, UserError } from "../lib/cli.ts";
 import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "../lib/format.ts";
 import { type Compression, DEFAULT_JOBS, makeImage, MAX_JOBS } from "../lib/mkimage.ts";
 import type { ZlibLevel } from "../lib/zlib-stream.ts";
@@ -31,7 +30,7 @@ function wholeNumber(flag: string, value: string | number, min: number, max: num
 }
 
 async function main(): Promise<void> {
-  const args = await yargs(hideBin(process.argv))
+  const parser = yargs(hideBin(process.argv))
     .scriptName(PROGRAM)
     .usage("Usage: $0 -i RAW -o IMAGE [-O CSUM_FILE] [-N NAME] [-s MEBIBYTES] [-z | --zstd]\n\nWrap a raw pool file into a boot image.")
     .option("input", { alias: "i", type: "string", demandOption: true, describe: "raw pool file", requiresArg: true })
@@ -71,16 +70,8 @@ async function main(): Promise<void> {
     .example("$0 -i pool.raw -N testing -o pool.img -O pool.csum -s 4096", "uncompressed image and checksum file")
     .example("$0 -i pool.raw -N recovery -o recovery.img -O recovery.csum -s 4096 -z", "compressed recovery image")
     .example("$0 -i pool.raw -N testing -o pool.img -O pool.csum --zstd", "zstd image for a quick netboot through our bootserver")
-    .epilogue("Exit status: 0 ok, 1 failure, 2 usage error.")
-    .strict()
-    .parserConfiguration({ "duplicate-arguments-array": false })
-    .version(packageJson.version)
-    .help()
-    .wrap(null)
-    .fail((message, error) => {
-      throw new UserError(`${message ?? error?.message}; see ${PROGRAM} --help`, EXIT_USAGE);
-    })
-    .parseAsync();
+    .parserConfiguration({ "duplicate-arguments-array": false });
+  const args = await usageConventions(parser, PROGRAM).parseAsync();
 
   if (args.compress && args.zstd) throw new UserError(`-z (zlib) and --zstd cannot be used together; see ${PROGRAM} --help`, EXIT_USAGE);
   const levels = args.zstd ? ZSTD_LEVELS : ZLIB_LEVELS;

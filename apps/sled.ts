@@ -5,8 +5,7 @@
 import { readFileSync } from "node:fs";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import packageJson from "../package.json" with { type: "json" };
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, usageConventions, UserError } from "../lib/cli.ts";
 import { PcapLink, readLinkMac } from "../lib/pcap.ts";
 import { formatMac, parseMac, sameMac, SHA256_SIZE } from "../lib/protocol.ts";
 import { consecutiveMacs, emulateSleds, sledMacFor, type EmulatedSledReport } from "../lib/sled.ts";
@@ -15,7 +14,7 @@ import { consecutiveMacs, emulateSleds, sledMacFor, type EmulatedSledReport } fr
 const POLL_MS = 10;
 
 function parseArguments(argv: string[]) {
-  return yargs(argv)
+  const parser = yargs(argv)
     .scriptName("sled")
     .usage("$0 LINK (--checksum HEX | --checksum-file FILE) [options]\n\nEmulate sleds booting from the network on LINK.")
     .command("$0 <link>", false)
@@ -49,16 +48,8 @@ function parseArguments(argv: string[]) {
       return true;
     })
     .example("$0 eth1 --checksum-file boot_image_csum --sleds 4", "boot four emulated sleds from the server on eth1")
-    .example("$0 veth1 --checksum-file csum --drop-rate 0.01 --seed 7", "boot one sled losing 1% of DATA frames")
-    .epilogue("Exit status: 0 ok, 1 failure, 2 usage error.")
-    .strict()
-    .help()
-    .version(packageJson.version)
-    .wrap(null)
-    .fail((message, error) => {
-      throw new UserError(message ?? error?.message ?? "bad arguments", EXIT_USAGE);
-    })
-    .parseSync();
+    .example("$0 veth1 --checksum-file csum --drop-rate 0.01 --seed 7", "boot one sled losing 1% of DATA frames");
+  return usageConventions(parser, "sled").parseSync();
 }
 
 function readChecksum(args: { checksum?: string; "checksum-file"?: string }): Uint8Array {

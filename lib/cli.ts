@@ -3,6 +3,9 @@
  * exit codes (0 ok, 1 failure, 2 usage), and no stack trace for a person.
  */
 
+import type { Argv } from "yargs";
+import packageJson from "../package.json" with { type: "json" };
+
 /** A failure to report to the user as one line, with its exit code. */
 export class UserError extends Error {
   override name = "UserError";
@@ -14,6 +17,35 @@ export class UserError extends Error {
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
+
+/** What every program's --help says about its exit status, unless it has more to say. */
+export const EXIT_STATUS_HELP = "Exit status: 0 ok, 1 failure, 2 usage error.";
+
+/**
+ * The command-line conventions all the programs share, applied to a yargs
+ * parser once its options and examples are declared: --help, --version (the
+ * package's), the exit status in the help's epilogue, unknown options refused,
+ * and a usage error thrown as a UserError with exit code 2, on one line that
+ * points to --help. `strict: "options"` refuses unknown options only, for a
+ * program whose positional arguments it checks itself.
+ *
+ * @example const args = await usageConventions(yargs(argv).option("level", {...}), "mkimage").parseAsync();
+ */
+export function usageConventions<T>(
+  parser: Argv<T>,
+  program: string,
+  { exitStatus = EXIT_STATUS_HELP, strict = "all" }: { exitStatus?: string; strict?: "all" | "options" } = {},
+): Argv<T> {
+  const checked = strict === "all" ? parser.strict() : parser.strictOptions();
+  return checked
+    .epilogue(exitStatus)
+    .help()
+    .version(packageJson.version)
+    .wrap(null)
+    .fail((message, error) => {
+      throw new UserError(`${message ?? error?.message ?? "bad arguments"}; see ${program} --help`, EXIT_USAGE);
+    });
+}
 
 /** The message of anything thrown, on one line. */
 export function oneLine(error: unknown): string {
