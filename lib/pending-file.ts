@@ -12,7 +12,7 @@
 
 import { randomBytes } from "node:crypto";
 import { unlinkSync } from "node:fs";
-import { type FileHandle, open, realpath, rename, stat } from "node:fs/promises";
+import { type FileHandle, lstat, open, readlink, realpath, rename, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { getSystemErrorMessage } from "node:util";
 import { UserError } from "./cli.ts";
@@ -23,6 +23,9 @@ export function systemReason(error: unknown): string {
   if (typeof errno === "number") return getSystemErrorMessage(errno < 0 ? errno : -errno);
   return error instanceof Error ? error.message : String(error);
 }
+
+/** Longest file name (one path component) Linux file systems take, in bytes. */
+const NAME_MAX = 255;
 
 /** A path to write, with symbolic links resolved (the file they name is replaced, not the link). */
 export interface Target {
@@ -35,8 +38,8 @@ export interface Target {
 }
 
 /**
- * Resolve a path to write, refusing a directory or a missing parent
- * directory with a one-line UserError.
+ * Resolve a path to write, refusing a directory, a missing parent
+ * directory, or a symbolic link that leads nowhere with a one-line UserError.
  *
  * @example const output = await resolveTarget("output", "pool.img");
  */
@@ -44,13 +47,23 @@ export async function resolveTarget(what: string, path: string): Promise<Target>
   let resolved: string;
   try {
     resolved = await realpath(path);
-  } catch {
+  } catch (unresolved) {
+    // A link that leads nowhere (dangling, or a loop) names no file to replace: writing would
+    // either replace the link itself or create a file somewhere unexpected, so refuse it, as
+    // GNU cp does ("not writing through dangling symlink").
+    if ((await lstat(path).catch(() => undefined))?.isSymbolicLink()) {
+      throw new UserError(
+        `${what} ${path} is a symbolic link to ${await readlink(path)}, which does not resolve (${systemReason(unresolved)}); not writing through it`,
+      );
+    }
     try {
       resolved = join(await realpath(dirname(path)), basename(path));
     } catch (error) {
       throw new UserError(`cannot write ${what} ${path}: directory ${dirname(path)}: ${systemReason(error)}`);
     }
   }
+  // Refused now rather than by the final rename, after all the work (the temporary name is cut to fit).
+  if (Buffer.byteLength(basename(resolved)) > NAME_MAX) throw new UserError(`cannot write ${what} ${path}: file name too long`);
   const existing = await stat(resolved).catch(() => undefined);
   if (existing?.isDirectory()) throw new UserError(`${what} ${path} is a directory`);
   return { path, what, resolved, ...(existing ? { existing: { dev: existing.dev, ino: existing.ino } } : {}) };
@@ -64,6 +77,18 @@ export async function resolveTarget(what: string, path: string): Promise<Target>
  */
 export function isSameFile(target: Target, file: { realPath: string; dev: number; ino: number }): boolean {
   return target.resolved === file.realPath || (target.existing?.dev === file.dev && target.existing.ino === file.ino);
+}
+
+/**
+ * `.NAME.tmp-PID-RANDOM`, with NAME cut short (whole characters) when the
+ * whole would pass NAME_MAX: an output name of up to 255 bytes is legal, and
+ * its temporary name must be too.
+ */
+function tempName(name: string): string {
+  const suffix = `.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+  const characters = [...name];
+  while (Buffer.byteLength(`.${characters.join("")}${suffix}`) > NAME_MAX) characters.pop();
+  return `.${characters.join("")}${suffix}`;
 }
 
 /**
@@ -89,10 +114,7 @@ export class PendingFile {
    * could add it to the list would otherwise leave it behind.
    */
   static async create(target: Target, watched?: PendingFile[]): Promise<PendingFile> {
-    const file = new PendingFile(
-      target,
-      join(dirname(target.resolved), `.${basename(target.resolved)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`),
-    );
+    const file = new PendingFile(target, join(dirname(target.resolved), tempName(basename(target.resolved))));
     watched?.push(file);
     try {
       file.#handle = await open(file.temp, "wx");
