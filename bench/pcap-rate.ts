@@ -25,7 +25,7 @@
 
 import { parseArgs } from "node:util";
 import { PcapLink } from "../lib/pcap.ts";
-import { canUseRawNetwork, withVethPair } from "../tests/helpers/veth.ts";
+import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 
 /** A full DATA frame: Ethernet header 14 + protocol header 12 + offset 8 + 1024 image bytes. */
 const DATA_FRAME_SIZE = 14 + 12 + 8 + 1024;

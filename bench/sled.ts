@@ -33,7 +33,7 @@ import {
   type Mac,
 } from "../lib/protocol.ts";
 import { consecutiveMacs, emulateSleds, type EmulatedSledReport, type SledLink } from "../lib/sled.ts";
-import { canUseRawNetwork, withVethPair } from "../tests/helpers/veth.ts";
+import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 
 const SERVER_MAC = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x00, 0x01]);
 const FIRST_SLED = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x10, 0x00]);

@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeSamplePool } from "../lib/sample-pool.ts";
 import { buildBinaries, PROGRAMS } from "../scripts/build.ts";
-import { canUseRawNetwork, withVethPair } from "./helpers/veth.ts";
+import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 
 // Compiling four ~100 MiB binaries on a shared 2-core machine: generous room, no assertion on time.
 const BUILD_TIMEOUT_MS = 300_000;

@@ -16,9 +16,10 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PcapLink } from "../lib/pcap.ts";
-import { canUseRawNetwork, withVethPair } from "./helpers/veth.ts";
+import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { python, ROOT } from "./helpers/common.ts";
+import { mkimage } from "./helpers/netboot.ts";
 
-const ROOT = join(import.meta.dir, "..");
 const MIB = 1024 * 1024;
 const IMAGE_SIZE = 4 * MIB;
 const HOSTILE_FRAMES = 100_000;
@@ -35,24 +36,18 @@ let dir = "";
 let pool: Uint8Array;
 let bigPool: Uint8Array;
 
-function run(command: string[]): string {
-  const result = Bun.spawnSync(command, { cwd: dir, stdout: "pipe", stderr: "pipe" });
-  if (result.exitCode !== 0) throw new Error(`${command.join(" ")} exited ${result.exitCode}: ${result.stderr.toString()}`);
-  return result.stdout.toString();
-}
-
 const WRITE_POOL = "import random, sys\nopen(sys.argv[1], 'wb').write(random.Random(int(sys.argv[3])).randbytes(int(sys.argv[2])))";
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "bootserver-hostile-"));
-  run(["python3", "-c", WRITE_POOL, "pool.raw", String(IMAGE_SIZE), "11"]);
-  run(["python3", "-c", WRITE_POOL, "big.raw", String(16 * MIB), "12"]);
-  run(["python3", "-c", WRITE_POOL, "small.raw", String(MIB), "13"]);
+  python(WRITE_POOL, join(dir, "pool.raw"), String(IMAGE_SIZE), "11");
+  python(WRITE_POOL, join(dir, "big.raw"), String(16 * MIB), "12");
+  python(WRITE_POOL, join(dir, "small.raw"), String(MIB), "13");
   pool = new Uint8Array(readFileSync(join(dir, "pool.raw")));
   bigPool = new Uint8Array(readFileSync(join(dir, "big.raw")));
-  run(["bun", join(ROOT, "apps/mkimage.ts"), "-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "hostile", "-s", "8"]);
-  run(["bun", join(ROOT, "apps/mkimage.ts"), "-i", "small.raw", "-o", "small.img", "-O", "small.csum", "-N", "small", "-s", "8"]);
-  run(["bun", join(ROOT, "apps/mkimage.ts"), "-i", "big.raw", "-o", "big.img", "-O", "big.csum", "-N", "big", "-s", "64"]);
+  mkimage(dir, ["-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "hostile", "-s", "8"]);
+  mkimage(dir, ["-i", "small.raw", "-o", "small.img", "-O", "small.csum", "-N", "small", "-s", "8"]);
+  mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-O", "big.csum", "-N", "big", "-s", "64"]);
 }, 60_000);
 
 afterAll(() => {

@@ -16,11 +16,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { blockCacheMemory, ZstdImageReader, type ZstdImageMemory } from "../lib/block-cache.ts";
 import { decodeSeekTable } from "../lib/zstd-seekable.ts";
-import { canUseRawNetwork, withVethPair } from "./helpers/veth.ts";
+import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { python, ROOT } from "./helpers/common.ts";
+import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 
 setDefaultTimeout(120_000);
 
-const ROOT = join(import.meta.dir, "..");
 const MIB = 1024 * 1024;
 /** Five whole 1 MiB blocks and a short last one of 256 KiB: still whole 128 KiB batches. */
 const POOL_SIZE = 5 * MIB + 256 * 1024;
@@ -31,29 +32,6 @@ const BAD_BLOCK = 2;
 let dir = "";
 let pool = new Uint8Array(0);
 let poolSha256 = "";
-
-function python(script: string, ...args: string[]): string {
-  const result = Bun.spawnSync(["python3", "-c", script, ...args]);
-  if (result.exitCode !== 0) throw new Error(`python3 failed: ${result.stderr.toString()}`);
-  return result.stdout.toString().trim();
-}
-
-/** A pool-like raw file: random records, zeros and text, from a fixed seed; prints its SHA-256. */
-const WRITE_POOL = `
-import hashlib, random, sys
-path, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(seed)
-out = bytearray()
-while len(out) < size:
-    kind = rng.randrange(3)
-    n = 4096 * rng.randrange(1, 9)
-    if kind == 0: out += rng.randbytes(n)
-    elif kind == 1: out += bytes(n)
-    else: out += (b"zfs dataset ramdisk sled %d " % rng.randrange(1000)) * (n // 24)
-out = bytes(out[:size])
-open(path, "wb").write(out)
-print(hashlib.sha256(out).hexdigest())
-`;
 
 /** Copy an image, flipping bytes in the middle of one frame found through the seek table (docs/format.md). */
 const DAMAGE_FRAME = `
@@ -70,16 +48,11 @@ for at in range(start + size // 2, start + size // 2 + 16):
 open(dst, "wb").write(data)
 `;
 
-function mkimage(args: string[]) {
-  const result = Bun.spawnSync(["bun", join(ROOT, "apps/mkimage.ts"), ...args], { cwd: dir });
-  if (result.exitCode !== 0) throw new Error(`mkimage ${args.join(" ")} failed: ${result.stderr.toString()}`);
-}
-
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "bootserver-zstd-test-"));
-  poolSha256 = python(WRITE_POOL, join(dir, "pool.raw"), String(POOL_SIZE), String(7));
+  poolSha256 = writePool(join(dir, "pool.raw"), POOL_SIZE, 7);
   pool = new Uint8Array(readFileSync(join(dir, "pool.raw")));
-  mkimage(["-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "zstd-test", "-s", "8", "--zstd"]);
+  mkimage(dir, ["-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "zstd-test", "-s", "8", "--zstd"]);
   python(DAMAGE_FRAME, join(dir, "pool.img"), join(dir, "bad.img"), String(BAD_BLOCK));
 });
 
@@ -187,76 +160,20 @@ const raw = canUseRawNetwork();
 const network = describe.skipIf(!raw.ok);
 if (!raw.ok) console.warn(`bootserver zstd network tests skipped: ${raw.why}`);
 
-/** `bun apps/bootserver.ts` as a process, its standard output collected line by line. */
-class ServerProcess {
-  readonly lines: string[] = [];
-  readonly process: Bun.Subprocess<"ignore", "pipe", "pipe">;
-  readonly #done: Promise<void>;
-
-  constructor(args: string[]) {
-    const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), ...args], { cwd: dir, stdout: "pipe", stderr: "pipe" });
-    this.process = child;
-    this.#done = (async () => {
-      const decoder = new TextDecoder();
-      let pending = "";
-      for await (const chunk of child.stdout) {
-        pending += decoder.decode(chunk, { stream: true });
-        const complete = pending.split("\n");
-        pending = complete.pop()!;
-        this.lines.push(...complete);
-      }
-      if (pending) this.lines.push(pending);
-    })();
-  }
-
-  async waitFor(pattern: RegExp, timeoutMs = 30_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const line = this.lines.find((candidate) => pattern.test(candidate));
-      if (line !== undefined) return line;
-      if (Date.now() > deadline || this.process.exitCode !== null) {
-        throw new Error(`bootserver printed no line matching ${pattern}:\n${this.lines.join("\n")}\n${await this.stderr()}`);
-      }
-      await Bun.sleep(20);
-    }
-  }
-
-  async exited(timeoutMs = 30_000): Promise<number | null> {
-    const code = await Promise.race([this.process.exited, Bun.sleep(timeoutMs).then(() => null)]);
-    await this.#done;
-    return code;
-  }
-
-  stderr(): Promise<string> {
-    return new Response(this.process.stderr).text();
-  }
-
-  kill() {
-    if (this.process.exitCode === null) this.process.kill("SIGKILL");
-  }
-}
-
-async function runSleds(link: string, args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", "60", "--checksum-file", "pool.csum", "--json", ...args], {
-    cwd: dir,
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, exitCode] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
-  return { exitCode, stdout, stderr, reports: stdout.split("\n").filter((line) => line.startsWith("{")).map((line) => JSON.parse(line)) };
-}
+/** Every sled checks the checksum file mkimage wrote and reports as JSON. */
+const SLED_ARGS = ["--checksum-file", "pool.csum", "--json"];
 
 network("bootserver serving a zstd image on a veth pair", () => {
   for (const sleds of [1, 4]) {
     test(`boots ${sleds} sled${sleds === 1 ? "" : "s"} with the right checksum`, async () => {
       await withVethPair(async ({ a, b }) => {
-        const server = new ServerProcess(["--boots", String(sleds), a, "pool.img", "any"]);
+        const server = new ServerProcess(["--boots", String(sleds), a, "pool.img", "any"], dir);
         try {
           await server.waitFor(/^serving on /);
           expect(server.lines).toContainEqual(
             expect.stringMatching(/pool\.img: image name "zstd-test", 5\.3 MiB \(zstd, .* on disk; each block's checksum is checked as sleds read it/),
           );
-          const sled = await runSleds(b, ["--sleds", String(sleds)]);
+          const sled = await runSleds(dir, b, [...SLED_ARGS, "--sleds", String(sleds)]);
           expect(sled.exitCode).toBe(0);
           expect(sled.reports.map((report) => [report.outcome, report.bytes])).toEqual(Array(sleds).fill(["booted", POOL_SIZE]));
           expect(await server.exited()).toBe(0);
@@ -270,10 +187,10 @@ network("bootserver serving a zstd image on a veth pair", () => {
 
   test("RESETs a sled that reaches a damaged frame, sends none of its bytes, says why and keeps serving", async () => {
     await withVethPair(async ({ a, b }) => {
-      const server = new ServerProcess([a, "bad.img", "any"]);
+      const server = new ServerProcess([a, "bad.img", "any"], dir);
       try {
         await server.waitFor(/^serving on /);
-        const sled = await runSleds(b, []);
+        const sled = await runSleds(dir, b, SLED_ARGS);
         expect(sled.exitCode).toBe(1);
         expect(sled.reports.length).toBe(1);
         const [report] = sled.reports;
@@ -284,7 +201,7 @@ network("bootserver serving a zstd image on a veth pair", () => {
         expect(warning).toMatch(new RegExp(`^warning: [0-9a-f:]{17}: sent a RESET instead of bytes that failed their check: block ${BAD_BLOCK}: `));
         // Still up, and answering: a second sled gets an offer and is RESET too.
         expect(server.process.exitCode).toBeNull();
-        const again = await runSleds(b, ["--mac", "02:5e:b5:00:00:a1"]);
+        const again = await runSleds(dir, b, [...SLED_ARGS, "--mac", "02:5e:b5:00:00:a1"]);
         expect(again.reports.map((each) => each.outcome)).toEqual(["reset"]);
         server.process.kill("SIGTERM");
         expect(await server.exited()).toBe(143);

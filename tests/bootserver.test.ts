@@ -18,13 +18,12 @@ import { dispatchCounters, FrameDispatcher, type SessionInbox } from "../lib/dis
 import { PcapLink } from "../lib/pcap.ts";
 import { encodeFrame, parseMac, READ_SLOTS, type Mac, type ReadRequest } from "../lib/protocol.ts";
 import { SledSession } from "../lib/session.ts";
-import { canUseRawNetwork, withVethPair } from "./helpers/veth.ts";
+import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { python, runProgram, VECTORS } from "./helpers/common.ts";
+import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 
 setDefaultTimeout(90_000);
 
-const ROOT = join(import.meta.dir, "..");
-/** The existing tools' test vectors (shared/vectors beside the repository). */
-const VECTORS = join(ROOT, "..", "shared", "vectors");
 const MIB = 1024 * 1024;
 const POOL_SIZE = 2 * MIB;
 const TWO_64 = 2n ** 64n;
@@ -92,29 +91,6 @@ let dir = "";
 /** Raw pools by name, and their SHA-256 as python3's hashlib computes it. */
 const pools: Record<string, { path: string; bytes: Uint8Array; sha256: string }> = {};
 
-function python(script: string, ...args: string[]): string {
-  const result = Bun.spawnSync(["python3", "-c", script, ...args]);
-  if (result.exitCode !== 0) throw new Error(`python3 failed: ${result.stderr.toString()}`);
-  return result.stdout.toString().trim();
-}
-
-/** A pool-like raw file: random records, zeros and text, from a fixed seed; prints its SHA-256. */
-const WRITE_POOL = `
-import hashlib, random, sys
-path, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(seed)
-out = bytearray()
-while len(out) < size:
-    kind = rng.randrange(3)
-    n = 4096 * rng.randrange(1, 9)
-    if kind == 0: out += rng.randbytes(n)
-    elif kind == 1: out += bytes(n)
-    else: out += (b"zfs dataset ramdisk sled %d " % rng.randrange(1000)) * (n // 24)
-out = bytes(out[:size])
-open(path, "wb").write(out)
-print(hashlib.sha256(out).hexdigest())
-`;
-
 /** A version 2 image written by python3 from the format document (for images mkimage should not be asked to make). */
 const WRITE_IMAGE = `
 import hashlib, struct, sys
@@ -127,13 +103,8 @@ open(out_path, "wb").write(header.ljust(4096, b"\\0") + raw)
 
 function makePool(name: string, size: number, seed: number) {
   const path = join(dir, `${name}.raw`);
-  const sha256 = python(WRITE_POOL, path, String(size), String(seed));
+  const sha256 = writePool(path, size, seed);
   pools[name] = { path, bytes: new Uint8Array(readFileSync(path)), sha256 };
-}
-
-function mkimage(args: string[]) {
-  const result = Bun.spawnSync(["bun", join(ROOT, "apps/mkimage.ts"), ...args], { cwd: dir });
-  if (result.exitCode !== 0) throw new Error(`mkimage ${args.join(" ")} failed: ${result.stderr.toString()}`);
 }
 
 beforeAll(() => {
@@ -142,9 +113,9 @@ beforeAll(() => {
   makePool("b", POOL_SIZE, 2);
   // One 4 KiB page more than 1 MiB: the kernel would take it, a netbooting sled could not.
   makePool("odd", MIB + 4096, 3);
-  mkimage(["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "4"]);
-  mkimage(["-i", "a.raw", "-o", "a-z.img", "-N", "a-z", "-s", "4", "-z"]);
-  mkimage(["-i", "b.raw", "-o", "b.img", "-N", "b", "-s", "4"]);
+  mkimage(dir, ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "4"]);
+  mkimage(dir, ["-i", "a.raw", "-o", "a-z.img", "-N", "a-z", "-s", "4", "-z"]);
+  mkimage(dir, ["-i", "b.raw", "-o", "b.img", "-N", "b", "-s", "4"]);
   python(WRITE_IMAGE, join(dir, "odd.raw"), join(dir, "odd.img"), String(4 * MIB));
 });
 
@@ -316,29 +287,27 @@ describe("FrameDispatcher", () => {
 
 // --- The program, without a network ---------------------------------------
 
-function bootserverSync(args: string[]) {
-  const result = Bun.spawnSync(["bun", join(ROOT, "apps/bootserver.ts"), ...args], { cwd: dir });
-  return { exitCode: result.exitCode, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
-}
+/** `bun apps/bootserver.ts ARGS...` in the scratch directory, to its end. */
+const bootserver = (args: string[]) => runProgram("bootserver", args, { cwd: dir });
 
 describe("bootserver refuses", () => {
-  test("an image whose size is not a multiple of 128 KiB, saying why", () => {
-    const { exitCode, stdout, stderr } = bootserverSync(["rbs-none", "odd.img", "any"]);
+  test("an image whose size is not a multiple of 128 KiB, saying why", async () => {
+    const { exitCode, stdout, stderr } = await bootserver(["rbs-none", "odd.img", "any"]);
     expect(exitCode).toBe(1);
     expect(stdout).toBe("");
     expect(stderr.trim().split("\n")).toEqual([expect.stringMatching(/^bootserver: cannot serve odd\.img: .*not a multiple of 131072/)]);
   });
 
-  test("an image below 1 MiB", () => {
-    const { exitCode, stderr } = bootserverSync(["rbs-none", join(VECTORS, "pool-odd.img"), "any"]);
+  test("an image below 1 MiB", async () => {
+    const { exitCode, stderr } = await bootserver(["rbs-none", join(VECTORS, "pool-odd.img"), "any"]);
     expect(exitCode).toBe(1);
     expect(stderr).toContain("below 1 MiB");
   });
 
-  test("a bad command line, with status 2", () => {
-    expect(bootserverSync(["rbs-none", "a.img"]).exitCode).toBe(2);
-    expect(bootserverSync(["rbs-none", "a.img", "not-a-mac"]).stderr).toContain('"not-a-mac" is not a MAC address');
-    expect(bootserverSync(["--boots", "0", "rbs-none", "a.img", "any"]).exitCode).toBe(2);
+  test("a bad command line, with status 2", async () => {
+    expect((await bootserver(["rbs-none", "a.img"])).exitCode).toBe(2);
+    expect((await bootserver(["rbs-none", "a.img", "not-a-mac"])).stderr).toContain('"not-a-mac" is not a MAC address');
+    expect((await bootserver(["--boots", "0", "rbs-none", "a.img", "any"])).exitCode).toBe(2);
   });
 });
 
@@ -348,77 +317,14 @@ const raw = canUseRawNetwork();
 const network = describe.skipIf(!raw.ok);
 if (!raw.ok) console.warn(`bootserver network tests skipped: ${raw.why}`);
 
-/** `bun apps/bootserver.ts` as a process, its standard output collected line by line. */
-class ServerProcess {
-  readonly lines: string[] = [];
-  readonly process: Bun.Subprocess<"ignore", "pipe", "pipe">;
-  readonly #done: Promise<void>;
-
-  constructor(args: string[]) {
-    const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), ...args], { cwd: dir, stdout: "pipe", stderr: "pipe" });
-    this.process = child;
-    this.#done = (async () => {
-      const decoder = new TextDecoder();
-      let pending = "";
-      for await (const chunk of child.stdout) {
-        pending += decoder.decode(chunk, { stream: true });
-        const complete = pending.split("\n");
-        pending = complete.pop()!;
-        this.lines.push(...complete);
-      }
-      if (pending) this.lines.push(pending);
-    })();
-  }
-
-  /** Wait until a line matches; fails with what was printed so far. */
-  async waitFor(pattern: RegExp, timeoutMs = 30_000): Promise<string> {
-    return (await this.waitForLines(pattern, 1, timeoutMs))[0]!;
-  }
-
-  /** Wait until `count` lines match, and return them. */
-  async waitForLines(pattern: RegExp, count: number, timeoutMs = 30_000): Promise<string[]> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const lines = this.lines.filter((candidate) => pattern.test(candidate));
-      if (lines.length >= count) return lines;
-      if (Date.now() > deadline || this.process.exitCode !== null) {
-        throw new Error(`bootserver printed no line matching ${pattern}:\n${this.lines.join("\n")}\n${await this.stderr()}`);
-      }
-      await Bun.sleep(20);
-    }
-  }
-
-  async exited(timeoutMs = 30_000): Promise<number | null> {
-    const code = await Promise.race([this.process.exited, Bun.sleep(timeoutMs).then(() => null)]);
-    await this.#done;
-    return code;
-  }
-
-  stderr(): Promise<string> {
-    return new Response(this.process.stderr).text();
-  }
-
-  kill() {
-    if (this.process.exitCode === null) this.process.kill("SIGKILL");
-  }
-}
-
 async function withServer<T>(args: string[], fn: (server: ServerProcess) => Promise<T>): Promise<T> {
-  const server = new ServerProcess(args);
+  const server = new ServerProcess(args, dir);
   try {
     await server.waitFor(/^serving on /);
     return await fn(server);
   } finally {
     server.kill();
   }
-}
-
-function runSleds(link: string, args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", "60", ...args], { cwd: dir, stdout: "pipe", stderr: "pipe" });
-  return (async () => {
-    const [stdout, stderr, exitCode] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
-    return { exitCode, stdout, stderr, reports: stdout.split("\n").filter((line) => line.startsWith("{")).map((line) => JSON.parse(line)) };
-  })();
 }
 
 /** A sled played by the test: frames go out on `link`, and come back parsed. */
@@ -493,10 +399,10 @@ function serverReasked(lines: string[]): number[] {
 network("bootserver on a veth pair", () => {
   test("-s boots one sled from a plain image and exits 0", async () => {
     await withVethPair(async ({ a, b }) => {
-      const server = new ServerProcess(["-s", a, "a.img", "any"]);
+      const server = new ServerProcess(["-s", a, "a.img", "any"], dir);
       try {
         await server.waitFor(/^serving on /);
-        const sled = await runSleds(b, ["--checksum", pools.a!.sha256]);
+        const sled = await runSleds(dir, b, ["--checksum", pools.a!.sha256]);
         expect(sled.exitCode).toBe(0);
         expect(await server.exited()).toBe(0);
         expect(server.lines).toContainEqual(expect.stringMatching(/^HELLO from [0-9a-f:]{17}: "sled netboot hello"$/));
@@ -510,11 +416,11 @@ network("bootserver on a veth pair", () => {
 
   test("boots a sled from a compressed image, serving the inflated bytes", async () => {
     await withVethPair(async ({ a, b }) => {
-      const server = new ServerProcess(["--boots", "1", a, "a-z.img", "any"]);
+      const server = new ServerProcess(["--boots", "1", a, "a-z.img", "any"], dir);
       try {
         await server.waitFor(/^serving on /);
         expect(server.lines).toContainEqual(expect.stringContaining(`a-z.img: image name "a-z", 2.0 MiB (compressed`));
-        const sled = await runSleds(b, ["--checksum", pools.a!.sha256, "--json"]);
+        const sled = await runSleds(dir, b, ["--checksum", pools.a!.sha256, "--json"]);
         expect(sled.exitCode).toBe(0);
         expect(sled.reports.map((report) => [report.outcome, report.bytes])).toEqual([["booted", POOL_SIZE]]);
         expect(await server.exited()).toBe(0);
@@ -526,10 +432,10 @@ network("bootserver on a veth pair", () => {
 
   test("boots 8 sleds at once, and --boots 8 exits 0 after the eighth", async () => {
     await withVethPair(async ({ a, b }) => {
-      const server = new ServerProcess(["--boots", "8", a, "a.img", "any"]);
+      const server = new ServerProcess(["--boots", "8", a, "a.img", "any"], dir);
       try {
         await server.waitFor(/^serving on /);
-        const sled = await runSleds(b, ["--checksum", pools.a!.sha256, "--sleds", "8", "--json"]);
+        const sled = await runSleds(dir, b, ["--checksum", pools.a!.sha256, "--sleds", "8", "--json"]);
         expect(sled.exitCode).toBe(0);
         expect(sled.reports.filter((report) => report.outcome === "booted").length).toBe(8);
         expect(await server.exited()).toBe(0);
@@ -544,12 +450,12 @@ network("bootserver on a veth pair", () => {
 
   test("offers each image in turn until a sled takes the one it wants", async () => {
     await withVethPair(async ({ a, b }) => {
-      const server = new ServerProcess(["--boots", "2", a, "a.img", "b.img", "any"]);
+      const server = new ServerProcess(["--boots", "2", a, "a.img", "b.img", "any"], dir);
       try {
         await server.waitFor(/^serving on /);
         const [wantsA, wantsB] = await Promise.all([
-          runSleds(b, ["--checksum", pools.a!.sha256, "--mac", macText(SLED)]),
-          runSleds(b, ["--checksum", pools.b!.sha256, "--mac", macText(OTHER)]),
+          runSleds(dir, b, ["--checksum", pools.a!.sha256, "--mac", macText(SLED)]),
+          runSleds(dir, b, ["--checksum", pools.b!.sha256, "--mac", macText(OTHER)]),
         ]);
         expect([wantsA.exitCode, wantsB.exitCode]).toEqual([0, 0]);
         expect(await server.exited()).toBe(0);
@@ -582,10 +488,10 @@ network("bootserver on a veth pair", () => {
 
   test("every sled boots with 0.5% of DATA lost, and the server counts the re-asked offsets", async () => {
     await withVethPair(async ({ a, b }) => {
-      const server = new ServerProcess(["--boots", "4", a, "a.img", "any"]);
+      const server = new ServerProcess(["--boots", "4", a, "a.img", "any"], dir);
       try {
         await server.waitFor(/^serving on /);
-        const sled = await runSleds(b, ["--checksum", pools.a!.sha256, "--sleds", "4", "--drop-rate", "0.005", "--seed", "11", "--json"]);
+        const sled = await runSleds(dir, b, ["--checksum", pools.a!.sha256, "--sleds", "4", "--drop-rate", "0.005", "--seed", "11", "--json"]);
         expect(sled.exitCode).toBe(0);
         expect(await server.exited()).toBe(0);
         const sledReasks = sled.reports.reduce((sum, report) => sum + report.reasked, 0);
@@ -682,7 +588,7 @@ network("bootserver on a veth pair", () => {
 
   test("ignores malformed frames while a sled boots", async () => {
     await withVethPair(async ({ a, b }) => {
-      const server = new ServerProcess([a, "a.img", "any"]);
+      const server = new ServerProcess([a, "a.img", "any"], dir);
       try {
         await server.waitFor(/^serving on /);
         const serverMac = linkMac(a);
@@ -712,7 +618,7 @@ network("bootserver on a veth pair", () => {
           read.slice(0, 30),
         ];
         let booted = false;
-        const booting = runSleds(b, ["--checksum", pools.a!.sha256, "--mac", macText(SLED), "--json"]).finally(() => (booted = true));
+        const booting = runSleds(dir, b, ["--checksum", pools.a!.sha256, "--mac", macText(SLED), "--json"]).finally(() => (booted = true));
         let sent = 0;
         await withScriptedSled(b, OTHER, async (noise) => {
           while (!booted) {
@@ -758,7 +664,7 @@ network("bootserver on a veth pair", () => {
 
   test("-t fails when no sled says HELLO in time", async () => {
     await withVethPair(async ({ a }) => {
-      const server = new ServerProcess(["-t", "1", a, "a.img", "any"]);
+      const server = new ServerProcess(["-t", "1", a, "a.img", "any"], dir);
       try {
         expect(await server.exited()).toBe(1);
         expect((await server.stderr()).trim()).toBe("bootserver: no sled said HELLO within 1 second");
@@ -771,7 +677,7 @@ network("bootserver on a veth pair", () => {
   test("SIGTERM and SIGINT stop it cleanly with 143 and 130", async () => {
     await withVethPair(async ({ a }) => {
       for (const [signal, status] of [["SIGTERM", 143], ["SIGINT", 130]] as const) {
-        const server = new ServerProcess([a, "a.img", "any"]);
+        const server = new ServerProcess([a, "a.img", "any"], dir);
         try {
           await server.waitFor(/^serving on /);
           server.process.kill(signal);

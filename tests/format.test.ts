@@ -22,8 +22,8 @@ import {
   netbootRefusals,
   toHex,
 } from "../lib/format.ts";
+import { python, VECTORS } from "./helpers/common.ts";
 
-const VECTORS = join(import.meta.dir, "..", "..", "shared", "vectors");
 const VECTOR_IMAGES = ["pool-1m.img", "pool-1m-z.img", "pool-odd.img", "pool-odd-z.img"];
 
 /**
@@ -77,11 +77,13 @@ async function pythonDecode(headers: Uint8Array[]): Promise<PythonHeader[]> {
   const all = new Uint8Array(headers.length * HEADER_SIZE);
   headers.forEach((header, index) => all.set(header.subarray(0, HEADER_SIZE), index * HEADER_SIZE));
   await Bun.write(path, all);
-  const run = Bun.spawnSync(["python3", "-c", PYTHON_DECODER, path]);
-  await rm(path);
-  if (run.exitCode !== 0) throw new Error(`python3 failed: ${run.stderr.toString()}`);
-  return run.stdout
-    .toString()
+  let decoded: string;
+  try {
+    decoded = python(PYTHON_DECODER, path);
+  } finally {
+    await rm(path);
+  }
+  return decoded
     .trim()
     .split("\n")
     .map((line) => JSON.parse(line) as PythonHeader);

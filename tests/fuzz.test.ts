@@ -70,6 +70,7 @@ import {
   type SeekTable,
   type SeekTableEntry,
 } from "../lib/zstd-seekable.ts";
+import { python, VECTORS } from "./helpers/common.ts";
 
 /** `bun run fuzz` multiplies every case count by this. */
 const SCALE = Math.max(1, Number(process.env.FUZZ_SCALE ?? "1") || 1);
@@ -79,7 +80,6 @@ const scaled = (cases: number) => Math.round(cases * SCALE);
 // scaled run takes proportionally longer.
 setDefaultTimeout(120_000 * SCALE);
 
-const VECTORS = join(import.meta.dir, "..", "..", "shared", "vectors");
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 const U32_MAX = 2 ** 32 - 1;
 const U64_MAX = 2n ** 64n - 1n;
@@ -262,12 +262,11 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function python(script: string, input: unknown): unknown {
+/** Run a python3 program on `input`, handed over as a JSON file; what it prints, parsed as JSON. */
+function pythonJson(script: string, input: unknown): unknown {
   const path = join(dir, `python-input-${Bun.hash(script).toString(16)}.json`);
   writeFileSync(path, JSON.stringify(input));
-  const run = Bun.spawnSync(["python3", "-c", script, path], { stdout: "pipe", stderr: "pipe" });
-  if (run.exitCode !== 0) throw new Error(`python3 failed: ${run.stderr.toString()}`);
-  return JSON.parse(run.stdout.toString());
+  return JSON.parse(python(script, path));
 }
 
 // ---------------------------------------------------------------------------
@@ -548,7 +547,7 @@ for case in json.load(open(sys.argv[1])):
                 sha.hex(), name(dataset), name(image_name)] if ok else None})
 print(json.dumps(out))
 `;
-    const theirs = python(
+    const theirs = pythonJson(
       script,
       cases.map(({ bytes, fileSize, versions }) => ({ hex: hex(bytes), fileSize, versions })),
     ) as { ok: boolean; fields: string[] | null }[];
@@ -963,7 +962,7 @@ describe("fuzz: sled emulator input", () => {
     const tally = new Tally("SledSession under hostile frames");
     const image = imageLike(random, MIB);
     const checksum = new Uint8Array(new Bun.CryptoHasher("sha256").update(image).digest());
-    const wanted = python("import hashlib, json, sys; print(json.dumps(hashlib.sha256(bytes.fromhex(json.load(open(sys.argv[1])))).hexdigest()))", hex(image));
+    const wanted = pythonJson("import hashlib, json, sys; print(json.dumps(hashlib.sha256(bytes.fromhex(json.load(open(sys.argv[1])))).hexdigest()))", hex(image));
     expect(wanted).toBe(hex(checksum));
     let hostile = 0;
     for (let run = 0; run < scaled(2); run++) {
@@ -1472,7 +1471,7 @@ function showStatuses(statuses: InflateStatuses): string {
 }
 
 async function checkInflates(tally: Tally, cases: InflateCase[]): Promise<InflateStatuses> {
-  const theirs = python(PYTHON_INFLATE, cases.map(({ stream }) => hex(stream))) as PythonInflate[];
+  const theirs = pythonJson(PYTHON_INFLATE, cases.map(({ stream }) => hex(stream))) as PythonInflate[];
   const statuses: InflateStatuses = { ended: 0, "cut short": 0, corrupt: 0, "past image size": 0 };
   for (const [i, { stream, imageSize, pieceSize }] of cases.entries()) {
     const label = `case ${i} (${stream.length}-byte stream, image size ${imageSize}, pieces of ${pieceSize})`;
@@ -1615,7 +1614,7 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
       if (kind === 3) sha256[random.below(32)]! ^= 1 << random.below(8);
       cases.push({ stream, raw, imageSize: random.chance(0.8) ? raw.length : raw.length + random.pick([-1, 1]), sha256 });
     }
-    const theirs = python(PYTHON_INFLATE, cases.map(({ stream }) => hex(stream))) as PythonInflate[];
+    const theirs = pythonJson(PYTHON_INFLATE, cases.map(({ stream }) => hex(stream))) as PythonInflate[];
     for (const [i, { stream, imageSize, sha256 }] of cases.entries()) {
       const label = `case ${i}`;
       const path = join(dir, `verify-${i}.img`);

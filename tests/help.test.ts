@@ -6,8 +6,8 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { ROOT, runProgram } from "./helpers/common.ts";
 
-const ROOT = join(import.meta.dir, "..");
 const { version } = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string };
 // Starting bun on a shared 2-core machine: room, but no assertion on time.
 const TIMEOUT_MS = 30_000;
@@ -46,8 +46,7 @@ function flag(name: string): string {
 }
 
 function run(program: string, args: string[]) {
-  const result = Bun.spawnSync(["bun", join(ROOT, "apps", `${program}.ts`), ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: "1" } });
-  return { exitCode: result.exitCode, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
+  return runProgram(program, args, { cwd: ROOT, env: { ...process.env, NO_COLOR: "1" } });
 }
 
 for (const [program, validArgs] of Object.entries(PROGRAMS)) {
@@ -58,8 +57,8 @@ for (const [program, validArgs] of Object.entries(PROGRAMS)) {
 
     test(
       "--help documents every option, its default, an example and the exit codes",
-      () => {
-        const help = run(program, ["--help"]);
+      async () => {
+        const help = await run(program, ["--help"]);
         expect(help.stderr).toBe("");
         expect(help.exitCode).toBe(0);
         const lines = help.stdout.split("\n");
@@ -80,8 +79,8 @@ for (const [program, validArgs] of Object.entries(PROGRAMS)) {
 
     test(
       "--version prints the package version",
-      () => {
-        const shown = run(program, ["--version"]);
+      async () => {
+        const shown = await run(program, ["--version"]);
         expect(shown.stderr).toBe("");
         expect(shown.stdout).toBe(`${version}\n`);
         expect(shown.exitCode).toBe(0);
@@ -91,8 +90,8 @@ for (const [program, validArgs] of Object.entries(PROGRAMS)) {
 
     test(
       "an unknown option exits 2 with one line on stderr",
-      () => {
-        const refused = run(program, [...validArgs, "--bogus-option"]);
+      async () => {
+        const refused = await run(program, [...validArgs, "--bogus-option"]);
         expect(refused.exitCode).toBe(2);
         expect(refused.stdout).toBe("");
         expect(refused.stderr).toMatch(new RegExp(`^${program}: [^\\n]*bogus-option[^\\n]*\\n$`));

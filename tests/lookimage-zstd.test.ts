@@ -27,40 +27,14 @@ import {
   SKIPPABLE_HEADER_SIZE,
   type SeekTableEntry,
 } from "../lib/zstd-seekable.ts";
+import { VECTORS } from "./helpers/common.ts";
+import { expectFailure, lookimage } from "./helpers/lookimage.ts";
 
 // Each test runs lookimage as a process several times, on two cores shared with other work.
 const SLOW = 60_000;
 setDefaultTimeout(SLOW);
 
-const ROOT = join(import.meta.dir, "..");
-const VECTORS = join(ROOT, "..", "shared", "vectors");
 const BOOT_NOTE = "lookimage: warning: a zstd image boots only through this project's bootserver";
-
-interface Run {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function lookimage(...args: string[]): Promise<Run> {
-  const child = Bun.spawn(["bun", join(ROOT, "apps", "lookimage.ts"), ...args], { stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, exitCode] = await Promise.all([
-    new Response(child.stdout).text(),
-    new Response(child.stderr).text(),
-    child.exited,
-  ]);
-  return { exitCode, stdout, stderr };
-}
-
-/** A failure: exit 1 and one line on stderr besides warnings, `lookimage: ` and the reason, no stack trace. */
-function expectFailure(run: Run, reason: RegExp) {
-  expect(run.exitCode).toBe(1);
-  const lines = run.stderr.trimEnd().split("\n").filter((line) => !line.startsWith("lookimage: warning: "));
-  expect(lines).toHaveLength(1);
-  expect(lines[0]).toMatch(/^lookimage: /);
-  expect(lines[0]).toMatch(reason);
-  expect(run.stderr).not.toMatch(/\bat .*\.ts:\d+/);
-}
 
 function sh(command: string[], stdin?: Uint8Array): { exitCode: number; stdout: Buffer; stderr: string } {
   const result = Bun.spawnSync(command, { stdin: stdin ?? "ignore", stdout: "pipe", stderr: "pipe" });

@@ -10,9 +10,9 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { python, ROOT, VECTORS } from "./helpers/common.ts";
+import { expectFailure, lookimage } from "./helpers/lookimage.ts";
 
-const ROOT = join(import.meta.dir, "..");
-const VECTORS = join(ROOT, "..", "shared", "vectors");
 const VECTOR_NAMES = ["pool-1m", "pool-1m-z", "pool-odd", "pool-odd-z"];
 // Every test runs lookimage as a process, some several times, and the setup runs python3 over
 // tens of MiB, on two cores shared with other work: room, but no assertion on time.
@@ -148,50 +148,19 @@ interface Facts {
   boundaryConsumed: number;
 }
 
-interface Run {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
 let scratch: string;
 let facts: Facts;
 
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "lookimage-test-"));
-  const made = Bun.spawnSync(["python3", "-c", PYTHON_IMAGES, scratch, VECTORS]);
-  if (made.exitCode !== 0) throw new Error(`python3 could not make the test images: ${made.stderr.toString()}`);
-  facts = JSON.parse(made.stdout.toString()) as Facts;
+  facts = JSON.parse(python(PYTHON_IMAGES, scratch, VECTORS)) as Facts;
 }, SLOW);
 
 afterAll(async () => {
   await rm(scratch, { recursive: true, force: true });
 }, SLOW);
 
-async function lookimage(...args: string[]): Promise<Run> {
-  const child = Bun.spawn(["bun", join(ROOT, "apps", "lookimage.ts"), ...args], { stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, exitCode] = await Promise.all([
-    new Response(child.stdout).text(),
-    new Response(child.stderr).text(),
-    child.exited,
-  ]);
-  return { exitCode, stdout, stderr };
-}
-
 const image = (name: string) => join(scratch, name);
-
-/**
- * A failure: exit 1 and one line on stderr, `lookimage: ` and the reason
- * (after any warnings about the header), no stack trace.
- */
-function expectFailure(run: Run, reason: RegExp) {
-  expect(run.exitCode).toBe(1);
-  const lines = run.stderr.trimEnd().split("\n").filter((line) => !line.startsWith("lookimage: warning: "));
-  expect(lines).toHaveLength(1);
-  expect(lines[0]).toMatch(/^lookimage: /);
-  expect(lines[0]).toMatch(reason);
-  expect(run.stderr).not.toMatch(/\bat .*\.ts:\d+/);
-}
 
 describe("the existing tool's output, byte for byte", () => {
   for (const name of VECTOR_NAMES) {

@@ -16,13 +16,13 @@ import { decodeHeader, HEADER_SIZE, ImageFormatError, MIB } from "../lib/format.
 import { makeImage } from "../lib/mkimage.ts";
 import { samplePoolChunks } from "../lib/sample-pool.ts";
 import { ZSTD_BLOCK_SIZE } from "../lib/zstd-image.ts";
+import { python, ROOT } from "./helpers/common.ts";
 
 // Every test runs several processes (bun, zstd, python3) on two cores shared with other work:
 // room, but no assertion on time.
 const SLOW = 120_000;
 setDefaultTimeout(SLOW);
 
-const ROOT = join(import.meta.dir, "..");
 const BOOT_NOTE = "mkimage: warning: a zstd image boots only through this project's bootserver";
 
 /** Every case gets a directory of its own, so its listing shows exactly what a run left; all go at the end. */
@@ -85,9 +85,7 @@ print(json.dumps({
     "framesEnd": sum(e[0] for e in entries) + len(table),
 }))
 `;
-  const read = run(["python3", "-c", program, image]);
-  if (read.exitCode !== 0) throw new Error(`python3: ${read.stderr}`);
-  return JSON.parse(read.stdout.toString());
+  return JSON.parse(python(program, image));
 }
 
 /** The block sizes a raw image of `size` bytes is cut into. */

@@ -14,11 +14,9 @@ import { MIB } from "../lib/format.ts";
 import { makeImage, ZLIB_BLOCK_SIZE } from "../lib/mkimage.ts";
 import { samplePoolChunks, writeSamplePool } from "../lib/sample-pool.ts";
 import { FLUSH_INTERVAL, type ZlibLevel } from "../lib/zlib-stream.ts";
+import { python, ROOT, VECTORS } from "./helpers/common.ts";
 
-const ROOT = join(import.meta.dir, "..");
 const APP = join(ROOT, "apps", "mkimage.ts");
-// shared/ lies beside the work tree, in a session as in CI.
-const VECTORS = join(ROOT, "..", "shared", "vectors");
 // Real processes, python3 and pigz on a shared machine: room, but no assertion on time.
 const SLOW = 120_000;
 
@@ -55,15 +53,6 @@ function mkimage(args: string[], options: { user?: number } = {}): Run {
     { env: { ...process.env, HOME: tmpdir() } },
   );
   return { exitCode: run.exitCode, stdout: run.stdout.toString(), stderr: run.stderr.toString() };
-}
-
-let pythonPath: string | undefined;
-/** Run a python3 program with arguments; its standard output, or a thrown error with its stderr. */
-function python(program: string, ...args: string[]): string {
-  pythonPath ??= Bun.spawnSync(["python3", "-c", "import sys; print(sys.executable)"]).stdout.toString().trim();
-  const run = Bun.spawnSync([pythonPath, "-c", program, ...args]);
-  if (run.exitCode !== 0) throw new Error(`python3 failed: ${run.stderr.toString()}`);
-  return run.stdout.toString();
 }
 
 /** Pool-like bytes of any size, the same for the same size and seed. */

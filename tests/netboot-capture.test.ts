@@ -12,9 +12,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PcapLink } from "../lib/pcap.ts";
 import { BROADCAST_MAC, decodeFrame, encodeFrame, parseMac, sameMac, type Frame, type Mac, type Message } from "../lib/protocol.ts";
-import { canUseRawNetwork, withVethPair } from "./helpers/veth.ts";
+import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { ROOT } from "./helpers/common.ts";
 
-const ROOT = join(import.meta.dir, "..");
 const DISSECTOR = join(ROOT, "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");
 const POOL_SIZE = 2 * 1024 * 1024;

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { libpcapVersion, PcapError, PcapLink } from "../lib/pcap.ts";
-import { canUseRawNetwork, createVethPair, withVethPair, type VethPair } from "./helpers/veth.ts";
+import { canUseRawNetwork, createVethPair, withVethPair, type VethPair } from "../lib/veth.ts";
 
 const raw = canUseRawNetwork();
 const NETBOOT = 0x1de0;

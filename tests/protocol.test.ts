@@ -17,6 +17,7 @@ import {
   type Message,
   type ReadRequest,
 } from "../lib/protocol.ts";
+import { pythonWithInput } from "./helpers/common.ts";
 
 const SLED = parseMac("02:5e:00:00:00:a0")!;
 const SERVER = parseMac("02:5e:00:00:00:01")!;
@@ -41,9 +42,7 @@ for item in json.load(sys.stdin):
 json.dump(out, sys.stdout)
 `;
   const input = JSON.stringify(frames.map(({ frame, format }) => ({ hex: Buffer.from(frame).toString("hex"), format })));
-  const result = Bun.spawnSync(["python3", "-c", script], { stdin: Buffer.from(input) });
-  if (result.exitCode !== 0) throw new Error(`python3 failed: ${result.stderr.toString()}`);
-  return JSON.parse(result.stdout.toString());
+  return JSON.parse(pythonWithInput(Buffer.from(input), script));
 }
 
 function hex(bytes: Uint8Array): string {

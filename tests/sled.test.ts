@@ -22,7 +22,8 @@ import {
   type ReadRequest,
 } from "../lib/protocol.ts";
 import { DataFaults, REORDER_HOLD_MS, SledSession, type SledConfig } from "../lib/sled.ts";
-import { canUseRawNetwork, createVethPair, type VethPair } from "./helpers/veth.ts";
+import { canUseRawNetwork, createVethPair, type VethPair } from "../lib/veth.ts";
+import { pythonWithInput, ROOT } from "./helpers/common.ts";
 
 const SLED = parseMac("02:5e:00:00:00:a0")!;
 const SERVER = parseMac("02:5e:00:00:00:01")!;
@@ -35,9 +36,7 @@ setDefaultTimeout(30_000);
 
 function pythonSha256(bytes: Uint8Array): Uint8Array {
   const script = "import hashlib,sys; sys.stdout.write(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())";
-  const result = Bun.spawnSync(["python3", "-c", script], { stdin: bytes });
-  if (result.exitCode !== 0) throw new Error(`python3 failed: ${result.stderr.toString()}`);
-  return Uint8Array.from(Buffer.from(result.stdout.toString(), "hex"));
+  return Uint8Array.from(Buffer.from(pythonWithInput(bytes, script), "hex"));
 }
 
 function hex(bytes: Uint8Array): string {
@@ -531,7 +530,6 @@ describe("DataFaults", () => {
 
 const raw = canUseRawNetwork();
 describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (skipped: ${raw.why})`}`, () => {
-  const ROOT = join(import.meta.dir, "..");
   const image = imageOf(MIB, 21);
   const checksum = pythonSha256(image);
   let checksumFile: string;

@@ -21,6 +21,7 @@ import {
   type ZlibLevel,
   zlibTrailer,
 } from "../lib/zlib-stream.ts";
+import { python } from "./helpers/common.ts";
 
 let dir: string;
 beforeAll(async () => {
@@ -32,17 +33,6 @@ afterAll(async () => {
 
 // Slow work (python3 and pigz runs on a shared machine) gets room; nothing here asserts on time.
 const SLOW = 120_000;
-
-/** The python3 interpreter itself, found once (a version manager's shim costs a process per run). */
-let pythonPath: string | undefined;
-
-/** Run a python3 program with arguments; its standard output, or a thrown error with its stderr. */
-function python(program: string, ...args: string[]): string {
-  pythonPath ??= Bun.spawnSync(["python3", "-c", "import sys; print(sys.executable)"]).stdout.toString().trim();
-  const run = Bun.spawnSync([pythonPath, "-c", program, ...args]);
-  if (run.exitCode !== 0) throw new Error(`python3 failed: ${run.stderr.toString()}`);
-  return run.stdout.toString();
-}
 
 let fileCount = 0;
 async function tempFile(bytes: Uint8Array): Promise<string> {

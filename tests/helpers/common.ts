@@ -1,0 +1,58 @@
+/**
+ * What many test files need alike: where the project and the shared test
+ * vectors lie, python3 as the independent decoder, and our programs run as
+ * real processes (`bun apps/NAME.ts`), the way the build and users run them.
+ */
+
+import { join } from "node:path";
+
+/** The project's root (the work tree). */
+export const ROOT = join(import.meta.dir, "..", "..");
+
+/** shared/vectors lies beside the work tree, in a session as in CI (shared/vectors/README.md). */
+export const VECTORS = join(ROOT, "..", "shared", "vectors");
+
+let pythonPath: string | undefined;
+
+/**
+ * Run a python3 program with arguments and, optionally, bytes on its standard
+ * input; its standard output as printed (untrimmed), or a thrown error with its
+ * stderr. The python3 interpreter itself is found once: a version manager's
+ * shim costs a process per run.
+ *
+ * @example const digest = pythonWithInput(bytes, "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())");
+ */
+export function pythonWithInput(stdin: Uint8Array | undefined, program: string, ...args: string[]): string {
+  pythonPath ??= Bun.spawnSync(["python3", "-c", "import sys; print(sys.executable)"]).stdout.toString().trim();
+  const run = Bun.spawnSync([pythonPath, "-c", program, ...args], { stdin: stdin ?? "ignore", stdout: "pipe", stderr: "pipe" });
+  if (run.exitCode !== 0) throw new Error(`python3 failed: ${run.stderr.toString()}`);
+  return run.stdout.toString();
+}
+
+/**
+ * Run a python3 program with arguments; see pythonWithInput.
+ *
+ * @example const facts = JSON.parse(python("import json, sys; print(json.dumps(sys.argv[1:]))", "a", "b"));
+ */
+export function python(program: string, ...args: string[]): string {
+  return pythonWithInput(undefined, program, ...args);
+}
+
+/** How one of our programs ended: its exit status and everything it printed. */
+export interface ProgramRun {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Run `bun apps/NAME.ts ARGS...` to its end as a real process and collect its
+ * exit status and output. `env` replaces the environment when given.
+ *
+ * @example const { exitCode, stderr } = await runProgram("lookimage", ["pool.img"], { cwd: dir });
+ */
+export async function runProgram(name: string, args: string[], options: { cwd?: string; env?: Record<string, string | undefined> } = {}): Promise<ProgramRun> {
+  const child = Bun.spawn(["bun", join(ROOT, "apps", `${name}.ts`), ...args], { cwd: options.cwd, env: options.env, stdout: "pipe", stderr: "pipe" });
+  const [stdout, stderr, exitCode] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  return { exitCode, stdout, stderr };
+}
