@@ -17,11 +17,9 @@ import { randomBytes } from "node:crypto";
 import { chmod, copyFile, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { caseDirs, ROOT, VECTORS } from "./helpers/common.ts";
 
-const ROOT = join(import.meta.dir, "..");
 const APP = join(ROOT, "apps", "mkimage.ts");
-// shared/ lies beside the work tree, in a session as in CI.
-const VECTORS = join(ROOT, "..", "shared", "vectors");
 /** 1 MiB, a multiple of 128 KiB: with -s 64 mkimage has no warning to print. */
 const POOL_1M = join(VECTORS, "pool-1m.raw");
 // Real processes on a shared machine: room, but no assertion on time.
@@ -44,13 +42,8 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 }, SLOW);
 
-let caseCount = 0;
 /** A fresh directory for one case, so its listing shows exactly what the run left. */
-async function caseDir(): Promise<string> {
-  const path = join(dir, `case-${caseCount++}`);
-  await mkdir(path);
-  return path;
-}
+const caseDir = caseDirs(() => dir);
 
 function sh(command: string[]): { exitCode: number; stdout: string; stderr: string } {
   const run = Bun.spawnSync(command, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });

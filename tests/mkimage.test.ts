@@ -14,7 +14,7 @@ import { MIB } from "../lib/format.ts";
 import { makeImage, ZLIB_BLOCK_SIZE } from "../lib/mkimage.ts";
 import { samplePoolChunks, writeSamplePool } from "../lib/sample-pool.ts";
 import { FLUSH_INTERVAL, type ZlibLevel } from "../lib/zlib-stream.ts";
-import { python, ROOT, VECTORS } from "./helpers/common.ts";
+import { caseDirs, python, ROOT, VECTORS } from "./helpers/common.ts";
 
 const APP = join(ROOT, "apps", "mkimage.ts");
 // Real processes, python3 and pigz on a shared machine: room, but no assertion on time.
@@ -32,13 +32,8 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 }, SLOW);
 
-let caseCount = 0;
 /** A fresh directory for one case, so its listing shows exactly what the run left. */
-async function caseDir(): Promise<string> {
-  const path = join(dir, `case-${caseCount++}`);
-  await mkdir(path);
-  return path;
-}
+const caseDir = caseDirs(() => dir);
 
 interface Run {
   exitCode: number | null;

@@ -4,6 +4,7 @@
  * real processes (`bun apps/NAME.ts`), the way the build and users run them.
  */
 
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 
 /** The project's root (the work tree). */
@@ -55,4 +56,20 @@ export async function runProgram(name: string, args: string[], options: { cwd?: 
   const child = Bun.spawn(["bun", join(ROOT, "apps", `${name}.ts`), ...args], { cwd: options.cwd, env: options.env, stdout: "pipe", stderr: "pipe" });
   const [stdout, stderr, exitCode] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   return { exitCode, stdout, stderr };
+}
+
+/**
+ * Fresh numbered directories under `root()` (read when each is made, so a
+ * beforeAll may set it), one per case, so a case's listing shows exactly
+ * what the run left.
+ *
+ * @example const caseDir = caseDirs(() => dir); const out = await caseDir();
+ */
+export function caseDirs(root: () => string): () => Promise<string> {
+  let count = 0;
+  return async () => {
+    const path = join(root(), `case-${count++}`);
+    await mkdir(path);
+    return path;
+  };
 }
