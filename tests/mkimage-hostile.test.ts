@@ -17,7 +17,7 @@ import { randomBytes } from "node:crypto";
 import { chmod, copyFile, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { caseDirs, ROOT, VECTORS } from "./helpers/common.ts";
+import { caseDirs, expectRefusal, ROOT, VECTORS } from "./helpers/common.ts";
 
 const APP = join(ROOT, "apps", "mkimage.ts");
 /** 1 MiB, a multiple of 128 KiB: with -s 64 mkimage has no warning to print. */
@@ -78,15 +78,9 @@ async function mkimage(args: string[], options: { user?: number } = {}): Promise
   return { exitCode: await child.exited, stdout, stderr };
 }
 
-/** A refusal: exit 1, nothing on stdout, exactly one line on stderr matching `message`, no stack trace. */
+/** A refusal by mkimage (tests/helpers/common.ts expectRefusal). */
 function expectRefused(run: Run, message: RegExp) {
-  expect(run.exitCode).toBe(1);
-  expect(run.stdout).toBe("");
-  expect(run.stderr.endsWith("\n")).toBe(true);
-  expect(run.stderr.trimEnd().split("\n")).toHaveLength(1);
-  expect(run.stderr).toMatch(/^mkimage: /);
-  expect(run.stderr).not.toMatch(/\n\s+at /);
-  expect(run.stderr.trimEnd()).toMatch(message);
+  expectRefusal(run, "mkimage", message);
 }
 
 async function listing(path: string): Promise<string[]> {

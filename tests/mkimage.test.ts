@@ -14,7 +14,7 @@ import { MIB } from "../lib/format.ts";
 import { makeImage, ZLIB_BLOCK_SIZE } from "../lib/mkimage.ts";
 import { samplePoolChunks, writeSamplePool } from "../lib/sample-pool.ts";
 import { FLUSH_INTERVAL, type ZlibLevel } from "../lib/zlib-stream.ts";
-import { caseDirs, python, ROOT, VECTORS } from "./helpers/common.ts";
+import { caseDirs, expectRefusal, python, ROOT, VECTORS } from "./helpers/common.ts";
 
 const APP = join(ROOT, "apps", "mkimage.ts");
 // Real processes, python3 and pigz on a shared machine: room, but no assertion on time.
@@ -275,14 +275,9 @@ describe("compressed images", () => {
 });
 
 describe("refusals: one line, exit 1, no output and no temporary file", () => {
-  /** A refusal: exit 1, nothing on stdout, one line on stderr matching `message`. */
+  /** A refusal by mkimage (tests/helpers/common.ts expectRefusal). */
   function expectRefused(run: Run, message: RegExp) {
-    expect(run.exitCode).toBe(1);
-    expect(run.stdout).toBe("");
-    expect(run.stderr.endsWith("\n")).toBe(true);
-    expect(run.stderr.trimEnd().split("\n")).toHaveLength(1);
-    expect(run.stderr).toMatch(/^mkimage: /);
-    expect(run.stderr).toMatch(message);
+    expectRefusal(run, "mkimage", message);
   }
 
   test("missing input", async () => {

@@ -4,6 +4,7 @@
  * real processes (`bun apps/NAME.ts`), the way the build and users run them.
  */
 
+import { expect } from "bun:test";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 
@@ -72,4 +73,21 @@ export function caseDirs(root: () => string): () => Promise<string> {
     await mkdir(path);
     return path;
   };
+}
+
+/**
+ * A refusal by one of our programs: exit 1, nothing on stdout, exactly one
+ * line on stderr, `PROGRAM: ` and a reason matching `message`, no stack trace
+ * (lib/cli.ts runMain).
+ *
+ * @example expectRefusal(await runProgram("mkimage", ["-i", "absent", "-o", "x"]), "mkimage", /no such file/);
+ */
+export function expectRefusal(run: { exitCode: number | null; stdout: string; stderr: string }, program: string, message: RegExp) {
+  expect(run.exitCode).toBe(1);
+  expect(run.stdout).toBe("");
+  expect(run.stderr.endsWith("\n")).toBe(true);
+  expect(run.stderr.trimEnd().split("\n")).toHaveLength(1);
+  expect(run.stderr.startsWith(`${program}: `)).toBe(true);
+  expect(run.stderr).not.toMatch(/\n\s+at /);
+  expect(run.stderr.trimEnd()).toMatch(message);
 }
