@@ -19,8 +19,6 @@ import { decodeHeader, encodeHeader, HEADER_SIZE, type Header } from "../lib/for
 import { samplePoolChunks } from "../lib/sample-pool.ts";
 import { FLAG_ZSTD, ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL, ZSTD_VERSION } from "../lib/zstd-image.ts";
 import {
-  blockChecksum,
-  compressBlock,
   encodeSeekTable,
   SEEK_TABLE_ENTRY_SIZE,
   SEEK_TABLE_FOOTER_SIZE,
@@ -29,6 +27,7 @@ import {
 } from "../lib/zstd-seekable.ts";
 import { VECTORS } from "./helpers/common.ts";
 import { expectFailure, lookimage } from "./helpers/lookimage.ts";
+import { seekablePayload } from "./helpers/zstd.ts";
 
 // Each test runs lookimage as a process several times, on two cores shared with other work.
 const SLOW = 60_000;
@@ -63,15 +62,7 @@ interface ZstdImage {
 
 /** Lay out `raw` as mkimage --zstd does: 1 MiB blocks, one frame each, the seek table, the header. */
 function zstdImage(raw: Uint8Array, imageName: string): ZstdImage {
-  const frames: Uint8Array[] = [];
-  const entries: SeekTableEntry[] = [];
-  for (let at = 0; at < raw.length; at += ZSTD_BLOCK_SIZE) {
-    const block = raw.subarray(at, at + ZSTD_BLOCK_SIZE);
-    const frame = compressBlock(block, ZSTD_DEFAULT_LEVEL);
-    frames.push(frame);
-    entries.push({ compressedSize: frame.length, decompressedSize: block.length, checksum: blockChecksum(block) });
-  }
-  const table = encodeSeekTable(entries);
+  const { frames, entries, table } = seekablePayload(raw, ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL);
   const dataSize = frames.reduce((sum, frame) => sum + frame.length, 0) + table.length;
   const header: Header = {
     version: ZSTD_VERSION,

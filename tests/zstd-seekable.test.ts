@@ -25,6 +25,7 @@ import {
   type ZstdBlockJob,
 } from "../lib/zstd-seekable.ts";
 import type { WorkerReply } from "../lib/mkimage.ts";
+import { seekablePayload } from "./helpers/zstd.ts";
 
 const KIB = 1024;
 /** Small blocks keep the tests quick; the format does not depend on the size. */
@@ -53,15 +54,7 @@ interface Payload {
 
 /** Build a payload the way mkimage does: one frame per block, then the table. */
 function buildPayload(raw: Uint8Array, blockSize = BLOCK, level = 3): Payload {
-  const frames: Uint8Array[] = [];
-  const entries: SeekTableEntry[] = [];
-  for (let at = 0; at < raw.length; at += blockSize) {
-    const block = raw.subarray(at, at + blockSize);
-    const frame = compressBlock(block, level);
-    frames.push(frame);
-    entries.push({ compressedSize: frame.length, decompressedSize: block.length, checksum: blockChecksum(block) });
-  }
-  const table = encodeSeekTable(entries);
+  const { frames, entries, table } = seekablePayload(raw, blockSize, level);
   return { raw, frames, entries, table, payload: new Uint8Array(Buffer.concat([...frames, table])) };
 }
 
