@@ -41,7 +41,7 @@ import {
   toHex,
   type Header,
 } from "./format.ts";
-import { type InflateOrder, type InflateReport, PieceSender, receivePieces } from "./verify.ts";
+import { type InflateOrder, type InflateReport, PieceSender, receivePieces, sendPayload } from "./verify.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "./zstd-image.ts";
 import { workerUrl } from "./workers.ts";
 
@@ -171,7 +171,9 @@ async function inflateInto(path: string, header: Header, target: Uint8Array, has
   const order: InflateOrder = { input: toInflater.port2, output: fromInflater.port1, imageSize: header.imageSize };
   inflater.postMessage(order, [toInflater.port2, fromInflater.port1]);
   try {
-    const feeding = feedPayload(path, header.dataSize, input);
+    const feeding = sendPayload(path, header.dataSize, input).catch((error: unknown) => {
+      throw new ImageFormatError(`${path}: ${(error as Error).message}`);
+    });
     // A failed inflate stops taking input; its report says why, so the feeder's own error adds nothing.
     feeding.catch(() => {});
     let filled = 0;
@@ -196,23 +198,6 @@ async function inflateInto(path: string, header: Header, target: Uint8Array, has
     toInflater.port1.close();
     fromInflater.port2.close();
     inflater.terminate();
-  }
-}
-
-/** Send the `dataSize` payload bytes after the header down `output`, a piece at a time. */
-async function feedPayload(path: string, dataSize: number, output: PieceSender): Promise<void> {
-  const file = await open(path, "r");
-  try {
-    for (let done = 0; done < dataSize; ) {
-      const piece = new Uint8Array(Math.min(READ_CHUNK, dataSize - done));
-      const { bytesRead } = await file.read(piece, 0, piece.length, HEADER_SIZE + done);
-      if (bytesRead === 0) throw new ImageFormatError(`${path}: file ends ${done} bytes into the ${dataSize}-byte payload`);
-      await output.send(piece.subarray(0, bytesRead));
-      done += bytesRead;
-    }
-    output.end();
-  } finally {
-    await file.close();
   }
 }
 

@@ -377,6 +377,18 @@ function chunked(dataSize: number, output: PieceSender): PlannedReads {
   return { reads: reads(), capacity: READ_CHUNK, outputs: [output] };
 }
 
+/**
+ * Send the payload after the header of the image at `path` down `output` in
+ * READ_CHUNK pieces, waiting for room on the link (so memory stays bounded),
+ * then end the link. For a stage outside verifyPayload, such as the boot
+ * server's inflate into shared memory.
+ *
+ * @example await sendPayload(path, header.dataSize, new PieceSender(channel.port1));
+ */
+export function sendPayload(path: string, dataSize: number, output: PieceSender): Promise<void> {
+  return readPayload(path, dataSize, chunked(dataSize, output), {});
+}
+
 /** Read the planned pieces of the payload after the header, in order, and send each down its link. */
 async function readPayload(path: string, dataSize: number, plan: PlannedReads, options: VerifyOptions): Promise<void> {
   const file = await open(path, "r");
