@@ -9,9 +9,9 @@ import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { BootProgressDisplay, JsonLogDisplay } from "../lib/boot-progress.ts";
 import { BootServer, type BootServerOptions } from "../lib/bootserver.ts";
-import { EXIT_OK, EXIT_USAGE, oneLine, runMain, usageConventions, UserError } from "../lib/cli.ts";
-import { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
-import { parseMac, type Mac } from "../lib/protocol.ts";
+import { EXIT_OK, EXIT_USAGE, oneLine, runMain, UserError, usageConventions } from "../lib/cli.ts";
+import type { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
+import { type Mac, parseMac } from "../lib/protocol.ts";
 
 /** Conventional exit statuses for a program ended by a signal: 128 + its number. */
 const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
@@ -28,13 +28,47 @@ function parseArguments(argv: string[]) {
     )
     // Options may come between positionals, as in `LINK --sled MAC=IMAGE IMAGE any`: an array option takes one value each time.
     .parserConfiguration({ "parse-positional-numbers": false, "greedy-arrays": false })
-    .option("s", { alias: "single", type: "boolean", default: false, describe: "exit 0 once a sled has finished; any failure is fatal" })
-    .option("t", { alias: "hello-timeout", type: "number", describe: "fail unless a sled says HELLO within SECONDS", requiresArg: true })
-    .option("boots", { type: "number", describe: "exit 0 once N sleds have finished (no more than N are offered an image)", requiresArg: true })
-    .option("sled", { type: "string", array: true, default: [], describe: "MAC=IMAGE: always offer IMAGE to that sled (repeatable)", requiresArg: true })
-    .option("allow", { type: "string", array: true, default: [], describe: "serve only these sleds, besides the MAC argument and --sled ones (repeatable)", requiresArg: true })
-    .option("pcap", { type: "string", describe: "record every frame received and sent to FILE (pcap; appears when the server exits)", requiresArg: true })
-    .option("json-log", { type: "boolean", default: false, describe: "print one JSON object per event on stdout (docs/bootserver-json-log.md)" })
+    .option("s", {
+      alias: "single",
+      type: "boolean",
+      default: false,
+      describe: "exit 0 once a sled has finished; any failure is fatal",
+    })
+    .option("t", {
+      alias: "hello-timeout",
+      type: "number",
+      describe: "fail unless a sled says HELLO within SECONDS",
+      requiresArg: true,
+    })
+    .option("boots", {
+      type: "number",
+      describe: "exit 0 once N sleds have finished (no more than N are offered an image)",
+      requiresArg: true,
+    })
+    .option("sled", {
+      type: "string",
+      array: true,
+      default: [],
+      describe: "MAC=IMAGE: always offer IMAGE to that sled (repeatable)",
+      requiresArg: true,
+    })
+    .option("allow", {
+      type: "string",
+      array: true,
+      default: [],
+      describe: "serve only these sleds, besides the MAC argument and --sled ones (repeatable)",
+      requiresArg: true,
+    })
+    .option("pcap", {
+      type: "string",
+      describe: "record every frame received and sent to FILE (pcap; appears when the server exits)",
+      requiresArg: true,
+    })
+    .option("json-log", {
+      type: "boolean",
+      default: false,
+      describe: "print one JSON object per event on stdout (docs/bootserver-json-log.md)",
+    })
     .example("$0 -s -t 60 eth1 recovery.img 02:08:20:aa:bb:cc", "boot one sled, as the existing bootserver does")
     .example("$0 eth1 host.img recovery.img any", "boot every sled, each with the image it wants")
     .example("$0 --boots 32 eth1 host.img any", "boot 32 sleds at once, then exit")
@@ -46,8 +80,8 @@ function parseArguments(argv: string[]) {
     strict: "options",
     exitStatus:
       "Exit status: 0 when the sleds asked for (-s, --boots) have finished; 1 on a failure " +
-        "(an image that cannot be served, a link that cannot be opened, with -s a sled that fails); " +
-        "2 on bad usage; 130 on SIGINT and 143 on SIGTERM. See docs/operators.md.",
+      "(an image that cannot be served, a link that cannot be opened, with -s a sled that fails); " +
+      "2 on bad usage; 130 on SIGINT and 143 on SIGTERM. See docs/operators.md.",
   }).parseSync();
 }
 
@@ -76,7 +110,8 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
   if (args.boots !== undefined && !(Number.isInteger(args.boots) && args.boots >= 1)) {
     throw new UserError(`--boots must be a whole number of at least 1, not ${args.boots}`, EXIT_USAGE);
   }
-  if (args.t !== undefined && !(args.t > 0)) throw new UserError(`-t must be a positive number of seconds, not ${args.t}`, EXIT_USAGE);
+  if (args.t !== undefined && !(args.t > 0))
+    throw new UserError(`-t must be a positive number of seconds, not ${args.t}`, EXIT_USAGE);
   return {
     link,
     images,

@@ -79,7 +79,8 @@ async function netboot(): Promise<void> {
       await echoUntilServing(server.stdout);
       await run("sled", [b, "--checksum-file", "recovery.csum", "--sleds", String(SLEDS), "--timeout", "120"]);
       const serverExit = await Promise.race([server.exited, Bun.sleep(10_000).then(() => null)]);
-      if (serverExit !== 0) throw new UserError(`bootserver did not finish cleanly (status ${serverExit ?? "still running"})`);
+      if (serverExit !== 0)
+        throw new UserError(`bootserver did not finish cleanly (status ${serverExit ?? "still running"})`);
     } finally {
       server.kill();
       await server.exited;
@@ -96,7 +97,19 @@ async function demo(): Promise<number> {
   console.log(`pool.raw: ${formatBytes(POOL_SIZE)} in ${poolSeconds.toFixed(2)} s`);
 
   heading("2. Build a compressed recovery image and its boot_image_csum file");
-  await run("mkimage", ["-i", "pool.raw", "-o", "recovery.img", "-O", "recovery.csum", "-N", "recovery-demo", "-s", "128", "-z"]);
+  await run("mkimage", [
+    "-i",
+    "pool.raw",
+    "-o",
+    "recovery.img",
+    "-O",
+    "recovery.csum",
+    "-N",
+    "recovery-demo",
+    "-s",
+    "128",
+    "-z",
+  ]);
   const imageSize = Bun.file(join(OUT, "recovery.img")).size;
   console.log(`recovery.img: ${formatBytes(imageSize)} (${((100 * imageSize) / POOL_SIZE).toFixed(1)}% of the pool)`);
 

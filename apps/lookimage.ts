@@ -11,7 +11,7 @@
 
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { EXIT_FAILURE, EXIT_USAGE, runMain, usageConventions, UserError } from "../lib/cli.ts";
+import { EXIT_FAILURE, EXIT_USAGE, runMain, UserError, usageConventions } from "../lib/cli.ts";
 import { formatRatio, headerLines, jsonReport, readHeader, warnings } from "../lib/image-report.ts";
 import { startProgress } from "../lib/progress.ts";
 import { extractPayload, type PayloadVerdict, rawOutputTarget, sizeRefusal, verifyPayload } from "../lib/verify.ts";
@@ -33,8 +33,17 @@ async function main(): Promise<number> {
     .command("$0 <image>", false, (command) =>
       command.positional("image", { type: "string", describe: "boot image file", demandOption: true }),
     )
-    .option("skip-checksum", { alias: "s", type: "boolean", default: false, describe: "print the header only; do not read the payload" })
-    .option("json", { type: "boolean", default: false, describe: "print the facts as one JSON object (docs/lookimage-json.md)" })
+    .option("skip-checksum", {
+      alias: "s",
+      type: "boolean",
+      default: false,
+      describe: "print the header only; do not read the payload",
+    })
+    .option("json", {
+      type: "boolean",
+      default: false,
+      describe: "print the facts as one JSON object (docs/lookimage-json.md)",
+    })
     .option("extract", {
       type: "string",
       requiresArg: true,
@@ -43,7 +52,9 @@ async function main(): Promise<number> {
     .check((argv) => {
       // Not yargs' conflicts(): a boolean with a default counts as given.
       if (argv.extract !== undefined && argv.skipChecksum) {
-        throw new Error("--extract writes the raw pool only once it has verified it, so it cannot go with -s/--skip-checksum");
+        throw new Error(
+          "--extract writes the raw pool only once it has verified it, so it cannot go with -s/--skip-checksum",
+        );
       }
       return true;
     })
@@ -79,7 +90,8 @@ async function main(): Promise<number> {
       progress.finish();
     }
   }
-  if (args.json) await print(`${JSON.stringify(jsonReport(header, codec, imageWarnings, verdict, refusal), null, 2)}\n`);
+  if (args.json)
+    await print(`${JSON.stringify(jsonReport(header, codec, imageWarnings, verdict, refusal), null, 2)}\n`);
   const failure = verdict?.error ?? refusal;
   if (failure) throw new UserError(failure, EXIT_FAILURE);
   if (rawOutput && !args.json) await print("ok, raw image written!\n");

@@ -8,9 +8,9 @@
 
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { EXIT_USAGE, runMain, usageConventions, UserError } from "../lib/cli.ts";
+import { EXIT_USAGE, runMain, UserError, usageConventions } from "../lib/cli.ts";
 import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "../lib/format.ts";
-import { type Compression, DEFAULT_JOBS, makeImage, MAX_JOBS } from "../lib/mkimage.ts";
+import { type Compression, DEFAULT_JOBS, MAX_JOBS, makeImage } from "../lib/mkimage.ts";
 import type { ZlibLevel } from "../lib/zlib-stream.ts";
 import { ZSTD_DEFAULT_LEVEL } from "../lib/zstd-image.ts";
 import { MAX_LEVEL as ZSTD_MAX_LEVEL, MIN_LEVEL as ZSTD_MIN_LEVEL } from "../lib/zstd-seekable.ts";
@@ -32,9 +32,17 @@ function wholeNumber(flag: string, value: string | number, min: number, max: num
 async function main(): Promise<void> {
   const parser = yargs(hideBin(process.argv))
     .scriptName(PROGRAM)
-    .usage("Usage: $0 -i RAW -o IMAGE [-O CSUM_FILE] [-N NAME] [-s MEBIBYTES] [-z | --zstd]\n\nWrap a raw pool file into a boot image.")
+    .usage(
+      "Usage: $0 -i RAW -o IMAGE [-O CSUM_FILE] [-N NAME] [-s MEBIBYTES] [-z | --zstd]\n\nWrap a raw pool file into a boot image.",
+    )
     .option("input", { alias: "i", type: "string", demandOption: true, describe: "raw pool file", requiresArg: true })
-    .option("output", { alias: "o", type: "string", demandOption: true, describe: "boot image to write", requiresArg: true })
+    .option("output", {
+      alias: "o",
+      type: "string",
+      demandOption: true,
+      describe: "boot image to write",
+      requiresArg: true,
+    })
     .option("checksum-file", {
       alias: "O",
       type: "string",
@@ -48,14 +56,25 @@ async function main(): Promise<void> {
       describe: "size of the ramdisk the sled creates, in MiB",
       requiresArg: true,
     })
-    .option("name", { alias: "N", type: "string", default: "", describe: "image name (at most 127 bytes)", requiresArg: true })
+    .option("name", {
+      alias: "N",
+      type: "string",
+      default: "",
+      describe: "image name (at most 127 bytes)",
+      requiresArg: true,
+    })
     .option("compress", { alias: "z", type: "boolean", default: false, describe: "compress the payload (zlib)" })
     .option("zstd", {
       type: "boolean",
       default: false,
       describe: "compress the payload with zstd (this project's zstd image: boots only through its bootserver)",
     })
-    .option("dataset", { type: "string", default: DEFAULT_DATASET, describe: "dataset name to record", requiresArg: true })
+    .option("dataset", {
+      type: "string",
+      default: DEFAULT_DATASET,
+      describe: "dataset name to record",
+      requiresArg: true,
+    })
     .option("level", {
       type: "string",
       describe: `compression level: with -z ${ZLIB_LEVELS.min} (fastest) to ${ZLIB_LEVELS.max} (smallest), default ${ZLIB_LEVELS.default}; with --zstd ${ZSTD_LEVELS.min} to ${ZSTD_LEVELS.max}, default ${ZSTD_LEVELS.default}`,
@@ -69,14 +88,20 @@ async function main(): Promise<void> {
     })
     .example("$0 -i pool.raw -N testing -o pool.img -O pool.csum -s 4096", "uncompressed image and checksum file")
     .example("$0 -i pool.raw -N recovery -o recovery.img -O recovery.csum -s 4096 -z", "compressed recovery image")
-    .example("$0 -i pool.raw -N testing -o pool.img -O pool.csum --zstd", "zstd image for a quick netboot through our bootserver")
+    .example(
+      "$0 -i pool.raw -N testing -o pool.img -O pool.csum --zstd",
+      "zstd image for a quick netboot through our bootserver",
+    )
     .parserConfiguration({ "duplicate-arguments-array": false });
   const args = await usageConventions(parser, PROGRAM).parseAsync();
 
-  if (args.compress && args.zstd) throw new UserError(`-z (zlib) and --zstd cannot be used together; see ${PROGRAM} --help`, EXIT_USAGE);
+  if (args.compress && args.zstd)
+    throw new UserError(`-z (zlib) and --zstd cannot be used together; see ${PROGRAM} --help`, EXIT_USAGE);
   const levels = args.zstd ? ZSTD_LEVELS : ZLIB_LEVELS;
   const level =
-    args.level === undefined ? levels.default : wholeNumber(args.zstd ? "--level with --zstd" : "--level", args.level, levels.min, levels.max);
+    args.level === undefined
+      ? levels.default
+      : wholeNumber(args.zstd ? "--level with --zstd" : "--level", args.level, levels.min, levels.max);
   const jobs = wholeNumber("--jobs", args.jobs, 1, MAX_JOBS);
   const compression: Compression = args.zstd
     ? { codec: "zstd", level, jobs }

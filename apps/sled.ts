@@ -5,10 +5,10 @@
 import { readFileSync } from "node:fs";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, usageConventions, UserError } from "../lib/cli.ts";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, UserError, usageConventions } from "../lib/cli.ts";
 import { PcapLink, readLinkMac } from "../lib/pcap.ts";
-import { formatMac, parseMac, sameMac, SHA256_SIZE } from "../lib/protocol.ts";
-import { consecutiveMacs, emulateSleds, sledMacFor, type EmulatedSledReport } from "../lib/sled.ts";
+import { formatMac, parseMac, SHA256_SIZE, sameMac } from "../lib/protocol.ts";
+import { consecutiveMacs, type EmulatedSledReport, emulateSleds, sledMacFor } from "../lib/sled.ts";
 
 /** The link is polled this often when idle, well inside the kernel's 50 ms. */
 const POLL_MS = 10;
@@ -16,19 +16,40 @@ const POLL_MS = 10;
 function parseArguments(argv: string[]) {
   const parser = yargs(argv)
     .scriptName("sled")
-    .usage("$0 LINK (--checksum HEX | --checksum-file FILE) [options]\n\nEmulate sleds booting from the network on LINK.")
+    .usage(
+      "$0 LINK (--checksum HEX | --checksum-file FILE) [options]\n\nEmulate sleds booting from the network on LINK.",
+    )
     .command("$0 <link>", false)
     .positional("link", { type: "string", demandOption: true, describe: "Ethernet link the boot server is on" })
-    .option("checksum", { type: "string", describe: "SHA-256 of the raw image, 64 hex digits (the sled's boot archive)" })
+    .option("checksum", {
+      type: "string",
+      describe: "SHA-256 of the raw image, 64 hex digits (the sled's boot archive)",
+    })
     .option("checksum-file", { type: "string", describe: "the 32-byte checksum file written by mkimage -O" })
     .option("mac", { type: "string", describe: "MAC of the first sled (default 02:, the link's last 4 bytes, :00)" })
     .option("sleds", { type: "number", default: 1, describe: "sleds to emulate at once, on consecutive MACs" })
     .option("timeout", { type: "number", default: 120, describe: "seconds a sled may take to boot before it fails" })
-    .option("restart-on-reset", { type: "boolean", default: false, describe: "on RESET start discovery again instead of failing" })
+    .option("restart-on-reset", {
+      type: "boolean",
+      default: false,
+      describe: "on RESET start discovery again instead of failing",
+    })
     .option("drop-rate", { type: "number", default: 0, describe: "fraction of incoming DATA frames to drop" })
-    .option("duplicate-rate", { type: "number", default: 0, describe: "fraction of incoming DATA frames to deliver twice" })
-    .option("reorder-rate", { type: "number", default: 0, describe: "fraction of DATA frames held back until after the next one" })
-    .option("delay-rate", { type: "number", default: 0, describe: "fraction of DATA frames delivered late, by --delay-ms" })
+    .option("duplicate-rate", {
+      type: "number",
+      default: 0,
+      describe: "fraction of incoming DATA frames to deliver twice",
+    })
+    .option("reorder-rate", {
+      type: "number",
+      default: 0,
+      describe: "fraction of DATA frames held back until after the next one",
+    })
+    .option("delay-rate", {
+      type: "number",
+      default: 0,
+      describe: "fraction of DATA frames delivered late, by --delay-ms",
+    })
     .option("delay-ms", { type: "number", default: 0, describe: "how late delayed DATA frames arrive" })
     .option("seed", { type: "number", default: 1, describe: "seed of the fault pattern (same seed, same faults)" })
     .option("json", { type: "boolean", default: false, describe: "print one JSON object per sled instead of a line" })
@@ -38,7 +59,8 @@ function parseArguments(argv: string[]) {
       if (args.checksum === undefined && args["checksum-file"] === undefined) {
         throw new Error("one of --checksum or --checksum-file is required");
       }
-      if (!Number.isInteger(args.sleds) || args.sleds < 1 || args.sleds > 4096) throw new Error("--sleds must be a whole number from 1 to 4096");
+      if (!Number.isInteger(args.sleds) || args.sleds < 1 || args.sleds > 4096)
+        throw new Error("--sleds must be a whole number from 1 to 4096");
       if (!(args.timeout > 0)) throw new Error("--timeout must be a positive number of seconds");
       for (const name of ["drop-rate", "duplicate-rate", "reorder-rate", "delay-rate"] as const) {
         if (!(args[name] >= 0 && args[name] <= 1)) throw new Error(`--${name} must be between 0 and 1`);
@@ -55,7 +77,8 @@ function parseArguments(argv: string[]) {
 function readChecksum(args: { checksum?: string; "checksum-file"?: string }): Uint8Array {
   if (args.checksum !== undefined) {
     const text = args.checksum.trim();
-    if (!/^[0-9a-fA-F]{64}$/.test(text)) throw new UserError(`--checksum must be 64 hex digits, not "${text}"`, EXIT_USAGE);
+    if (!/^[0-9a-fA-F]{64}$/.test(text))
+      throw new UserError(`--checksum must be 64 hex digits, not "${text}"`, EXIT_USAGE);
     return Uint8Array.from(Buffer.from(text, "hex"));
   }
   const path = args["checksum-file"]!;
@@ -82,7 +105,9 @@ function describe(report: EmulatedSledReport): string {
   parts.push(`${(report.elapsedMs / 1000).toFixed(2)} s`);
   const { faults } = report;
   if (faults) {
-    parts.push(`faults: ${faults.dropped} dropped, ${faults.duplicated} duplicated, ${faults.reordered} reordered, ${faults.delayed} delayed`);
+    parts.push(
+      `faults: ${faults.dropped} dropped, ${faults.duplicated} duplicated, ${faults.reordered} reordered, ${faults.delayed} delayed`,
+    );
   }
   return `${report.mac} ${report.outcome}: ${parts.join(", ")}${report.detail ? `; ${report.detail}` : ""}`;
 }
@@ -94,7 +119,8 @@ async function sled(argv: string[]): Promise<number> {
   if (args.mac !== undefined) {
     firstMac = parseMac(args.mac);
     if (!firstMac) throw new UserError(`--mac "${args.mac}" is not a MAC address like 02:00:00:00:00:01`, EXIT_USAGE);
-    if (firstMac[0]! & 1) throw new UserError(`--mac ${args.mac} is a multicast address; a sled's MAC is unicast`, EXIT_USAGE);
+    if (firstMac[0]! & 1)
+      throw new UserError(`--mac ${args.mac} is a multicast address; a sled's MAC is unicast`, EXIT_USAGE);
   }
 
   // PcapError messages name the link and libpcap's reason; runMain prints them as they are.
@@ -107,7 +133,9 @@ async function sled(argv: string[]): Promise<number> {
   try {
     if (!args.json) {
       const range = macs.length > 1 ? `${formatMac(macs[0]!)} to ${formatMac(macs.at(-1)!)}` : formatMac(macs[0]!);
-      console.log(`emulating ${macs.length} sled${macs.length > 1 ? "s" : ""} on ${args.link} (${range}), timeout ${args.timeout} s`);
+      console.log(
+        `emulating ${macs.length} sled${macs.length > 1 ? "s" : ""} on ${args.link} (${range}), timeout ${args.timeout} s`,
+      );
     }
     const reports = emulateSleds(link, {
       macs,
@@ -127,7 +155,8 @@ async function sled(argv: string[]): Promise<number> {
     });
     const booted = reports.filter((report) => report.outcome === "booted").length;
     const { dropped } = link.stats();
-    if (dropped > 0) console.error(`sled: the capture buffer overflowed and lost ${dropped} frames (the emulator fell behind)`);
+    if (dropped > 0)
+      console.error(`sled: the capture buffer overflowed and lost ${dropped} frames (the emulator fell behind)`);
     if (!args.json && reports.length > 1) console.log(`${booted} of ${reports.length} sleds booted`);
     return booted === reports.length ? EXIT_OK : EXIT_FAILURE;
   } finally {

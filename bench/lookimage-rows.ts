@@ -34,7 +34,10 @@ const LOOKIMAGE = ["bun", join(import.meta.dir, "..", "apps", "lookimage.ts")];
 
 /** The header of the image at `path`, version 2 or zstd. */
 async function readHeader(path: string): Promise<Header> {
-  return decodeHeader(await Bun.file(path).slice(0, HEADER_SIZE).bytes(), { fileSize: Bun.file(path).size, versions: IMAGE_VERSIONS });
+  return decodeHeader(await Bun.file(path).slice(0, HEADER_SIZE).bytes(), {
+    fileSize: Bun.file(path).size,
+    versions: IMAGE_VERSIONS,
+  });
 }
 
 /** Throw unless the peer printed the header's SHA-256, so both did the same work. */
@@ -53,7 +56,11 @@ function warm(path: string): void {
  * Race lookimage on `image`, which must be a `codec` image, against the
  * peer's shell pipeline (the image is its $1), checking the peer's digest.
  */
-async function raceOnImage(image: string, codec: PayloadCodec, peerPipeline: string): Promise<{ header: Header; ours: Measured; peer: Measured }> {
+async function raceOnImage(
+  image: string,
+  codec: PayloadCodec,
+  peerPipeline: string,
+): Promise<{ header: Header; ours: Measured; peer: Measured }> {
   const header = await readHeader(image);
   if (payloadCodec(header) !== codec) throw new Error(`${image} is not a ${codec} image`);
   warm(image);
@@ -70,8 +77,16 @@ async function raceOnImage(image: string, codec: PayloadCodec, peerPipeline: str
  *
  * @example printRows(await lookimageRows(scratch, raw, zlibImage));
  */
-export async function lookimageRows(workDir: string, rawPath: string, compressedImagePath: string): Promise<BenchRow[]> {
-  const { header, ...zlib } = await raceOnImage(compressedImagePath, "zlib", 'tail -c +4097 "$1" | pigz -dz | sha256sum');
+export async function lookimageRows(
+  workDir: string,
+  rawPath: string,
+  compressedImagePath: string,
+): Promise<BenchRow[]> {
+  const { header, ...zlib } = await raceOnImage(
+    compressedImagePath,
+    "zlib",
+    'tail -c +4097 "$1" | pigz -dz | sha256sum',
+  );
 
   // The stored twin: our header (data size = image size), then the raw bytes.
   const stored = join(workDir, "lookimage-bench-stored.img");
@@ -85,7 +100,9 @@ export async function lookimageRows(workDir: string, rawPath: string, compressed
     const plain = await race(ROUNDS, [...LOOKIMAGE, stored], ["sha256sum", rawPath]);
     checkPeer(header, plain);
     return [
-      ...timeRows(`lookimage (zlib, ${formatBytes(header.imageSize)})`, "pigz -dz | sha256sum", zlib.ours, zlib.peer, { speedup: GOAL_SPEEDUP }),
+      ...timeRows(`lookimage (zlib, ${formatBytes(header.imageSize)})`, "pigz -dz | sha256sum", zlib.ours, zlib.peer, {
+        speedup: GOAL_SPEEDUP,
+      }),
       ...timeRows("lookimage (stored)", "sha256sum", plain.ours, plain.peer),
     ];
   } finally {
@@ -101,7 +118,11 @@ export async function lookimageRows(workDir: string, rawPath: string, compressed
  * @example printRows(await lookimageZstdRows(zstdImage));
  */
 export async function lookimageZstdRows(zstdImagePath: string): Promise<BenchRow[]> {
-  const { header, ...zstd } = await raceOnImage(zstdImagePath, "zstd", 'tail -c +4097 "$1" | zstd -d -q -c | sha256sum');
+  const { header, ...zstd } = await raceOnImage(
+    zstdImagePath,
+    "zstd",
+    'tail -c +4097 "$1" | zstd -d -q -c | sha256sum',
+  );
   const what = `lookimage (zstd, ${formatBytes(header.imageSize)})`;
   const lines = timeRows(what, "zstd -d | sha256sum", zstd.ours, zstd.peer);
   const rate = (seconds: number) => `${(header.imageSize / seconds / 1e6).toFixed(0)} MB/s`;

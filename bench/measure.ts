@@ -50,7 +50,8 @@ export async function measure(command: string[]): Promise<Measured> {
   const started = performance.now();
   const run = Bun.spawnSync(wrapped, { stdout: "pipe", stderr: "pipe" });
   const seconds = (performance.now() - started) / 1000;
-  if (run.exitCode !== 0) throw new Error(`${command.join(" ")} failed (${run.exitCode}): ${run.stderr.toString().trim()}`);
+  if (run.exitCode !== 0)
+    throw new Error(`${command.join(" ")} failed (${run.exitCode}): ${run.stderr.toString().trim()}`);
   const measured: Measured = { seconds, stdout: run.stdout.toString() };
   if (haveTime) {
     const [kib, user, system] = (await Bun.file(usage).text()).trim().split("\n").at(-1)!.split(" ").map(Number);
@@ -68,8 +69,12 @@ export async function measure(command: string[]): Promise<Measured> {
  *
  * @example const { ours, peer } = await race(3, [...LOOKIMAGE, image], ["sha256sum", raw]);
  */
-export async function race(rounds: number, ours: string[], peer: string[]): Promise<{ ours: Measured; peer: Measured }> {
-  let best: { ours?: Measured; peer?: Measured } = {};
+export async function race(
+  rounds: number,
+  ours: string[],
+  peer: string[],
+): Promise<{ ours: Measured; peer: Measured }> {
+  const best: { ours?: Measured; peer?: Measured } = {};
   for (let round = 0; round < rounds; round++) {
     const o = await measure(ours);
     const p = await measure(peer);
@@ -102,7 +107,13 @@ export interface Goals {
  *
  * @example printRows(timeRows("lookimage (stored)", "sha256sum", ours, peer));
  */
-export function timeRows(what: string, peerName: string, ours: Measured, peer: Measured, goals: Goals = {}): BenchRow[] {
+export function timeRows(
+  what: string,
+  peerName: string,
+  ours: Measured,
+  peer: Measured,
+  goals: Goals = {},
+): BenchRow[] {
   const speedup = peer.seconds / ours.seconds;
   const speed = `${speedup.toFixed(2)}x as fast`;
   const rows: BenchRow[] = [
@@ -110,7 +121,10 @@ export function timeRows(what: string, peerName: string, ours: Measured, peer: M
       name: `${what} vs ${peerName}: time`,
       ours: seconds(ours.seconds),
       peer: seconds(peer.seconds),
-      ratio: goals.speedup === undefined ? speed : goal(speedup >= goals.speedup, `${speed}, goal ${goals.speedup.toFixed(2)}x`),
+      ratio:
+        goals.speedup === undefined
+          ? speed
+          : goal(speedup >= goals.speedup, `${speed}, goal ${goals.speedup.toFixed(2)}x`),
     },
   ];
   if (ours.cpuSeconds !== undefined && peer.cpuSeconds !== undefined) {
@@ -129,7 +143,10 @@ export function timeRows(what: string, peerName: string, ours: Measured, peer: M
       ratio:
         goals.peakRss === undefined
           ? `${(ours.peakRss / peer.peakRss).toFixed(2)}x the peer's`
-          : goal(ours.peakRss < goals.peakRss, `${(ours.peakRss / peer.peakRss).toFixed(2)}x the peer's, limit ${formatBytes(goals.peakRss)}`),
+          : goal(
+              ours.peakRss < goals.peakRss,
+              `${(ours.peakRss / peer.peakRss).toFixed(2)}x the peer's, limit ${formatBytes(goals.peakRss)}`,
+            ),
     });
   }
   return rows;
@@ -148,7 +165,10 @@ export function sizeRow(what: string, ours: number, peer: number, rawSize: numbe
     name: `${what}: size`,
     ours: formatBytes(ours),
     peer: formatBytes(peer),
-    ratio: maxPercent === undefined ? text : goal(percent <= maxPercent, `${text}, goal at most ${maxPercent >= 0 ? "+" : ""}${maxPercent}%`),
+    ratio:
+      maxPercent === undefined
+        ? text
+        : goal(percent <= maxPercent, `${text}, goal at most ${maxPercent >= 0 ? "+" : ""}${maxPercent}%`),
   };
 }
 
@@ -158,5 +178,6 @@ export function sizeRow(what: string, ours: number, peer: number, rawSize: numbe
  * @example printRows([{ name: "", ours: "ours", peer: "peer", ratio: "" }]);
  */
 export function printRows(rows: readonly BenchRow[]): void {
-  for (const row of rows) console.log(`${row.name.padEnd(68)} ${row.ours.padStart(11)} ${row.peer.padStart(11)}   ${row.ratio}`);
+  for (const row of rows)
+    console.log(`${row.name.padEnd(68)} ${row.ours.padStart(11)} ${row.peer.padStart(11)}   ${row.ratio}`);
 }

@@ -48,7 +48,7 @@ import { formatBytes } from "../lib/progress.ts";
 import { writeSamplePool } from "../lib/sample-pool.ts";
 import { ZSTD_DEFAULT_LEVEL } from "../lib/zstd-image.ts";
 import { lookimageRows, lookimageZstdRows } from "./lookimage-rows.ts";
-import { type BenchRow, measure, type Measured, printRows, race, sizeRow, timeRows } from "./measure.ts";
+import { type BenchRow, type Measured, measure, printRows, race, sizeRow, timeRows } from "./measure.ts";
 
 const MKIMAGE = ["bun", join(import.meta.dir, "..", "apps", "mkimage.ts")];
 const SEED = 1;
@@ -97,13 +97,32 @@ async function fileSize(path: string): Promise<number> {
 
 async function mkimageRows({ input, scratch, jobs, made }: BenchContext): Promise<BenchRow[]> {
   const image = join(scratch, "ours-z.img");
-  const ours = await measure([...MKIMAGE, "-i", input.raw, "-o", image, "-O", join(scratch, "ours.csum"), "-s", "8192", "-z", "--jobs", String(jobs)]);
+  const ours = await measure([
+    ...MKIMAGE,
+    "-i",
+    input.raw,
+    "-o",
+    image,
+    "-O",
+    join(scratch, "ours.csum"),
+    "-s",
+    "8192",
+    "-z",
+    "--jobs",
+    String(jobs),
+  ]);
   const pigzOut = join(scratch, "pigz.zz");
   const pigz = await measure(shell(`pigz -9 -z -p "$3" -c "$1" > "$2" && sync "$2"`, input.raw, pigzOut, String(jobs)));
   const pigzName = `pigz -9 -z -p ${jobs}`;
   const rows = [
     ...timeRows("mkimage -z", pigzName, ours, pigz, { speedup: GOALS.zlibSpeedup, peakRss: GOALS.peakRss }),
-    sizeRow(`mkimage -z vs ${pigzName}`, (await fileSize(image)) - 4096, await fileSize(pigzOut), input.rawSize, GOALS.zlibSizePercent),
+    sizeRow(
+      `mkimage -z vs ${pigzName}`,
+      (await fileSize(image)) - 4096,
+      await fileSize(pigzOut),
+      input.rawSize,
+      GOALS.zlibSizePercent,
+    ),
   ];
   made.zlib = { image, run: ours };
   await rm(pigzOut);
@@ -128,7 +147,22 @@ async function zstdRows({ input, scratch, jobs, zstdLevel, made }: BenchContext)
   const cliName = `zstd -T${jobs} -${zstdLevel}`;
   const { ours, peer } = await race(
     RACE_ROUNDS,
-    [...MKIMAGE, "-i", input.raw, "-o", image, "-O", join(scratch, "ours-zstd.csum"), "-s", "8192", "--zstd", "--level", String(zstdLevel), "--jobs", String(jobs)],
+    [
+      ...MKIMAGE,
+      "-i",
+      input.raw,
+      "-o",
+      image,
+      "-O",
+      join(scratch, "ours-zstd.csum"),
+      "-s",
+      "8192",
+      "--zstd",
+      "--level",
+      String(zstdLevel),
+      "--jobs",
+      String(jobs),
+    ],
     shell(`zstd -q -f -T"$3" -"$4" "$1" -o "$2" && sync "$2"`, input.raw, cliOut, String(jobs), String(zstdLevel)),
   );
   const ourPayload = (await fileSize(image)) - 4096;
@@ -140,7 +174,9 @@ async function zstdRows({ input, scratch, jobs, zstdLevel, made }: BenchContext)
   if (made.zlib) {
     const zlibPayload = (await fileSize(made.zlib.image)) - 4096;
     rows.push(
-      ...timeRows("mkimage --zstd", `our mkimage -z --jobs ${jobs}`, ours, made.zlib.run, { speedup: GOALS.zstdVsZlibSpeedup }),
+      ...timeRows("mkimage --zstd", `our mkimage -z --jobs ${jobs}`, ours, made.zlib.run, {
+        speedup: GOALS.zstdVsZlibSpeedup,
+      }),
       sizeRow(`mkimage --zstd vs our mkimage -z`, ourPayload, zlibPayload, input.rawSize, GOALS.zstdVsZlibSizePercent),
     );
   }
@@ -164,10 +200,18 @@ async function writeRealFiles(path: string, size: number): Promise<BenchInput | 
   const trees = REAL_FILE_TREES.filter((tree) => existsSync(tree));
   if (trees.length === 0) return { skipped: `none of ${REAL_FILE_TREES.join(", ")} exists` };
   // head closes the pipe once it has enough, so tar may die of SIGPIPE: its status does not count.
-  Bun.spawnSync(shell(`out="$1"; size="$2"; shift 2; tar -cf - "$@" 2>/dev/null | head -c "$size" > "$out"`, path, String(size), ...trees));
+  Bun.spawnSync(
+    shell(
+      `out="$1"; size="$2"; shift 2; tar -cf - "$@" 2>/dev/null | head -c "$size" > "$out"`,
+      path,
+      String(size),
+      ...trees,
+    ),
+  );
   const rawSize = existsSync(path) ? await fileSize(path) : 0;
   if (rawSize < MIB) return { skipped: `the tar of ${trees.join(" and ")} came out at ${rawSize} bytes` };
-  const cut = rawSize < size ? `, all of it (${formatBytes(rawSize)}, less than asked)` : `, cut to ${formatBytes(rawSize)}`;
+  const cut =
+    rawSize < size ? `, all of it (${formatBytes(rawSize)}, less than asked)` : `, cut to ${formatBytes(rawSize)}`;
   return { label: `real files: tar of ${trees.join(" and ")}${cut}`, raw: path, rawSize };
 }
 
@@ -179,7 +223,11 @@ async function* inputs(scratch: string, size: number, input: string | undefined)
   }
   const sample = join(scratch, "sample.raw");
   await writeSamplePool(sample, size, SEED);
-  yield { label: `generated sample (lib/sample-pool.ts, seed ${SEED}), ${formatBytes(size)}`, raw: sample, rawSize: size };
+  yield {
+    label: `generated sample (lib/sample-pool.ts, seed ${SEED}), ${formatBytes(size)}`,
+    raw: sample,
+    rawSize: size,
+  };
   await rm(sample);
   const real = await writeRealFiles(join(scratch, "real-files.raw"), size);
   if ("skipped" in real) console.log(`\n== real files: skipped, ${real.skipped}`);
@@ -188,14 +236,29 @@ async function* inputs(scratch: string, size: number, input: string | undefined)
 
 async function main() {
   const args = await yargs(hideBin(process.argv))
-    .option("size", { type: "number", default: Number(process.env.BENCH_SIZE_MIB ?? 256), describe: "size of each input in MiB" })
+    .option("size", {
+      type: "number",
+      default: Number(process.env.BENCH_SIZE_MIB ?? 256),
+      describe: "size of each input in MiB",
+    })
     .option("input", { type: "string", describe: "benchmark this raw file instead of the sample and the real files" })
-    .option("jobs", { type: "number", default: navigator.hardwareConcurrency, describe: "threads for mkimage, pigz and zstd" })
-    .option("level", { type: "number", default: ZSTD_DEFAULT_LEVEL, describe: "zstd level for mkimage --zstd and the zstd CLI" })
+    .option("jobs", {
+      type: "number",
+      default: navigator.hardwareConcurrency,
+      describe: "threads for mkimage, pigz and zstd",
+    })
+    .option("level", {
+      type: "number",
+      default: ZSTD_DEFAULT_LEVEL,
+      describe: "zstd level for mkimage --zstd and the zstd CLI",
+    })
     .strict()
     .parseAsync();
   const started = performance.now();
-  const load = () => loadavg().map((value) => value.toFixed(2)).join(" ");
+  const load = () =>
+    loadavg()
+      .map((value) => value.toFixed(2))
+      .join(" ");
   console.log(
     `mkimage bench: ${args.jobs} jobs; bun ${Bun.version}; ${navigator.hardwareConcurrency} CPUs; load average ${load()} (shared machine)`,
   );

@@ -42,7 +42,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { DEFAULT_DATASET, encodeHeader, HEADER_SIZE, MIB, toHex, VERSION } from "../lib/format.ts";
 import { PcapLink } from "../lib/pcap.ts";
-import { decodeFrame, encodeFrame, parseMac, READ_SLOTS, BROADCAST_MAC, CHUNK_SIZE, sameMac } from "../lib/protocol.ts";
+import { BROADCAST_MAC, CHUNK_SIZE, decodeFrame, encodeFrame, parseMac, READ_SLOTS, sameMac } from "../lib/protocol.ts";
 import { samplePoolChunks, writeSamplePool } from "../lib/sample-pool.ts";
 import type { EmulatedSledReport } from "../lib/sled.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
@@ -76,7 +76,16 @@ async function writeImage(path: string, size: number): Promise<Uint8Array> {
   const sha256 = new Uint8Array(hasher.digest().buffer);
   const writer = Bun.file(path).writer();
   writer.write(
-    encodeHeader({ version: VERSION, flags: 0n, dataSize: size, imageSize: size, targetSize: size, sha256, dataset: DEFAULT_DATASET, imageName: "bench" }),
+    encodeHeader({
+      version: VERSION,
+      flags: 0n,
+      dataSize: size,
+      imageSize: size,
+      targetSize: size,
+      sha256,
+      dataset: DEFAULT_DATASET,
+      imageName: "bench",
+    }),
   );
   for (const chunk of samplePoolChunks(size)) {
     writer.write(chunk);
@@ -98,7 +107,10 @@ async function cpuSecondsOf(pid: number): Promise<number> {
  * Read a child's output to its end, line by line; `ready` resolves at the
  * first line matching `wanted` (and rejects if the output ends before one).
  */
-function watchLines(stream: ReadableStream<Uint8Array>, wanted: RegExp): { ready: Promise<void>; lines: Promise<string[]> } {
+function watchLines(
+  stream: ReadableStream<Uint8Array>,
+  wanted: RegExp,
+): { ready: Promise<void>; lines: Promise<string[]> } {
   let seen!: () => void;
   const ready = new Promise<void>((resolve) => (seen = resolve));
   const lines = (async () => {
@@ -115,7 +127,10 @@ function watchLines(stream: ReadableStream<Uint8Array>, wanted: RegExp): { ready
     return all;
   })();
   return {
-    ready: Promise.race([ready, lines.then((all) => Promise.reject(new Error(`bootserver ended before printing ${wanted}: ${all.join(" | ")}`)))]),
+    ready: Promise.race([
+      ready,
+      lines.then((all) => Promise.reject(new Error(`bootserver ended before printing ${wanted}: ${all.join(" | ")}`))),
+    ]),
     lines,
   };
 }
@@ -131,16 +146,36 @@ interface Row {
   cpuPerGib: number;
 }
 
-async function measure(serverLink: string, sledLink: string, image: string, sha256: Uint8Array, sleds: number): Promise<Row> {
-  const server = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), "--boots", String(sleds), serverLink, image, "any"], {
-    stdout: "pipe",
-    stderr: "pipe",
-  });
+async function measure(
+  serverLink: string,
+  sledLink: string,
+  image: string,
+  sha256: Uint8Array,
+  sleds: number,
+): Promise<Row> {
+  const server = Bun.spawn(
+    ["bun", join(ROOT, "apps/bootserver.ts"), "--boots", String(sleds), serverLink, image, "any"],
+    {
+      stdout: "pipe",
+      stderr: "pipe",
+    },
+  );
   const output = watchLines(server.stdout, /^serving on /);
   await output.ready;
   const cpuBefore = await cpuSecondsOf(server.pid);
   const sled = Bun.spawn(
-    ["bun", join(ROOT, "apps/sled.ts"), sledLink, "--checksum", toHex(sha256), "--sleds", String(sleds), "--json", "--timeout", "600"],
+    [
+      "bun",
+      join(ROOT, "apps/sled.ts"),
+      sledLink,
+      "--checksum",
+      toHex(sha256),
+      "--sleds",
+      String(sleds),
+      "--json",
+      "--timeout",
+      "600",
+    ],
     { stdout: "pipe", stderr: "inherit" },
   );
   const sledOutput = await new Response(sled.stdout).text();
@@ -149,7 +184,8 @@ async function measure(serverLink: string, sledLink: string, image: string, sha2
   if (serverExit === null) server.kill();
   await server.exited;
   await output.lines;
-  if (serverExit !== 0) console.error(`bootserver exited with ${serverExit}: ${await new Response(server.stderr).text()}`);
+  if (serverExit !== 0)
+    console.error(`bootserver exited with ${serverExit}: ${await new Response(server.stderr).text()}`);
   const usage = server.resourceUsage();
   const cpuTotal = usage ? Number(usage.cpuTime.total) / 1e6 : NaN;
   const cpuSeconds = cpuTotal - cpuBefore;
@@ -190,27 +226,44 @@ interface FirstData {
 }
 
 /** Start a server on `image`, play a sled's discovery and first READ against it, then boot the emulator from it. */
-async function firstData(serverLink: string, sledLink: string, image: string, checksumFile: string): Promise<FirstData> {
+async function firstData(
+  serverLink: string,
+  sledLink: string,
+  image: string,
+  checksumFile: string,
+): Promise<FirstData> {
   const link = PcapLink.open(sledLink, { timeoutMs: 1 });
   const started = performance.now();
-  const server = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), serverLink, image, "any"], { stdout: "pipe", stderr: "pipe" });
+  const server = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), serverLink, image, "any"], {
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   let readyMs = NaN;
   const output = watchLines(server.stdout, /^serving on /);
   output.ready.then(() => (readyMs = performance.now() - started)).catch(() => {});
   try {
-    const hello = encodeFrame(BROADCAST_MAC, SCRIPTED_SLED, { type: "hello", text: new TextEncoder().encode("bench sled") });
+    const hello = encodeFrame(BROADCAST_MAC, SCRIPTED_SLED, {
+      type: "hello",
+      text: new TextEncoder().encode("bench sled"),
+    });
     let offerMs = NaN;
     let serverMac: Uint8Array | undefined;
     let nextHello = 0;
     while (!serverMac) {
-      if (server.exitCode !== null) throw new Error(`bootserver exited with ${server.exitCode}: ${await new Response(server.stderr).text()}`);
+      if (server.exitCode !== null)
+        throw new Error(`bootserver exited with ${server.exitCode}: ${await new Response(server.stderr).text()}`);
       if (performance.now() >= nextHello) {
         link.inject(hello);
         nextHello = performance.now() + SCRIPTED_HELLO_MS;
       }
       const frame = link.next();
       const decoded = frame && decodeFrame(frame);
-      if (decoded && decoded.ok && decoded.frame.message.type === "offer" && sameMac(decoded.frame.destination, SCRIPTED_SLED)) {
+      if (
+        decoded &&
+        decoded.ok &&
+        decoded.frame.message.type === "offer" &&
+        sameMac(decoded.frame.destination, SCRIPTED_SLED)
+      ) {
         offerMs = performance.now() - started;
         serverMac = decoded.frame.source;
       } else if (!frame) await Bun.sleep(0);
@@ -222,15 +275,23 @@ async function firstData(serverLink: string, sledLink: string, image: string, ch
     while (Number.isNaN(firstDataMs)) {
       const frame = link.next();
       const decoded = frame && decodeFrame(frame);
-      if (decoded && decoded.ok && decoded.frame.message.type === "data" && sameMac(decoded.frame.destination, SCRIPTED_SLED)) {
+      if (
+        decoded &&
+        decoded.ok &&
+        decoded.frame.message.type === "data" &&
+        sameMac(decoded.frame.destination, SCRIPTED_SLED)
+      ) {
         firstDataMs = performance.now() - started;
       } else if (!frame) await Bun.sleep(0);
     }
     link.inject(encodeFrame(serverMac, SCRIPTED_SLED, { type: "finished" }));
-    const sled = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), sledLink, "--checksum-file", checksumFile, "--json", "--timeout", "600"], {
-      stdout: "pipe",
-      stderr: "inherit",
-    });
+    const sled = Bun.spawn(
+      ["bun", join(ROOT, "apps/sled.ts"), sledLink, "--checksum-file", checksumFile, "--json", "--timeout", "600"],
+      {
+        stdout: "pipe",
+        stderr: "inherit",
+      },
+    );
     const reports = (await new Response(sled.stdout).text())
       .split("\n")
       .filter((line) => line.startsWith("{"))
@@ -256,12 +317,16 @@ async function firstDataRows(dir: string, serverLink: string, sledLink: string):
     { name: "zstd", flag: "--zstd" },
   ];
   const results: Record<string, FirstData> = {};
-  console.log(`\ntime to first DATA, ${values["image-mib"]} MiB sample pool, one sled, from the server's start (HELLO every ${SCRIPTED_HELLO_MS} ms)`);
+  console.log(
+    `\ntime to first DATA, ${values["image-mib"]} MiB sample pool, one sled, from the server's start (HELLO every ${SCRIPTED_HELLO_MS} ms)`,
+  );
   console.log("image  file MiB  ready ms  OFFER ms  first DATA ms  first DATA after ready ms  whole boot MB/s  booted");
   for (const { name, flag } of kinds) {
     const image = join(dir, `first-data-${name}.img`);
     const checksum = join(dir, `first-data-${name}.csum`);
-    const made = Bun.spawnSync(["bun", join(ROOT, "apps/mkimage.ts"), "-i", pool, "-o", image, "-O", checksum, flag], { stderr: "pipe" });
+    const made = Bun.spawnSync(["bun", join(ROOT, "apps/mkimage.ts"), "-i", pool, "-o", image, "-O", checksum, flag], {
+      stderr: "pipe",
+    });
     if (made.exitCode !== 0) throw new Error(`mkimage ${flag} failed: ${made.stderr.toString()}`);
     const result = await firstData(serverLink, sledLink, image, checksum);
     results[name] = result;
@@ -288,7 +353,9 @@ if (!raw.ok) {
 async function throughputRows(dir: string): Promise<void> {
   const image = join(dir, "bench.img");
   const sha256 = await writeImage(image, imageSize);
-  console.log(`boot server over veth, ${values["image-mib"]} MiB plain image (${HEADER_SIZE + imageSize} bytes file), emulated sleds in one process`);
+  console.log(
+    `boot server over veth, ${values["image-mib"]} MiB plain image (${HEADER_SIZE + imageSize} bytes file), emulated sleds in one process`,
+  );
   console.log("sleds  booted  aggregate MB/s  slowest MB/s  fastest MB/s  re-asks  server CPU s  CPU s/GiB");
   const rows: Row[] = [];
   await withVethPair(async ({ a, b }) => {
@@ -309,8 +376,10 @@ async function throughputRows(dir: string): Promise<void> {
     );
   }
   const worst = Math.max(...rows.map((row) => row.cpuPerGib));
-  console.log(`goals: every sled booted: ${rows.every((row) => row.booted === row.sleds) ? "yes" : "NO"}; ` +
-    `server CPU <= ${GOAL_CPU_SECONDS_PER_GIB} s/GiB: ${worst <= GOAL_CPU_SECONDS_PER_GIB ? "yes" : "NO"} (worst ${worst.toFixed(2)})`);
+  console.log(
+    `goals: every sled booted: ${rows.every((row) => row.booted === row.sleds) ? "yes" : "NO"}; ` +
+      `server CPU <= ${GOAL_CPU_SECONDS_PER_GIB} s/GiB: ${worst <= GOAL_CPU_SECONDS_PER_GIB ? "yes" : "NO"} (worst ${worst.toFixed(2)})`,
+  );
   await rm(image);
 }
 

@@ -63,7 +63,9 @@ if (values.receive) {
     process.exit(1);
   }
   await withVethPair(async ({ a, b }) => {
-    console.log(`${size}-byte frames over veth ${a} -> ${b}; goal ${TARGET_FRAMES_PER_SECOND} frames/s, <= ${TARGET_CPU_US_PER_FRAME} CPU µs/frame`);
+    console.log(
+      `${size}-byte frames over veth ${a} -> ${b}; goal ${TARGET_FRAMES_PER_SECOND} frames/s, <= ${TARGET_CPU_US_PER_FRAME} CPU µs/frame`,
+    );
     console.log("1. one side at a time (median of rounds)");
     oneSideAtATime(a, b);
     console.log(`2. both at once, ${frames} frames, receiver in another process`);
@@ -134,7 +136,8 @@ function oneSideAtATime(a: string, b: string) {
     const moved = Object.values(results).flat();
     const short = moved.filter((measurement) => measurement.frames !== BURST).length;
     const { dropped } = receiver.stats();
-    if (short || dropped) console.log(`   ${short} rounds moved fewer than ${BURST} frames; ${dropped} dropped by the kernel (ring full)`);
+    if (short || dropped)
+      console.log(`   ${short} rounds moved fewer than ${BURST} frames; ${dropped} dropped by the kernel (ring full)`);
   } finally {
     sender.close();
     receiver.close();
@@ -142,10 +145,13 @@ function oneSideAtATime(a: string, b: string) {
 }
 
 async function bothAtOnce(a: string, b: string, batched: boolean) {
-  const child = Bun.spawn(["bun", import.meta.path, "--receive", b, "--frames", String(frames), "--size", String(size)], {
-    stdout: "pipe",
-    stderr: "inherit",
-  });
+  const child = Bun.spawn(
+    ["bun", import.meta.path, "--receive", b, "--frames", String(frames), "--size", String(size)],
+    {
+      stdout: "pipe",
+      stderr: "inherit",
+    },
+  );
   const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
   const nextLine = async () => {
@@ -202,7 +208,12 @@ function receive(link: string, expected: number) {
     });
     // A loop that ended on a timeout spent its last quietMs waiting, not receiving.
     const seconds = measured.seconds - (quiet ? quietMs / 1000 : 0);
-    const report = { frames: measured.frames + 1, seconds, cpuMicros: measured.cpuMicros, dropped: receiver.stats().dropped };
+    const report = {
+      frames: measured.frames + 1,
+      seconds,
+      cpuMicros: measured.cpuMicros,
+      dropped: receiver.stats().dropped,
+    };
     console.log(JSON.stringify(report));
   } finally {
     receiver.close();

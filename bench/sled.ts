@@ -28,11 +28,11 @@ import {
   decodeFrame,
   encodeFrame,
   formatMac,
+  type Mac,
   READ_SLOTS,
   requestedOffsets,
-  type Mac,
 } from "../lib/protocol.ts";
-import { consecutiveMacs, emulateSleds, type EmulatedSledReport, type SledLink } from "../lib/sled.ts";
+import { consecutiveMacs, type EmulatedSledReport, emulateSleds, type SledLink } from "../lib/sled.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 
 const SERVER_MAC = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x00, 0x01]);
@@ -63,12 +63,22 @@ function dataFrames(image: Uint8Array, sled: Mac): { chunks: Uint8Array[]; end: 
 }
 
 /** The frames a trivial server answers `frame` with: an OFFER for a HELLO, the DATA asked for by a READ. */
-function answers(frame: Uint8Array, image: Uint8Array, checksum: Uint8Array, framesFor: (sled: Mac) => ReturnType<typeof dataFrames>): Uint8Array[] {
+function answers(
+  frame: Uint8Array,
+  image: Uint8Array,
+  checksum: Uint8Array,
+  framesFor: (sled: Mac) => ReturnType<typeof dataFrames>,
+): Uint8Array[] {
   const decoded = decodeFrame(frame);
   if (!decoded.ok) return [];
   const { source, message } = decoded.frame;
   if (message.type === "hello") {
-    const offer = { type: "offer" as const, ramdiskSize: BigInt(image.length), imageSize: BigInt(image.length), sha256: checksum };
+    const offer = {
+      type: "offer" as const,
+      ramdiskSize: BigInt(image.length),
+      imageSize: BigInt(image.length),
+      sha256: checksum,
+    };
     return [encodeFrame(source, SERVER_MAC, { ...offer, dataset: datasetField("bench") })];
   }
   if (message.type !== "read") return [];
@@ -133,15 +143,34 @@ function blast(linkName: string, mib: number, sleds: number): never {
 }
 
 /** Run `bun apps/sled.ts` under /usr/bin/time: its JSON reports and the CPU seconds it used. */
-function timedSled(link: string, args: string[]): { reports: EmulatedSledReport[]; cpuSeconds: number; stderr: string } {
+function timedSled(
+  link: string,
+  args: string[],
+): { reports: EmulatedSledReport[]; cpuSeconds: number; stderr: string } {
   const times = join(mkdtempSync(join(tmpdir(), "rsl-bench-")), "times");
   try {
     const sled = Bun.spawnSync(
-      ["/usr/bin/time", "-o", times, "-f", "%U %S", "bun", join(import.meta.dir, "..", "apps", "sled.ts"), link, "--json", ...args],
+      [
+        "/usr/bin/time",
+        "-o",
+        times,
+        "-f",
+        "%U %S",
+        "bun",
+        join(import.meta.dir, "..", "apps", "sled.ts"),
+        link,
+        "--json",
+        ...args,
+      ],
       { stderr: "pipe" },
     );
     const [user = 0, system = 0] = readFileSync(times, "utf8").trim().split("\n").at(-1)!.split(" ").map(Number);
-    const reports = sled.stdout.toString().trim().split("\n").filter(Boolean).map((line) => JSON.parse(line));
+    const reports = sled.stdout
+      .toString()
+      .trim()
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => JSON.parse(line));
     return { reports, cpuSeconds: user + system, stderr: sled.stderr.toString().trim() };
   } finally {
     rmSync(dirname(times), { recursive: true, force: true });
@@ -170,9 +199,21 @@ async function overVeth(mib: number, sleds: number, runs: number): Promise<void>
     try {
       await server.stdout.getReader().read(); // "ready": the server's frames are built and its link is open
       for (let run = 1; run <= runs; run++) {
-        const { reports, cpuSeconds, stderr } = timedSled(b, ["--checksum", checksumHex, "--mac", formatMac(FIRST_SLED), "--sleds", String(sleds), "--timeout", "300"]);
+        const { reports, cpuSeconds, stderr } = timedSled(b, [
+          "--checksum",
+          checksumHex,
+          "--mac",
+          formatMac(FIRST_SLED),
+          "--sleds",
+          String(sleds),
+          "--timeout",
+          "300",
+        ]);
         const frames = reports.reduce((sum, report) => sum + report.batches * READ_SLOTS + report.dataDropped, 0);
-        const rates = reports.map((report) => `${report.megabytesPerSecond.toFixed(0)} MB/s (${Math.round((report.megabytesPerSecond * 1e6) / CHUNK_SIZE / 1000)}k frames/s, ${report.reasked} re-asks)`);
+        const rates = reports.map(
+          (report) =>
+            `${report.megabytesPerSecond.toFixed(0)} MB/s (${Math.round((report.megabytesPerSecond * 1e6) / CHUNK_SIZE / 1000)}k frames/s, ${report.reasked} re-asks)`,
+        );
         const perFrameUs = ((cpuSeconds - startup) * 1e6) / frames;
         console.log(
           `over veth, run ${run}: ${reports.filter((report) => report.outcome === "booted").length}/${sleds} booted at ${rates.join(", ")}; ` +

@@ -29,8 +29,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
-import yargs from "yargs";
 import * as wasm from "@bokuweb/zstd-wasm";
+import yargs from "yargs";
 import { samplePoolChunks } from "../lib/sample-pool.ts";
 import { compressBlock } from "../lib/zstd-seekable.ts";
 
@@ -91,7 +91,11 @@ function seconds(run: () => void): number {
 /** Keep the best (shortest) times of two measurements of the same thing. */
 function best(a: Row | undefined, b: Row): Row {
   if (!a) return b;
-  return { ...a, compressSeconds: Math.min(a.compressSeconds, b.compressSeconds), decompressSeconds: Math.min(a.decompressSeconds, b.decompressSeconds) };
+  return {
+    ...a,
+    compressSeconds: Math.min(a.compressSeconds, b.compressSeconds),
+    decompressSeconds: Math.min(a.decompressSeconds, b.decompressSeconds),
+  };
 }
 
 function measureEngine(engine: Engine, sample: Uint8Array, level: number, blockSize: number): Row {
@@ -105,9 +109,17 @@ function measureEngine(engine: Engine, sample: Uint8Array, level: number, blockS
     restored = frames.map((frame, index) => engine.decompress(frame, blocks[index]!.length));
   });
   // Every engine must give back the exact input, or its speed means nothing.
-  if (!Buffer.concat(restored).equals(sample)) throw new Error(`${engine.name} level ${level}: round trip differs from the sample`);
+  if (!Buffer.concat(restored).equals(sample))
+    throw new Error(`${engine.name} level ${level}: round trip differs from the sample`);
   const size = frames.reduce((sum, frame) => sum + frame.length, 0);
-  return { engine: engine.name, level: String(level), block: `${blockSize / MIB} MiB`, size, compressSeconds, decompressSeconds };
+  return {
+    engine: engine.name,
+    level: String(level),
+    block: `${blockSize / MIB} MiB`,
+    size,
+    compressSeconds,
+    decompressSeconds,
+  };
 }
 
 /** Debian's zstd, file to file, one frame for the whole sample: what `zstd -T1 -LEVEL` costs a user. */
@@ -141,7 +153,8 @@ function measureCliInMemory(samplePath: string, level: number, blockSize: number
   const result = Bun.spawnSync(["zstd", "-T1", `-b${level}`, `-B${blockSize}`, "-i2", samplePath], { stderr: "pipe" });
   const text = result.stdout.toString() + result.stderr.toString();
   const match = [...text.matchAll(/-> +(\d+) \(x[\d.]+\), +([\d.]+) MB\/s, +([\d.]+) MB\/s/g)].at(-1);
-  if (result.exitCode !== 0 || !match) throw new Error(`zstd -b${level}: no result in ${JSON.stringify(text.slice(-200))}`);
+  if (result.exitCode !== 0 || !match)
+    throw new Error(`zstd -b${level}: no result in ${JSON.stringify(text.slice(-200))}`);
   const timeAt = (mbPerSecond: string) => sampleSize / 1e6 / Number(mbPerSecond);
   return {
     engine: "zstd CLI -b, memory",
@@ -161,12 +174,29 @@ function measureZlib(sample: Uint8Array): Row {
   const decompressSeconds = seconds(() => {
     zlib.inflateSync(stream);
   });
-  return { engine: "node:zlib deflate", level: "9", block: "whole", size: stream.length, compressSeconds, decompressSeconds };
+  return {
+    engine: "node:zlib deflate",
+    level: "9",
+    block: "whole",
+    size: stream.length,
+    compressSeconds,
+    decompressSeconds,
+  };
 }
 
 function printRows(rows: Row[], sampleSize: number, zlibRow: Row): void {
   const mbps = (seconds: number) => (sampleSize / 1e6 / seconds).toFixed(0);
-  const header = ["engine", "level", "block", "bytes", "ratio", "vs zlib-9 size", "compress MB/s", "vs zlib-9", "decompress MB/s"];
+  const header = [
+    "engine",
+    "level",
+    "block",
+    "bytes",
+    "ratio",
+    "vs zlib-9 size",
+    "compress MB/s",
+    "vs zlib-9",
+    "decompress MB/s",
+  ];
   const lines = rows.map((row) => [
     row.engine,
     row.level,
@@ -179,7 +209,8 @@ function printRows(rows: Row[], sampleSize: number, zlibRow: Row): void {
     mbps(row.decompressSeconds),
   ]);
   const widths = header.map((title, column) => Math.max(title.length, ...lines.map((line) => line[column]!.length)));
-  for (const line of [header, ...lines]) console.log(line.map((cell, column) => cell.padEnd(widths[column]!)).join("  "));
+  for (const line of [header, ...lines])
+    console.log(line.map((cell, column) => cell.padEnd(widths[column]!)).join("  "));
 }
 
 /**
@@ -197,7 +228,9 @@ function printVectorSizes(levels: number[]): void {
     }
     const raw = readFileSync(path);
     const zlibSize = zlib.deflateSync(raw, { level: 9 }).length;
-    const sizes = levels.map((level) => `level ${level} ${((compressBlock(raw, level).length / zlibSize) * 100).toFixed(1)}%`);
+    const sizes = levels.map(
+      (level) => `level ${level} ${((compressBlock(raw, level).length / zlibSize) * 100).toFixed(1)}%`,
+    );
     console.log(`${name} (${raw.length} bytes): zlib-9 ${zlibSize} bytes; zstd size vs zlib-9: ${sizes.join(", ")}`);
   }
 }
@@ -208,7 +241,11 @@ async function main(): Promise<void> {
     .usage("$0 [--size MIB] [--repeat N] [--levels L,...]: compare zstd engines and levels on a pool-like sample")
     .option("size", { type: "number", default: 128, describe: "sample size in MiB (64-256 is meaningful)" })
     .option("repeat", { type: "number", default: 3, describe: "rounds of measurements; the best time of each is kept" })
-    .option("levels", { type: "string", default: LEVELS.join(","), describe: "zstd levels to measure, comma-separated" })
+    .option("levels", {
+      type: "string",
+      default: LEVELS.join(","),
+      describe: "zstd levels to measure, comma-separated",
+    })
     .strict()
     .parse();
   const sampleSize = argv.size * MIB;
@@ -243,7 +280,8 @@ async function main(): Promise<void> {
         }
       }
     }
-    for (const level of levels) for (const blockSize of BLOCK_SIZES) keep(measureCliInMemory(samplePath, level, blockSize, sampleSize));
+    for (const level of levels)
+      for (const blockSize of BLOCK_SIZES) keep(measureCliInMemory(samplePath, level, blockSize, sampleSize));
     const rows = [zlibRow, ...[...measured.values()].sort((a, b) => Number(a.level) - Number(b.level))];
     printRows(rows, sampleSize, zlibRow);
     console.log(`load average at the end ${loadavg()[0]!.toFixed(1)} on ${availableParallelism()} cores`);

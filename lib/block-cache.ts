@@ -36,7 +36,7 @@
 
 import { MIB } from "./format.ts";
 import { CHUNK_SIZE } from "./protocol.ts";
-import { blockIndexForOffset, decodeSeekTable, decompressBlock, type Block, type SeekTable } from "./zstd-seekable.ts";
+import { type Block, blockIndexForOffset, decodeSeekTable, decompressBlock, type SeekTable } from "./zstd-seekable.ts";
 
 /** Decompressed blocks kept for all sessions of one image, whatever its size. */
 export const DEFAULT_CACHE_BYTES = 64 * MIB;
@@ -79,7 +79,11 @@ function tableBytes(slots: number): number {
  *
  * @example const memory = zstdImageMemory(payload, await readSeekTable(file, header)); // then to every session
  */
-export function zstdImageMemory(payload: SharedArrayBuffer, table: SeekTable, cacheBytes = DEFAULT_CACHE_BYTES): ZstdImageMemory {
+export function zstdImageMemory(
+  payload: SharedArrayBuffer,
+  table: SeekTable,
+  cacheBytes = DEFAULT_CACHE_BYTES,
+): ZstdImageMemory {
   return { kind: "zstd", payload, imageSize: table.imageSize, cache: blockCacheMemory(table, cacheBytes) };
 }
 
@@ -133,7 +137,10 @@ export class ZstdImageReader {
     const slotBytes = head[SLOT_BYTES]!;
     this.#words = new Int32Array(memory.cache, 0, TABLE_HEAD + slots * WORDS_PER_SLOT);
     const start = tableBytes(slots);
-    this.#slots = Array.from({ length: slots }, (_, slot) => new Uint8Array(memory.cache, start + slot * slotBytes, slotBytes));
+    this.#slots = Array.from(
+      { length: slots },
+      (_, slot) => new Uint8Array(memory.cache, start + slot * slotBytes, slotBytes),
+    );
   }
 
   /**
@@ -248,7 +255,8 @@ export class ZstdImageReader {
     let bestStamp = Infinity;
     for (let slot = 0; slot < this.#slots.length; slot++) {
       if (Atomics.load(words, this.#word(slot, STATE)) !== 0) continue;
-      const stamp = Atomics.load(words, this.#word(slot, BLOCK)) === EMPTY ? -1 : Atomics.load(words, this.#word(slot, STAMP));
+      const stamp =
+        Atomics.load(words, this.#word(slot, BLOCK)) === EMPTY ? -1 : Atomics.load(words, this.#word(slot, STAMP));
       if (stamp < bestStamp) {
         best = slot;
         bestStamp = stamp;

@@ -14,8 +14,8 @@
  */
 
 import type { BootEvent, SledProgress } from "./bootserver.ts";
-import { formatBytes } from "./progress.ts";
 import { isCompressed, toHex, ZSTD_VERSION } from "./format.ts";
+import { formatBytes } from "./progress.ts";
 
 /** Decimal megabytes, as line rates are quoted (gigabit is about 117 MB/s of image data). */
 const MB = 1_000_000;
@@ -57,7 +57,9 @@ export function eventLines(event: BootEvent): string[] {
           const how =
             header.version === ZSTD_VERSION
               ? `zstd, ${formatBytes(header.dataSize)} on disk; each block's checksum is checked as sleds read it, the whole image's SHA-256 is not checked here`
-              : isCompressed(header) ? `compressed, ${formatBytes(header.dataSize)} on disk` : "uncompressed";
+              : isCompressed(header)
+                ? `compressed, ${formatBytes(header.dataSize)} on disk`
+                : "uncompressed";
           return `  ${image.path}: image name "${header.imageName}", ${formatBytes(header.imageSize)} (${how}), sha256 ${toHex(header.sha256)}`;
         }),
       ];
@@ -83,7 +85,9 @@ export function eventLines(event: BootEvent): string[] {
     case "session-start":
       return [];
     case "reset":
-      return [`RESET to ${event.sled}: it asked for data without a session (the server restarted or its session ended)`];
+      return [
+        `RESET to ${event.sled}: it asked for data without a session (the server restarted or its session ended)`,
+      ];
     case "notice":
       return [event.message];
     case "problem":
@@ -112,7 +116,9 @@ export class BootProgressDisplay {
 
   event(event: BootEvent): void {
     if (event.type === "finished") this.#previous.delete(event.progress.sled);
-    const lines = eventLines(event).map((line) => `${line}\n`).join("");
+    const lines = eventLines(event)
+      .map((line) => `${line}\n`)
+      .join("");
     if (!this.#sink.isTTY) {
       this.#sink.write(lines);
       return;
@@ -204,7 +210,13 @@ export function jsonLogRecord(event: BootEvent): Omit<JsonLogRecord, "time"> {
     case "hello":
       return { event: "hello", sled: event.sled, text: event.text };
     case "offer":
-      return { event: "offer", sled: event.sled, ...imageFields(event.image), target_size: event.image.header.targetSize, dataset: event.image.header.dataset };
+      return {
+        event: "offer",
+        sled: event.sled,
+        ...imageFields(event.image),
+        target_size: event.image.header.targetSize,
+        dataset: event.image.header.dataset,
+      };
     case "session-start":
       return { event: "session-start", sled: event.sled, ...imageFields(event.image) };
     case "reloaded":

@@ -26,10 +26,17 @@
  */
 
 import { UserError } from "./cli.ts";
-import { DISPATCH_COUNTERS, dispatchCounters, macKey, type DispatchCounters, type DispatcherCommand, type DispatcherReport } from "./dispatch.ts";
+import {
+  type DISPATCH_COUNTERS,
+  type DispatchCounters,
+  type DispatcherCommand,
+  type DispatcherReport,
+  dispatchCounters,
+  macKey,
+} from "./dispatch.ts";
 import { datasetField, encodeFrame, formatMac, type Mac } from "./protocol.ts";
-import { ServedImageFile, type ServedImage } from "./served-image.ts";
-import { sessionCounters, type SessionCommand, type SessionCounters, type SessionReport } from "./session.ts";
+import { type ServedImage, ServedImageFile } from "./served-image.ts";
+import { type SessionCommand, type SessionCounters, type SessionReport, sessionCounters } from "./session.ts";
 import { workerUrl } from "./workers.ts";
 
 /** A session with no READ or HELLO for this long has lost its sled. */
@@ -206,7 +213,8 @@ export class BootServer {
   progress(now = Date.now()): SledProgress[] {
     const transfers: SledProgress[] = [];
     for (const sled of this.#sleds.values()) {
-      if (sled.session && sled.session.counters.get("reads") > 0) transfers.push(this.#progressOf(sled, sled.session, now));
+      if (sled.session && sled.session.counters.get("reads") > 0)
+        transfers.push(this.#progressOf(sled, sled.session, now));
     }
     return transfers;
   }
@@ -282,7 +290,13 @@ export class BootServer {
       };
     });
     const allowed = this.#options.allowed && [...this.#options.allowed, ...this.#options.pinned.map(([mac]) => mac)];
-    this.#command({ type: "start", link: this.#options.link, allowed, counters: this.#frameCounters.buffer, pcap: this.#options.pcap });
+    this.#command({
+      type: "start",
+      link: this.#options.link,
+      allowed,
+      counters: this.#frameCounters.buffer,
+      pcap: this.#options.pcap,
+    });
     try {
       await ready;
     } catch (error) {
@@ -313,7 +327,10 @@ export class BootServer {
     } else if (this.#atCapacity()) {
       if (!sled.deferred) {
         sled.deferred = true;
-        this.#emit({ type: "notice", message: `not offering to ${sled.name}: ${this.#options.boots} sleds are already booting or done` });
+        this.#emit({
+          type: "notice",
+          message: `not offering to ${sled.name}: ${this.#options.boots} sleds are already booting or done`,
+        });
       }
       return;
     }
@@ -433,9 +450,14 @@ export class BootServer {
       const delivered = session.counters.get("deliveredBytes");
       const seconds = Math.round(SESSION_QUIET_MS / 1000);
       if (delivered > 0) {
-        this.#problem(`${sled.name} went quiet for ${seconds} s after ${delivered} of ${session.image.header.imageSize} bytes of ${session.image.name}`);
+        this.#problem(
+          `${sled.name} went quiet for ${seconds} s after ${delivered} of ${session.image.header.imageSize} bytes of ${session.image.name}`,
+        );
       } else {
-        this.#emit({ type: "notice", message: `${sled.name} did not take the offer of ${session.image.name} and went quiet` });
+        this.#emit({
+          type: "notice",
+          message: `${sled.name} did not take the offer of ${session.image.name} and went quiet`,
+        });
       }
     }
   }

@@ -9,7 +9,10 @@ import packageJson from "../package.json" with { type: "json" };
 /** A failure to report to the user as one line, with its exit code. */
 export class UserError extends Error {
   override name = "UserError";
-  constructor(message: string, readonly exitCode: number = 1) {
+  constructor(
+    message: string,
+    readonly exitCode: number = 1,
+  ) {
     super(message);
   }
 }

@@ -20,9 +20,18 @@
  * session already there rather than draw a RESET.
  */
 
+import {
+  BROADCAST_MAC,
+  decodeFrame,
+  encodeFrame,
+  formatMac,
+  MAC_SIZE,
+  type Mac,
+  type ReadRequest,
+  sameMac,
+} from "./protocol.ts";
 import type { ServedBytes } from "./served-image.ts";
 import { SharedCounters } from "./shared-counters.ts";
-import { BROADCAST_MAC, decodeFrame, encodeFrame, formatMac, MAC_SIZE, sameMac, type Mac, type ReadRequest } from "./protocol.ts";
 
 /**
  * What the dispatcher counts:

@@ -263,7 +263,9 @@ export function kernelRefusals(header: Header): string[] {
     reasons.push(`image size of ${header.imageSize} bytes is below the kernel's minimum of ${KERNEL_MIN_IMAGE_SIZE}`);
   }
   if (header.imageSize > KERNEL_MAX_IMAGE_SIZE) {
-    reasons.push(`image size of ${header.imageSize} bytes is above the kernel's maximum of ${KERNEL_MAX_IMAGE_SIZE} (4 GiB)`);
+    reasons.push(
+      `image size of ${header.imageSize} bytes is above the kernel's maximum of ${KERNEL_MAX_IMAGE_SIZE} (4 GiB)`,
+    );
   }
   if (header.targetSize < header.imageSize) {
     reasons.push(`target size of ${header.targetSize} bytes is less than image size of ${header.imageSize}`);

@@ -80,15 +80,17 @@ function shownFlags(header: Header, codec: PayloadCodec): bigint {
 /** The lines the existing lookimage prints before checking sizes. */
 export function headerLines(header: Header, codec: PayloadCodec): string {
   const shown = shownFlags(header, codec);
-  return [
-    `image name = ${header.imageName}`,
-    `flags = 0x${shown.toString(16)} (${flagNames(shown)})`,
-    `data size = ${header.dataSize}`,
-    `image size = ${header.imageSize}`,
-    `target size = ${header.targetSize}`,
-    `image sum = ${toHex(header.sha256)}`,
-    `dataset name = ${header.dataset}`,
-  ].join("\n") + "\n";
+  return (
+    [
+      `image name = ${header.imageName}`,
+      `flags = 0x${shown.toString(16)} (${flagNames(shown)})`,
+      `data size = ${header.dataSize}`,
+      `image size = ${header.imageSize}`,
+      `target size = ${header.targetSize}`,
+      `image sum = ${toHex(header.sha256)}`,
+      `dataset name = ${header.dataset}`,
+    ].join("\n") + "\n"
+  );
 }
 
 /** Where this image would be refused by the sled kernel or a netbooting sled. */

@@ -41,19 +41,25 @@ import {
 } from "./format.ts";
 import { discardOnSignal, isSameFile, PendingFile, resolveTarget, systemReason, type Target } from "./pending-file.ts";
 import { startProgress } from "./progress.ts";
+import { workerUrl } from "./workers.ts";
 import {
   ADLER32_EMPTY,
   adler32Combine,
   type DeflatedBlock,
   type DeflateJob,
   nextWindow,
+  type ZlibLevel,
   zlibHeader,
   zlibTrailer,
-  type ZlibLevel,
 } from "./zlib-stream.ts";
 import { FLAG_ZSTD, ZSTD_BLOCK_SIZE, ZSTD_BOOT_NOTE, ZSTD_VERSION } from "./zstd-image.ts";
-import { workerUrl } from "./workers.ts";
-import { type CompressedBlock, encodeSeekTable, frameCapacity, type SeekTableEntry, type ZstdBlockJob } from "./zstd-seekable.ts";
+import {
+  type CompressedBlock,
+  encodeSeekTable,
+  frameCapacity,
+  type SeekTableEntry,
+  type ZstdBlockJob,
+} from "./zstd-seekable.ts";
 
 /** How the payload after the header is encoded. */
 export type Compression =
@@ -141,7 +147,8 @@ export async function makeImage(options: MakeImageOptions): Promise<Header> {
   try {
     checkSizes(input.size, options.targetSize);
     const output = await resolveTarget("output", options.output);
-    const checksumFile = options.checksumFile === undefined ? undefined : await resolveTarget("checksum file", options.checksumFile);
+    const checksumFile =
+      options.checksumFile === undefined ? undefined : await resolveTarget("checksum file", options.checksumFile);
     checkDistinct(input, output, checksumFile);
     if (options.compression.codec === "zstd") options.onWarning?.(ZSTD_BOOT_NOTE);
     for (const reason of netbootRefusals({ imageSize: input.size, targetSize: options.targetSize })) {
@@ -341,7 +348,9 @@ async function* readBlocks(
         throw new UserError(`cannot read input ${input.path}: ${systemReason(error)}`);
       });
       if (bytesRead === 0) {
-        throw new UserError(`input ${input.path} shrank from ${input.size} to ${offset + filled} bytes while being read`);
+        throw new UserError(
+          `input ${input.path} shrank from ${input.size} to ${offset + filled} bytes while being read`,
+        );
       }
       filled += bytesRead;
     }
@@ -381,7 +390,11 @@ interface PayloadCodec {
    * Encode `blocks` in order, passing the payload to `write` in order, and
    * giving each block to `buffers` once done with it, if it can.
    */
-  encode(blocks: AsyncIterable<RawBlock>, write: (bytes: Uint8Array) => Promise<void>, buffers: BlockBuffers): Promise<void>;
+  encode(
+    blocks: AsyncIterable<RawBlock>,
+    write: (bytes: Uint8Array) => Promise<void>,
+    buffers: BlockBuffers,
+  ): Promise<void>;
 }
 
 function codecFor(compression: Compression): PayloadCodec {
@@ -459,7 +472,10 @@ function zstdCodec(level: number, jobs: number, blockSize: number): PayloadCodec
         blocks,
         ({ bytes }) => {
           const out = frameBuffers.take();
-          return { job: { kind: "compress", raw: bytes, level, out }, transfer: [bytes.buffer as ArrayBuffer, out.buffer as ArrayBuffer] };
+          return {
+            job: { kind: "compress", raw: bytes, level, out },
+            transfer: [bytes.buffer as ArrayBuffer, out.buffer as ArrayBuffer],
+          };
         },
         async (done) => {
           await write(done.frame);

@@ -29,7 +29,7 @@
  * decompressBlock).
  */
 
-import { constants as zlibConstants, type Inflate, type ZstdCompress, type ZstdDecompress } from "node:zlib";
+import { type Inflate, type ZstdCompress, type ZstdDecompress, constants as zlibConstants } from "node:zlib";
 
 /** The library refused its input; the message is its own, with its code: "invalid distance too far back (Z_DATA_ERROR)". */
 export class CodecError extends Error {
@@ -107,7 +107,15 @@ export class NativeCodec {
    * @example const { consumed, produced } = inflater.step(piece, out.subarray(filled), false);
    */
   step(input: Uint8Array, output: Uint8Array, finish: boolean): { consumed: number; produced: number } {
-    this.#handle.writeSync(finish ? this.#flush.finish : this.#flush.more, input, 0, input.length, output, 0, output.length);
+    this.#handle.writeSync(
+      finish ? this.#flush.finish : this.#flush.more,
+      input,
+      0,
+      input.length,
+      output,
+      0,
+      output.length,
+    );
     if (this.#error !== null) throw new CodecError(this.#error);
     const [outputLeft, inputLeft] = this.#state;
     const consumed = input.length - inputLeft!;

@@ -87,7 +87,14 @@ export function nowMs(): number {
 }
 
 /** Write one record at `at` in `target` (`view` spans all of `target`). */
-function writeRecord(target: Uint8Array, view: DataView, at: number, frame: Uint8Array, kept: number, timestampMs: number) {
+function writeRecord(
+  target: Uint8Array,
+  view: DataView,
+  at: number,
+  frame: Uint8Array,
+  kept: number,
+  timestampMs: number,
+) {
   const { seconds, microseconds } = splitTimestamp(timestampMs);
   view.setUint32(at, seconds, true);
   view.setUint32(at + 4, microseconds, true);
@@ -102,7 +109,8 @@ function splitTimestamp(timestampMs: number): { seconds: number; microseconds: n
   }
   const totalMicroseconds = Math.round(timestampMs * 1000);
   const seconds = Math.floor(totalMicroseconds / 1_000_000);
-  if (seconds > MAX_SECONDS) throw new PcapFileError(`timestamp ${timestampMs} ms is past what a pcap record holds (2106)`);
+  if (seconds > MAX_SECONDS)
+    throw new PcapFileError(`timestamp ${timestampMs} ms is past what a pcap record holds (2106)`);
   return { seconds, microseconds: totalMicroseconds - seconds * 1_000_000 };
 }
 
@@ -222,7 +230,9 @@ export class PcapFileWriter {
       renameSync(this.temporaryPath, this.path);
     } catch (error) {
       rmSync(this.temporaryPath, { force: true });
-      throw error instanceof PcapFileError ? error : new PcapFileError(`cannot write capture file ${this.path}: ${reasonOf(error)}`);
+      throw error instanceof PcapFileError
+        ? error
+        : new PcapFileError(`cannot write capture file ${this.path}: ${reasonOf(error)}`);
     }
   }
 

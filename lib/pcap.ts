@@ -47,7 +47,7 @@
  * second copy of the incoming traffic that nobody would read.
  */
 
-import { dlopen, FFIType, ptr, read, toArrayBuffer, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, type Pointer, ptr, read, toArrayBuffer } from "bun:ffi";
 import { readFileSync } from "node:fs";
 
 /** An error from libpcap or about a link; the message carries libpcap's own text. */
@@ -251,7 +251,10 @@ export class PcapLink {
       if (status !== 0) throw new PcapError(`cannot open link ${link}: ${what}: ${describe(handle, status)}`);
     };
     try {
-      check("setting the snaplen", pcap.pcap_set_snaplen(handle, capture ? (options.snaplen ?? DEFAULT_SNAPLEN) : INJECT_ONLY_SNAPLEN));
+      check(
+        "setting the snaplen",
+        pcap.pcap_set_snaplen(handle, capture ? (options.snaplen ?? DEFAULT_SNAPLEN) : INJECT_ONLY_SNAPLEN),
+      );
       check("setting immediate mode", pcap.pcap_set_immediate_mode(handle, 1));
       if (options.promiscuous) check("setting promiscuous mode", pcap.pcap_set_promisc(handle, 1));
       const bufferBytes = capture ? (options.bufferBytes ?? DEFAULT_BUFFER_BYTES) : INJECT_ONLY_BUFFER_BYTES;
@@ -556,7 +559,8 @@ export function readLinkMac(link: string): Uint8Array {
   try {
     text = readFileSync(path, "utf8").trim();
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") throw new PcapError(`there is no link named ${link} (see "ip link")`);
+    if ((error as NodeJS.ErrnoException).code === "ENOENT")
+      throw new PcapError(`there is no link named ${link} (see "ip link")`);
     throw new PcapError(`cannot read the MAC address of link ${link} from ${path}: ${(error as Error).message}`);
   }
   const octets = text.split(":");

@@ -63,7 +63,8 @@ export async function resolveTarget(what: string, path: string): Promise<Target>
     }
   }
   // Refused now rather than by the final rename, after all the work (the temporary name is cut to fit).
-  if (Buffer.byteLength(basename(resolved)) > NAME_MAX) throw new UserError(`cannot write ${what} ${path}: file name too long`);
+  if (Buffer.byteLength(basename(resolved)) > NAME_MAX)
+    throw new UserError(`cannot write ${what} ${path}: file name too long`);
   const existing = await stat(resolved).catch(() => undefined);
   if (existing?.isDirectory()) throw new UserError(`${what} ${path} is a directory`);
   return { path, what, resolved, ...(existing ? { existing: { dev: existing.dev, ino: existing.ino } } : {}) };

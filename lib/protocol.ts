@@ -143,7 +143,8 @@ function bad(reason: string): Decoded {
  * if (decoded.ok && decoded.frame.message.type === "read") answer(decoded.frame);
  */
 export function decodeFrame(bytes: Uint8Array): Decoded {
-  if (bytes.length < BODY_OFFSET) return bad(`frame of ${bytes.length} bytes is shorter than the ${BODY_OFFSET} bytes of headers`);
+  if (bytes.length < BODY_OFFSET)
+    return bad(`frame of ${bytes.length} bytes is shorter than the ${BODY_OFFSET} bytes of headers`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const ethertype = view.getUint16(12);
   if (ethertype !== ETHERTYPE) return bad(`ethertype 0x${ethertype.toString(16).padStart(4, "0")} is not 0x1de0`);
@@ -212,14 +213,26 @@ export function requestedOffsets(read: ReadRequest): bigint[] {
   return offsets;
 }
 
-function frameOf(destination: Mac, source: Mac, type: Message["type"], bodySize: number): { frame: Uint8Array; view: DataView } {
+function frameOf(
+  destination: Mac,
+  source: Mac,
+  type: Message["type"],
+  bodySize: number,
+): { frame: Uint8Array; view: DataView } {
   const frame = new Uint8Array(Math.max(MIN_FRAME_SIZE, BODY_OFFSET + bodySize));
   const view = new DataView(frame.buffer);
   writeHeaders(frame, view, destination, source, type, bodySize);
   return { frame, view };
 }
 
-function writeHeaders(frame: Uint8Array, view: DataView, destination: Mac, source: Mac, type: Message["type"], bodySize: number) {
+function writeHeaders(
+  frame: Uint8Array,
+  view: DataView,
+  destination: Mac,
+  source: Mac,
+  type: Message["type"],
+  bodySize: number,
+) {
   frame.set(destination, 0);
   frame.set(source, MAC_SIZE);
   view.setUint16(12, ETHERTYPE);

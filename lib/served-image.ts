@@ -30,20 +30,20 @@
 
 import { open, stat } from "node:fs/promises";
 import { basename } from "node:path";
-import { zstdImageMemory, type ZstdImageMemory } from "./block-cache.ts";
+import { type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
 import {
   decodeHeader,
   HEADER_SIZE,
+  type Header,
   ImageFormatError,
   isCompressed,
   kernelRefusals,
   netbootRefusals,
   toHex,
-  type Header,
 } from "./format.ts";
 import { type InflateOrder, type InflateReport, PieceSender, receivePieces, sendPayload } from "./verify.ts";
-import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "./zstd-image.ts";
 import { workerUrl } from "./workers.ts";
+import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "./zstd-image.ts";
 
 /** What identifies one version of a file: a rebuilt image differs in one of these. */
 export interface FileStamp {
@@ -159,7 +159,12 @@ async function readInto(path: string, header: Header, target: Uint8Array, hasher
   }
 }
 
-async function inflateInto(path: string, header: Header, target: Uint8Array, hasher: Bun.CryptoHasher): Promise<number> {
+async function inflateInto(
+  path: string,
+  header: Header,
+  target: Uint8Array,
+  hasher: Bun.CryptoHasher,
+): Promise<number> {
   const inflater = new Worker(workerUrl("inflate").href);
   const toInflater = new MessageChannel();
   const fromInflater = new MessageChannel();
@@ -219,7 +224,8 @@ export type FillResult = { ok: true } | { ok: false; message: string };
  */
 export async function loadServedImage(path: string): Promise<ServedImage> {
   const { header, stamp } = await readServableHeader(path);
-  if (payloadCodec(header) === "zstd") return { path, name: basename(path), header, bytes: await loadZstdPayload(path, header), stamp };
+  if (payloadCodec(header) === "zstd")
+    return { path, name: basename(path), header, bytes: await loadZstdPayload(path, header), stamp };
   const bytes = new SharedArrayBuffer(header.imageSize);
   const worker = new Worker(workerUrl("served-image").href);
   try {
@@ -254,8 +260,14 @@ export async function loadZstdPayload(path: string, header: Header): Promise<Zst
   const file = await open(path, "r");
   try {
     for (let done = 0; done < header.dataSize; ) {
-      const { bytesRead } = await file.read(target, done, Math.min(READ_CHUNK, header.dataSize - done), HEADER_SIZE + done);
-      if (bytesRead === 0) throw new ImageFormatError(`${path}: file ends ${done} bytes into the ${header.dataSize}-byte payload`);
+      const { bytesRead } = await file.read(
+        target,
+        done,
+        Math.min(READ_CHUNK, header.dataSize - done),
+        HEADER_SIZE + done,
+      );
+      if (bytesRead === 0)
+        throw new ImageFormatError(`${path}: file ends ${done} bytes into the ${header.dataSize}-byte payload`);
       done += bytesRead;
     }
   } finally {

@@ -28,9 +28,17 @@
  * memory whatever the image size.
  */
 
-import { ZstdImageReader, type ZstdImageMemory } from "./block-cache.ts";
+import { type ZstdImageMemory, ZstdImageReader } from "./block-cache.ts";
 import { ImageFormatError } from "./format.ts";
-import { CHUNK_SIZE, DataFrameWriter, encodeFrame, READ_SLOTS, requestedOffsets, type Mac, type ReadRequest } from "./protocol.ts";
+import {
+  CHUNK_SIZE,
+  DataFrameWriter,
+  encodeFrame,
+  type Mac,
+  READ_SLOTS,
+  type ReadRequest,
+  requestedOffsets,
+} from "./protocol.ts";
 import type { ServedBytes } from "./served-image.ts";
 import { SharedCounters } from "./shared-counters.ts";
 
@@ -261,10 +269,16 @@ export type SessionCommand =
  * image it is about to offer the sled, then the sled's READs. Serving the
  * image before the OFFER goes out means no READ can reach the session first.
  */
-export type SessionMessage = { type: "serve"; bytes: ServedBytes } | { type: "read"; count: bigint; slots: BigUint64Array };
+export type SessionMessage =
+  | { type: "serve"; bytes: ServedBytes }
+  | { type: "read"; count: bigint; slots: BigUint64Array };
 
 /**
  * What a session thread tells the main thread: "error" when the thread cannot
  * work at all, "problem" when one sled's boot cannot go on (the server can).
  */
-export type SessionReport = { type: "ready" } | { type: "stopped" } | { type: "error"; message: string } | { type: "problem"; message: string };
+export type SessionReport =
+  | { type: "ready" }
+  | { type: "stopped" }
+  | { type: "error"; message: string }
+  | { type: "problem"; message: string };

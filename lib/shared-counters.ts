@@ -20,7 +20,10 @@ export class SharedCounters<Name extends string> {
   readonly #values: Float64Array;
   readonly #index: Record<Name, number>;
 
-  constructor(readonly names: readonly Name[], buffer?: SharedArrayBuffer) {
+  constructor(
+    readonly names: readonly Name[],
+    buffer?: SharedArrayBuffer,
+  ) {
     this.buffer = buffer ?? new SharedArrayBuffer(names.length * Float64Array.BYTES_PER_ELEMENT);
     this.#values = new Float64Array(this.buffer, 0, names.length);
     this.#index = Object.fromEntries(names.map((name, index) => [name, index])) as Record<Name, number>;

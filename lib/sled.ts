@@ -37,6 +37,7 @@
  */
 
 import { copyBytes } from "./bytes.ts";
+import { NETBOOT_MIN_SIZE, toHex } from "./format.ts";
 import {
   BATCH_BYTES,
   BODY_OFFSET,
@@ -45,21 +46,20 @@ import {
   DATA_MAX_BODY,
   DATA_MIN_BODY,
   decodeFrame,
-  encodeFrame,
-  ETHERTYPE,
   ETHER_HEADER_SIZE,
+  ETHERTYPE,
+  encodeFrame,
   FrameType,
   formatMac,
   MAC_SIZE,
+  type Mac,
   OFFER_DATASET_SIZE,
+  type Offer,
   PROTOCOL_MAGIC,
   READ_SLOTS,
   SHA256_SIZE,
   sameMac,
-  type Mac,
-  type Offer,
 } from "./protocol.ts";
-import { NETBOOT_MIN_SIZE, toHex } from "./format.ts";
 
 /** Discovery: the kernel broadcasts HELLO every 4 seconds until it accepts an OFFER. */
 export const HELLO_INTERVAL_MS = 4000;
@@ -144,7 +144,8 @@ export function offerRefusals(offer: Offer, checksum: Uint8Array): string[] {
   const last = offer.dataset[OFFER_DATASET_SIZE - 1];
   if (last !== 0) refusals.push(`dataset field is not NUL-terminated (byte 127 is ${last})`);
   // Offsets are kept as JavaScript numbers; no real ramdisk comes near 2^53 bytes.
-  if (offer.imageSize > BigInt(Number.MAX_SAFE_INTEGER)) refusals.push(`image size ${offer.imageSize} is too large to emulate`);
+  if (offer.imageSize > BigInt(Number.MAX_SAFE_INTEGER))
+    refusals.push(`image size ${offer.imageSize} is too large to emulate`);
   return refusals;
 }
 
@@ -454,7 +455,9 @@ export class SledSession {
 
   #stallReason(): string {
     if (this.#phase === "discovery") {
-      return `no acceptable offer after ${this.#hellos} HELLO` + (this.#lastRefusal ? ` (last ${this.#lastRefusal})` : "");
+      return (
+        `no acceptable offer after ${this.#hellos} HELLO` + (this.#lastRefusal ? ` (last ${this.#lastRefusal})` : "")
+      );
     }
     return `transfer from ${formatMac(this.#server!)} stalled in the batch at offset ${this.#batchStart} with ${this.#outstanding} slots unanswered`;
   }
@@ -526,7 +529,9 @@ export class DataFaults {
 
   /** True when the options damage nothing, so the faults can be left out. */
   static isNone(options: FaultOptions): boolean {
-    return !options.dropRate && !options.duplicateRate && !options.reorderRate && !(options.delayRate && options.delayMs);
+    return (
+      !options.dropRate && !options.duplicateRate && !options.reorderRate && !(options.delayRate && options.delayMs)
+    );
   }
 
   /**

@@ -55,8 +55,8 @@ import { HEADER_SIZE, type Header, ImageFormatError, toHex } from "./format.ts";
 import { CodecError, NativeCodec } from "./native-codec.ts";
 import { discardOnSignal, isSameFile, PendingFile, resolveTarget, systemReason, type Target } from "./pending-file.ts";
 import type { ZstdDecodeOrder, ZstdDecodeReport } from "./verify-zstd.ts";
-import { payloadCodec, readSeekTable } from "./zstd-image.ts";
 import { workerUrl } from "./workers.ts";
+import { payloadCodec, readSeekTable } from "./zstd-image.ts";
 import type { SeekTable } from "./zstd-seekable.ts";
 
 /** Payload bytes read from the file per piece (stored and zlib payloads; a zstd piece is one frame). */
@@ -173,7 +173,10 @@ export async function extractPayload(
   const stopWatching = discardOnSignal(watched);
   const file = await PendingFile.create(output, watched);
   try {
-    const verdict = await runPipeline(path, header, options, { path: file.temp, name: `${output.what} ${output.path}` });
+    const verdict = await runPipeline(path, header, options, {
+      path: file.temp,
+      name: `${output.what} ${output.path}`,
+    });
     if (verdict.error === null) {
       await file.finish();
       await file.publish();
@@ -197,7 +200,12 @@ export interface RawSink {
 }
 
 /** Build the stages for the payload's codec, run them, and judge what they report. */
-async function runPipeline(path: string, header: Header, options: VerifyOptions, sink: RawSink | null): Promise<PayloadVerdict> {
+async function runPipeline(
+  path: string,
+  header: Header,
+  options: VerifyOptions,
+  sink: RawSink | null,
+): Promise<PayloadVerdict> {
   const codec = payloadCodec(header);
   const refused = (error: string): PayloadVerdict => ({ bytes: 0, sha256: null, error, seekTable: null });
   let seekTable: SeekTable | null = null;
@@ -262,11 +270,18 @@ async function runPipeline(path: string, header: Header, options: VerifyOptions,
  * Start N zstd decompressing threads (N at most the number of frames) and
  * plan the reads that deal frames to them in turn.
  */
-function startZstdStages(stages: StageThreads, table: SeekTable, jobs: number): { hashInputs: MessagePort[]; plan: PlannedReads } {
+function startZstdStages(
+  stages: StageThreads,
+  table: SeekTable,
+  jobs: number,
+): { hashInputs: MessagePort[]; plan: PlannedReads } {
   const threads = Math.max(1, Math.min(jobs, table.blocks.length));
   const largestFrame = table.blocks.reduce((largest, block) => Math.max(largest, block.compressedSize), 0);
   const largestBlock = table.blocks.reduce((largest, block) => Math.max(largest, block.decompressedSize), 0);
-  const depth = Math.max(2, Math.min(QUEUE_DEPTH, Math.floor(ZSTD_LINK_BYTES / Math.max(largestFrame, largestBlock, 1))));
+  const depth = Math.max(
+    2,
+    Math.min(QUEUE_DEPTH, Math.floor(ZSTD_LINK_BYTES / Math.max(largestFrame, largestBlock, 1))),
+  );
   const hashInputs: MessagePort[] = [];
   const toThreads: PieceSender[] = [];
   for (let thread = 0; thread < threads; thread++) {
@@ -285,7 +300,10 @@ function startZstdStages(stages: StageThreads, table: SeekTable, jobs: number): 
     toThreads.push(stages.sender(toDecode.port1, depth));
     hashInputs.push(toHash.port2);
   }
-  const reads = table.blocks.map((block) => ({ length: block.compressedSize, output: toThreads[block.index % threads]! }));
+  const reads = table.blocks.map((block) => ({
+    length: block.compressedSize,
+    output: toThreads[block.index % threads]!,
+  }));
   return { hashInputs, plan: { reads, capacity: largestFrame, outputs: toThreads } };
 }
 
@@ -591,7 +609,11 @@ export async function hashStage(order: HashOrder): Promise<HashReport> {
   const hasher = new Bun.CryptoHasher("sha256");
   const inputs = Array.isArray(order.input) ? order.input : [order.input];
   let bytes = 0;
-  const report = (stopped: HashReport["stopped"]): HashReport => ({ bytes, sha256: new Uint8Array(hasher.digest()), stopped });
+  const report = (stopped: HashReport["stopped"]): HashReport => ({
+    bytes,
+    sha256: new Uint8Array(hasher.digest()),
+    stopped,
+  });
   let sink: number | null = null;
   try {
     if (order.sink) sink = openSync(order.sink.path, "r+");

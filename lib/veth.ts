@@ -110,7 +110,9 @@ async function waitUntilUp(links: string[], timeoutMs = 5000): Promise<void> {
     const states = await Promise.all(links.map((link) => Bun.file(`/sys/class/net/${link}/operstate`).text()));
     if (states.every((state) => state.trim() === "up")) return;
     if (Date.now() > deadline) {
-      throw new Error(`veth links ${links.join(", ")} are not up after ${timeoutMs} ms (${states.map((s) => s.trim()).join(", ")})`);
+      throw new Error(
+        `veth links ${links.join(", ")} are not up after ${timeoutMs} ms (${states.map((s) => s.trim()).join(", ")})`,
+      );
     }
     await Bun.sleep(10);
   }

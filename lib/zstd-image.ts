@@ -16,10 +16,19 @@
  */
 
 import type { BunFile } from "bun";
-import { FLAG_COMPRESSED, FLAG_ZSTD, flagNames, HEADER_SIZE, ImageFormatError, MIB, VERSION, ZSTD_VERSION } from "./format.ts";
 import type { Header } from "./format.ts";
-import { SEEK_TABLE_FOOTER_SIZE, decodeSeekTable, decompressBlock, seekTableSize } from "./zstd-seekable.ts";
+import {
+  FLAG_COMPRESSED,
+  FLAG_ZSTD,
+  flagNames,
+  HEADER_SIZE,
+  ImageFormatError,
+  MIB,
+  VERSION,
+  ZSTD_VERSION,
+} from "./format.ts";
 import type { Block, SeekTable } from "./zstd-seekable.ts";
+import { decodeSeekTable, decompressBlock, SEEK_TABLE_FOOTER_SIZE, seekTableSize } from "./zstd-seekable.ts";
 
 export { FLAG_ZSTD, flagNames, ZSTD_VERSION } from "./format.ts";
 /** The versions lookimage and the bootserver read; pass to decodeHeader's `versions`. */
@@ -62,7 +71,8 @@ export function payloadCodec(header: Pick<Header, "version" | "flags">): Payload
   const zstd = (header.flags & FLAG_ZSTD) !== 0n;
   const zlib = (header.flags & FLAG_COMPRESSED) !== 0n;
   if (header.version === VERSION) {
-    if (zstd) throw new ImageFormatError("flag ZSTD is set in a version 2 header, which the sled kernel would inflate as zlib");
+    if (zstd)
+      throw new ImageFormatError("flag ZSTD is set in a version 2 header, which the sled kernel would inflate as zlib");
     return zlib ? "zlib" : "stored";
   }
   if (header.version === ZSTD_VERSION) {
@@ -90,10 +100,7 @@ async function readPayload(file: BunFile, start: number, length: number): Promis
  *
  * @example const table = await readSeekTable(Bun.file(path), header);
  */
-export async function readSeekTable(
-  file: BunFile,
-  header: Pick<Header, "dataSize" | "imageSize">,
-): Promise<SeekTable> {
+export async function readSeekTable(file: BunFile, header: Pick<Header, "dataSize" | "imageSize">): Promise<SeekTable> {
   const footerLength = Math.min(header.dataSize, SEEK_TABLE_FOOTER_SIZE);
   const footer = await readPayload(file, header.dataSize - footerLength, footerLength);
   const tableSize = seekTableSize(footer, header.dataSize);

@@ -30,7 +30,7 @@
  * from an image file is lib/zstd-image.ts's.
  */
 
-import { constants as zlibConstants, createZstdCompress, createZstdDecompress } from "node:zlib";
+import { createZstdCompress, createZstdDecompress, constants as zlibConstants } from "node:zlib";
 import { ImageFormatError, MIB } from "./format.ts";
 import { CodecError, NativeCodec } from "./native-codec.ts";
 
@@ -322,7 +322,8 @@ export function compressBlock(raw: Uint8Array, level: number, out?: Uint8Array):
     throw new RangeError(`zstd level ${level} is not a whole number from ${MIN_LEVEL} to ${MAX_LEVEL}`);
   }
   const capacity = frameCapacity(raw.length);
-  if (out && out.length < capacity) throw new RangeError(`a frame of ${raw.length} bytes needs ${capacity} bytes of room, got ${out.length}`);
+  if (out && out.length < capacity)
+    throw new RangeError(`a frame of ${raw.length} bytes needs ${capacity} bytes of room, got ${out.length}`);
   const room = out ?? new Uint8Array(capacity);
   // The size pledged up front goes into the frame header, and lets zstd size its tables to the block.
   const encoder = new NativeCodec(
@@ -388,13 +389,16 @@ export function isWholeFrame(frame: Uint8Array): boolean {
 export function decompressBlock(frame: Uint8Array, block: BlockEntry, out?: Uint8Array): Uint8Array {
   const what = `block ${block.index}`;
   const size = block.decompressedSize;
-  if (out && out.length < size) throw new RangeError(`${what} needs an output buffer of ${size} bytes, got ${out.length}`);
+  if (out && out.length < size)
+    throw new RangeError(`${what} needs an output buffer of ${size} bytes, got ${out.length}`);
   if (frame.length !== block.compressedSize) {
     throw new ImageFormatError(`${what}: frame is ${frame.length} bytes, the seek table says ${block.compressedSize}`);
   }
   const magic = frame.length >= 4 ? new DataView(frame.buffer, frame.byteOffset, 4).getUint32(0, true) : 0;
   if (magic !== ZSTD_FRAME_MAGIC) {
-    throw new ImageFormatError(`${what}: frame starts with ${hex32(magic)}, not the zstd magic ${hex32(ZSTD_FRAME_MAGIC)}`);
+    throw new ImageFormatError(
+      `${what}: frame starts with ${hex32(magic)}, not the zstd magic ${hex32(ZSTD_FRAME_MAGIC)}`,
+    );
   }
   const raw = out ? out.subarray(0, size) : new Uint8Array(size);
   const decoder = (frameDecoder ??= new NativeCodec(createZstdDecompress()));
@@ -411,7 +415,8 @@ export function decompressBlock(frame: Uint8Array, block: BlockEntry, out?: Uint
     }
     if (produced === size) beyond = decoder.step(frame.subarray(consumed), probe, true).produced;
   } catch (error) {
-    if (error instanceof CodecError) throw new ImageFormatError(`${what}: frame does not decompress (${error.message})`);
+    if (error instanceof CodecError)
+      throw new ImageFormatError(`${what}: frame does not decompress (${error.message})`);
     throw error;
   }
   if (beyond > 0) {
@@ -421,7 +426,8 @@ export function decompressBlock(frame: Uint8Array, block: BlockEntry, out?: Uint
   if (produced < size) {
     throw new ImageFormatError(`${what}: frame decompresses to ${produced} bytes, the seek table says ${size}`);
   }
-  if (!isWholeFrame(frame)) throw new ImageFormatError(`${what}: the ${frame.length} bytes are not one whole zstd frame`);
+  if (!isWholeFrame(frame))
+    throw new ImageFormatError(`${what}: the ${frame.length} bytes are not one whole zstd frame`);
   const checksum = blockChecksum(raw);
   if (checksum !== block.checksum) {
     throw new ImageFormatError(
@@ -464,5 +470,10 @@ export function runBlockJob(job: ZstdBlockJob): CompressedBlock | DecompressedBl
   if (job.kind === "decompress") return { kind: "decompressed", raw: decompressBlock(job.frame, job.block) };
   const { raw, level, out } = job;
   const frame = compressBlock(raw, level, out);
-  return { kind: "compressed", frame, entry: { compressedSize: frame.length, decompressedSize: raw.length, checksum: blockChecksum(raw) }, raw };
+  return {
+    kind: "compressed",
+    frame,
+    entry: { compressedSize: frame.length, decompressedSize: raw.length, checksum: blockChecksum(raw) },
+    raw,
+  };
 }

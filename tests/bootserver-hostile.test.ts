@@ -36,7 +36,8 @@ let dir = "";
 let pool: Uint8Array;
 let bigPool: Uint8Array;
 
-const WRITE_POOL = "import random, sys\nopen(sys.argv[1], 'wb').write(random.Random(int(sys.argv[3])).randbytes(int(sys.argv[2])))";
+const WRITE_POOL =
+  "import random, sys\nopen(sys.argv[1], 'wb').write(random.Random(int(sys.argv[3])).randbytes(int(sys.argv[2])))";
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "bootserver-hostile-"));
@@ -65,7 +66,14 @@ function macText(bytes: Uint8Array): string {
 }
 
 /** Ethernet header, ethertype 0x1DE0, magic, type, len, then `body`; padded to 60 bytes. */
-function frame(destination: Uint8Array, source: Uint8Array, type: number, body: Uint8Array, len = body.length, magic = 0x1de12345): Uint8Array {
+function frame(
+  destination: Uint8Array,
+  source: Uint8Array,
+  type: number,
+  body: Uint8Array,
+  len = body.length,
+  magic = 0x1de12345,
+): Uint8Array {
   const bytes = new Uint8Array(Math.max(60, 26 + body.length));
   bytes.set(destination, 0);
   bytes.set(source, 6);
@@ -158,10 +166,21 @@ function hostileFrames(seed: number, server: Uint8Array, attacker: Uint8Array, s
         const right = { [TYPE.offer]: 176, [TYPE.read]: 1032, [TYPE.finished]: 0, [TYPE.reset]: 0 }[type];
         let len = rng.pick(lens);
         if (len === right || (type === TYPE.data && len >= 8 && len <= 1476) || type === TYPE.hello) len = 0xffffffff;
-        return frame(rng.pick([server, Uint8Array.from([255, 255, 255, 255, 255, 255])]), anySource(), type, rng.bytes(rng.int(1100)), len);
+        return frame(
+          rng.pick([server, Uint8Array.from([255, 255, 255, 255, 255, 255])]),
+          anySource(),
+          type,
+          rng.bytes(rng.int(1100)),
+          len,
+        );
       }
       case "READ count above 128":
-        return frame(server, anySource(), TYPE.read, readBody(129n + BigInt(rng.int(1000)) * BigInt(rng.pick([1, 1_000_000_007, 2 ** 40])), [offsets()]));
+        return frame(
+          server,
+          anySource(),
+          TYPE.read,
+          readBody(129n + BigInt(rng.int(1000)) * BigInt(rng.pick([1, 1_000_000_007, 2 ** 40])), [offsets()]),
+        );
       case "READ offsets past the end, near 2^64, unaligned": {
         const slots = Array.from({ length: 1 + rng.int(3) }, offsets);
         return frame(server, attacker, TYPE.read, readBody(BigInt(slots.length), slots));
@@ -169,7 +188,12 @@ function hostileFrames(seed: number, server: Uint8Array, attacker: Uint8Array, s
       case "from a MAC not allowed":
         return rng.pick([
           frame(server, stranger(), TYPE.read, readBody(1n, [offsets()])),
-          frame(Uint8Array.from([255, 255, 255, 255, 255, 255]), stranger(), TYPE.hello, new TextEncoder().encode("hostile")),
+          frame(
+            Uint8Array.from([255, 255, 255, 255, 255, 255]),
+            stranger(),
+            TYPE.hello,
+            new TextEncoder().encode("hostile"),
+          ),
           frame(server, stranger(), TYPE.finished, new Uint8Array(0)),
         ]);
       case "claiming the server's MAC":
@@ -194,7 +218,12 @@ function hostileFrames(seed: number, server: Uint8Array, attacker: Uint8Array, s
  * checked against `image`. (The capture also holds the hostile frames it
  * received, some of them claiming its MAC; none is addressed to a client.)
  */
-function checkRecordedData(capturePath: string, server: Uint8Array, clients: Uint8Array[], image: Uint8Array): { data: number; ends: number; bad: string[] } {
+function checkRecordedData(
+  capturePath: string,
+  server: Uint8Array,
+  clients: Uint8Array[],
+  image: Uint8Array,
+): { data: number; ends: number; bad: string[] } {
   const capture = readFileSync(capturePath);
   const view = new DataView(capture.buffer, capture.byteOffset, capture.byteLength);
   expect(view.getUint32(0, true)).toBe(0xa1b2c3d4);
@@ -213,9 +242,14 @@ function checkRecordedData(capturePath: string, server: Uint8Array, clients: Uin
     const offset = fv.getBigUint64(26);
     const bytes = f.subarray(34, 26 + len);
     data++;
-    const expected = offset >= BigInt(image.length) ? new Uint8Array(0) : image.subarray(Number(offset), Number(offset) + 1024);
+    const expected =
+      offset >= BigInt(image.length) ? new Uint8Array(0) : image.subarray(Number(offset), Number(offset) + 1024);
     if (bytes.length === 0) ends++;
-    if (len < 8 || bytes.length !== expected.length || Buffer.compare(Buffer.from(bytes), Buffer.from(expected)) !== 0) {
+    if (
+      len < 8 ||
+      bytes.length !== expected.length ||
+      Buffer.compare(Buffer.from(bytes), Buffer.from(expected)) !== 0
+    ) {
       bad.push(`DATA at ${offset}: ${bytes.length} bytes, expected ${expected.length}`);
     }
   }
@@ -225,7 +259,11 @@ function checkRecordedData(capturePath: string, server: Uint8Array, clients: Uin
 // --- Processes -----------------------------------------------------------------
 
 function spawnServer(args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), "--json-log", ...args], { cwd: dir, stdout: "pipe", stderr: "pipe" });
+  const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), "--json-log", ...args], {
+    cwd: dir,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   const lines: string[] = [];
   const reading = (async () => {
     let pending = "";
@@ -241,7 +279,8 @@ function spawnServer(args: string[]) {
   async function waitFor(event: string, count = 1, timeoutMs = 30_000) {
     const deadline = Date.now() + timeoutMs;
     while (events().filter((record) => record.event === event).length < count) {
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no ${count} "${event}" from the server:\n${lines.join("\n")}\n${await stderr}`);
+      if (Date.now() > deadline || child.exitCode !== null)
+        throw new Error(`no ${count} "${event}" from the server:\n${lines.join("\n")}\n${await stderr}`);
       await Bun.sleep(20);
     }
   }
@@ -249,10 +288,21 @@ function spawnServer(args: string[]) {
 }
 
 function spawnSleds(link: string, args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", "60", "--json", ...args], { cwd: dir, stdout: "pipe", stderr: "pipe" });
+  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", "60", "--json", ...args], {
+    cwd: dir,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   return (async () => {
-    const [stdout, stderr, exitCode] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
-    const reports = stdout.split("\n").filter((line) => line.startsWith("{")).map((line) => JSON.parse(line));
+    const [stdout, stderr, exitCode] = await Promise.all([
+      new Response(child.stdout).text(),
+      new Response(child.stderr).text(),
+      child.exited,
+    ]);
+    const reports = stdout
+      .split("\n")
+      .filter((line) => line.startsWith("{"))
+      .map((line) => JSON.parse(line));
     return { exitCode, stderr, reports };
   })();
 }
@@ -267,7 +317,12 @@ function linkMac(link: string): Uint8Array {
 }
 
 /** Inject `total` frames from `make` in batches, yielding between them so the children get the cores too. */
-async function storm(link: PcapLink, total: number, make: () => Uint8Array, until?: () => boolean): Promise<{ sent: number; beforeUntil: number }> {
+async function storm(
+  link: PcapLink,
+  total: number,
+  make: () => Uint8Array,
+  until?: () => boolean,
+): Promise<{ sent: number; beforeUntil: number }> {
   // Made in advance, so the injection itself goes as fast as the link takes it.
   const frames = Array.from({ length: total }, make);
   let sent = 0;
@@ -283,138 +338,152 @@ async function storm(link: PcapLink, total: number, make: () => Uint8Array, unti
 }
 
 describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw.why})`}`, () => {
-  test(
-    `8 sleds boot through ${HOSTILE_FRAMES} hostile frames; every DATA is the image's bytes; memory stays flat`,
-    async () => {
-      await withVethPair(async ({ a, b }) => {
-        const server = linkMac(a);
-        const attacker = macBytes("02:72:68:64:20:01");
-        const sledMacs = Array.from({ length: SLEDS }, (_, i) => macBytes(FIRST_SLED.replace(/00$/, i.toString(16).padStart(2, "0"))));
-        const allow = [...sledMacs, attacker].flatMap((mac) => ["--allow", macText(mac)]);
-        const capturePath = join(dir, "hostile.pcap");
-        const proc = spawnServer(["--pcap", capturePath, ...allow, a, "pool.img", "any"]);
-        const injector = PcapLink.open(b, { timeoutMs: 20 });
-        try {
-          await proc.waitFor("listening");
-          // The attacker takes an offer, so its READs reach a session thread and are answered.
-          const hello = frame(Uint8Array.from([255, 255, 255, 255, 255, 255]), attacker, TYPE.hello, new TextEncoder().encode("attacker"));
-          injector.inject(hello);
-          await proc.waitFor("offer");
-          const hostile = hostileFrames(1, server, attacker, sledMacs);
+  test(`8 sleds boot through ${HOSTILE_FRAMES} hostile frames; every DATA is the image's bytes; memory stays flat`, async () => {
+    await withVethPair(async ({ a, b }) => {
+      const server = linkMac(a);
+      const attacker = macBytes("02:72:68:64:20:01");
+      const sledMacs = Array.from({ length: SLEDS }, (_, i) =>
+        macBytes(FIRST_SLED.replace(/00$/, i.toString(16).padStart(2, "0"))),
+      );
+      const allow = [...sledMacs, attacker].flatMap((mac) => ["--allow", macText(mac)]);
+      const capturePath = join(dir, "hostile.pcap");
+      const proc = spawnServer(["--pcap", capturePath, ...allow, a, "pool.img", "any"]);
+      const injector = PcapLink.open(b, { timeoutMs: 20 });
+      try {
+        await proc.waitFor("listening");
+        // The attacker takes an offer, so its READs reach a session thread and are answered.
+        const hello = frame(
+          Uint8Array.from([255, 255, 255, 255, 255, 255]),
+          attacker,
+          TYPE.hello,
+          new TextEncoder().encode("attacker"),
+        );
+        injector.inject(hello);
+        await proc.waitFor("offer");
+        const hostile = hostileFrames(1, server, attacker, sledMacs);
 
-          let sledsDone = false;
-          // Every DATA held 150 ms in the sleds: a 4 MiB boot then takes at least 4.8 s, so the storm meets the boots (the link takes some 30,000 frames a second here).
-          const slow = ["--delay-rate", "1", "--delay-ms", "150"];
-          const sleds = spawnSleds(b, ["--checksum-file", "pool.csum", "--sleds", String(SLEDS), "--mac", FIRST_SLED, ...slow]).finally(() => (sledsDone = true));
-          const { sent, beforeUntil: whileBooting } = await storm(injector, HOSTILE_FRAMES, hostile.next, () => sledsDone);
-          const result = await sleds;
-          expect(result.stderr).toBe("");
-          expect(result.reports.map((report) => report.outcome)).toEqual(Array(SLEDS).fill("booted"));
-          expect(result.exitCode).toBe(0);
-          expect(proc.child.exitCode).toBeNull(); // still serving
+        let sledsDone = false;
+        // Every DATA held 150 ms in the sleds: a 4 MiB boot then takes at least 4.8 s, so the storm meets the boots (the link takes some 30,000 frames a second here).
+        const slow = ["--delay-rate", "1", "--delay-ms", "150"];
+        const sleds = spawnSleds(b, [
+          "--checksum-file",
+          "pool.csum",
+          "--sleds",
+          String(SLEDS),
+          "--mac",
+          FIRST_SLED,
+          ...slow,
+        ]).finally(() => (sledsDone = true));
+        const { sent, beforeUntil: whileBooting } = await storm(
+          injector,
+          HOSTILE_FRAMES,
+          hostile.next,
+          () => sledsDone,
+        );
+        const result = await sleds;
+        expect(result.stderr).toBe("");
+        expect(result.reports.map((report) => report.outcome)).toEqual(Array(SLEDS).fill("booted"));
+        expect(result.exitCode).toBe(0);
+        expect(proc.child.exitCode).toBeNull(); // still serving
 
-          // A second storm with the sleds gone: memory must not grow with the frames.
-          await Bun.sleep(1000);
-          const rssBefore = vmRssKiB(proc.child.pid);
-          const { sent: again } = await storm(injector, HOSTILE_FRAMES, hostile.next);
-          await Bun.sleep(1000);
-          const rssAfter = vmRssKiB(proc.child.pid);
-          expect(proc.child.exitCode).toBeNull();
+        // A second storm with the sleds gone: memory must not grow with the frames.
+        await Bun.sleep(1000);
+        const rssBefore = vmRssKiB(proc.child.pid);
+        const { sent: again } = await storm(injector, HOSTILE_FRAMES, hostile.next);
+        await Bun.sleep(1000);
+        const rssAfter = vmRssKiB(proc.child.pid);
+        expect(proc.child.exitCode).toBeNull();
 
-          proc.child.kill("SIGTERM");
-          expect(await proc.child.exited).toBe(143);
-          await proc.reading;
-          expect(await proc.stderr).toBe("");
-          const frames = proc.events().find((record) => record.event === "frames")!;
-          const finished = proc.events().filter((record) => record.event === "finished");
-          expect(finished.length).toBe(SLEDS);
-          const checked = checkRecordedData(capturePath, server, [...sledMacs, attacker], pool);
-          expect(checked.bad.slice(0, 5)).toEqual([]);
-          expect(checked.data).toBeGreaterThanOrEqual(SLEDS * (IMAGE_SIZE / 1024));
-          expect(checked.ends).toBeGreaterThan(0); // the attacker's offsets past the end were answered as such
-          expect(rssAfter - rssBefore).toBeLessThan(RSS_MARGIN_KIB);
-          console.log(
-            `hostile storm: ${sent} frames (${whileBooting} of them before the ${SLEDS} sleds were done), then ${again} more; by kind: ` +
-              [...hostile.counts].map(([kind, count]) => `${kind} ${count}`).join(", "),
-          );
-          console.log(`server counted: ${JSON.stringify(frames)}`);
-          console.log(`server sent ${checked.data} DATA frames (${checked.ends} end markers), all equal to the image at their offset`);
-          console.log(`server VmRSS ${rssBefore} KiB before the second storm, ${rssAfter} KiB after (margin ${RSS_MARGIN_KIB} KiB)`);
-        } finally {
-          injector.close();
-          if (proc.child.exitCode === null) proc.child.kill("SIGKILL");
-        }
-      }, "rhd");
-    },
-    120_000,
-  );
+        proc.child.kill("SIGTERM");
+        expect(await proc.child.exited).toBe(143);
+        await proc.reading;
+        expect(await proc.stderr).toBe("");
+        const frames = proc.events().find((record) => record.event === "frames")!;
+        const finished = proc.events().filter((record) => record.event === "finished");
+        expect(finished.length).toBe(SLEDS);
+        const checked = checkRecordedData(capturePath, server, [...sledMacs, attacker], pool);
+        expect(checked.bad.slice(0, 5)).toEqual([]);
+        expect(checked.data).toBeGreaterThanOrEqual(SLEDS * (IMAGE_SIZE / 1024));
+        expect(checked.ends).toBeGreaterThan(0); // the attacker's offsets past the end were answered as such
+        expect(rssAfter - rssBefore).toBeLessThan(RSS_MARGIN_KIB);
+        console.log(
+          `hostile storm: ${sent} frames (${whileBooting} of them before the ${SLEDS} sleds were done), then ${again} more; by kind: ` +
+            [...hostile.counts].map(([kind, count]) => `${kind} ${count}`).join(", "),
+        );
+        console.log(`server counted: ${JSON.stringify(frames)}`);
+        console.log(
+          `server sent ${checked.data} DATA frames (${checked.ends} end markers), all equal to the image at their offset`,
+        );
+        console.log(
+          `server VmRSS ${rssBefore} KiB before the second storm, ${rssAfter} KiB after (margin ${RSS_MARGIN_KIB} KiB)`,
+        );
+      } finally {
+        injector.close();
+        if (proc.child.exitCode === null) proc.child.kill("SIGKILL");
+      }
+    }, "rhd");
+  }, 120_000);
 
-  test(
-    "8 sleds boot with 1% DATA loss, 1% duplication and 1% reordering",
-    async () => {
-      await withVethPair(async ({ a, b }) => {
-        // 1 MiB: a lost DATA costs its batch the sled's 1 s re-ask timer, and nearly every batch loses one.
-        const proc = spawnServer(["--boots", String(SLEDS), a, "small.img", "any"]);
-        try {
-          await proc.waitFor("listening");
-          const flags = ["--drop-rate", "0.01", "--duplicate-rate", "0.01", "--reorder-rate", "0.01", "--seed", "3"];
-          const result = await spawnSleds(b, ["--checksum-file", "small.csum", "--sleds", String(SLEDS), ...flags]);
-          expect(result.reports.map((report) => report.outcome)).toEqual(Array(SLEDS).fill("booted"));
-          expect(result.exitCode).toBe(0);
-          expect(await proc.child.exited).toBe(0);
-          const faults = result.reports.reduce(
-            (sum, report) => ({
-              dropped: sum.dropped + report.faults.dropped,
-              duplicated: sum.duplicated + report.faults.duplicated,
-              reordered: sum.reordered + report.faults.reordered,
-              reasked: sum.reasked + report.reasked,
-            }),
-            { dropped: 0, duplicated: 0, reordered: 0, reasked: 0 },
-          );
-          expect(faults.dropped).toBeGreaterThan(0);
-          expect(faults.duplicated).toBeGreaterThan(0);
-          expect(faults.reordered).toBeGreaterThan(0);
-          console.log(`faults over ${SLEDS} sleds: ${JSON.stringify(faults)}`);
-        } finally {
-          if (proc.child.exitCode === null) proc.child.kill("SIGKILL");
-        }
-      }, "rhd");
-    },
-    120_000,
-  );
+  test("8 sleds boot with 1% DATA loss, 1% duplication and 1% reordering", async () => {
+    await withVethPair(async ({ a, b }) => {
+      // 1 MiB: a lost DATA costs its batch the sled's 1 s re-ask timer, and nearly every batch loses one.
+      const proc = spawnServer(["--boots", String(SLEDS), a, "small.img", "any"]);
+      try {
+        await proc.waitFor("listening");
+        const flags = ["--drop-rate", "0.01", "--duplicate-rate", "0.01", "--reorder-rate", "0.01", "--seed", "3"];
+        const result = await spawnSleds(b, ["--checksum-file", "small.csum", "--sleds", String(SLEDS), ...flags]);
+        expect(result.reports.map((report) => report.outcome)).toEqual(Array(SLEDS).fill("booted"));
+        expect(result.exitCode).toBe(0);
+        expect(await proc.child.exited).toBe(0);
+        const faults = result.reports.reduce(
+          (sum, report) => ({
+            dropped: sum.dropped + report.faults.dropped,
+            duplicated: sum.duplicated + report.faults.duplicated,
+            reordered: sum.reordered + report.faults.reordered,
+            reasked: sum.reasked + report.reasked,
+          }),
+          { dropped: 0, duplicated: 0, reordered: 0, reasked: 0 },
+        );
+        expect(faults.dropped).toBeGreaterThan(0);
+        expect(faults.duplicated).toBeGreaterThan(0);
+        expect(faults.reordered).toBeGreaterThan(0);
+        console.log(`faults over ${SLEDS} sleds: ${JSON.stringify(faults)}`);
+      } finally {
+        if (proc.child.exitCode === null) proc.child.kill("SIGKILL");
+      }
+    }, "rhd");
+  }, 120_000);
 
-  test(
-    "a server restarted mid-transfer RESETs the sled's next READ, and the sled boots from it",
-    async () => {
-      await withVethPair(async ({ a, b }) => {
-        const first = spawnServer([a, "big.img", "any"]);
-        let second: ReturnType<typeof spawnServer> | undefined;
-        try {
-          await first.waitFor("listening");
-          // Every DATA held 20 ms: at most 128 KiB per 20 ms, so 16 MiB takes at least 2.6 s however fast the machine.
-          const slow = ["--delay-rate", "1", "--delay-ms", "20"];
-          const sled = spawnSleds(b, ["--checksum-file", "big.csum", "--restart-on-reset", ...slow]);
-          await first.waitFor("offer");
-          await Bun.sleep(300); // well inside the transfer
-          first.child.kill("SIGKILL");
-          await first.child.exited;
-          expect(first.events().map((record) => record.event)).not.toContain("finished");
-          second = spawnServer(["--boots", "1", a, "big.img", "any"]);
-          await second.waitFor("reset", 1, 30_000);
-          const result = await sled;
-          expect(result.reports.map((report) => report.outcome)).toEqual(["booted"]);
-          expect(result.reports[0].resets).toBeGreaterThanOrEqual(1);
-          expect(result.exitCode).toBe(0);
-          expect(await second.child.exited).toBe(0);
-          const events = second.events().map((record) => record.event);
-          expect(events.indexOf("reset")).toBeLessThan(events.indexOf("offer"));
-          console.log(`restart: first server killed mid-transfer of ${bigPool.length} bytes; sled saw ${result.reports[0].resets} RESET(s), then booted`);
-        } finally {
-          if (first.child.exitCode === null) first.child.kill("SIGKILL");
-          if (second && second.child.exitCode === null) second.child.kill("SIGKILL");
-        }
-      }, "rhd");
-    },
-    120_000,
-  );
+  test("a server restarted mid-transfer RESETs the sled's next READ, and the sled boots from it", async () => {
+    await withVethPair(async ({ a, b }) => {
+      const first = spawnServer([a, "big.img", "any"]);
+      let second: ReturnType<typeof spawnServer> | undefined;
+      try {
+        await first.waitFor("listening");
+        // Every DATA held 20 ms: at most 128 KiB per 20 ms, so 16 MiB takes at least 2.6 s however fast the machine.
+        const slow = ["--delay-rate", "1", "--delay-ms", "20"];
+        const sled = spawnSleds(b, ["--checksum-file", "big.csum", "--restart-on-reset", ...slow]);
+        await first.waitFor("offer");
+        await Bun.sleep(300); // well inside the transfer
+        first.child.kill("SIGKILL");
+        await first.child.exited;
+        expect(first.events().map((record) => record.event)).not.toContain("finished");
+        second = spawnServer(["--boots", "1", a, "big.img", "any"]);
+        await second.waitFor("reset", 1, 30_000);
+        const result = await sled;
+        expect(result.reports.map((report) => report.outcome)).toEqual(["booted"]);
+        expect(result.reports[0].resets).toBeGreaterThanOrEqual(1);
+        expect(result.exitCode).toBe(0);
+        expect(await second.child.exited).toBe(0);
+        const events = second.events().map((record) => record.event);
+        expect(events.indexOf("reset")).toBeLessThan(events.indexOf("offer"));
+        console.log(
+          `restart: first server killed mid-transfer of ${bigPool.length} bytes; sled saw ${result.reports[0].resets} RESET(s), then booted`,
+        );
+      } finally {
+        if (first.child.exitCode === null) first.child.kill("SIGKILL");
+        if (second && second.child.exitCode === null) second.child.kill("SIGKILL");
+      }
+    }, "rhd");
+  }, 120_000);
 });

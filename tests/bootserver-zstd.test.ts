@@ -14,9 +14,9 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { blockCacheMemory, ZstdImageReader, type ZstdImageMemory } from "../lib/block-cache.ts";
-import { decodeSeekTable } from "../lib/zstd-seekable.ts";
+import { blockCacheMemory, type ZstdImageMemory, ZstdImageReader } from "../lib/block-cache.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { decodeSeekTable } from "../lib/zstd-seekable.ts";
 import { python, ROOT } from "./helpers/common.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 
@@ -77,7 +77,9 @@ describe("ZstdImageReader", () => {
   test("gives the pool's bytes at any offset, fewer at the end, none at or past it", () => {
     const reader = new ZstdImageReader(imageMemory("pool.img", 2 * MIB));
     for (const at of [0, 1000, MIB - 10, MIB, 3 * MIB + 5, POOL_SIZE - 1024, POOL_SIZE - 100, 0]) {
-      expect(Buffer.from(reader.chunk(BigInt(at)))).toEqual(Buffer.from(pool.subarray(at, Math.min(at + 1024, POOL_SIZE))));
+      expect(Buffer.from(reader.chunk(BigInt(at)))).toEqual(
+        Buffer.from(pool.subarray(at, Math.min(at + 1024, POOL_SIZE))),
+      );
     }
     for (const past of [BigInt(POOL_SIZE), BigInt(POOL_SIZE) + 1n, 2n ** 53n + 1n, 2n ** 64n - 1n]) {
       expect(reader.chunk(past).length).toBe(0);
@@ -171,11 +173,15 @@ network("bootserver serving a zstd image on a veth pair", () => {
         try {
           await server.waitFor(/^serving on /);
           expect(server.lines).toContainEqual(
-            expect.stringMatching(/pool\.img: image name "zstd-test", 5\.3 MiB \(zstd, .* on disk; each block's checksum is checked as sleds read it/),
+            expect.stringMatching(
+              /pool\.img: image name "zstd-test", 5\.3 MiB \(zstd, .* on disk; each block's checksum is checked as sleds read it/,
+            ),
           );
           const sled = await runSleds(dir, b, [...SLED_ARGS, "--sleds", String(sleds)]);
           expect(sled.exitCode).toBe(0);
-          expect(sled.reports.map((report) => [report.outcome, report.bytes])).toEqual(Array(sleds).fill(["booted", POOL_SIZE]));
+          expect(sled.reports.map((report) => [report.outcome, report.bytes])).toEqual(
+            Array(sleds).fill(["booted", POOL_SIZE]),
+          );
           expect(await server.exited()).toBe(0);
           expect(server.lines.filter((line) => / finished pool\.img: /.test(line)).length).toBe(sleds);
         } finally {
@@ -198,7 +204,11 @@ network("bootserver serving a zstd image on a veth pair", () => {
         // Every byte the sled took is from before the damaged block.
         expect(report.bytes).toBeLessThanOrEqual(BAD_BLOCK * MIB);
         const warning = await server.waitFor(/RESET/);
-        expect(warning).toMatch(new RegExp(`^warning: [0-9a-f:]{17}: sent a RESET instead of bytes that failed their check: block ${BAD_BLOCK}: `));
+        expect(warning).toMatch(
+          new RegExp(
+            `^warning: [0-9a-f:]{17}: sent a RESET instead of bytes that failed their check: block ${BAD_BLOCK}: `,
+          ),
+        );
         // Still up, and answering: a second sled gets an offer and is RESET too.
         expect(server.process.exitCode).toBeNull();
         const again = await runSleds(dir, b, [...SLED_ARGS, "--mac", "02:5e:b5:00:00:a1"]);

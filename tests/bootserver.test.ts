@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "../lib/dispatch.ts";
 import { PcapLink } from "../lib/pcap.ts";
-import { encodeFrame, parseMac, READ_SLOTS, type Mac, type ReadRequest } from "../lib/protocol.ts";
+import { encodeFrame, type Mac, parseMac, READ_SLOTS, type ReadRequest } from "../lib/protocol.ts";
 import { SledSession } from "../lib/session.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 import { python, runProgram, VECTORS } from "./helpers/common.ts";
@@ -145,8 +145,15 @@ describe("SledSession", () => {
   }
 
   test("answers scattered slots at exactly their offsets, one DATA each", () => {
-    const sent = answers(readRequest(4n, { 3: 5000n, 40: BigInt(POOL_SIZE - 100), 77: BigInt(POOL_SIZE), 127: TWO_64 - 1n }));
-    expect(sent.map((frame) => dataOf(frame).offset)).toEqual([5000n, BigInt(POOL_SIZE - 100), BigInt(POOL_SIZE), TWO_64 - 1n]);
+    const sent = answers(
+      readRequest(4n, { 3: 5000n, 40: BigInt(POOL_SIZE - 100), 77: BigInt(POOL_SIZE), 127: TWO_64 - 1n }),
+    );
+    expect(sent.map((frame) => dataOf(frame).offset)).toEqual([
+      5000n,
+      BigInt(POOL_SIZE - 100),
+      BigInt(POOL_SIZE),
+      TWO_64 - 1n,
+    ]);
     expect(dataOf(sent[0]!).bytes).toEqual(image.slice(5000, 6024));
     expect(dataOf(sent[1]!).bytes).toEqual(image.slice(POOL_SIZE - 100));
     expect(dataOf(sent[2]!).bytes.length).toBe(0);
@@ -189,7 +196,13 @@ describe("SledSession", () => {
 
 describe("FrameDispatcher", () => {
   const offerFrame = () =>
-    encodeFrame(SLED, SERVER, { type: "offer", ramdiskSize: 4n * BigInt(MIB), imageSize: BigInt(POOL_SIZE), sha256: new Uint8Array(32), dataset: new Uint8Array(128) });
+    encodeFrame(SLED, SERVER, {
+      type: "offer",
+      ramdiskSize: 4n * BigInt(MIB),
+      imageSize: BigInt(POOL_SIZE),
+      sha256: new Uint8Array(32),
+      dataset: new Uint8Array(128),
+    });
 
   function harness(allowed: Mac[] | null = null) {
     const sent: Parsed[] = [];
@@ -260,7 +273,16 @@ describe("FrameDispatcher", () => {
     new DataView(unknownType.buffer).setUint32(18, 0x9999);
     const longFinished = encodeFrame(SERVER, SLED, { type: "finished" });
     new DataView(longFinished.buffer).setUint32(22, 4);
-    const malformed = [wrongMagic, shortLen, overCount, truncated, unknownType, longFinished, read.slice(0, 20), new Uint8Array(0)];
+    const malformed = [
+      wrongMagic,
+      shortLen,
+      overCount,
+      truncated,
+      unknownType,
+      longFinished,
+      read.slice(0, 20),
+      new Uint8Array(0),
+    ];
     for (const frame of malformed) dispatcher.dispatch(frame);
     dispatcher.dispatch(readFrame(SLED, OTHER, 1n, { 0: 4096n })); // to another server
     dispatcher.dispatch(readFrame(OTHER, SERVER, 1n, { 0: 4096n })); // from a sled not allowed
@@ -295,7 +317,9 @@ describe("bootserver refuses", () => {
     const { exitCode, stdout, stderr } = await bootserver(["rbs-none", "odd.img", "any"]);
     expect(exitCode).toBe(1);
     expect(stdout).toBe("");
-    expect(stderr.trim().split("\n")).toEqual([expect.stringMatching(/^bootserver: cannot serve odd\.img: .*not a multiple of 131072/)]);
+    expect(stderr.trim().split("\n")).toEqual([
+      expect.stringMatching(/^bootserver: cannot serve odd\.img: .*not a multiple of 131072/),
+    ]);
   });
 
   test("an image below 1 MiB", async () => {
@@ -461,7 +485,9 @@ network("bootserver on a veth pair", () => {
         expect(await server.exited()).toBe(0);
         expect(server.lines).toContainEqual(expect.stringMatching(new RegExp(`^${macText(SLED)} finished a\\.img`)));
         expect(server.lines).toContainEqual(expect.stringMatching(new RegExp(`^${macText(OTHER)} finished b\\.img`)));
-        expect(server.lines).toContainEqual(`offering a.img to ${macText(OTHER)}: 2.0 MiB image, 4.0 MiB ramdisk, dataset rpool/ROOT/ramdisk`);
+        expect(server.lines).toContainEqual(
+          `offering a.img to ${macText(OTHER)}: 2.0 MiB image, 4.0 MiB ramdisk, dataset rpool/ROOT/ramdisk`,
+        );
       } finally {
         server.kill();
       }
@@ -491,7 +517,17 @@ network("bootserver on a veth pair", () => {
       const server = new ServerProcess(["--boots", "4", a, "a.img", "any"], dir);
       try {
         await server.waitFor(/^serving on /);
-        const sled = await runSleds(dir, b, ["--checksum", pools.a!.sha256, "--sleds", "4", "--drop-rate", "0.005", "--seed", "11", "--json"]);
+        const sled = await runSleds(dir, b, [
+          "--checksum",
+          pools.a!.sha256,
+          "--sleds",
+          "4",
+          "--drop-rate",
+          "0.005",
+          "--seed",
+          "11",
+          "--json",
+        ]);
         expect(sled.exitCode).toBe(0);
         expect(await server.exited()).toBe(0);
         const sledReasks = sled.reports.reduce((sum, report) => sum + report.reasked, 0);
@@ -524,7 +560,13 @@ network("bootserver on a veth pair", () => {
           expect(offer.body.subarray(48, 176)).toEqual(dataset);
 
           const serverMac = offer.source;
-          const asked: Record<number, bigint> = { 3: 5000n, 40: size - 100n, 77: size, 100: TWO_64 - 1n, 127: 1000n * 1024n };
+          const asked: Record<number, bigint> = {
+            3: 5000n,
+            40: size - 100n,
+            77: size,
+            100: TWO_64 - 1n,
+            127: 1000n * 1024n,
+          };
           sled.send(readFrame(SLED, serverMac, 5n, asked));
           const answers = await sled.collect(1000);
           expect(answers.every((frame) => frame.type === TYPE.data)).toBe(true);
@@ -578,10 +620,9 @@ network("bootserver on a veth pair", () => {
           expect(await sled.collect(1500)).toEqual([]);
         });
         await server.waitFor(new RegExp(`^offering a\\.img to ${macText(OTHER)}`));
-        expect(server.lines.filter((line) => line.startsWith("HELLO from ")).map((line) => line.split(" ")[2])).toEqual([
-          `${macText(SLED)}:`,
-          `${macText(OTHER)}:`,
-        ]);
+        expect(server.lines.filter((line) => line.startsWith("HELLO from ")).map((line) => line.split(" ")[2])).toEqual(
+          [`${macText(SLED)}:`, `${macText(OTHER)}:`],
+        );
       });
     }, "rbs");
   });
@@ -618,7 +659,9 @@ network("bootserver on a veth pair", () => {
           read.slice(0, 30),
         ];
         let booted = false;
-        const booting = runSleds(dir, b, ["--checksum", pools.a!.sha256, "--mac", macText(SLED), "--json"]).finally(() => (booted = true));
+        const booting = runSleds(dir, b, ["--checksum", pools.a!.sha256, "--mac", macText(SLED), "--json"]).finally(
+          () => (booted = true),
+        );
         let sent = 0;
         await withScriptedSled(b, OTHER, async (noise) => {
           while (!booted) {
@@ -637,7 +680,9 @@ network("bootserver on a veth pair", () => {
         server.process.kill("SIGTERM");
         expect(await server.exited()).toBe(143);
         expect(sent).toBeGreaterThan(100);
-        expect(server.lines.at(-1)).toMatch(new RegExp(`^of \\d+ frames received: ${sent} malformed, 1 answered with RESET$`));
+        expect(server.lines.at(-1)).toMatch(
+          new RegExp(`^of \\d+ frames received: ${sent} malformed, 1 answered with RESET$`),
+        );
       } finally {
         server.kill();
       }
@@ -657,7 +702,9 @@ network("bootserver on a veth pair", () => {
           sled.hello();
           expect(hex((await sled.expect(TYPE.offer)).body.subarray(16, 48))).toBe(pools.b!.sha256);
         });
-        expect(await server.waitFor(/^reloaded /)).toBe(`reloaded ${served}: the file changed (now sha256 ${pools.b!.sha256})`);
+        expect(await server.waitFor(/^reloaded /)).toBe(
+          `reloaded ${served}: the file changed (now sha256 ${pools.b!.sha256})`,
+        );
       });
     }, "rbs");
   });
@@ -676,7 +723,10 @@ network("bootserver on a veth pair", () => {
 
   test("SIGTERM and SIGINT stop it cleanly with 143 and 130", async () => {
     await withVethPair(async ({ a }) => {
-      for (const [signal, status] of [["SIGTERM", 143], ["SIGINT", 130]] as const) {
+      for (const [signal, status] of [
+        ["SIGTERM", 143],
+        ["SIGINT", 130],
+      ] as const) {
         const server = new ServerProcess([a, "a.img", "any"], dir);
         try {
           await server.waitFor(/^serving on /);

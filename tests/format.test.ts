@@ -9,8 +9,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  decodeHeader,
   DEFAULT_DATASET,
+  decodeHeader,
   encodeHeader,
   encodeName,
   HEADER_SIZE,
@@ -152,8 +152,12 @@ describe("encodeHeader", () => {
   });
 
   test("refuses names of 128 bytes, counted in UTF-8 bytes", () => {
-    expect(() => encodeHeader(sampleHeader({ dataset: "d".repeat(128) }))).toThrow(/dataset name is 128 bytes long; at most 127/);
-    expect(() => encodeHeader(sampleHeader({ imageName: "é".repeat(64) }))).toThrow(/image name is 128 bytes long; at most 127/);
+    expect(() => encodeHeader(sampleHeader({ dataset: "d".repeat(128) }))).toThrow(
+      /dataset name is 128 bytes long; at most 127/,
+    );
+    expect(() => encodeHeader(sampleHeader({ imageName: "é".repeat(64) }))).toThrow(
+      /image name is 128 bytes long; at most 127/,
+    );
     expect(() => encodeName("image name", "n".repeat(128))).toThrow(ImageFormatError);
   });
 
@@ -168,7 +172,9 @@ describe("encodeHeader", () => {
 
 describe("decodeHeader", () => {
   test("reads the existing tools' vectors as python does", async () => {
-    const headers = await Promise.all(VECTOR_IMAGES.map((name) => Bun.file(join(VECTORS, name)).slice(0, HEADER_SIZE).bytes()));
+    const headers = await Promise.all(
+      VECTOR_IMAGES.map((name) => Bun.file(join(VECTORS, name)).slice(0, HEADER_SIZE).bytes()),
+    );
     const python = await pythonDecode(headers);
     for (const [index, name] of VECTOR_IMAGES.entries()) {
       const path = join(VECTORS, name);
@@ -194,7 +200,9 @@ describe("decodeHeader", () => {
       } else if (offset < 8) {
         expect(decode).toThrow(/unsupported version/);
       } else if (
-        [facts.dataSize, facts.imageSize, facts.targetSize].some((size) => BigInt(size) > BigInt(Number.MAX_SAFE_INTEGER))
+        [facts.dataSize, facts.imageSize, facts.targetSize].some(
+          (size) => BigInt(size) > BigInt(Number.MAX_SAFE_INTEGER),
+        )
       ) {
         expect(decode).toThrow(/beyond any real image/);
       } else if (offset === 199) {
@@ -243,16 +251,24 @@ describe("decodeHeader", () => {
 
   test("refuses an uncompressed header whose data size differs from its image size", () => {
     const bytes = encodeHeader(sampleHeader({ flags: 0n, dataSize: 8192, imageSize: 4096 }));
-    expect(() => decodeHeader(bytes)).toThrow(/data size of 8192 bytes differs from image size of 4096 in an uncompressed image/);
+    expect(() => decodeHeader(bytes)).toThrow(
+      /data size of 8192 bytes differs from image size of 4096 in an uncompressed image/,
+    );
     // The same sizes are fine when compressed (data size is then the zlib stream's).
-    expect(decodeHeader(encodeHeader(sampleHeader({ flags: 1n, dataSize: 8192, imageSize: 4096 }))).dataSize).toBe(8192);
+    expect(decodeHeader(encodeHeader(sampleHeader({ flags: 1n, dataSize: 8192, imageSize: 4096 }))).dataSize).toBe(
+      8192,
+    );
   });
 
   test("refuses a file whose length is not 4096 + data size, both ways", () => {
     const bytes = encodeHeader(sampleHeader({ dataSize: 1000 }));
     expect(decodeHeader(bytes, { fileSize: 5096 }).dataSize).toBe(1000);
-    expect(() => decodeHeader(bytes, { fileSize: 5095 })).toThrow(/file is 5095 bytes but the header says 5096 .*: truncated/);
-    expect(() => decodeHeader(bytes, { fileSize: 5097 })).toThrow(/file is 5097 bytes but the header says 5096 .*: has trailing bytes/);
+    expect(() => decodeHeader(bytes, { fileSize: 5095 })).toThrow(
+      /file is 5095 bytes but the header says 5096 .*: truncated/,
+    );
+    expect(() => decodeHeader(bytes, { fileSize: 5097 })).toThrow(
+      /file is 5097 bytes but the header says 5096 .*: has trailing bytes/,
+    );
   });
 
   test("refuses sizes above 2^53 - 1 in each size field", () => {
@@ -277,11 +293,15 @@ describe("kernelRefusals", () => {
   });
 
   test("names each reason", () => {
-    expect(kernelRefusals(sized(4095, 4096))).toEqual(["image size of 4095 bytes is below the kernel's minimum of 4096"]);
+    expect(kernelRefusals(sized(4095, 4096))).toEqual([
+      "image size of 4095 bytes is below the kernel's minimum of 4096",
+    ]);
     expect(kernelRefusals(sized(4 * 1024 * MIB + 1, 8 * 1024 * MIB))).toEqual([
       "image size of 4294967297 bytes is above the kernel's maximum of 4294967296 (4 GiB)",
     ]);
-    expect(kernelRefusals(sized(2 * MIB, MIB))).toEqual(["target size of 1048576 bytes is less than image size of 2097152"]);
+    expect(kernelRefusals(sized(2 * MIB, MIB))).toEqual([
+      "target size of 1048576 bytes is less than image size of 2097152",
+    ]);
     expect(kernelRefusals(sized(100, 50))).toHaveLength(2);
   });
 });
@@ -305,7 +325,8 @@ describe("netbootRefusals", () => {
   });
 
   test("the odd vector could not be netbooted, the 1 MiB one could", async () => {
-    const header = async (name: string) => decodeHeader(await Bun.file(join(VECTORS, name)).slice(0, HEADER_SIZE).bytes());
+    const header = async (name: string) =>
+      decodeHeader(await Bun.file(join(VECTORS, name)).slice(0, HEADER_SIZE).bytes());
     expect(netbootRefusals(await header("pool-odd.img"))).toHaveLength(2);
     expect(netbootRefusals(await header("pool-1m.img"))).toEqual([]);
     expect(kernelRefusals(await header("pool-odd-z.img"))).toEqual([]);

@@ -30,7 +30,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { constants as zlibConstants, deflateRawSync, deflateSync } from "node:zlib";
+import { deflateRawSync, deflateSync, constants as zlibConstants } from "node:zlib";
 import {
   decodeHeader,
   FLAG_COMPRESSED,
@@ -47,17 +47,24 @@ import {
 } from "../lib/format.ts";
 import {
   BODY_OFFSET,
-  decodeFrame,
   type Decoded,
+  decodeFrame,
   encodeFrame,
   type Mac,
   type Message,
-  type ReadRequest,
   READ_SLOTS,
+  type ReadRequest,
   requestedOffsets,
 } from "../lib/protocol.ts";
-import { SledSession, type SledReport } from "../lib/sled.ts";
-import { hashStage, type HashReport, inflateStage, type InflateReport, PieceSender, verifyPayload } from "../lib/verify.ts";
+import { type SledReport, SledSession } from "../lib/sled.ts";
+import {
+  type HashReport,
+  hashStage,
+  type InflateReport,
+  inflateStage,
+  PieceSender,
+  verifyPayload,
+} from "../lib/verify.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "../lib/zstd-image.ts";
 import {
   blockChecksum,
@@ -86,7 +93,18 @@ const U64_MAX = 2n ** 64n - 1n;
 const MIB = 1024 * 1024;
 /** Every 64-bit size field is tried at each of these. */
 const SIZE_EDGES: readonly bigint[] = [
-  0n, 1n, 4095n, 4096n, 4097n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 32n + 1n, MAX_SAFE, MAX_SAFE + 1n, MAX_SAFE + 2n, U64_MAX,
+  0n,
+  1n,
+  4095n,
+  4096n,
+  4097n,
+  2n ** 32n - 1n,
+  2n ** 32n,
+  2n ** 32n + 1n,
+  MAX_SAFE,
+  MAX_SAFE + 1n,
+  MAX_SAFE + 2n,
+  U64_MAX,
 ];
 
 /**
@@ -351,9 +369,14 @@ function checkHeader(tally: Tally, label: string, bytes: Uint8Array, fileSize?: 
   const header = result.value;
   const problems: string[] = [];
   if (bytes.length < HEADER_SIZE) problems.push(`accepted ${bytes.length} bytes`);
-  if (new DataView(bytes.buffer, bytes.byteOffset, 8).getUint32(0, true) !== MAGIC) problems.push("accepted a bad magic");
+  if (new DataView(bytes.buffer, bytes.byteOffset, 8).getUint32(0, true) !== MAGIC)
+    problems.push("accepted a bad magic");
   if (!(versions ?? [VERSION]).includes(header.version)) problems.push(`accepted version ${header.version}`);
-  const sizes: [keyof Header, number][] = [["dataSize", 16], ["imageSize", 24], ["targetSize", 32]];
+  const sizes: [keyof Header, number][] = [
+    ["dataSize", 16],
+    ["imageSize", 24],
+    ["targetSize", 32],
+  ];
   for (const [field, offset] of sizes) {
     const value = header[field] as number;
     if (!Number.isSafeInteger(value) || BigInt(value) !== u64At(bytes, offset)) problems.push(`${field} ${value}`);
@@ -365,7 +388,8 @@ function checkHeader(tally: Tally, label: string, bytes: Uint8Array, fileSize?: 
   if (header.version === VERSION && (header.flags & FLAG_COMPRESSED) === 0n && header.dataSize !== header.imageSize) {
     problems.push("uncompressed with data size != image size");
   }
-  if (fileSize !== undefined && fileSize !== HEADER_SIZE + header.dataSize) problems.push(`accepted file size ${fileSize}`);
+  if (fileSize !== undefined && fileSize !== HEADER_SIZE + header.dataSize)
+    problems.push(`accepted file size ${fileSize}`);
   problems.push(...checkRefusals(header));
   for (const problem of problems) tally.fail(label, `${problem} (input ${show(bytes.subarray(0, 328))})`);
   return header;
@@ -377,11 +401,14 @@ function checkRefusals(header: Header): string[] {
   const lines = [...kernelRefusals(header), ...netbootRefusals(header), flagNames(header.flags)];
   for (const line of lines) if (!isOneLine(line)) problems.push(`not one line: ${JSON.stringify(line)}`);
   // format.md: 4096 <= image_size <= 4 GiB and image_size <= target_size.
-  const kernelAccepts = header.imageSize >= 4096 && header.imageSize <= 4 * 1024 * MIB && header.imageSize <= header.targetSize;
-  if ((kernelRefusals(header).length === 0) !== kernelAccepts) problems.push(`kernelRefusals ${kernelRefusals(header)}`);
+  const kernelAccepts =
+    header.imageSize >= 4096 && header.imageSize <= 4 * 1024 * MIB && header.imageSize <= header.targetSize;
+  if ((kernelRefusals(header).length === 0) !== kernelAccepts)
+    problems.push(`kernelRefusals ${kernelRefusals(header)}`);
   // netboot.md: both sizes at least 1 MiB, and the image a whole number of 128 KiB batches.
   const netbootAccepts = header.imageSize >= MIB && header.targetSize >= MIB && header.imageSize % (128 * 1024) === 0;
-  if ((netbootRefusals(header).length === 0) !== netbootAccepts) problems.push(`netbootRefusals ${netbootRefusals(header)}`);
+  if ((netbootRefusals(header).length === 0) !== netbootAccepts)
+    problems.push(`netbootRefusals ${netbootRefusals(header)}`);
   const codec = outcome(() => payloadCodec(header));
   const expected = expectedCodec(header.version, header.flags);
   if (codec.ok ? codec.value !== expected : expected !== null) {
@@ -423,10 +450,19 @@ describe("fuzz: image header", () => {
       const mutated = inPadding
         ? flipBits(random, bases[which]!, 1 + random.below(8), 328, HEADER_SIZE)
         : flipBits(random, bases[which]!, 1 + random.below(4), 0, 328);
-      const header = checkHeader(tally, `flip case ${i}`, mutated, undefined, random.chance(0.3) ? IMAGE_VERSIONS : undefined);
+      const header = checkHeader(
+        tally,
+        `flip case ${i}`,
+        mutated,
+        undefined,
+        random.chance(0.3) ? IMAGE_VERSIONS : undefined,
+      );
       if (inPadding) {
         const before = baseResults[which]!;
-        if (before.ok !== (header !== null) || (header && before.ok && hex(header.sha256) !== hex(before.value.sha256))) {
+        if (
+          before.ok !== (header !== null) ||
+          (header && before.ok && hex(header.sha256) !== hex(before.value.sha256))
+        ) {
           tally.fail(`flip case ${i}`, "a flip in the padding changed the result");
         }
       }
@@ -443,7 +479,8 @@ describe("fuzz: image header", () => {
       const lead = random.below(8);
       const buffer = concat(random.bytes(lead), bases[which]!, random.bytes(1 + random.below(5000)));
       const header = checkHeader(tally, `extension case ${i}`, buffer.subarray(lead));
-      if ((header !== null) !== baseResults[which]!.ok) tally.fail(`extension case ${i}`, "trailing bytes changed the verdict");
+      if ((header !== null) !== baseResults[which]!.ok)
+        tally.fail(`extension case ${i}`, "trailing bytes changed the verdict");
     }
     // Random bytes behind a good magic and version, so the later checks are reached.
     for (let i = 0; i < scaled(1500); i++) {
@@ -470,7 +507,10 @@ describe("fuzz: image header", () => {
             const label = `flags ${flags} data ${dataSize} image ${imageSize} target ${targetSize}`;
             // decodeHeader refuses sizes above 2^53 - 1 and, uncompressed, data size != image size.
             const accepts =
-              dataSize <= MAX_SAFE && imageSize <= MAX_SAFE && targetSize <= MAX_SAFE && (flags !== 0n || dataSize === imageSize);
+              dataSize <= MAX_SAFE &&
+              imageSize <= MAX_SAFE &&
+              targetSize <= MAX_SAFE &&
+              (flags !== 0n || dataSize === imageSize);
             const header = checkHeader(tally, label, bytes);
             if ((header !== null) !== accepts) tally.fail(label, `expected ${accepts ? "a header" : "a refusal"}`);
             if (!header) continue;
@@ -478,7 +518,8 @@ describe("fuzz: image header", () => {
             for (const delta of [0, -1, 1, -HEADER_SIZE]) {
               if (!Number.isSafeInteger(fileSize + delta) || fileSize + delta < 0) continue;
               const withFile = checkHeader(tally, `${label} file ${fileSize + delta}`, bytes, fileSize + delta);
-              if ((withFile !== null) !== (delta === 0)) tally.fail(`${label} file ${fileSize + delta}`, "wrong verdict");
+              if ((withFile !== null) !== (delta === 0))
+                tally.fail(`${label} file ${fileSize + delta}`, "wrong verdict");
             }
           }
         }
@@ -502,7 +543,8 @@ describe("fuzz: image header", () => {
       fields[which] = field;
       const header = checkHeader(tally, `name case ${i}`, headerBytes(fields));
       const terminated = field[127] === 0;
-      if ((header !== null) !== terminated) tally.fail(`name case ${i}`, `expected ${terminated ? "a header" : "a refusal"}`);
+      if ((header !== null) !== terminated)
+        tally.fail(`name case ${i}`, `expected ${terminated ? "a header" : "a refusal"}`);
     }
     tally.report();
   });
@@ -510,14 +552,18 @@ describe("fuzz: image header", () => {
   test("agrees with an independent python3 decoder on mutated headers", () => {
     const random = new Random(0x4ead0004);
     const tally = new Tally("decodeHeader vs python3");
-    const bases = [...vectorHeaders(), ...Array.from({ length: 6 }, () => ({ header: headerBytes(validHeaderFields(random)), fileSize: 0 }))];
+    const bases = [
+      ...vectorHeaders(),
+      ...Array.from({ length: 6 }, () => ({ header: headerBytes(validHeaderFields(random)), fileSize: 0 })),
+    ];
     const cases: { bytes: Uint8Array; fileSize: number | null; versions: number[] }[] = [];
     for (let i = 0; i < scaled(400); i++) {
       const base = random.pick(bases);
       let bytes: Uint8Array = base.header.slice();
       const kind = random.below(5);
       if (kind === 0) bytes = flipBits(random, bytes, 1 + random.below(3), 0, 328);
-      else if (kind === 1) new DataView(bytes.buffer).setBigUint64(random.pick([16, 24, 32]), random.pick(SIZE_EDGES), true);
+      else if (kind === 1)
+        new DataView(bytes.buffer).setBigUint64(random.pick([16, 24, 32]), random.pick(SIZE_EDGES), true);
       else if (kind === 2) {
         // Non-UTF-8 bytes in a name, sometimes unterminated.
         const at = random.pick([72, 200]);
@@ -556,7 +602,10 @@ print(json.dumps(out))
       const header = checkHeader(tally, `python case ${i}`, bytes, fileSize ?? undefined, versions);
       const python = theirs[i]!;
       if ((header !== null) !== python.ok) {
-        tally.fail(`python case ${i}`, `ours ${header ? "accepts" : "refuses"}, python ${python.ok ? "accepts" : "refuses"}`);
+        tally.fail(
+          `python case ${i}`,
+          `ours ${header ? "accepts" : "refuses"}, python ${python.ok ? "accepts" : "refuses"}`,
+        );
         return;
       }
       if (!header) return;
@@ -574,7 +623,16 @@ print(json.dumps(out))
   test("flagNames names every 64-bit value so that the value can be read back", () => {
     const random = new Random(0x4ead0005);
     const tally = new Tally("flagNames");
-    const values = [0n, 1n, 2n, 3n, 4n, U64_MAX, 1n << 63n, ...Array.from({ length: scaled(3000) }, () => random.u64())];
+    const values = [
+      0n,
+      1n,
+      2n,
+      3n,
+      4n,
+      U64_MAX,
+      1n << 63n,
+      ...Array.from({ length: scaled(3000) }, () => random.u64()),
+    ];
     for (const flags of values) {
       tally.cases++;
       const names = flagNames(flags);
@@ -582,7 +640,8 @@ print(json.dumps(out))
       for (const name of names === "(empty)" ? [] : names.split(" | ")) {
         back |= name === "COMPRESSED" ? FLAG_COMPRESSED : name === "ZSTD" ? FLAG_ZSTD : BigInt(name);
       }
-      if (back !== flags || !isOneLine(names)) tally.fail(`flags 0x${flags.toString(16)}`, `named ${JSON.stringify(names)}`);
+      if (back !== flags || !isOneLine(names))
+        tally.fail(`flags 0x${flags.toString(16)}`, `named ${JSON.stringify(names)}`);
       else tally.accepted++;
     }
     tally.report();
@@ -624,7 +683,19 @@ const TYPE_VALUES = [0x9001, 0x9102, 0x9003, 0x9104, 0x9005, 0x9106];
 /** Every `len` edge of netboot.md's table: 0, 8 (DATA), 176 (OFFER), 1032 (READ), 1476 (DATA), and past them. */
 const LEN_EDGES = [0, 1, 7, 8, 9, 175, 176, 177, 1031, 1032, 1033, 1475, 1476, 1477, 1500, 2 ** 31, U32_MAX];
 /** Offsets a hostile READ or DATA may carry. */
-const OFFSET_EDGES: readonly bigint[] = [0n, 1n, 1023n, 1024n, 4096n, 2n ** 32n, MAX_SAFE, MAX_SAFE + 1n, U64_MAX - 1023n, U64_MAX - 1n, U64_MAX];
+const OFFSET_EDGES: readonly bigint[] = [
+  0n,
+  1n,
+  1023n,
+  1024n,
+  4096n,
+  2n ** 32n,
+  MAX_SAFE,
+  MAX_SAFE + 1n,
+  U64_MAX - 1023n,
+  U64_MAX - 1n,
+  U64_MAX,
+];
 
 function randomMessage(random: Random): Message {
   switch (random.below(6)) {
@@ -724,7 +795,10 @@ function checkFrame(tally: Tally, label: string, bytes: Uint8Array): Decoded | n
   const { destination, source, message } = decoded.frame;
   const len = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(22);
   const again = encodeFrame(destination, source, message);
-  if (again.length !== Math.max(60, BODY_OFFSET + len) || hex(again.subarray(0, BODY_OFFSET + len)) !== hex(bytes.subarray(0, BODY_OFFSET + len))) {
+  if (
+    again.length !== Math.max(60, BODY_OFFSET + len) ||
+    hex(again.subarray(0, BODY_OFFSET + len)) !== hex(bytes.subarray(0, BODY_OFFSET + len))
+  ) {
     tally.fail(label, `re-encodes differently: ${show(bytes)} -> ${show(again)}`);
   }
   if (message.type === "read") {
@@ -742,7 +816,9 @@ function requestedOffsetsProblem(read: ReadRequest): string | null {
   const offsets = requestedOffsets(read);
   const nonZero = [...read.slots].filter((offset) => offset !== 0n);
   const expected = BigInt(nonZero.length) < read.count ? [0n, ...nonZero] : nonZero;
-  return offsets.join() === expected.join() ? null : `requestedOffsets ${offsets.length} offsets, expected ${expected.length}`;
+  return offsets.join() === expected.join()
+    ? null
+    : `requestedOffsets ${offsets.length} offsets, expected ${expected.length}`;
 }
 
 describe("fuzz: netboot frames", () => {
@@ -778,11 +854,14 @@ describe("fuzz: netboot frames", () => {
         const decoded = checkFrame(tally, `base ${i} cut to ${length}`, frame.subarray(0, length));
         // A frame is whole once it holds its headers and `len` body bytes; bytes past that are padding.
         const whole = length >= BODY_OFFSET + len;
-        if (decoded && decoded.ok && !whole) tally.fail(`base ${i} cut to ${length}`, "accepted a frame shorter than its len");
+        if (decoded && decoded.ok && !whole)
+          tally.fail(`base ${i} cut to ${length}`, "accepted a frame shorter than its len");
       }
       if (!whole?.ok) continue;
       for (let j = 0; j < scaled(100); j++) {
-        const padding = random.chance(0.5) ? new Uint8Array(1 + random.below(64)) : random.bytes(1 + random.below(1600));
+        const padding = random.chance(0.5)
+          ? new Uint8Array(1 + random.below(64))
+          : random.bytes(1 + random.below(1600));
         const padded = checkFrame(tally, `base ${i} padded ${j}`, concat(frame, padding));
         if (!padded?.ok || JSON.stringify(padded.frame, bigints) !== JSON.stringify(whole.frame, bigints)) {
           tally.fail(`base ${i} padded ${j}`, "padding changed the decoded frame");
@@ -805,17 +884,23 @@ describe("fuzz: netboot frames", () => {
           setU32(frame, 18, type);
           setU32(frame, 22, len);
           // A READ count within the 128 slots, so only len decides.
-          if (type === 0x9003 && frame.length >= BODY_OFFSET + 8) frame.fill(0, BODY_OFFSET, BODY_OFFSET + 7).fill(1, BODY_OFFSET + 7, BODY_OFFSET + 8);
+          if (type === 0x9003 && frame.length >= BODY_OFFSET + 8)
+            frame.fill(0, BODY_OFFSET, BODY_OFFSET + 7).fill(1, BODY_OFFSET + 7, BODY_OFFSET + 8);
           const label = `type 0x${type.toString(16)} len ${len} frame ${frame.length}`;
           const decoded = checkFrame(tally, label, frame);
           const fits = BODY_OFFSET + len <= frame.length;
           const lenRight =
-            type === 0x9001 ? true
-            : type === 0x9102 ? len === 176
-            : type === 0x9003 ? len === 1032
-            : type === 0x9104 ? len >= 8 && len <= 1476
-            : len === 0;
-          if (decoded && decoded.ok !== (fits && lenRight)) tally.fail(label, `expected ${fits && lenRight ? "a frame" : "a refusal"}`);
+            type === 0x9001
+              ? true
+              : type === 0x9102
+                ? len === 176
+                : type === 0x9003
+                  ? len === 1032
+                  : type === 0x9104
+                    ? len >= 8 && len <= 1476
+                    : len === 0;
+          if (decoded && decoded.ok !== (fits && lenRight))
+            tally.fail(label, `expected ${fits && lenRight ? "a frame" : "a refusal"}`);
         }
       }
     }
@@ -913,7 +998,8 @@ describe("fuzz: sled emulator input", () => {
         const kind = random.below(4);
         if (kind === 0) {
           // DATA for an offset near the current batch, from the server: some fill slots.
-          const offset = BigInt(random.below(Math.ceil(imageSize / 1024) + 256)) * 1024n + (random.chance(0.1) ? 1n : 0n);
+          const offset =
+            BigInt(random.below(Math.ceil(imageSize / 1024) + 256)) * 1024n + (random.chance(0.1) ? 1n : 0n);
           frame = encodeFrame(SLED_MAC, random.chance(0.8) ? SERVER_MAC : OTHER_MAC, {
             type: "data",
             offset: random.chance(0.1) ? random.pick(OFFSET_EDGES) : offset,
@@ -921,7 +1007,12 @@ describe("fuzz: sled emulator input", () => {
           });
           if (random.chance(0.3)) frame = mutateFrame(random, frame);
         } else if (kind === 1) {
-          frame = mutateFrame(random, random.chance(0.3) ? offerFrame(imageSize, checksum, random.pick([SERVER_MAC, OTHER_MAC])) : randomFrame(random));
+          frame = mutateFrame(
+            random,
+            random.chance(0.3)
+              ? offerFrame(imageSize, checksum, random.pick([SERVER_MAC, OTHER_MAC]))
+              : randomFrame(random),
+          );
         } else if (kind === 2) {
           frame = randomFrame(random);
         } else {
@@ -944,7 +1035,10 @@ describe("fuzz: sled emulator input", () => {
         } else {
           // The hot DATA path and decodeFrame must agree on what is malformed.
           if (after.invalid - before.invalid !== (invalid ? 1 : 0)) {
-            tally.fail(label, `invalid went ${before.invalid} -> ${after.invalid}, decodeFrame says ${invalid ? "malformed" : "well-formed"}: ${show(frame)}`);
+            tally.fail(
+              label,
+              `invalid went ${before.invalid} -> ${after.invalid}, decodeFrame says ${invalid ? "malformed" : "well-formed"}: ${show(frame)}`,
+            );
           }
           if (counted(after) - counted(before) > 1) tally.fail(label, "one frame counted twice");
         }
@@ -962,7 +1056,10 @@ describe("fuzz: sled emulator input", () => {
     const tally = new Tally("SledSession under hostile frames");
     const image = imageLike(random, MIB);
     const checksum = new Uint8Array(new Bun.CryptoHasher("sha256").update(image).digest());
-    const wanted = pythonJson("import hashlib, json, sys; print(json.dumps(hashlib.sha256(bytes.fromhex(json.load(open(sys.argv[1])))).hexdigest()))", hex(image));
+    const wanted = pythonJson(
+      "import hashlib, json, sys; print(json.dumps(hashlib.sha256(bytes.fromhex(json.load(open(sys.argv[1])))).hexdigest()))",
+      hex(image),
+    );
     expect(wanted).toBe(hex(checksum));
     let hostile = 0;
     for (let run = 0; run < scaled(2); run++) {
@@ -988,7 +1085,8 @@ describe("fuzz: sled emulator input", () => {
           // Noise before each answer: well-formed frames from another MAC, malformed ones from the server.
           for (let n = random.below(3); n > 0; n--) {
             const noise = mutateFrame(random, randomFrame(random));
-            if (noise.length >= 12) noise.set(decodeFrame(noise).ok ? OTHER_MAC : random.pick([SERVER_MAC, OTHER_MAC]), 6);
+            if (noise.length >= 12)
+              noise.set(decodeFrame(noise).ok ? OTHER_MAC : random.pick([SERVER_MAC, OTHER_MAC]), 6);
             hostile++;
             tally.cases++;
             const result = outcome(() => sled.receive(noise, now));
@@ -1020,7 +1118,11 @@ interface ZstdPayload {
 function zstdPayload(random: Random): ZstdPayload {
   const blocks = Array.from({ length: 1 + random.below(6) }, () => imageLike(random, 1 + random.below(6000)));
   const frames = blocks.map((block) => compressBlock(block, 1 + random.below(3)));
-  const entries = blocks.map((block, i) => ({ compressedSize: frames[i]!.length, decompressedSize: block.length, checksum: blockChecksum(block) }));
+  const entries = blocks.map((block, i) => ({
+    compressedSize: frames[i]!.length,
+    decompressedSize: block.length,
+    checksum: blockChecksum(block),
+  }));
   const table = encodeSeekTable(entries);
   return { raw: concat(...blocks), entries, payload: concat(...frames, table), tableSize: table.length };
 }
@@ -1031,7 +1133,14 @@ function zstdPayload(random: Random): ZstdPayload {
  * blockIndexForOffset on edge offsets, and decompressBlock on every block.
  * Returns the raw image when every block decompressed and passed its checksum.
  */
-function checkTable(tally: Tally, blocks: Tally, label: string, payload: Uint8Array, imageSize: number, table: SeekTable): Uint8Array | null {
+function checkTable(
+  tally: Tally,
+  blocks: Tally,
+  label: string,
+  payload: Uint8Array,
+  imageSize: number,
+  table: SeekTable,
+): Uint8Array | null {
   let compressed = 0;
   let decompressed = 0;
   for (const [index, block] of table.blocks.entries()) {
@@ -1052,12 +1161,19 @@ function checkTable(tally: Tally, blocks: Tally, label: string, payload: Uint8Ar
     tally.fail(label, `blocks cover ${compressed} + ${table.tableSize} payload bytes and ${decompressed} image bytes`);
   }
   const probes = [-1, 0, imageSize - 1, imageSize, imageSize + 1, 2 ** 53, Number.NaN, Infinity, 0.5, MAX_BLOCK_SIZE];
-  for (const block of table.blocks) probes.push(block.decompressedOffset, block.decompressedOffset + block.decompressedSize - 1);
+  for (const block of table.blocks)
+    probes.push(block.decompressedOffset, block.decompressedOffset + block.decompressedSize - 1);
   for (const offset of probes) {
     const index = outcome(() => blockIndexForOffset(table, offset));
     const inside = Number.isSafeInteger(offset) && offset >= 0 && offset < imageSize;
     const block = index.ok ? table.blocks[index.value] : undefined;
-    const right = index.ok && (inside ? block !== undefined && block.decompressedOffset <= offset && offset < block.decompressedOffset + block.decompressedSize : index.value === -1);
+    const right =
+      index.ok &&
+      (inside
+        ? block !== undefined &&
+          block.decompressedOffset <= offset &&
+          offset < block.decompressedOffset + block.decompressedSize
+        : index.value === -1);
     if (!right) tally.fail(label, `blockIndexForOffset(${offset}) gave ${index.ok ? index.value : index.error}`);
   }
   const parts: Uint8Array[] = [];
@@ -1139,7 +1255,8 @@ describe("fuzz: zstd seekable payload", () => {
         return attempt(`base ${b} ${label}`, payload, base.raw.length);
       };
       for (const count of [0, 1, frames - 1, frames + 1, 2 ** 27 - 1, 2 ** 27, 2 ** 27 + 1, 2 ** 31, U32_MAX]) {
-        if (count !== frames && write(`frame count ${count}`, footer, count)) tally.fail(`base ${b} frame count ${count}`, "accepted");
+        if (count !== frames && write(`frame count ${count}`, footer, count))
+          tally.fail(`base ${b} frame count ${count}`, "accepted");
       }
       for (let descriptor = 0; descriptor < 256; descriptor++) {
         // zstd's seekable format: bit 7 says checksums follow, bits 6..2 are reserved and must be 0.
@@ -1152,14 +1269,19 @@ describe("fuzz: zstd seekable payload", () => {
         if (write(`frame size ${size}`, table + 4, size)) tally.fail(`base ${b} frame size ${size}`, "accepted");
       }
       for (let entry = 0; entry < frames; entry++) {
-        for (const [field, at] of [["compressed size", 0], ["decompressed size", 4], ["checksum", 8]] as const) {
+        for (const [field, at] of [
+          ["compressed size", 0],
+          ["decompressed size", 4],
+          ["checksum", 8],
+        ] as const) {
           for (const value of [0, 1, 4095, 4096, MAX_BLOCK_SIZE, MAX_BLOCK_SIZE + 1, 2 ** 31, U32_MAX]) {
             write(`entry ${entry} ${field} ${value}`, table + 8 + entry * 12 + at, value);
           }
         }
       }
       for (const imageSize of [0, 1, base.raw.length - 1, base.raw.length + 1, Number.MAX_SAFE_INTEGER]) {
-        if (attempt(`base ${b} image size ${imageSize}`, base.payload, imageSize)) tally.fail(`base ${b} image size ${imageSize}`, "accepted");
+        if (attempt(`base ${b} image size ${imageSize}`, base.payload, imageSize))
+          tally.fail(`base ${b} image size ${imageSize}`, "accepted");
       }
     }
     tally.report();
@@ -1197,20 +1319,31 @@ describe("fuzz: zstd seekable payload", () => {
       else if (kind === 1) frame = frame.subarray(0, random.below(frame.length));
       else if (kind === 2) frame = concat(frame, random.bytes(1 + random.below(64)));
       else if (kind === 3) frame = concat(frame, random.chance(0.5) ? skippable : compressBlock(new Uint8Array(0), 1));
-      const decompressedSize = random.chance(0.6) ? raw.length : random.pick([1, 4095, 4096, raw.length - 1, raw.length + 1, 1 + random.below(MIB)]);
-      const block = { index: which, compressedSize: frame.length, decompressedSize: Math.max(1, decompressedSize), checksum: blockChecksum(raw) };
+      const decompressedSize = random.chance(0.6)
+        ? raw.length
+        : random.pick([1, 4095, 4096, raw.length - 1, raw.length + 1, 1 + random.below(MIB)]);
+      const block = {
+        index: which,
+        compressedSize: frame.length,
+        decompressedSize: Math.max(1, decompressedSize),
+        checksum: blockChecksum(raw),
+      };
       const label = `case ${i}`;
       tally.cases++;
       agreement.cases++;
       const result = outcome(() => decompressBlock(frame, block));
       const into = outcome(() => decompressBlock(frame, block, out));
       if (result.ok !== into.ok || (result.ok && into.ok && hex(result.value) !== hex(into.value))) {
-        agreement.fail(label, `${result.ok ? "accepted" : "refused"} alone, ${into.ok ? "accepted" : "refused"} into a buffer: ${show(frame)}`);
+        agreement.fail(
+          label,
+          `${result.ok ? "accepted" : "refused"} alone, ${into.ok ? "accepted" : "refused"} into a buffer: ${show(frame)}`,
+        );
       } else if (into.ok) agreement.accepted++;
       else agreement.refusal(label, into.error, ImageFormatError);
       if (!result.ok) {
         tally.refusal(label, result.error, ImageFormatError);
-        if (kind === 4 && decompressedSize === raw.length) tally.fail(label, `refused an intact frame: ${(result.error as Error).message}`);
+        if (kind === 4 && decompressedSize === raw.length)
+          tally.fail(label, `refused an intact frame: ${(result.error as Error).message}`);
         continue;
       }
       tally.accepted++;
@@ -1219,7 +1352,9 @@ describe("fuzz: zstd seekable payload", () => {
     // A frame whose entry disagrees with its own length is refused before decompressing.
     for (const compressedSize of [0, 1, frames[0]!.length - 1, frames[0]!.length + 1]) {
       tally.cases++;
-      const result = outcome(() => decompressBlock(frames[0]!, { index: 0, compressedSize, decompressedSize: sources[0]!.length, checksum: 0 }));
+      const result = outcome(() =>
+        decompressBlock(frames[0]!, { index: 0, compressedSize, decompressedSize: sources[0]!.length, checksum: 0 }),
+      );
       if (result.ok) tally.fail(`compressed size ${compressedSize}`, "accepted");
       else tally.refusal(`compressed size ${compressedSize}`, result.error, ImageFormatError);
     }
@@ -1238,13 +1373,19 @@ describe("fuzz: zstd seekable payload", () => {
   test("a frame whose last block never comes is refused, as zstd -d refuses it", () => {
     const raw = imageLike(new Random(0x257d0005), 200);
     // Magic; descriptor 0x20 (single segment, 1-byte content size); content size; raw block header of 200 bytes.
-    const frameOf = (last: number) => concat(Uint8Array.of(0x28, 0xb5, 0x2f, 0xfd, 0x20, 200, (200 << 3) & 0xff | last, (200 << 3) >> 8, 0), raw);
+    const frameOf = (last: number) =>
+      concat(Uint8Array.of(0x28, 0xb5, 0x2f, 0xfd, 0x20, 200, ((200 << 3) & 0xff) | last, (200 << 3) >> 8, 0), raw);
     const zstd = (frame: Uint8Array) => {
       const path = join(dir, "one-raw-block.zst");
       writeFileSync(path, frame);
       return Bun.spawnSync(["zstd", "-d", "-c", path], { stdout: "pipe", stderr: "pipe" });
     };
-    const block = { index: 0, compressedSize: frameOf(1).length, decompressedSize: raw.length, checksum: blockChecksum(raw) };
+    const block = {
+      index: 0,
+      compressedSize: frameOf(1).length,
+      decompressedSize: raw.length,
+      checksum: blockChecksum(raw),
+    };
     // The independent decoder: the whole frame gives the bytes, the unended one is refused.
     expect(hex(zstd(frameOf(1)).stdout)).toBe(hex(raw));
     expect(zstd(frameOf(0)).exitCode).not.toBe(0);
@@ -1257,21 +1398,39 @@ describe("fuzz: zstd seekable payload", () => {
     const random = new Random(0x257d0003);
     const tally = new Tally("zstd hostile sizes");
     const base = zstdPayload(random);
-    const bombs = [zstdRleBomb(1024 * MIB, null), zstdRleBomb(1024 * MIB, 1024n * BigInt(MIB)), zstdRleBomb(1024 * MIB, U64_MAX)];
+    const bombs = [
+      zstdRleBomb(1024 * MIB, null),
+      zstdRleBomb(1024 * MIB, 1024n * BigInt(MIB)),
+      zstdRleBomb(1024 * MIB, U64_MAX),
+    ];
     const grown = await peakGrowthMiB(async () => {
       const footer = base.payload.length - 9;
       for (const count of [2 ** 27, 2 ** 27 + 1, 2 ** 31, U32_MAX]) {
         const payload = base.payload.slice();
         new DataView(payload.buffer).setUint32(footer, count, true);
         tally.cases++;
-        const result = outcome(() => decodeSeekTable(payload, { payloadSize: payload.length, imageSize: base.raw.length }));
+        const result = outcome(() =>
+          decodeSeekTable(payload, { payloadSize: payload.length, imageSize: base.raw.length }),
+        );
         if (result.ok) tally.fail(`count ${count}`, "accepted");
         else tally.refusal(`count ${count}`, result.error, ImageFormatError);
       }
       // readSeekTable trusts the header's data size only as far as the file backs it.
       const path = join(dir, "zstd-hostile.img");
       writeFileSync(path, concat(new Uint8Array(HEADER_SIZE), base.payload));
-      const lies = [0, 1, 8, 9, 16, 17, base.payload.length - 1, base.payload.length + 1, 2 ** 32, 2 ** 40, Number.MAX_SAFE_INTEGER];
+      const lies = [
+        0,
+        1,
+        8,
+        9,
+        16,
+        17,
+        base.payload.length - 1,
+        base.payload.length + 1,
+        2 ** 32,
+        2 ** 40,
+        Number.MAX_SAFE_INTEGER,
+      ];
       for (const dataSize of lies) {
         for (const imageSize of [base.raw.length, 0, Number.MAX_SAFE_INTEGER]) {
           tally.cases++;
@@ -1303,7 +1462,9 @@ describe("fuzz: zstd seekable payload", () => {
       for (const [b, bomb] of bombs.entries()) {
         for (const decompressedSize of [1, 4096, MAX_BLOCK_SIZE]) {
           tally.cases++;
-          const result = outcome(() => decompressBlock(bomb, { index: 0, compressedSize: bomb.length, decompressedSize, checksum: 0 }));
+          const result = outcome(() =>
+            decompressBlock(bomb, { index: 0, compressedSize: bomb.length, decompressedSize, checksum: 0 }),
+          );
           if (result.ok) tally.fail(`bomb ${b} for ${decompressedSize}`, "accepted");
           else tally.refusal(`bomb ${b} for ${decompressedSize}`, result.error, ImageFormatError);
         }
@@ -1321,17 +1482,22 @@ describe("fuzz: zstd seekable payload", () => {
       const base = random.pick(bases);
       const kind = random.below(3);
       const payload =
-        kind === 0 ? flipBits(random, base.payload, 1 + random.below(3), base.payload.length - base.tableSize)
-        : kind === 1 ? base.payload.subarray(0, random.below(base.payload.length))
-        : base.payload;
+        kind === 0
+          ? flipBits(random, base.payload, 1 + random.below(3), base.payload.length - base.tableSize)
+          : kind === 1
+            ? base.payload.subarray(0, random.below(base.payload.length))
+            : base.payload;
       const path = join(dir, `read-seek-table-${i}.img`);
       writeFileSync(path, concat(new Uint8Array(HEADER_SIZE), payload));
-      const dataSize = random.chance(0.7) ? payload.length : random.pick([0, 9, 17, base.payload.length, payload.length + 1, 2 ** 32]);
+      const dataSize = random.chance(0.7)
+        ? payload.length
+        : random.pick([0, 9, 17, base.payload.length, payload.length + 1, 2 ** 32]);
       tally.cases++;
       try {
         const table = await readSeekTable(Bun.file(path), { dataSize, imageSize: base.raw.length });
         tally.accepted++;
-        if (dataSize !== payload.length || table.imageSize !== base.raw.length) tally.fail(`case ${i}`, "accepted a table that does not fit");
+        if (dataSize !== payload.length || table.imageSize !== base.raw.length)
+          tally.fail(`case ${i}`, "accepted a table that does not fit");
       } catch (error) {
         tally.refusal(`case ${i}`, error, ImageFormatError);
       }
@@ -1467,11 +1633,16 @@ interface InflateCase {
 type InflateStatuses = Record<"ended" | "cut short" | "corrupt" | "past image size", number>;
 
 function showStatuses(statuses: InflateStatuses): string {
-  return ` (python: ${Object.entries(statuses).map(([status, count]) => `${count} ${status}`).join(", ")})`;
+  return ` (python: ${Object.entries(statuses)
+    .map(([status, count]) => `${count} ${status}`)
+    .join(", ")})`;
 }
 
 async function checkInflates(tally: Tally, cases: InflateCase[]): Promise<InflateStatuses> {
-  const theirs = pythonJson(PYTHON_INFLATE, cases.map(({ stream }) => hex(stream))) as PythonInflate[];
+  const theirs = pythonJson(
+    PYTHON_INFLATE,
+    cases.map(({ stream }) => hex(stream)),
+  ) as PythonInflate[];
   const statuses: InflateStatuses = { ended: 0, "cut short": 0, corrupt: 0, "past image size": 0 };
   for (const [i, { stream, imageSize, pieceSize }] of cases.entries()) {
     const label = `case ${i} (${stream.length}-byte stream, image size ${imageSize}, pieces of ${pieceSize})`;
@@ -1505,7 +1676,10 @@ async function checkInflates(tally: Tally, cases: InflateCase[]): Promise<Inflat
     } else if (python.status === "end") {
       statuses.ended++;
       if (report.kind !== "inflated" || report.produced !== python.produced || report.consumed !== python.consumed) {
-        tally.fail(label, `python: end after ${python.consumed} bytes with ${python.produced} out; ours: ${JSON.stringify(report)}`);
+        tally.fail(
+          label,
+          `python: end after ${python.consumed} bytes with ${python.produced} out; ours: ${JSON.stringify(report)}`,
+        );
       } else if (!hashed || hashed.bytes !== python.produced || hex(hashed.sha256) !== python.sha256) {
         tally.fail(label, "hashed bytes differ from python's output");
       }
@@ -1533,7 +1707,8 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
       const kind = random.below(7);
       if (kind === 0) stream = flipBits(random, stream, 1 + random.below(3));
       else if (kind === 1) stream = stream.subarray(0, random.below(stream.length));
-      else if (kind === 2) stream = concat(stream, random.chance(0.5) ? random.bytes(1 + random.below(64)) : zlibStream(random, raw));
+      else if (kind === 2)
+        stream = concat(stream, random.chance(0.5) ? random.bytes(1 + random.below(64)) : zlibStream(random, raw));
       else if (kind === 3) {
         stream = new Uint8Array(stream);
         const at = random.below(stream.length);
@@ -1585,12 +1760,21 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
     const tally = new Tally("inflateStage (bomb)");
     // 1 MiB of zeros as one non-final deflate run; repeated, each copy adds 1 MiB of zeros.
     const mebibyte = deflateRawSync(new Uint8Array(MIB), { level: 9, finishFlush: zlibConstants.Z_SYNC_FLUSH });
-    const bomb = concat(Uint8Array.of(0x78, 0xda), ...Array.from({ length: 1024 }, () => mebibyte), Uint8Array.of(0x03, 0x00, 0, 0, 0, 1));
+    const bomb = concat(
+      Uint8Array.of(0x78, 0xda),
+      ...Array.from({ length: 1024 }, () => mebibyte),
+      Uint8Array.of(0x03, 0x00, 0, 0, 0, 1),
+    );
     const grown = await peakGrowthMiB(async () => {
       for (const imageSize of [0, 4096, MIB, 8 * MIB]) {
         tally.cases++;
         const { report } = await inflateOnThisThread(bomb, imageSize, 64 * 1024);
-        if (report === "hang" || report.kind !== "failed" || report.produced !== imageSize + 1 || !isOneLine(report.reason)) {
+        if (
+          report === "hang" ||
+          report.kind !== "failed" ||
+          report.produced !== imageSize + 1 ||
+          !isOneLine(report.reason)
+        ) {
           tally.fail(`image size ${imageSize}`, `${JSON.stringify(report)}`);
         } else tally.refused++;
       }
@@ -1612,9 +1796,17 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
       else if (kind === 2) stream = concat(stream, random.bytes(1 + random.below(16)));
       const sha256 = new Uint8Array(new Bun.CryptoHasher("sha256").update(raw).digest());
       if (kind === 3) sha256[random.below(32)]! ^= 1 << random.below(8);
-      cases.push({ stream, raw, imageSize: random.chance(0.8) ? raw.length : raw.length + random.pick([-1, 1]), sha256 });
+      cases.push({
+        stream,
+        raw,
+        imageSize: random.chance(0.8) ? raw.length : raw.length + random.pick([-1, 1]),
+        sha256,
+      });
     }
-    const theirs = pythonJson(PYTHON_INFLATE, cases.map(({ stream }) => hex(stream))) as PythonInflate[];
+    const theirs = pythonJson(
+      PYTHON_INFLATE,
+      cases.map(({ stream }) => hex(stream)),
+    ) as PythonInflate[];
     for (const [i, { stream, imageSize, sha256 }] of cases.entries()) {
       const label = `case ${i}`;
       const path = join(dir, `verify-${i}.img`);
@@ -1649,7 +1841,8 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
         tally.refused++;
         if (!isOneLine(verdict.error)) tally.fail(label, `error not one line: ${JSON.stringify(verdict.error)}`);
       }
-      if ((verdict.error === null) !== good) tally.fail(label, `verdict ${JSON.stringify(verdict.error)}, python: ${JSON.stringify(python)}`);
+      if ((verdict.error === null) !== good)
+        tally.fail(label, `verdict ${JSON.stringify(verdict.error)}, python: ${JSON.stringify(python)}`);
       if (verdict.bytes > imageSize + 1) tally.fail(label, `${verdict.bytes} bytes, past image size + 1`);
     }
     tally.report();
@@ -1663,10 +1856,13 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
       const base = zstdPayload(random);
       const kind = random.below(4);
       const payload =
-        kind === 0 ? flipBits(random, base.payload, 1 + random.below(3))
-        : kind === 1 ? flipBits(random, base.payload, 1, base.payload.length - base.tableSize)
-        : kind === 2 ? base.payload.subarray(0, random.below(base.payload.length))
-        : base.payload;
+        kind === 0
+          ? flipBits(random, base.payload, 1 + random.below(3))
+          : kind === 1
+            ? flipBits(random, base.payload, 1, base.payload.length - base.tableSize)
+            : kind === 2
+              ? base.payload.subarray(0, random.below(base.payload.length))
+              : base.payload;
       const header: Header = {
         version: ZSTD_VERSION,
         flags: FLAG_ZSTD,
@@ -1699,7 +1895,8 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
     for (const [i, { path, raw, intact, accepted }] of files.entries()) {
       const output = outcome(() => readFileSync(path.replace(/\.zst$/, "")));
       const zstdReadsIt = output.ok && hex(output.value) === hex(raw);
-      if (accepted && !zstdReadsIt) tally.fail(`case ${i}`, "verifyPayload passed a payload zstd -d does not read to the image");
+      if (accepted && !zstdReadsIt)
+        tally.fail(`case ${i}`, "verifyPayload passed a payload zstd -d does not read to the image");
       if (intact && !accepted) tally.fail(`case ${i}`, "verifyPayload refused an intact payload");
     }
     tally.report();

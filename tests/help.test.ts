@@ -36,7 +36,11 @@ function definedOptions(program: string): DefinedOption[] {
     const name = /^\s*"([^"]+)"/.exec(definition)?.[1];
     if (!name) throw new Error(`cannot read an option name in apps/${program}.ts at: ${definition.slice(0, 60)}`);
     const alias = /alias:\s*(?:"([^"]+)"|\[([^\]]*)\])/.exec(definition);
-    const aliases = alias ? (alias[1] ? [alias[1]] : [...alias[2]!.matchAll(/"([^"]+)"/g)].map((match) => match[1]!)) : [];
+    const aliases = alias
+      ? alias[1]
+        ? [alias[1]]
+        : [...alias[2]!.matchAll(/"([^"]+)"/g)].map((match) => match[1]!)
+      : [];
     return { name, aliases, hasDefault: /\bdefault:/.test(definition) };
   });
 }
@@ -66,7 +70,8 @@ for (const [program, validArgs] of Object.entries(PROGRAMS)) {
           const names = [option.name, ...option.aliases].map(flag);
           const line = lines.find((text) => names.some((name) => new RegExp(`(^|\\s)${name}(,|\\s|$)`).test(text)));
           expect(line, `${program} --help has no line for ${names.join("/")}`).toBeDefined();
-          if (option.hasDefault) expect(line, `${program} --help shows no default for ${names.join("/")}`).toContain("[default:");
+          if (option.hasDefault)
+            expect(line, `${program} --help shows no default for ${names.join("/")}`).toContain("[default:");
         }
         expect(help.stdout).toContain("Examples:");
         expect(help.stdout).toMatch(new RegExp(`^\\s+${program} \\S`, "m"));

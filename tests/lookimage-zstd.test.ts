@@ -22,8 +22,8 @@ import {
   encodeSeekTable,
   SEEK_TABLE_ENTRY_SIZE,
   SEEK_TABLE_FOOTER_SIZE,
-  SKIPPABLE_HEADER_SIZE,
   type SeekTableEntry,
+  SKIPPABLE_HEADER_SIZE,
 } from "../lib/zstd-seekable.ts";
 import { VECTORS } from "./helpers/common.ts";
 import { expectFailure, lookimage } from "./helpers/lookimage.ts";
@@ -234,7 +234,10 @@ describe("a zstd image that does not match", () => {
     const damaged = await writeDamaged("frame-magic.img", (copy) => {
       copy.frames[5]![0] = 0;
     });
-    expectFailure(await lookimage(damaged), /^lookimage: block 5: frame starts with 0xfd2fb500, not the zstd magic 0xfd2fb528$/);
+    expectFailure(
+      await lookimage(damaged),
+      /^lookimage: block 5: frame starts with 0xfd2fb500, not the zstd magic 0xfd2fb528$/,
+    );
   });
 
   test("blocks that decode fine but do not make the header's image: SHA-256 mismatch", async () => {
@@ -251,14 +254,20 @@ describe("a zstd image that does not match", () => {
     const damaged = await writeDamaged("table-checksum.img", (copy) => {
       copy.table[SKIPPABLE_HEADER_SIZE + 3 * SEEK_TABLE_ENTRY_SIZE + 8]! ^= 0x01;
     });
-    expectFailure(await lookimage(damaged), /^lookimage: block 3: checksum of the decompressed bytes is 0x[0-9a-f]{8}, the seek table says 0x[0-9a-f]{8}$/);
+    expectFailure(
+      await lookimage(damaged),
+      /^lookimage: block 3: checksum of the decompressed bytes is 0x[0-9a-f]{8}, the seek table says 0x[0-9a-f]{8}$/,
+    );
   });
 
   test("a seek table whose decompressed sizes do not add up to the image size", async () => {
     const damaged = await writeDamaged("table-size.img", (copy) => {
       copy.table[SKIPPABLE_HEADER_SIZE + 6 * SEEK_TABLE_ENTRY_SIZE + 4]! ^= 0x01;
     });
-    expectFailure(await lookimage(damaged), /^lookimage: seek table's decompressed sizes add up to \d+ bytes, but the image size is \d+$/);
+    expectFailure(
+      await lookimage(damaged),
+      /^lookimage: seek table's decompressed sizes add up to \d+ bytes, but the image size is \d+$/,
+    );
   });
 
   test("a seek table that moves a byte of one block into the next: the first frame gives too much, and stops there", async () => {
@@ -269,7 +278,9 @@ describe("a zstd image that does not match", () => {
     });
     expectFailure(
       await lookimage(damaged),
-      new RegExp(`^lookimage: block 0: frame decompresses to more than the ${ZSTD_BLOCK_SIZE - 1} bytes the seek table says$`),
+      new RegExp(
+        `^lookimage: block 0: frame decompresses to more than the ${ZSTD_BLOCK_SIZE - 1} bytes the seek table says$`,
+      ),
     );
   });
 
@@ -286,14 +297,20 @@ describe("a zstd image that does not match", () => {
     const damaged = await writeDamaged("table-magic.img", (copy) => {
       copy.table[copy.table.length - 1]! ^= 0x01;
     });
-    expectFailure(await lookimage(damaged), /^lookimage: payload ends with 0x8e92eab1, not the seekable magic 0x8f92eab1: the seek table is missing or the payload is truncated$/);
+    expectFailure(
+      await lookimage(damaged),
+      /^lookimage: payload ends with 0x8e92eab1, not the seekable magic 0x8f92eab1: the seek table is missing or the payload is truncated$/,
+    );
   });
 
   test("a frame count that disagrees with the table's size", async () => {
     const damaged = await writeDamaged("table-count.img", (copy) => {
       copy.table[copy.table.length - SEEK_TABLE_FOOTER_SIZE]! -= 1;
     });
-    expectFailure(await lookimage(damaged), /^lookimage: seek table starts with 0x[0-9a-f]{8}, not the skippable frame magic 0x184d2a5e: wrong frame count or corrupted table$/);
+    expectFailure(
+      await lookimage(damaged),
+      /^lookimage: seek table starts with 0x[0-9a-f]{8}, not the skippable frame magic 0x184d2a5e: wrong frame count or corrupted table$/,
+    );
   });
 
   test("a payload cut short, header unchanged: the file is truncated", async () => {
@@ -306,11 +323,14 @@ describe("a zstd image that does not match", () => {
 
   test("a payload cut short with the header's data size to match: no seek table at its end", async () => {
     const damaged = await writeDamaged("cut-payload.img", (copy) => {
-      const payload = Buffer.concat(copy.frames).subarray(0, 3 * ZSTD_BLOCK_SIZE / 4);
+      const payload = Buffer.concat(copy.frames).subarray(0, (3 * ZSTD_BLOCK_SIZE) / 4);
       copy.header.dataSize = payload.length;
       return new Uint8Array(Buffer.concat([encodeHeader(copy.header), payload]));
     });
-    expectFailure(await lookimage(damaged), /^lookimage: payload ends with 0x[0-9a-f]{8}, not the seekable magic 0x8f92eab1: the seek table is missing or the payload is truncated$/);
+    expectFailure(
+      await lookimage(damaged),
+      /^lookimage: payload ends with 0x[0-9a-f]{8}, not the seekable magic 0x8f92eab1: the seek table is missing or the payload is truncated$/,
+    );
   });
 
   test("the last frame cut short, the seek table kept after it", async () => {
@@ -331,7 +351,12 @@ describe("--extract", () => {
 
   test("round-trips every kind of image: zstd, stored and zlib (the Rust tools' vectors and a python zlib image)", async () => {
     const pythonZlib = path("python-z.img");
-    const stream = sh(["python3", "-c", "import sys, zlib; sys.stdout.buffer.write(zlib.compress(open(sys.argv[1], 'rb').read(), 6))", rawPath]).stdout;
+    const stream = sh([
+      "python3",
+      "-c",
+      "import sys, zlib; sys.stdout.buffer.write(zlib.compress(open(sys.argv[1], 'rb').read(), 6))",
+      rawPath,
+    ]).stdout;
     const header = encodeHeader({ ...good.header, version: 2, flags: 1n, dataSize: stream.length });
     await Bun.write(pythonZlib, Buffer.concat([header, stream]));
     const cases: [string, string][] = [
@@ -420,7 +445,10 @@ describe("--extract", () => {
     expect(mounted.stderr).toBe("");
     try {
       const output = join(small, "pool.raw");
-      expectFailure(await lookimage("--extract", output, goodPath), /^lookimage: cannot write raw output .*pool\.raw: no space left on device$/i);
+      expectFailure(
+        await lookimage("--extract", output, goodPath),
+        /^lookimage: cannot write raw output .*pool\.raw: no space left on device$/i,
+      );
       expect(await readdir(small)).toEqual([]);
     } finally {
       sh(["umount", small]);
@@ -429,7 +457,10 @@ describe("--extract", () => {
 
   test("a directory or a missing directory as output: one line, exit 1; with -s: a usage error", async () => {
     await mkdir(path("a-directory"), { recursive: true });
-    expectFailure(await lookimage("--extract", path("a-directory"), goodPath), /^lookimage: raw output .*a-directory is a directory$/);
+    expectFailure(
+      await lookimage("--extract", path("a-directory"), goodPath),
+      /^lookimage: raw output .*a-directory is a directory$/,
+    );
     expectFailure(
       await lookimage("--extract", path("no/such/dir/pool.raw"), goodPath),
       /^lookimage: cannot write raw output .*pool\.raw: directory .*: no such file or directory$/i,

@@ -180,8 +180,12 @@ describe("the existing tool's output, byte for byte", () => {
       const run = await lookimage(join(VECTORS, `${name}.img`));
       expect(run.exitCode).toBe(0);
       expect(run.stdout).toBe(await Bun.file(join(VECTORS, `${name}.lookimage.txt`)).text());
-      expect(run.stderr).toContain("lookimage: warning: image size of 300000 bytes is below 1 MiB, so a netbooting sled ignores the offer");
-      expect(run.stderr).toContain("lookimage: warning: image size of 300000 bytes is not a multiple of 131072 (128 KiB)");
+      expect(run.stderr).toContain(
+        "lookimage: warning: image size of 300000 bytes is below 1 MiB, so a netbooting sled ignores the offer",
+      );
+      expect(run.stderr).toContain(
+        "lookimage: warning: image size of 300000 bytes is not a multiple of 131072 (128 KiB)",
+      );
     }
     const quiet = await lookimage(join(VECTORS, "pool-1m-z.img"));
     expect(quiet.stderr).toBe("");
@@ -207,12 +211,18 @@ describe("payloads that match their header", () => {
 describe("payloads that do not", () => {
   test("one bit flipped in a stored payload: SHA-256 mismatch, after the header lines", async () => {
     const run = await lookimage(image("flipped.img"));
-    expectFailure(run, new RegExp(`^lookimage: image sum ${facts.flippedSha256} does not match sum from header ${facts.rawSha256}$`));
+    expectFailure(
+      run,
+      new RegExp(`^lookimage: image sum ${facts.flippedSha256} does not match sum from header ${facts.rawSha256}$`),
+    );
     expect(run.stdout).toContain("dataset name = rpool/ROOT/ramdisk\n");
   });
 
   test("one bit flipped in a zlib stream: corrupt, with zlib's reason", async () => {
-    expectFailure(await lookimage(image("flipped-z.img")), /^lookimage: zlib stream is corrupt, after \d+ payload bytes: .+ \(Z_DATA_ERROR\)$/);
+    expectFailure(
+      await lookimage(image("flipped-z.img")),
+      /^lookimage: zlib stream is corrupt, after \d+ payload bytes: .+ \(Z_DATA_ERROR\)$/,
+    );
   });
 
   test("a damaged Adler-32 trailer", async () => {
@@ -220,7 +230,10 @@ describe("payloads that do not", () => {
   });
 
   test("a stream cut short, with the header's data size adjusted", async () => {
-    expectFailure(await lookimage(image("cut-z.img")), /^lookimage: zlib stream ends early, after \d+ payload bytes: unexpected end of file/);
+    expectFailure(
+      await lookimage(image("cut-z.img")),
+      /^lookimage: zlib stream ends early, after \d+ payload bytes: unexpected end of file/,
+    );
   });
 
   test("a stream cut short, header unchanged: the file is truncated", async () => {
@@ -233,14 +246,18 @@ describe("payloads that do not", () => {
     const extra = "\x00garbage after the stream".length;
     expectFailure(
       await lookimage(image("trailing-z.img")),
-      new RegExp(`^lookimage: zlib stream ends after ${facts.streamSize} of the ${facts.streamSize + extra} payload bytes, leaving ${extra} trailing bytes$`),
+      new RegExp(
+        `^lookimage: zlib stream ends after ${facts.streamSize} of the ${facts.streamSize + extra} payload bytes, leaving ${extra} trailing bytes$`,
+      ),
     );
   });
 
   test("bytes after a stream that ends exactly at a read piece's end", async () => {
     expectFailure(
       await lookimage(image("boundary-trailing-z.img")),
-      new RegExp(`zlib stream ends after ${facts.boundaryConsumed} of the ${facts.boundaryConsumed + 4} payload bytes, leaving 4 trailing bytes`),
+      new RegExp(
+        `zlib stream ends after ${facts.boundaryConsumed} of the ${facts.boundaryConsumed + 4} payload bytes, leaving 4 trailing bytes`,
+      ),
     );
   });
 
@@ -250,7 +267,10 @@ describe("payloads that do not", () => {
 
   test("a stream that inflates past image size stops one byte after it", async () => {
     const run = await lookimage(image("bomb-z.img"));
-    expectFailure(run, /^lookimage: zlib stream inflates to more than 1048576 bytes, but header says there should be 1048576$/);
+    expectFailure(
+      run,
+      /^lookimage: zlib stream inflates to more than 1048576 bytes, but header says there should be 1048576$/,
+    );
     const json = await lookimage("--json", image("bomb-z.img"));
     expect(json.exitCode).toBe(1);
     const report = JSON.parse(json.stdout);
@@ -266,12 +286,17 @@ describe("payloads that do not", () => {
   test("a complete stream with fewer bytes than image size", async () => {
     expectFailure(
       await lookimage(image("fewer-z.img")),
-      new RegExp(`^lookimage: read ${facts.rawSize} bytes of image, but header says there should be ${facts.rawSize + 128 * 1024}$`),
+      new RegExp(
+        `^lookimage: read ${facts.rawSize} bytes of image, but header says there should be ${facts.rawSize + 128 * 1024}$`,
+      ),
     );
   });
 
   test("a payload that is not zlib at all", async () => {
-    expectFailure(await lookimage(image("garbage-z.img")), /zlib stream is corrupt, after 0 payload bytes: incorrect header check/);
+    expectFailure(
+      await lookimage(image("garbage-z.img")),
+      /zlib stream is corrupt, after 0 payload bytes: incorrect header check/,
+    );
   });
 
   test("data size 0: refused after the header lines, without a ratio line, even with -s", async () => {
@@ -314,7 +339,10 @@ describe("files that are not images", () => {
   });
 
   test("a missing file", async () => {
-    expectFailure(await lookimage(image("missing.img")), /^lookimage: cannot open .*missing\.img: no such file or directory$/);
+    expectFailure(
+      await lookimage(image("missing.img")),
+      /^lookimage: cannot open .*missing\.img: no such file or directory$/,
+    );
   });
 
   test("a directory", async () => {
@@ -347,8 +375,16 @@ describe("--json", () => {
         dataset: text["dataset name"],
         ratio: compressed ? Number(text["image size"]) / Number(text["data size"]) : null,
         compressed,
-        warnings: name.startsWith("pool-odd") ? expect.arrayContaining([expect.stringContaining("netbooting sled")]) : [],
-        verification: { checked: true, ok: true, bytes: Number(text["image size"]), sha256: text["image sum"], error: null },
+        warnings: name.startsWith("pool-odd")
+          ? expect.arrayContaining([expect.stringContaining("netbooting sled")])
+          : [],
+        verification: {
+          checked: true,
+          ok: true,
+          bytes: Number(text["image size"]),
+          sha256: text["image sum"],
+          error: null,
+        },
       });
       expect(report.ratio === null ? null : `${report.ratio.toFixed(2)}x`).toBe(text.ratio ?? null);
     }
@@ -357,7 +393,13 @@ describe("--json", () => {
   test("with -s the payload is not checked", async () => {
     const run = await lookimage("--json", "-s", image("flipped.img"));
     expect(run.exitCode).toBe(0);
-    expect(JSON.parse(run.stdout).verification).toEqual({ checked: false, ok: false, bytes: 0, sha256: null, error: null });
+    expect(JSON.parse(run.stdout).verification).toEqual({
+      checked: false,
+      ok: false,
+      bytes: 0,
+      sha256: null,
+      error: null,
+    });
   });
 
   test("a failed check: exit 1, the object on stdout, the reason on stderr", async () => {
@@ -377,7 +419,9 @@ describe("--json", () => {
     const run = await lookimage("--json", image("odd-target.img"));
     expect(run.exitCode).toBe(0);
     const report = JSON.parse(run.stdout);
-    expect(report.warnings).toContain("the sled kernel would refuse this image: target size of 4096 bytes is less than image size of 300000");
+    expect(report.warnings).toContain(
+      "the sled kernel would refuse this image: target size of 4096 bytes is less than image size of 300000",
+    );
     expect(run.stderr).toContain(
       "lookimage: warning: the sled kernel would refuse this image: target size of 4096 bytes is less than image size of 300000\n",
     );

@@ -44,7 +44,8 @@ interface Outcome {
 /** Run a command to its end; our programs are `bun apps/NAME.ts`. */
 function run(command: string[], stdin?: Uint8Array): Outcome {
   const [program, ...args] = command;
-  const argv = program === "mkimage" || program === "lookimage" ? ["bun", join(ROOT, "apps", `${program}.ts`), ...args] : command;
+  const argv =
+    program === "mkimage" || program === "lookimage" ? ["bun", join(ROOT, "apps", `${program}.ts`), ...args] : command;
   const done = Bun.spawnSync(argv, { stdin: stdin ?? "ignore", stdout: "pipe", stderr: "pipe" });
   return { exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr.toString() };
 }
@@ -101,7 +102,11 @@ function zstdCounts(payload: Uint8Array, dir: string): [number, number, number] 
   expect(listed.exitCode).toBe(0);
   const text = listed.stdout.toString() + listed.stderr;
   const number = (pattern: RegExp) => Number(text.match(pattern)?.[1]);
-  return [number(/# Zstandard Frames: (\d+)/), number(/# Skippable Frames: (\d+)/), number(/Decompressed Size: .*\((\d+) B\)/)];
+  return [
+    number(/# Zstandard Frames: (\d+)/),
+    number(/# Skippable Frames: (\d+)/),
+    number(/Decompressed Size: .*\((\d+) B\)/),
+  ];
 }
 
 describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
@@ -116,7 +121,22 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
     test(`${size} bytes, --jobs ${jobs}: zstd -d gives the input, a frame per MiB, every field as python3 reads it`, async () => {
       const dir = await freshDir();
       const raw = await writeRaw(join(dir, "in.raw"), size, size);
-      const made = run(["mkimage", "-i", join(dir, "in.raw"), "-o", join(dir, "z.img"), "-O", join(dir, "z.csum"), "-N", "zstd-test", "-s", "16", "--zstd", "--jobs", String(jobs)]);
+      const made = run([
+        "mkimage",
+        "-i",
+        join(dir, "in.raw"),
+        "-o",
+        join(dir, "z.img"),
+        "-O",
+        join(dir, "z.csum"),
+        "-N",
+        "zstd-test",
+        "-s",
+        "16",
+        "--zstd",
+        "--jobs",
+        String(jobs),
+      ]);
       expect(made.exitCode).toBe(0);
       expect(made.stdout.toString()).toBe("ok, image written!\nok, boot_image_csum file written!\n");
       const warnings = made.stderr.trimEnd().split("\n");
@@ -150,7 +170,9 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
         decompressedSizes: blockSizes(size),
         framesEnd: payload.length,
       });
-      const sum = run(["sha256sum", join(dir, "in.raw")]).stdout.toString().split(" ")[0];
+      const sum = run(["sha256sum", join(dir, "in.raw")])
+        .stdout.toString()
+        .split(" ")[0];
       expect(Buffer.from(await Bun.file(join(dir, "z.csum")).bytes()).toString("hex")).toBe(sum!);
       expect((await readdir(dir)).sort()).toEqual(["in.raw", "payload.zst", "z.csum", "z.img"]);
     });
@@ -160,7 +182,9 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
     const dir = await freshDir();
     await writeRaw(join(dir, "in.raw"), 4 * MIB + 999, 8);
     for (const jobs of ["1", "2", "5"]) {
-      expect(run(["mkimage", "-i", join(dir, "in.raw"), "-o", join(dir, `${jobs}.img`), "--zstd", "--jobs", jobs]).exitCode).toBe(0);
+      expect(
+        run(["mkimage", "-i", join(dir, "in.raw"), "-o", join(dir, `${jobs}.img`), "--zstd", "--jobs", jobs]).exitCode,
+      ).toBe(0);
     }
     const one = await Bun.file(join(dir, "1.img")).bytes();
     expect(Buffer.compare(await Bun.file(join(dir, "2.img")).bytes(), one)).toBe(0);
@@ -188,7 +212,9 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
     const raw = await writeRaw(join(dir, "in.raw"), 2 * MIB, 4);
     const sizes: number[] = [];
     for (const level of ["1", "12", "19"]) {
-      expect(run(["mkimage", "-i", join(dir, "in.raw"), "-o", join(dir, "z.img"), "--zstd", "--level", level]).exitCode).toBe(0);
+      expect(
+        run(["mkimage", "-i", join(dir, "in.raw"), "-o", join(dir, "z.img"), "--zstd", "--level", level]).exitCode,
+      ).toBe(0);
       const payload = payloadOf(join(dir, "z.img"));
       expect(Buffer.compare(run(["zstd", "-d", "-q", "-c"], payload).stdout, raw)).toBe(0);
       sizes.push(payload.length);
@@ -204,7 +230,18 @@ describe("readers", () => {
   beforeAll(async () => {
     dir = await freshDir();
     raw = await writeRaw(join(dir, "in.raw"), 3 * MIB + 4096, 9);
-    const made = run(["mkimage", "-i", join(dir, "in.raw"), "-o", join(dir, "z.img"), "-N", "readers", "-s", "8", "--zstd"]);
+    const made = run([
+      "mkimage",
+      "-i",
+      join(dir, "in.raw"),
+      "-o",
+      join(dir, "z.img"),
+      "-N",
+      "readers",
+      "-s",
+      "8",
+      "--zstd",
+    ]);
     if (made.exitCode !== 0) throw new Error(`mkimage --zstd failed: ${made.stderr}`);
   }, SLOW);
 
@@ -247,7 +284,10 @@ describe("refusals and usage errors leave no file", () => {
     const refusals: [string[], RegExp][] = [
       [["-i", join(dir, "absent.raw"), ...image], /cannot read input .*absent\.raw: no such file or directory/],
       [["-i", join(dir, "small.raw"), ...image], /image size of 4095 bytes is smaller than 4096 bytes/],
-      [["-i", join(dir, "in.raw"), ...image, "-s", "1"], /image size of 1048577 bytes is larger than target size of 1048576 bytes/],
+      [
+        ["-i", join(dir, "in.raw"), ...image, "-s", "1"],
+        /image size of 1048577 bytes is larger than target size of 1048576 bytes/,
+      ],
       [["-i", join(dir, "in.raw"), ...image, "-N", "n".repeat(128)], /image name is 128 bytes long/],
       [["-i", join(dir, "in.raw"), "-o", join(dir, "in.raw"), "--zstd"], /output .*in\.raw is the input file/],
     ];

@@ -7,7 +7,7 @@
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFile, link, mkdir, mkdtemp, readdir, rm, symlink, truncate, appendFile, chmod } from "node:fs/promises";
+import { appendFile, chmod, copyFile, link, mkdir, mkdtemp, readdir, rm, symlink, truncate } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MIB } from "../lib/format.ts";
@@ -44,7 +44,9 @@ interface Run {
 function mkimage(args: string[], options: { user?: number } = {}): Run {
   const command = ["bun", APP, ...args];
   const run = Bun.spawnSync(
-    options.user === undefined ? command : ["setpriv", `--reuid=${options.user}`, `--regid=${options.user}`, "--clear-groups", ...command],
+    options.user === undefined
+      ? command
+      : ["setpriv", `--reuid=${options.user}`, `--regid=${options.user}`, "--clear-groups", ...command],
     { env: { ...process.env, HOME: tmpdir() } },
   );
   return { exitCode: run.exitCode, stdout: run.stdout.toString(), stderr: run.stderr.toString() };
@@ -68,7 +70,11 @@ async function writePool(path: string, size: number, seed = 3): Promise<string> 
  * compares every byte, and inflates (zlib) or compares the payload. Returns
  * the differing header offsets and whether the payload is the raw input.
  */
-function pythonCheck(image: string, raw: string, fields: { name: string; dataset?: string; targetSize: number; compressed: boolean }) {
+function pythonCheck(
+  image: string,
+  raw: string,
+  fields: { name: string; dataset?: string; targetSize: number; compressed: boolean },
+) {
   const program = `
 import sys, struct, hashlib, zlib, json
 image = open(sys.argv[1], 'rb').read()
@@ -113,39 +119,72 @@ async function listing(path: string): Promise<string[]> {
 }
 
 describe("uncompressed images are the vectors, byte for byte", () => {
-  test("pool-1m with checksum file, name and target size", async () => {
-    const out = await caseDir();
-    const run = mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/pool.img`, "-O", `${out}/pool.csum`, "-N", "testing", "-s", "64"]);
-    expect(run).toEqual({ exitCode: 0, stdout: "ok, image written!\nok, boot_image_csum file written!\n", stderr: "" });
-    expect(await sameBytes(`${out}/pool.img`, `${VECTORS}/pool-1m.img`)).toBe(true);
-    expect(await sameBytes(`${out}/pool.csum`, `${VECTORS}/pool-1m.csum`)).toBe(true);
-    expect(await listing(out)).toEqual(["pool.csum", "pool.img"]);
-  }, SLOW);
+  test(
+    "pool-1m with checksum file, name and target size",
+    async () => {
+      const out = await caseDir();
+      const run = mkimage([
+        "-i",
+        `${VECTORS}/pool-1m.raw`,
+        "-o",
+        `${out}/pool.img`,
+        "-O",
+        `${out}/pool.csum`,
+        "-N",
+        "testing",
+        "-s",
+        "64",
+      ]);
+      expect(run).toEqual({
+        exitCode: 0,
+        stdout: "ok, image written!\nok, boot_image_csum file written!\n",
+        stderr: "",
+      });
+      expect(await sameBytes(`${out}/pool.img`, `${VECTORS}/pool-1m.img`)).toBe(true);
+      expect(await sameBytes(`${out}/pool.csum`, `${VECTORS}/pool-1m.csum`)).toBe(true);
+      expect(await listing(out)).toEqual(["pool.csum", "pool.img"]);
+    },
+    SLOW,
+  );
 
-  test("pool-odd with defaults, warned that it cannot be netbooted", async () => {
-    const out = await caseDir();
-    const run = mkimage(["-i", `${VECTORS}/pool-odd.raw`, "-o", `${out}/odd.img`, "-N", "odd"]);
-    expect(run.exitCode).toBe(0);
-    expect(run.stdout).toBe("ok, image written!\n");
-    const warnings = run.stderr.trim().split("\n");
-    expect(warnings).toHaveLength(2);
-    expect(warnings[0]).toMatch(/^mkimage: warning: .*cannot be netbooted.*300000 bytes is below 1 MiB/);
-    expect(warnings[1]).toMatch(/^mkimage: warning: .*cannot be netbooted.*300000 bytes is not a multiple of 131072/);
-    expect(await sameBytes(`${out}/odd.img`, `${VECTORS}/pool-odd.img`)).toBe(true);
-    expect(await listing(out)).toEqual(["odd.img"]);
-  }, SLOW);
+  test(
+    "pool-odd with defaults, warned that it cannot be netbooted",
+    async () => {
+      const out = await caseDir();
+      const run = mkimage(["-i", `${VECTORS}/pool-odd.raw`, "-o", `${out}/odd.img`, "-N", "odd"]);
+      expect(run.exitCode).toBe(0);
+      expect(run.stdout).toBe("ok, image written!\n");
+      const warnings = run.stderr.trim().split("\n");
+      expect(warnings).toHaveLength(2);
+      expect(warnings[0]).toMatch(/^mkimage: warning: .*cannot be netbooted.*300000 bytes is below 1 MiB/);
+      expect(warnings[1]).toMatch(/^mkimage: warning: .*cannot be netbooted.*300000 bytes is not a multiple of 131072/);
+      expect(await sameBytes(`${out}/odd.img`, `${VECTORS}/pool-odd.img`)).toBe(true);
+      expect(await listing(out)).toEqual(["odd.img"]);
+    },
+    SLOW,
+  );
 
-  test("replaces an existing image, and accepts an image exactly as large as the target", async () => {
-    const out = await caseDir();
-    await Bun.write(`${out}/pool.img`, "an older image");
-    const run = mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/pool.img`, "-N", "testing", "-s", "1"]);
-    expect(run.exitCode).toBe(0);
-    expect(pythonCheck(`${out}/pool.img`, `${VECTORS}/pool-1m.raw`, { name: "testing", targetSize: MIB, compressed: false })).toEqual({
-      differ: [],
-      payloadOk: true,
-    });
-    expect(await listing(out)).toEqual(["pool.img"]);
-  }, SLOW);
+  test(
+    "replaces an existing image, and accepts an image exactly as large as the target",
+    async () => {
+      const out = await caseDir();
+      await Bun.write(`${out}/pool.img`, "an older image");
+      const run = mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/pool.img`, "-N", "testing", "-s", "1"]);
+      expect(run.exitCode).toBe(0);
+      expect(
+        pythonCheck(`${out}/pool.img`, `${VECTORS}/pool-1m.raw`, {
+          name: "testing",
+          targetSize: MIB,
+          compressed: false,
+        }),
+      ).toEqual({
+        differ: [],
+        payloadOk: true,
+      });
+      expect(await listing(out)).toEqual(["pool.img"]);
+    },
+    SLOW,
+  );
 });
 
 describe("compressed images", () => {
@@ -157,29 +196,55 @@ describe("compressed images", () => {
     expect(differ).toEqual([]);
   }
 
-  test("pool-1m -z: the vector's header but data_size, a payload python and pigz inflate to the raw pool", async () => {
-    const out = await caseDir();
-    const raw = `${VECTORS}/pool-1m.raw`;
-    const run = mkimage(["-i", raw, "-o", `${out}/z.img`, "-O", `${out}/z.csum`, "-N", "recovery-testing", "-s", "64", "-z"]);
-    expect(run).toEqual({ exitCode: 0, stdout: "ok, image written!\nok, boot_image_csum file written!\n", stderr: "" });
-    await sameHeaderButDataSize(`${out}/z.img`, `${VECTORS}/pool-1m-z.img`);
-    expect(pythonCheck(`${out}/z.img`, raw, { name: "recovery-testing", targetSize: 64 * MIB, compressed: true })).toEqual({
-      differ: [],
-      payloadOk: true,
-    });
-    expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
-    expect(await sameBytes(`${out}/z.csum`, `${VECTORS}/pool-1m-z.csum`)).toBe(true);
-    // The zlib header zlib writes at level 9.
-    expect([...new Uint8Array(await Bun.file(`${out}/z.img`).slice(4096, 4098).arrayBuffer())]).toEqual([0x78, 0xda]);
-  }, SLOW);
+  test(
+    "pool-1m -z: the vector's header but data_size, a payload python and pigz inflate to the raw pool",
+    async () => {
+      const out = await caseDir();
+      const raw = `${VECTORS}/pool-1m.raw`;
+      const run = mkimage([
+        "-i",
+        raw,
+        "-o",
+        `${out}/z.img`,
+        "-O",
+        `${out}/z.csum`,
+        "-N",
+        "recovery-testing",
+        "-s",
+        "64",
+        "-z",
+      ]);
+      expect(run).toEqual({
+        exitCode: 0,
+        stdout: "ok, image written!\nok, boot_image_csum file written!\n",
+        stderr: "",
+      });
+      await sameHeaderButDataSize(`${out}/z.img`, `${VECTORS}/pool-1m-z.img`);
+      expect(
+        pythonCheck(`${out}/z.img`, raw, { name: "recovery-testing", targetSize: 64 * MIB, compressed: true }),
+      ).toEqual({
+        differ: [],
+        payloadOk: true,
+      });
+      expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
+      expect(await sameBytes(`${out}/z.csum`, `${VECTORS}/pool-1m-z.csum`)).toBe(true);
+      // The zlib header zlib writes at level 9.
+      expect([...new Uint8Array(await Bun.file(`${out}/z.img`).slice(4096, 4098).arrayBuffer())]).toEqual([0x78, 0xda]);
+    },
+    SLOW,
+  );
 
-  test("pool-odd -z: the vector's header but data_size", async () => {
-    const out = await caseDir();
-    const run = mkimage(["-i", `${VECTORS}/pool-odd.raw`, "-o", `${out}/z.img`, "-z"]);
-    expect(run.exitCode).toBe(0);
-    await sameHeaderButDataSize(`${out}/z.img`, `${VECTORS}/pool-odd-z.img`);
-    expect(await pigzInflates(`${out}/z.img`, `${VECTORS}/pool-odd.raw`)).toBe(true);
-  }, SLOW);
+  test(
+    "pool-odd -z: the vector's header but data_size",
+    async () => {
+      const out = await caseDir();
+      const run = mkimage(["-i", `${VECTORS}/pool-odd.raw`, "-o", `${out}/z.img`, "-z"]);
+      expect(run.exitCode).toBe(0);
+      await sameHeaderButDataSize(`${out}/z.img`, `${VECTORS}/pool-odd-z.img`);
+      expect(await pigzInflates(`${out}/z.img`, `${VECTORS}/pool-odd.raw`)).toBe(true);
+    },
+    SLOW,
+  );
 
   // Sizes around a thread's block (ZLIB_BLOCK_SIZE) and around a sync flush inside one (FLUSH_INTERVAL).
   const cases: [size: number, jobs: number][] = [
@@ -193,85 +258,129 @@ describe("compressed images", () => {
     [3 * ZLIB_BLOCK_SIZE + 17, 7],
   ];
   for (const [size, jobs] of cases) {
-    test(`${size} bytes with --jobs ${jobs}: every header byte, and the payload inflates to the input`, async () => {
+    test(
+      `${size} bytes with --jobs ${jobs}: every header byte, and the payload inflates to the input`,
+      async () => {
+        const out = await caseDir();
+        const raw = await writePool(`${out}/in.raw`, size, size);
+        const run = mkimage(["-i", raw, "-o", `${out}/z.img`, "-N", "sized", "-s", "16", "-z", "--jobs", String(jobs)]);
+        expect(run.exitCode).toBe(0);
+        expect(run.stdout).toBe("ok, image written!\n");
+        expect(pythonCheck(`${out}/z.img`, raw, { name: "sized", targetSize: 16 * MIB, compressed: true })).toEqual({
+          differ: [],
+          payloadOk: true,
+        });
+        expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
+        expect(await listing(out)).toEqual(["in.raw", "z.img"]);
+      },
+      SLOW,
+    );
+  }
+
+  test(
+    "the same image whatever the number of threads",
+    async () => {
       const out = await caseDir();
-      const raw = await writePool(`${out}/in.raw`, size, size);
-      const run = mkimage(["-i", raw, "-o", `${out}/z.img`, "-N", "sized", "-s", "16", "-z", "--jobs", String(jobs)]);
+      const raw = await writePool(`${out}/in.raw`, 5 * MIB + 12345, 5);
+      for (const jobs of ["1", "2", "5"])
+        expect(mkimage(["-i", raw, "-o", `${out}/${jobs}.img`, "-z", "--jobs", jobs]).exitCode).toBe(0);
+      expect(await sameBytes(`${out}/1.img`, `${out}/2.img`)).toBe(true);
+      expect(await sameBytes(`${out}/1.img`, `${out}/5.img`)).toBe(true);
+      expect(await pigzInflates(`${out}/1.img`, raw)).toBe(true);
+    },
+    SLOW,
+  );
+
+  test(
+    "other levels write other zlib headers and still inflate",
+    async () => {
+      const out = await caseDir();
+      const raw = await writePool(`${out}/in.raw`, 700_000);
+      for (const [level, header] of [
+        ["1", [0x78, 0x01]],
+        ["6", [0x78, 0x9c]],
+      ] as const) {
+        const run = mkimage(["-i", raw, "-o", `${out}/z.img`, "-z", "--level", level]);
+        expect(run.exitCode).toBe(0);
+        expect([...new Uint8Array(await Bun.file(`${out}/z.img`).slice(4096, 4098).arrayBuffer())]).toEqual([
+          ...header,
+        ]);
+        expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
+      }
+    },
+    SLOW,
+  );
+
+  test(
+    "a 127-byte name and dataset fill their fields",
+    async () => {
+      const out = await caseDir();
+      const name = "n".repeat(127);
+      const dataset = "rpool/" + "d".repeat(121);
+      const run = mkimage([
+        "-i",
+        `${VECTORS}/pool-odd.raw`,
+        "-o",
+        `${out}/z.img`,
+        "-N",
+        name,
+        "--dataset",
+        dataset,
+        "-z",
+        "-s",
+        "1",
+      ]);
       expect(run.exitCode).toBe(0);
-      expect(run.stdout).toBe("ok, image written!\n");
-      expect(pythonCheck(`${out}/z.img`, raw, { name: "sized", targetSize: 16 * MIB, compressed: true })).toEqual({
+      expect(
+        pythonCheck(`${out}/z.img`, `${VECTORS}/pool-odd.raw`, { name, dataset, targetSize: MIB, compressed: true }),
+      ).toEqual({
+        differ: [],
+        payloadOk: true,
+      });
+    },
+    SLOW,
+  );
+
+  test(
+    "many small blocks on many workers come out in order (in-process, blocks smaller than the window)",
+    async () => {
+      const out = await caseDir();
+      const raw = await writePool(`${out}/in.raw`, 1_000_003, 17);
+      const header = await makeImage({
+        input: raw,
+        output: `${out}/z.img`,
+        targetSize: 4 * MIB,
+        imageName: "blocks",
+        compression: { codec: "zlib", level: 9, jobs: 5, blockSize: 5000 },
+      });
+      expect(header.imageSize).toBe(1_000_003);
+      expect(pythonCheck(`${out}/z.img`, raw, { name: "blocks", targetSize: 4 * MIB, compressed: true })).toEqual({
         differ: [],
         payloadOk: true,
       });
       expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
-      expect(await listing(out)).toEqual(["in.raw", "z.img"]);
-    }, SLOW);
-  }
+    },
+    SLOW,
+  );
 
-  test("the same image whatever the number of threads", async () => {
-    const out = await caseDir();
-    const raw = await writePool(`${out}/in.raw`, 5 * MIB + 12345, 5);
-    for (const jobs of ["1", "2", "5"]) expect(mkimage(["-i", raw, "-o", `${out}/${jobs}.img`, "-z", "--jobs", jobs]).exitCode).toBe(0);
-    expect(await sameBytes(`${out}/1.img`, `${out}/2.img`)).toBe(true);
-    expect(await sameBytes(`${out}/1.img`, `${out}/5.img`)).toBe(true);
-    expect(await pigzInflates(`${out}/1.img`, raw)).toBe(true);
-  }, SLOW);
-
-  test("other levels write other zlib headers and still inflate", async () => {
-    const out = await caseDir();
-    const raw = await writePool(`${out}/in.raw`, 700_000);
-    for (const [level, header] of [["1", [0x78, 0x01]], ["6", [0x78, 0x9c]]] as const) {
-      const run = mkimage(["-i", raw, "-o", `${out}/z.img`, "-z", "--level", level]);
-      expect(run.exitCode).toBe(0);
-      expect([...new Uint8Array(await Bun.file(`${out}/z.img`).slice(4096, 4098).arrayBuffer())]).toEqual([...header]);
-      expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
-    }
-  }, SLOW);
-
-  test("a 127-byte name and dataset fill their fields", async () => {
-    const out = await caseDir();
-    const name = "n".repeat(127);
-    const dataset = "rpool/" + "d".repeat(121);
-    const run = mkimage(["-i", `${VECTORS}/pool-odd.raw`, "-o", `${out}/z.img`, "-N", name, "--dataset", dataset, "-z", "-s", "1"]);
-    expect(run.exitCode).toBe(0);
-    expect(pythonCheck(`${out}/z.img`, `${VECTORS}/pool-odd.raw`, { name, dataset, targetSize: MIB, compressed: true })).toEqual({
-      differ: [],
-      payloadOk: true,
-    });
-  }, SLOW);
-
-  test("many small blocks on many workers come out in order (in-process, blocks smaller than the window)", async () => {
-    const out = await caseDir();
-    const raw = await writePool(`${out}/in.raw`, 1_000_003, 17);
-    const header = await makeImage({
-      input: raw,
-      output: `${out}/z.img`,
-      targetSize: 4 * MIB,
-      imageName: "blocks",
-      compression: { codec: "zlib", level: 9, jobs: 5, blockSize: 5000 },
-    });
-    expect(header.imageSize).toBe(1_000_003);
-    expect(pythonCheck(`${out}/z.img`, raw, { name: "blocks", targetSize: 4 * MIB, compressed: true })).toEqual({
-      differ: [],
-      payloadOk: true,
-    });
-    expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
-  }, SLOW);
-
-  test("a worker's failure fails the job and leaves no file (in-process)", async () => {
-    const out = await caseDir();
-    const raw = await writePool(`${out}/in.raw`, 600_000);
-    const made = makeImage({
-      input: raw,
-      output: `${out}/z.img`,
-      targetSize: 4 * MIB,
-      imageName: "",
-      // Not a level zlib knows: each worker's deflate throws.
-      compression: { codec: "zlib", level: 42 as ZlibLevel, jobs: 2 },
-    });
-    await expect(made).rejects.toThrow(/level/i);
-    expect(await listing(out)).toEqual(["in.raw"]);
-  }, SLOW);
+  test(
+    "a worker's failure fails the job and leaves no file (in-process)",
+    async () => {
+      const out = await caseDir();
+      const raw = await writePool(`${out}/in.raw`, 600_000);
+      const made = makeImage({
+        input: raw,
+        output: `${out}/z.img`,
+        targetSize: 4 * MIB,
+        imageName: "",
+        // Not a level zlib knows: each worker's deflate throws.
+        compression: { codec: "zlib", level: 42 as ZlibLevel, jobs: 2 },
+      });
+      await expect(made).rejects.toThrow(/level/i);
+      expect(await listing(out)).toEqual(["in.raw"]);
+    },
+    SLOW,
+  );
 });
 
 describe("refusals: one line, exit 1, no output and no temporary file", () => {
@@ -280,111 +389,170 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
     expectRefusal(run, "mkimage", message);
   }
 
-  test("missing input", async () => {
-    const out = await caseDir();
-    expectRefused(mkimage(["-i", `${out}/absent.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`]), /cannot read input .*absent\.raw: no such file or directory/);
-    expect(await listing(out)).toEqual([]);
-  }, SLOW);
+  test(
+    "missing input",
+    async () => {
+      const out = await caseDir();
+      expectRefused(
+        mkimage(["-i", `${out}/absent.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`]),
+        /cannot read input .*absent\.raw: no such file or directory/,
+      );
+      expect(await listing(out)).toEqual([]);
+    },
+    SLOW,
+  );
 
-  test("input path through a file", async () => {
-    const out = await caseDir();
-    await Bun.write(`${out}/file`, "x");
-    expectRefused(mkimage(["-i", `${out}/file/pool.raw`, "-o", `${out}/x.img`]), /cannot read input .*: not a directory/);
-    expect(await listing(out)).toEqual(["file"]);
-  }, SLOW);
+  test(
+    "input path through a file",
+    async () => {
+      const out = await caseDir();
+      await Bun.write(`${out}/file`, "x");
+      expectRefused(
+        mkimage(["-i", `${out}/file/pool.raw`, "-o", `${out}/x.img`]),
+        /cannot read input .*: not a directory/,
+      );
+      expect(await listing(out)).toEqual(["file"]);
+    },
+    SLOW,
+  );
 
   // Root reads anything, so as root the program runs as nobody, which needs to reach the program and
   // write to the case directory.
   const asRoot = process.getuid?.() === 0;
   const nobodyReachesApp =
-    !asRoot || Bun.spawnSync(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "test", "-r", APP]).exitCode === 0;
-  test.skipIf(!nobodyReachesApp)("unreadable input", async () => {
-    const out = await caseDir();
-    await copyFile(`${VECTORS}/pool-1m.raw`, `${out}/in.raw`);
-    await chmod(`${out}/in.raw`, 0o000);
-    if (asRoot) {
-      await chmod(dir, 0o755);
-      await chmod(out, 0o777);
-    }
-    const run = mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`], asRoot ? { user: 65534 } : {});
-    expectRefused(run, /cannot read input .*in\.raw: permission denied/);
-    expect(await listing(out)).toEqual(["in.raw"]);
-  }, SLOW);
+    !asRoot ||
+    Bun.spawnSync(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "test", "-r", APP]).exitCode === 0;
+  test.skipIf(!nobodyReachesApp)(
+    "unreadable input",
+    async () => {
+      const out = await caseDir();
+      await copyFile(`${VECTORS}/pool-1m.raw`, `${out}/in.raw`);
+      await chmod(`${out}/in.raw`, 0o000);
+      if (asRoot) {
+        await chmod(dir, 0o755);
+        await chmod(out, 0o777);
+      }
+      const run = mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`], asRoot ? { user: 65534 } : {});
+      expectRefused(run, /cannot read input .*in\.raw: permission denied/);
+      expect(await listing(out)).toEqual(["in.raw"]);
+    },
+    SLOW,
+  );
 
-  test("input that is a directory, or not a regular file", async () => {
-    const out = await caseDir();
-    await mkdir(`${out}/pool`);
-    expectRefused(mkimage(["-i", `${out}/pool`, "-o", `${out}/x.img`]), /input .*pool is a directory/);
-    expectRefused(mkimage(["-i", "/dev/null", "-o", `${out}/x.img`]), /input \/dev\/null is not a regular file/);
-    expect(await listing(out)).toEqual(["pool"]);
-  }, SLOW);
+  test(
+    "input that is a directory, or not a regular file",
+    async () => {
+      const out = await caseDir();
+      await mkdir(`${out}/pool`);
+      expectRefused(mkimage(["-i", `${out}/pool`, "-o", `${out}/x.img`]), /input .*pool is a directory/);
+      expectRefused(mkimage(["-i", "/dev/null", "-o", `${out}/x.img`]), /input \/dev\/null is not a regular file/);
+      expect(await listing(out)).toEqual(["pool"]);
+    },
+    SLOW,
+  );
 
   for (const size of [0, 1, 4095]) {
-    test(`${size}-byte input: below the kernel's minimum`, async () => {
-      const out = await caseDir();
-      await Bun.write(`${out}/in.raw`, new Uint8Array(size).fill(7));
-      expectRefused(
-        mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-z"]),
-        new RegExp(`image size of ${size} bytes is smaller than 4096 bytes`),
-      );
-      expect(await listing(out)).toEqual(["in.raw"]);
-    }, SLOW);
+    test(
+      `${size}-byte input: below the kernel's minimum`,
+      async () => {
+        const out = await caseDir();
+        await Bun.write(`${out}/in.raw`, new Uint8Array(size).fill(7));
+        expectRefused(
+          mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-z"]),
+          new RegExp(`image size of ${size} bytes is smaller than 4096 bytes`),
+        );
+        expect(await listing(out)).toEqual(["in.raw"]);
+      },
+      SLOW,
+    );
   }
 
-  test("input above 4 GiB (sparse)", async () => {
-    const out = await caseDir();
-    await Bun.write(`${out}/in.raw`, "");
-    await truncate(`${out}/in.raw`, 4 * 1024 * MIB + 1);
-    expectRefused(mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-s", "8192"]), /image size of 4294967297 bytes is larger than 4294967296 bytes \(4 GiB\)/);
-    expect(await listing(out)).toEqual(["in.raw"]);
-  }, SLOW);
+  test(
+    "input above 4 GiB (sparse)",
+    async () => {
+      const out = await caseDir();
+      await Bun.write(`${out}/in.raw`, "");
+      await truncate(`${out}/in.raw`, 4 * 1024 * MIB + 1);
+      expectRefused(
+        mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-s", "8192"]),
+        /image size of 4294967297 bytes is larger than 4294967296 bytes \(4 GiB\)/,
+      );
+      expect(await listing(out)).toEqual(["in.raw"]);
+    },
+    SLOW,
+  );
 
-  test("image larger than the target size", async () => {
-    const out = await caseDir();
-    await writePool(`${out}/in.raw`, MIB + 1);
-    expectRefused(
-      mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-s", "1", "-z"]),
-      /^mkimage: image size of 1048577 bytes is larger than target size of 1048576 bytes \(-s 1 MiB\)$/m,
-    );
-    expect(await listing(out)).toEqual(["in.raw"]);
-  }, SLOW);
+  test(
+    "image larger than the target size",
+    async () => {
+      const out = await caseDir();
+      await writePool(`${out}/in.raw`, MIB + 1);
+      expectRefused(
+        mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-s", "1", "-z"]),
+        /^mkimage: image size of 1048577 bytes is larger than target size of 1048576 bytes \(-s 1 MiB\)$/m,
+      );
+      expect(await listing(out)).toEqual(["in.raw"]);
+    },
+    SLOW,
+  );
 
-  test("name or dataset of 128 bytes", async () => {
-    const out = await caseDir();
-    const raw = `${VECTORS}/pool-1m.raw`;
-    expectRefused(mkimage(["-i", raw, "-o", `${out}/x.img`, "-N", "n".repeat(128)]), /image name is 128 bytes long; at most 127/);
-    expectRefused(mkimage(["-i", raw, "-o", `${out}/x.img`, "--dataset", "d".repeat(128)]), /dataset name is 128 bytes long; at most 127/);
-    // Bytes, not characters: 64 two-byte characters do not fit either.
-    expectRefused(mkimage(["-i", raw, "-o", `${out}/x.img`, "-N", "é".repeat(64)]), /image name is 128 bytes long/);
-    expect(await listing(out)).toEqual([]);
-  }, SLOW);
+  test(
+    "name or dataset of 128 bytes",
+    async () => {
+      const out = await caseDir();
+      const raw = `${VECTORS}/pool-1m.raw`;
+      expectRefused(
+        mkimage(["-i", raw, "-o", `${out}/x.img`, "-N", "n".repeat(128)]),
+        /image name is 128 bytes long; at most 127/,
+      );
+      expectRefused(
+        mkimage(["-i", raw, "-o", `${out}/x.img`, "--dataset", "d".repeat(128)]),
+        /dataset name is 128 bytes long; at most 127/,
+      );
+      // Bytes, not characters: 64 two-byte characters do not fit either.
+      expectRefused(mkimage(["-i", raw, "-o", `${out}/x.img`, "-N", "é".repeat(64)]), /image name is 128 bytes long/);
+      expect(await listing(out)).toEqual([]);
+    },
+    SLOW,
+  );
 
-  test("output or checksum file that is the input, also through a symlink or a hard link", async () => {
-    const out = await caseDir();
-    const raw = `${out}/in.raw`;
-    await copyFile(`${VECTORS}/pool-1m.raw`, raw);
-    await symlink(raw, `${out}/via-symlink`);
-    await link(raw, `${out}/via-hardlink`);
-    const refusals: [string[], RegExp][] = [
-      [["-o", raw], /output .*in\.raw is the input file/],
-      [["-o", `${out}/../${out.split("/").at(-1)}/in.raw`], /output .* is the input file/],
-      [["-o", `${out}/via-symlink`], /output .*via-symlink is the input file/],
-      [["-o", `${out}/via-hardlink`], /output .*via-hardlink is the input file/],
-      [["-o", `${out}/x.img`, "-O", raw], /checksum file .*in\.raw is the input file/],
-      [["-o", `${out}/x.img`, "-O", `${out}/x.img`], /checksum file .*x\.img is the same file as output/],
-    ];
-    for (const [args, message] of refusals) expectRefused(mkimage(["-i", raw, ...args, "-z"]), message);
-    expect(await listing(out)).toEqual(["in.raw", "via-hardlink", "via-symlink"]);
-    expect(await sameBytes(raw, `${VECTORS}/pool-1m.raw`)).toBe(true);
-  }, SLOW);
+  test(
+    "output or checksum file that is the input, also through a symlink or a hard link",
+    async () => {
+      const out = await caseDir();
+      const raw = `${out}/in.raw`;
+      await copyFile(`${VECTORS}/pool-1m.raw`, raw);
+      await symlink(raw, `${out}/via-symlink`);
+      await link(raw, `${out}/via-hardlink`);
+      const refusals: [string[], RegExp][] = [
+        [["-o", raw], /output .*in\.raw is the input file/],
+        [["-o", `${out}/../${out.split("/").at(-1)}/in.raw`], /output .* is the input file/],
+        [["-o", `${out}/via-symlink`], /output .*via-symlink is the input file/],
+        [["-o", `${out}/via-hardlink`], /output .*via-hardlink is the input file/],
+        [["-o", `${out}/x.img`, "-O", raw], /checksum file .*in\.raw is the input file/],
+        [["-o", `${out}/x.img`, "-O", `${out}/x.img`], /checksum file .*x\.img is the same file as output/],
+      ];
+      for (const [args, message] of refusals) expectRefused(mkimage(["-i", raw, ...args, "-z"]), message);
+      expect(await listing(out)).toEqual(["in.raw", "via-hardlink", "via-symlink"]);
+      expect(await sameBytes(raw, `${VECTORS}/pool-1m.raw`)).toBe(true);
+    },
+    SLOW,
+  );
 
-  test("output that is a directory, or in a missing directory", async () => {
-    const out = await caseDir();
-    await mkdir(`${out}/image`);
-    expectRefused(mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/image`]), /output .*image is a directory/);
-    expectRefused(mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/missing/x.img`]), /cannot write output .*missing.*no such file or directory/);
-    expect(await listing(out)).toEqual(["image"]);
-  }, SLOW);
+  test(
+    "output that is a directory, or in a missing directory",
+    async () => {
+      const out = await caseDir();
+      await mkdir(`${out}/image`);
+      expectRefused(mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/image`]), /output .*image is a directory/);
+      expectRefused(
+        mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/missing/x.img`]),
+        /cannot write output .*missing.*no such file or directory/,
+      );
+      expect(await listing(out)).toEqual(["image"]);
+    },
+    SLOW,
+  );
 });
 
 describe("input that changes while being read, and interruptions", () => {
@@ -402,86 +570,123 @@ describe("input that changes while being read, and interruptions", () => {
     return child;
   }
 
-  test("input that shrinks: refused, the existing output kept as it was", async () => {
-    const out = await caseDir();
-    const raw = `${out}/in.raw`;
-    await copyFile(bigRaw, raw);
-    await Bun.write(`${out}/x.img`, "the previous image");
-    const child = await startLongRun(out, raw);
-    await truncate(raw, 32 * MIB);
-    expect(await child.exited).toBe(1);
-    expect(await new Response(child.stderr).text()).toBe(
-      `mkimage: input ${raw} shrank from ${64 * MIB} to ${32 * MIB} bytes while being read\n`,
-    );
-    expect(await listing(out)).toEqual(["in.raw", "x.img"]);
-    expect(await Bun.file(`${out}/x.img`).text()).toBe("the previous image");
-  }, SLOW);
+  test(
+    "input that shrinks: refused, the existing output kept as it was",
+    async () => {
+      const out = await caseDir();
+      const raw = `${out}/in.raw`;
+      await copyFile(bigRaw, raw);
+      await Bun.write(`${out}/x.img`, "the previous image");
+      const child = await startLongRun(out, raw);
+      await truncate(raw, 32 * MIB);
+      expect(await child.exited).toBe(1);
+      expect(await new Response(child.stderr).text()).toBe(
+        `mkimage: input ${raw} shrank from ${64 * MIB} to ${32 * MIB} bytes while being read\n`,
+      );
+      expect(await listing(out)).toEqual(["in.raw", "x.img"]);
+      expect(await Bun.file(`${out}/x.img`).text()).toBe("the previous image");
+    },
+    SLOW,
+  );
 
-  test("input that grows: refused", async () => {
-    const out = await caseDir();
-    const raw = `${out}/in.raw`;
-    await copyFile(bigRaw, raw);
-    const child = await startLongRun(out, raw);
-    await appendFile(raw, "more");
-    expect(await child.exited).toBe(1);
-    expect(await new Response(child.stderr).text()).toBe(`mkimage: input ${raw} grew beyond ${64 * MIB} bytes while being read\n`);
-    expect(await listing(out)).toEqual(["in.raw"]);
-  }, SLOW);
+  test(
+    "input that grows: refused",
+    async () => {
+      const out = await caseDir();
+      const raw = `${out}/in.raw`;
+      await copyFile(bigRaw, raw);
+      const child = await startLongRun(out, raw);
+      await appendFile(raw, "more");
+      expect(await child.exited).toBe(1);
+      expect(await new Response(child.stderr).text()).toBe(
+        `mkimage: input ${raw} grew beyond ${64 * MIB} bytes while being read\n`,
+      );
+      expect(await listing(out)).toEqual(["in.raw"]);
+    },
+    SLOW,
+  );
 
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    test(`${signal} mid-run: the process dies of it, leaving no output and no temporary file`, async () => {
-      const out = await caseDir();
-      const child = await startLongRun(out, bigRaw);
-      child.kill(signal);
-      await child.exited;
-      expect(child.signalCode).toBe(signal);
-      expect(await listing(out)).toEqual([]);
-    }, SLOW);
+    test(
+      `${signal} mid-run: the process dies of it, leaving no output and no temporary file`,
+      async () => {
+        const out = await caseDir();
+        const child = await startLongRun(out, bigRaw);
+        child.kill(signal);
+        await child.exited;
+        expect(child.signalCode).toBe(signal);
+        expect(await listing(out)).toEqual([]);
+      },
+      SLOW,
+    );
   }
 
-  test("SIGKILL mid-run: nothing at the output path", async () => {
-    const out = await caseDir();
-    const child = await startLongRun(out, bigRaw);
-    child.kill("SIGKILL");
-    await child.exited;
-    // No handler runs on SIGKILL, so the temporary file stays; the output path never sees a partial image.
-    expect(await Bun.file(`${out}/x.img`).exists()).toBe(false);
-    expect(await Bun.file(`${out}/x.csum`).exists()).toBe(false);
-  }, SLOW);
+  test(
+    "SIGKILL mid-run: nothing at the output path",
+    async () => {
+      const out = await caseDir();
+      const child = await startLongRun(out, bigRaw);
+      child.kill("SIGKILL");
+      await child.exited;
+      // No handler runs on SIGKILL, so the temporary file stays; the output path never sees a partial image.
+      expect(await Bun.file(`${out}/x.img`).exists()).toBe(false);
+      expect(await Bun.file(`${out}/x.csum`).exists()).toBe(false);
+    },
+    SLOW,
+  );
 });
 
 describe("command line", () => {
-  test("usage errors exit 2 with one line", async () => {
-    const out = await caseDir();
-    const raw = `${VECTORS}/pool-1m.raw`;
-    const usage: [string[], RegExp][] = [
-      [[], /Missing required arguments: input, output/],
-      [["-i", raw], /Missing required argument: output/],
-      [["-i", raw, "-o", `${out}/x.img`, "-s", "64M"], /-s must be a whole number/],
-      [["-i", raw, "-o", `${out}/x.img`, "-z", "--level", "0"], /--level must be a whole number from 1 to 9/],
-      [["-i", raw, "-o", `${out}/x.img`, "-z", "--jobs", "0"], /--jobs must be a whole number from 1/],
-      [["-i", raw, "-o", `${out}/x.img`, "--frobnicate"], /Unknown argument: frobnicate/],
-      [["-i", raw, "-o", `${out}/x.img`, "-N"], /Not enough arguments following: N/],
-    ];
-    for (const [args, message] of usage) {
-      const run = mkimage(args);
-      expect(run.exitCode).toBe(2);
-      expect(run.stdout).toBe("");
-      expect(run.stderr.trimEnd().split("\n")).toHaveLength(1);
-      expect(run.stderr).toMatch(message);
-    }
-    expect(await listing(out)).toEqual([]);
-  }, SLOW);
+  test(
+    "usage errors exit 2 with one line",
+    async () => {
+      const out = await caseDir();
+      const raw = `${VECTORS}/pool-1m.raw`;
+      const usage: [string[], RegExp][] = [
+        [[], /Missing required arguments: input, output/],
+        [["-i", raw], /Missing required argument: output/],
+        [["-i", raw, "-o", `${out}/x.img`, "-s", "64M"], /-s must be a whole number/],
+        [["-i", raw, "-o", `${out}/x.img`, "-z", "--level", "0"], /--level must be a whole number from 1 to 9/],
+        [["-i", raw, "-o", `${out}/x.img`, "-z", "--jobs", "0"], /--jobs must be a whole number from 1/],
+        [["-i", raw, "-o", `${out}/x.img`, "--frobnicate"], /Unknown argument: frobnicate/],
+        [["-i", raw, "-o", `${out}/x.img`, "-N"], /Not enough arguments following: N/],
+      ];
+      for (const [args, message] of usage) {
+        const run = mkimage(args);
+        expect(run.exitCode).toBe(2);
+        expect(run.stdout).toBe("");
+        expect(run.stderr.trimEnd().split("\n")).toHaveLength(1);
+        expect(run.stderr).toMatch(message);
+      }
+      expect(await listing(out)).toEqual([]);
+    },
+    SLOW,
+  );
 
-  test("--help shows the options and examples; --version the package version", async () => {
-    const help = mkimage(["--help"]);
-    expect(help.exitCode).toBe(0);
-    for (const flag of ["--input", "--output", "--checksum-file", "--target-size", "--name", "--compress", "--zstd", "--dataset", "--level", "--jobs"]) {
-      expect(help.stdout).toContain(flag);
-    }
-    expect(help.stdout).toContain("Examples:");
-    const version = mkimage(["--version"]);
-    expect(version.exitCode).toBe(0);
-    expect(version.stdout.trim()).toBe((await Bun.file(join(ROOT, "package.json")).json()).version);
-  }, SLOW);
+  test(
+    "--help shows the options and examples; --version the package version",
+    async () => {
+      const help = mkimage(["--help"]);
+      expect(help.exitCode).toBe(0);
+      for (const flag of [
+        "--input",
+        "--output",
+        "--checksum-file",
+        "--target-size",
+        "--name",
+        "--compress",
+        "--zstd",
+        "--dataset",
+        "--level",
+        "--jobs",
+      ]) {
+        expect(help.stdout).toContain(flag);
+      }
+      expect(help.stdout).toContain("Examples:");
+      const version = mkimage(["--version"]);
+      expect(version.exitCode).toBe(0);
+      expect(version.stdout.trim()).toBe((await Bun.file(join(ROOT, "package.json")).json()).version);
+    },
+    SLOW,
+  );
 });

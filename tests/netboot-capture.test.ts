@@ -11,7 +11,16 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PcapLink } from "../lib/pcap.ts";
-import { BROADCAST_MAC, decodeFrame, encodeFrame, parseMac, sameMac, type Frame, type Mac, type Message } from "../lib/protocol.ts";
+import {
+  BROADCAST_MAC,
+  decodeFrame,
+  encodeFrame,
+  type Frame,
+  type Mac,
+  type Message,
+  parseMac,
+  sameMac,
+} from "../lib/protocol.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 import { ROOT } from "./helpers/common.ts";
 
@@ -28,7 +37,8 @@ let poolSha256 = "";
 
 function run(command: string[], cwd = dir): string {
   const result = Bun.spawnSync(command, { cwd, stdout: "pipe", stderr: "pipe" });
-  if (result.exitCode !== 0) throw new Error(`${command.join(" ")} exited ${result.exitCode}: ${result.stderr.toString()}`);
+  if (result.exitCode !== 0)
+    throw new Error(`${command.join(" ")} exited ${result.exitCode}: ${result.stderr.toString()}`);
   return result.stdout.toString();
 }
 
@@ -42,7 +52,21 @@ beforeAll(() => {
     String(POOL_SIZE),
   ]).trim();
   pool = new Uint8Array(readFileSync(join(dir, "pool.raw")));
-  run(["bun", join(ROOT, "apps/mkimage.ts"), "-i", "pool.raw", "-o", "pool.img", "-O", "csum", "-N", "capture", "-s", "8", "-z"]);
+  run([
+    "bun",
+    join(ROOT, "apps/mkimage.ts"),
+    "-i",
+    "pool.raw",
+    "-o",
+    "pool.img",
+    "-O",
+    "csum",
+    "-N",
+    "capture",
+    "-s",
+    "8",
+    "-z",
+  ]);
 }, 60_000);
 
 afterAll(() => {
@@ -66,7 +90,13 @@ async function waitForListening(child: Bun.Subprocess, logPath: string | null, t
 }
 
 /** Send with `send` (again every second) until a frame of `type` for `me` arrives. */
-async function expectFrame(link: PcapLink, me: Mac, type: Message["type"], send?: () => void, timeoutMs = 15_000): Promise<Frame> {
+async function expectFrame(
+  link: PcapLink,
+  me: Mac,
+  type: Message["type"],
+  send?: () => void,
+  timeoutMs = 15_000,
+): Promise<Frame> {
   const deadline = Date.now() + timeoutMs;
   let sentAt = 0;
   while (Date.now() < deadline) {
@@ -80,14 +110,28 @@ async function expectFrame(link: PcapLink, me: Mac, type: Message["type"], send?
       continue;
     }
     const decoded = decodeFrame(bytes);
-    if (decoded.ok && decoded.frame.message.type === type && sameMac(decoded.frame.destination, me)) return decoded.frame;
+    if (decoded.ok && decoded.frame.message.type === type && sameMac(decoded.frame.destination, me))
+      return decoded.frame;
   }
   throw new Error(`no ${type} within ${timeoutMs} ms`);
 }
 
 /** tshark's fields of every netboot frame, one object per frame. */
 function tsharkFields(path: string, fields: string[]): Record<string, string>[] {
-  const out = run([TSHARK!, "-r", path, "-X", `lua_script:${DISSECTOR}`, "-Y", "oxide_netboot", "-T", "fields", "-E", "separator=/t", ...fields.flatMap((f) => ["-e", f])]);
+  const out = run([
+    TSHARK!,
+    "-r",
+    path,
+    "-X",
+    `lua_script:${DISSECTOR}`,
+    "-Y",
+    "oxide_netboot",
+    "-T",
+    "fields",
+    "-E",
+    "separator=/t",
+    ...fields.flatMap((f) => ["-e", f]),
+  ]);
   return out
     .split("\n")
     .filter((line) => line.length > 0)
@@ -95,152 +139,167 @@ function tsharkFields(path: string, fields: string[]): Record<string, string>[] 
 }
 
 describe.skipIf(skip)(`bootserver --pcap and --json-log${skip ? ` (skipped: ${why})` : ""}`, () => {
-  test(
-    "records a whole boot that tshark decodes frame by frame, and logs it as JSON lines",
-    async () => {
-      await withVethPair(async ({ a, b }) => {
-        const capturePath = join(dir, "boot.pcap");
-        const server = spawn("bootserver", ["-s", "-t", "60", "--pcap", capturePath, "--json-log", a, "pool.img", "any"]);
-        await Bun.sleep(1500); // the server opens its link; a sled says HELLO every 4 s anyway
-        const sled = spawn("sled", [b, "--checksum-file", "csum", "--timeout", "60", "--json"]);
-        const [sledExit, serverExit] = await Promise.all([sled.child.exited, server.child.exited]);
-        const [sledOut, sledErr] = await sled.output;
-        const [serverOut, serverErr] = await server.output;
-        expect({ sledExit, sledErr }).toEqual({ sledExit: 0, sledErr: "" });
-        expect({ serverExit, serverErr }).toEqual({ serverExit: 0, serverErr: "" });
-        const sledReport = JSON.parse(sledOut.trim().split("\n").at(-1)!);
-        expect(sledReport.outcome).toBe("booted");
+  test("records a whole boot that tshark decodes frame by frame, and logs it as JSON lines", async () => {
+    await withVethPair(async ({ a, b }) => {
+      const capturePath = join(dir, "boot.pcap");
+      const server = spawn("bootserver", ["-s", "-t", "60", "--pcap", capturePath, "--json-log", a, "pool.img", "any"]);
+      await Bun.sleep(1500); // the server opens its link; a sled says HELLO every 4 s anyway
+      const sled = spawn("sled", [b, "--checksum-file", "csum", "--timeout", "60", "--json"]);
+      const [sledExit, serverExit] = await Promise.all([sled.child.exited, server.child.exited]);
+      const [sledOut, sledErr] = await sled.output;
+      const [serverOut, serverErr] = await server.output;
+      expect({ sledExit, sledErr }).toEqual({ sledExit: 0, sledErr: "" });
+      expect({ serverExit, serverErr }).toEqual({ serverExit: 0, serverErr: "" });
+      const sledReport = JSON.parse(sledOut.trim().split("\n").at(-1)!);
+      expect(sledReport.outcome).toBe("booted");
 
-        // The JSON log: every line one object with an event and an ISO time.
-        const records = serverOut.trim().split("\n").map((line) => JSON.parse(line));
-        for (const record of records) {
-          expect(typeof record.event).toBe("string");
-          expect(new Date(record.time).toISOString()).toBe(record.time);
-        }
-        const events = records.map((record) => record.event);
-        expect(events[0]).toBe("listening");
-        for (const event of ["hello", "offer", "session-start", "finished", "frames"]) expect(events).toContain(event);
-        expect(events.indexOf("hello")).toBeLessThan(events.indexOf("offer"));
-        const offer = records.find((record) => record.event === "offer");
-        expect(offer).toMatchObject({ image: "pool.img", image_size: POOL_SIZE, sha256: poolSha256, target_size: 8 * 1024 * 1024 });
-        const finished = records.find((record) => record.event === "finished");
-        expect(finished).toMatchObject({ image: "pool.img", bytes: POOL_SIZE, boots: 1 });
-        expect(finished.seconds).toBeGreaterThan(0);
-        expect(finished.mb_per_second).toBeGreaterThan(0);
-        expect(Number.isInteger(finished.reasked)).toBe(true);
-        console.log(`json-log: ${records.length} lines, events ${[...new Set(events)].join(", ")}`);
+      // The JSON log: every line one object with an event and an ISO time.
+      const records = serverOut
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line));
+      for (const record of records) {
+        expect(typeof record.event).toBe("string");
+        expect(new Date(record.time).toISOString()).toBe(record.time);
+      }
+      const events = records.map((record) => record.event);
+      expect(events[0]).toBe("listening");
+      for (const event of ["hello", "offer", "session-start", "finished", "frames"]) expect(events).toContain(event);
+      expect(events.indexOf("hello")).toBeLessThan(events.indexOf("offer"));
+      const offer = records.find((record) => record.event === "offer");
+      expect(offer).toMatchObject({
+        image: "pool.img",
+        image_size: POOL_SIZE,
+        sha256: poolSha256,
+        target_size: 8 * 1024 * 1024,
+      });
+      const finished = records.find((record) => record.event === "finished");
+      expect(finished).toMatchObject({ image: "pool.img", bytes: POOL_SIZE, boots: 1 });
+      expect(finished.seconds).toBeGreaterThan(0);
+      expect(finished.mb_per_second).toBeGreaterThan(0);
+      expect(Number.isInteger(finished.reasked)).toBe(true);
+      console.log(`json-log: ${records.length} lines, events ${[...new Set(events)].join(", ")}`);
 
-        // The capture: renamed into place, no temporary left beside it.
-        expect(readdirSync(dir).filter((name) => name.startsWith(".boot.pcap"))).toEqual([]);
-        const frames = tsharkFields(capturePath, [
-          "eth.src",
-          "eth.dst",
-          "oxide_netboot.type",
-          "oxide_netboot.len",
-          "oxide_netboot.offer.image_size",
-          "oxide_netboot.offer.sha256",
-          "oxide_netboot.read.count",
-          "oxide_netboot.read.offset",
-          "oxide_netboot.data.offset",
-          "oxide_netboot.data.length",
-          "oxide_netboot.data.bytes",
-          "_ws.expert",
-        ]);
-        const ofType = (type: string) => frames.filter((frame) => frame["oxide_netboot.type"] === type);
-        const [hellos, offers, reads, datas, finisheds] = ["0x00009001", "0x00009102", "0x00009003", "0x00009104", "0x00009005"].map(ofType);
-        expect(hellos!.length).toBeGreaterThanOrEqual(1);
-        expect(offers!.length).toBeGreaterThanOrEqual(1);
-        expect(finisheds!.length).toBe(1);
-        expect(offers![0]!["oxide_netboot.offer.image_size"]).toBe(String(POOL_SIZE));
-        expect(offers![0]!["oxide_netboot.offer.sha256"]!.replaceAll(":", "")).toBe(poolSha256);
-        expect(offers![0]!["oxide_netboot.len"]).toBe("176");
-        const batches = Math.ceil(POOL_SIZE / (128 * 1024));
-        expect(reads!.length).toBeGreaterThanOrEqual(batches);
-        for (const read of reads!) {
-          expect(read["oxide_netboot.len"]).toBe("1032");
-          expect(Number(read["oxide_netboot.read.count"])).toBeLessThanOrEqual(128);
-        }
+      // The capture: renamed into place, no temporary left beside it.
+      expect(readdirSync(dir).filter((name) => name.startsWith(".boot.pcap"))).toEqual([]);
+      const frames = tsharkFields(capturePath, [
+        "eth.src",
+        "eth.dst",
+        "oxide_netboot.type",
+        "oxide_netboot.len",
+        "oxide_netboot.offer.image_size",
+        "oxide_netboot.offer.sha256",
+        "oxide_netboot.read.count",
+        "oxide_netboot.read.offset",
+        "oxide_netboot.data.offset",
+        "oxide_netboot.data.length",
+        "oxide_netboot.data.bytes",
+        "_ws.expert",
+      ]);
+      const ofType = (type: string) => frames.filter((frame) => frame["oxide_netboot.type"] === type);
+      const [hellos, offers, reads, datas, finisheds] = [
+        "0x00009001",
+        "0x00009102",
+        "0x00009003",
+        "0x00009104",
+        "0x00009005",
+      ].map(ofType);
+      expect(hellos!.length).toBeGreaterThanOrEqual(1);
+      expect(offers!.length).toBeGreaterThanOrEqual(1);
+      expect(finisheds!.length).toBe(1);
+      expect(offers![0]!["oxide_netboot.offer.image_size"]).toBe(String(POOL_SIZE));
+      expect(offers![0]!["oxide_netboot.offer.sha256"]!.replaceAll(":", "")).toBe(poolSha256);
+      expect(offers![0]!["oxide_netboot.len"]).toBe("176");
+      const batches = Math.ceil(POOL_SIZE / (128 * 1024));
+      expect(reads!.length).toBeGreaterThanOrEqual(batches);
+      for (const read of reads!) {
+        expect(read["oxide_netboot.len"]).toBe("1032");
+        expect(Number(read["oxide_netboot.read.count"])).toBeLessThanOrEqual(128);
+      }
 
-        // Every DATA carries the pool's bytes at its offset; one per 1024-byte chunk, plus the re-asked ones, plus end markers.
-        const chunks = POOL_SIZE / 1024;
-        const full = datas!.filter((frame) => frame["oxide_netboot.data.length"] !== "0");
-        const ends = datas!.filter((frame) => frame["oxide_netboot.data.length"] === "0");
-        const offsets = new Set<number>();
-        for (const frame of full) {
-          const offset = Number(frame["oxide_netboot.data.offset"]);
-          const bytes = Buffer.from(frame["oxide_netboot.data.bytes"]!.replaceAll(":", ""), "hex");
-          expect(Number(frame["oxide_netboot.data.length"])).toBe(bytes.length);
-          expect(Buffer.compare(bytes, Buffer.from(pool.subarray(offset, offset + 1024)))).toBe(0);
-          offsets.add(offset);
-        }
-        expect(offsets.size).toBe(chunks);
-        expect(Math.max(...offsets)).toBe(POOL_SIZE - 1024);
-        expect(full.length).toBe(chunks + finished.reasked);
-        // An end DATA answers each offset asked at or past the end (the emulator asks none when the image is whole batches).
-        const askedPastEnd = reads!.flatMap((read) => (read["oxide_netboot.read.offset"] ?? "").split(",")).filter((offset) => offset !== "" && BigInt(offset) >= BigInt(POOL_SIZE));
-        expect(ends.length).toBe(askedPastEnd.length);
-        // Frames the sled sent come from it; the server's from the server.
-        const sledMac = hellos![0]!["eth.src"];
-        expect(new Set(reads!.map((frame) => frame["eth.src"]))).toEqual(new Set([sledMac]));
-        expect(new Set(datas!.map((frame) => frame["eth.dst"]))).toEqual(new Set([sledMac]));
-        console.log(
-          `capture: ${frames.length} netboot frames: ${hellos!.length} HELLO, ${offers!.length} OFFER, ${reads!.length} READ, ` +
-            `${full.length} DATA + ${ends.length} end DATA (${chunks} chunks, ${finished.reasked} re-asked), ${finisheds!.length} FINISHED`,
-        );
-      }, "rhd");
-    },
-    120_000,
-  );
+      // Every DATA carries the pool's bytes at its offset; one per 1024-byte chunk, plus the re-asked ones, plus end markers.
+      const chunks = POOL_SIZE / 1024;
+      const full = datas!.filter((frame) => frame["oxide_netboot.data.length"] !== "0");
+      const ends = datas!.filter((frame) => frame["oxide_netboot.data.length"] === "0");
+      const offsets = new Set<number>();
+      for (const frame of full) {
+        const offset = Number(frame["oxide_netboot.data.offset"]);
+        const bytes = Buffer.from(frame["oxide_netboot.data.bytes"]!.replaceAll(":", ""), "hex");
+        expect(Number(frame["oxide_netboot.data.length"])).toBe(bytes.length);
+        expect(Buffer.compare(bytes, Buffer.from(pool.subarray(offset, offset + 1024)))).toBe(0);
+        offsets.add(offset);
+      }
+      expect(offsets.size).toBe(chunks);
+      expect(Math.max(...offsets)).toBe(POOL_SIZE - 1024);
+      expect(full.length).toBe(chunks + finished.reasked);
+      // An end DATA answers each offset asked at or past the end (the emulator asks none when the image is whole batches).
+      const askedPastEnd = reads!
+        .flatMap((read) => (read["oxide_netboot.read.offset"] ?? "").split(","))
+        .filter((offset) => offset !== "" && BigInt(offset) >= BigInt(POOL_SIZE));
+      expect(ends.length).toBe(askedPastEnd.length);
+      // Frames the sled sent come from it; the server's from the server.
+      const sledMac = hellos![0]!["eth.src"];
+      expect(new Set(reads!.map((frame) => frame["eth.src"]))).toEqual(new Set([sledMac]));
+      expect(new Set(datas!.map((frame) => frame["eth.dst"]))).toEqual(new Set([sledMac]));
+      console.log(
+        `capture: ${frames.length} netboot frames: ${hellos!.length} HELLO, ${offers!.length} OFFER, ${reads!.length} READ, ` +
+          `${full.length} DATA + ${ends.length} end DATA (${chunks} chunks, ${finished.reasked} re-asked), ${finisheds!.length} FINISHED`,
+      );
+    }, "rhd");
+  }, 120_000);
 
-  test(
-    "SIGTERM closes the capture: the file appears, whole, and the server exits 143",
-    async () => {
-      await withVethPair(async ({ a, b }) => {
-        const capturePath = join(dir, "term.pcap");
-        const server = spawn("bootserver", ["--pcap", capturePath, a, "pool.img", "any"]);
-        await Bun.sleep(1500);
-        const sled = spawn("sled", [b, "--checksum-file", "csum", "--timeout", "60"]);
-        expect(await sled.child.exited).toBe(0);
-        // A client played here asks for the last chunk and one past the end, then READs without a session.
-        const client = PcapLink.open(b, { timeoutMs: 20 });
-        const answers: string[] = [];
-        try {
-          const me = parseMac("02:72:68:64:00:01")!;
-          const hello = encodeFrame(BROADCAST_MAC, me, { type: "hello", text: new TextEncoder().encode("capture test") });
-          const offer = await expectFrame(client, me, "offer", () => client.inject(hello));
-          const server = offer.source;
-          const slots = new BigUint64Array(128);
-          slots[0] = BigInt(POOL_SIZE - 1024);
-          slots[1] = BigInt(POOL_SIZE);
-          client.inject(encodeFrame(server, me, { type: "read", count: 2n, slots }));
-          for (let i = 0; i < 2; i++) {
-            const data = await expectFrame(client, me, "data");
-            if (data.message.type === "data") answers.push(`${data.message.offset}:${data.message.bytes.length}`);
-          }
-          client.inject(encodeFrame(server, me, { type: "finished" }));
-          await Bun.sleep(300);
-          client.inject(encodeFrame(server, me, { type: "read", count: 1n, slots }));
-          await expectFrame(client, me, "reset");
-        } finally {
-          client.close();
+  test("SIGTERM closes the capture: the file appears, whole, and the server exits 143", async () => {
+    await withVethPair(async ({ a, b }) => {
+      const capturePath = join(dir, "term.pcap");
+      const server = spawn("bootserver", ["--pcap", capturePath, a, "pool.img", "any"]);
+      await Bun.sleep(1500);
+      const sled = spawn("sled", [b, "--checksum-file", "csum", "--timeout", "60"]);
+      expect(await sled.child.exited).toBe(0);
+      // A client played here asks for the last chunk and one past the end, then READs without a session.
+      const client = PcapLink.open(b, { timeoutMs: 20 });
+      const answers: string[] = [];
+      try {
+        const me = parseMac("02:72:68:64:00:01")!;
+        const hello = encodeFrame(BROADCAST_MAC, me, { type: "hello", text: new TextEncoder().encode("capture test") });
+        const offer = await expectFrame(client, me, "offer", () => client.inject(hello));
+        const server = offer.source;
+        const slots = new BigUint64Array(128);
+        slots[0] = BigInt(POOL_SIZE - 1024);
+        slots[1] = BigInt(POOL_SIZE);
+        client.inject(encodeFrame(server, me, { type: "read", count: 2n, slots }));
+        for (let i = 0; i < 2; i++) {
+          const data = await expectFrame(client, me, "data");
+          if (data.message.type === "data") answers.push(`${data.message.offset}:${data.message.bytes.length}`);
         }
-        expect(answers.sort()).toEqual([`${POOL_SIZE - 1024}:1024`, `${POOL_SIZE}:0`].sort());
-        expect(existsSync(capturePath)).toBe(false); // not until the server stops
-        server.child.kill("SIGTERM");
-        expect(await server.child.exited).toBe(143);
-        const [, serverErr] = await server.output;
-        expect(serverErr).toBe("");
-        const frames = tsharkFields(capturePath, ["oxide_netboot.type", "oxide_netboot.data.offset", "oxide_netboot.data.length", "_ws.expert.message"]);
-        const types = frames.map((frame) => frame["oxide_netboot.type"]);
-        expect(types.filter((type) => type === "0x00009005").length).toBe(2);
-        expect(types).toContain("0x00009106"); // the RESET
-        expect(types.filter((type) => type === "0x00009104").length).toBeGreaterThanOrEqual(POOL_SIZE / 1024 + 2);
-        const end = frames.filter((frame) => frame["oxide_netboot.type"] === "0x00009104" && frame["oxide_netboot.data.length"] === "0");
-        expect(end.map((frame) => frame["oxide_netboot.data.offset"])).toEqual([String(POOL_SIZE)]);
-        expect(end[0]!["_ws.expert.message"]).toMatch(/end of image/i);
-        expect(readdirSync(dir).filter((name) => name.startsWith(".term.pcap"))).toEqual([]);
-      }, "rhd");
-    },
-    120_000,
-  );
+        client.inject(encodeFrame(server, me, { type: "finished" }));
+        await Bun.sleep(300);
+        client.inject(encodeFrame(server, me, { type: "read", count: 1n, slots }));
+        await expectFrame(client, me, "reset");
+      } finally {
+        client.close();
+      }
+      expect(answers.sort()).toEqual([`${POOL_SIZE - 1024}:1024`, `${POOL_SIZE}:0`].sort());
+      expect(existsSync(capturePath)).toBe(false); // not until the server stops
+      server.child.kill("SIGTERM");
+      expect(await server.child.exited).toBe(143);
+      const [, serverErr] = await server.output;
+      expect(serverErr).toBe("");
+      const frames = tsharkFields(capturePath, [
+        "oxide_netboot.type",
+        "oxide_netboot.data.offset",
+        "oxide_netboot.data.length",
+        "_ws.expert.message",
+      ]);
+      const types = frames.map((frame) => frame["oxide_netboot.type"]);
+      expect(types.filter((type) => type === "0x00009005").length).toBe(2);
+      expect(types).toContain("0x00009106"); // the RESET
+      expect(types.filter((type) => type === "0x00009104").length).toBeGreaterThanOrEqual(POOL_SIZE / 1024 + 2);
+      const end = frames.filter(
+        (frame) => frame["oxide_netboot.type"] === "0x00009104" && frame["oxide_netboot.data.length"] === "0",
+      );
+      expect(end.map((frame) => frame["oxide_netboot.data.offset"])).toEqual([String(POOL_SIZE)]);
+      expect(end[0]!["_ws.expert.message"]).toMatch(/end of image/i);
+      expect(readdirSync(dir).filter((name) => name.startsWith(".term.pcap"))).toEqual([]);
+    }, "rhd");
+  }, 120_000);
 });

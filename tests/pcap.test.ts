@@ -6,14 +6,19 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { libpcapVersion, PcapError, PcapLink } from "../lib/pcap.ts";
-import { canUseRawNetwork, createVethPair, withVethPair, type VethPair } from "../lib/veth.ts";
+import { canUseRawNetwork, createVethPair, type VethPair, withVethPair } from "../lib/veth.ts";
 
 const raw = canUseRawNetwork();
 const NETBOOT = 0x1de0;
 const IPV4 = 0x0800;
 
 /** An Ethernet II frame: destination, source, ethertype, then `payload`. */
-function ethernetFrame(destination: Uint8Array, source: Uint8Array, ethertype: number, payload: Uint8Array): Uint8Array<ArrayBuffer> {
+function ethernetFrame(
+  destination: Uint8Array,
+  source: Uint8Array,
+  ethertype: number,
+  payload: Uint8Array,
+): Uint8Array<ArrayBuffer> {
   const frame = new Uint8Array(14 + payload.length);
   frame.set(destination, 0);
   frame.set(source, 6);
@@ -141,7 +146,12 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b)],
       ([a, b]) => {
-        const finished = ethernetFrame(b!.mac, a!.mac, NETBOOT, Uint8Array.of(0x1d, 0xe1, 0x23, 0x45, 0, 0, 0x90, 0x05, 0, 0, 0, 0));
+        const finished = ethernetFrame(
+          b!.mac,
+          a!.mac,
+          NETBOOT,
+          Uint8Array.of(0x1d, 0xe1, 0x23, 0x45, 0, 0, 0x90, 0x05, 0, 0, 0, 0),
+        );
         expect(finished.length).toBe(26);
         a!.inject(finished);
         const received = b!.next();
@@ -222,7 +232,9 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
         // into one shared buffer, to show each frame is sent from its own offset.
         const shared = new Uint8Array(300 * 1024).fill(0xee);
         let offset = 5;
-        const expected = Array.from({ length: 600 }, (_, i) => ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(20 + ((i * 37) % 1000), i)));
+        const expected = Array.from({ length: 600 }, (_, i) =>
+          ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(20 + ((i * 37) % 1000), i)),
+        );
         const frames = expected.map((frame, i) => {
           if (i % 3 !== 0) return frame;
           shared.set(frame, offset);
@@ -264,10 +276,14 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     withLinks(
       () => [PcapLink.open(pair.a)],
       ([a]) => {
-        expect(() => a!.inject(new Uint8Array(13))).toThrow(new PcapError(`cannot send a 13-byte frame on ${pair.a}: shorter than the 14-byte Ethernet header`));
+        expect(() => a!.inject(new Uint8Array(13))).toThrow(
+          new PcapError(`cannot send a 13-byte frame on ${pair.a}: shorter than the 14-byte Ethernet header`),
+        );
         const oversized = ethernetFrame(a!.mac, a!.mac, NETBOOT, payload(1600, 9)); // MTU 1500
         expect(() => a!.inject(oversized)).toThrow(PcapError);
-        expect(() => a!.inject(oversized)).toThrow(`cannot send a 1614-byte frame on ${pair.a}: send: Message too long`);
+        expect(() => a!.inject(oversized)).toThrow(
+          `cannot send a 1614-byte frame on ${pair.a}: send: Message too long`,
+        );
       },
     );
   });
@@ -287,7 +303,9 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
         () => [PcapLink.open(doomed.a), PcapLink.open(doomed.b)],
         ([a, b]) => {
           Bun.spawnSync(["ip", "link", "del", doomed.a]);
-          expect(() => b!.next()).toThrow(new PcapError(`cannot read a frame from ${doomed.b}: The interface disappeared`));
+          expect(() => b!.next()).toThrow(
+            new PcapError(`cannot read a frame from ${doomed.b}: The interface disappeared`),
+          );
           expect(() => a!.inject(ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(50, 13)))).toThrow(
             new PcapError(`cannot send a 64-byte frame on ${doomed.a}: send: No such device or address`),
           );
@@ -338,15 +356,20 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     // A slow queueing discipline holds sent frames, so the socket's send buffer fills
     // (the socket is non-blocking underneath); every frame must still go out, in order.
     await withVethPair(async ({ a: aName, b: bName }) => {
-      const tc = Bun.spawnSync(["tc", "qdisc", "add", "dev", aName, "root", "tbf", "rate", "20mbit", "burst", "16kb", "limit", "4mb"], {
-        stderr: "pipe",
-      });
+      const tc = Bun.spawnSync(
+        ["tc", "qdisc", "add", "dev", aName, "root", "tbf", "rate", "20mbit", "burst", "16kb", "limit", "4mb"],
+        {
+          stderr: "pipe",
+        },
+      );
       expect(tc.stderr.toString()).toBe("");
       withLinks(
         () => [PcapLink.open(aName), PcapLink.open(bName)],
         ([a, b]) => {
           const count = 1200;
-          const frames = Array.from({ length: count }, (_, i) => ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(1036, i)));
+          const frames = Array.from({ length: count }, (_, i) =>
+            ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(1036, i)),
+          );
           for (const frame of frames.slice(0, count / 2)) a!.inject(frame);
           a!.injectBatch(frames.slice(count / 2));
           let received = 0;
@@ -371,7 +394,9 @@ describe.skipIf(!raw.ok)("createVethPair", () => {
         expect(readFileSync(`/sys/class/net/${end}/operstate`, "utf8").trim()).toBe("up");
         expect(readFileSync(`/proc/sys/net/ipv6/conf/${end}/disable_ipv6`, "utf8").trim()).toBe("1");
       }
-      const shown = JSON.parse(Bun.spawnSync(["ip", "-j", "link", "show", "dev", pair.a]).stdout.toString()) as { link: string }[];
+      const shown = JSON.parse(Bun.spawnSync(["ip", "-j", "link", "show", "dev", pair.a]).stdout.toString()) as {
+        link: string;
+      }[];
       expect(shown[0]!.link).toBe(pair.b);
     } finally {
       await pair.remove();
@@ -383,7 +408,9 @@ describe.skipIf(!raw.ok)("createVethPair", () => {
 
 describe.skipIf(!raw.ok)("PcapLink.open failures", () => {
   test("a link that does not exist: PcapError with the link's name and libpcap's text", () => {
-    expect(() => PcapLink.open("rpcnosuchlink0")).toThrow(new PcapError("cannot open link rpcnosuchlink0: No such device exists"));
+    expect(() => PcapLink.open("rpcnosuchlink0")).toThrow(
+      new PcapError("cannot open link rpcnosuchlink0: No such device exists"),
+    );
   });
 
   test("a negative timeout is refused before libpcap is asked", () => {

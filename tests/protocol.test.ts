@@ -9,13 +9,13 @@ import {
   datasetField,
   decodeFrame,
   encodeFrame,
+  type Frame,
   formatMac,
+  type Message,
   parseMac,
   READ_SLOTS,
-  requestedOffsets,
-  type Frame,
-  type Message,
   type ReadRequest,
+  requestedOffsets,
 } from "../lib/protocol.ts";
 import { pythonWithInput } from "./helpers/common.ts";
 
@@ -29,7 +29,9 @@ const U64_MAX = 2n ** 64n - 1n;
  * `format` at offset 14. Integers come back as decimal strings (u64 would not
  * survive JSON numbers), bytes as hex; the frame's length comes along.
  */
-function pythonUnpack(frames: { frame: Uint8Array; format: string }[]): { ether: string[]; fields: string[]; length: number }[] {
+function pythonUnpack(
+  frames: { frame: Uint8Array; format: string }[],
+): { ether: string[]; fields: string[]; length: number }[] {
   const script = `
 import json, struct, sys
 out = []
@@ -41,7 +43,9 @@ for item in json.load(sys.stdin):
     out.append({"ether": [show(v) for v in ether], "fields": [show(v) for v in fields], "length": len(frame)})
 json.dump(out, sys.stdout)
 `;
-  const input = JSON.stringify(frames.map(({ frame, format }) => ({ hex: Buffer.from(frame).toString("hex"), format })));
+  const input = JSON.stringify(
+    frames.map(({ frame, format }) => ({ hex: Buffer.from(frame).toString("hex"), format })),
+  );
   return JSON.parse(pythonWithInput(Buffer.from(input), script));
 }
 
@@ -63,7 +67,11 @@ function decodeRefused(bytes: Uint8Array): string {
 }
 
 /** A frame with the given raw header fields and body, written by hand (not by encodeFrame). */
-function rawFrame(fields: { ethertype?: number; magic?: number; type: number; len: number }, body: Uint8Array, total?: number): Uint8Array {
+function rawFrame(
+  fields: { ethertype?: number; magic?: number; type: number; len: number },
+  body: Uint8Array,
+  total?: number,
+): Uint8Array {
   const frame = new Uint8Array(total ?? 26 + body.length);
   const view = new DataView(frame.buffer);
   frame.set(SLED, 0);
@@ -87,16 +95,37 @@ describe("every frame type, encoded, matches the layout of netboot.md", () => {
   const greeting = new TextEncoder().encode("hello from a sled");
   const data = patterned(1024, 2);
   const messages: { message: Message; destination: Uint8Array; source: Uint8Array; format: string }[] = [
-    { message: { type: "hello", text: greeting }, destination: BROADCAST, source: SLED, format: `>III${greeting.length}s` },
     {
-      message: { type: "offer", ramdiskSize: 64n << 20n, imageSize: 1n << 20n, sha256, dataset: datasetField("rpool/ROOT/ramdisk") },
+      message: { type: "hello", text: greeting },
+      destination: BROADCAST,
+      source: SLED,
+      format: `>III${greeting.length}s`,
+    },
+    {
+      message: {
+        type: "offer",
+        ramdiskSize: 64n << 20n,
+        imageSize: 1n << 20n,
+        sha256,
+        dataset: datasetField("rpool/ROOT/ramdisk"),
+      },
       destination: SLED,
       source: SERVER,
       format: ">IIIQQ32s128s",
     },
     { message: { type: "read", count: 128n, slots }, destination: SERVER, source: SLED, format: `>IIIQ${READ_SLOTS}Q` },
-    { message: { type: "data", offset: 5n * 1024n, bytes: data }, destination: SLED, source: SERVER, format: ">IIIQ1024s" },
-    { message: { type: "data", offset: 3n << 20n, bytes: new Uint8Array(0) }, destination: SLED, source: SERVER, format: ">IIIQ" },
+    {
+      message: { type: "data", offset: 5n * 1024n, bytes: data },
+      destination: SLED,
+      source: SERVER,
+      format: ">IIIQ1024s",
+    },
+    {
+      message: { type: "data", offset: 3n << 20n, bytes: new Uint8Array(0) },
+      destination: SLED,
+      source: SERVER,
+      format: ">IIIQ",
+    },
     { message: { type: "finished" }, destination: SERVER, source: SLED, format: ">III" },
     { message: { type: "reset" }, destination: SLED, source: SERVER, format: ">III" },
   ];
@@ -179,7 +208,13 @@ describe("decoding frames built by hand", () => {
 
   test("an OFFER whose dataset byte 127 is not NUL still decodes (the sled, not the decoder, refuses it)", () => {
     const dataset = new Uint8Array(128).fill(0x41);
-    const frame = encodeFrame(SLED, SERVER, { type: "offer", ramdiskSize: 1n << 21n, imageSize: 1n << 20n, sha256: new Uint8Array(32), dataset });
+    const frame = encodeFrame(SLED, SERVER, {
+      type: "offer",
+      ramdiskSize: 1n << 21n,
+      imageSize: 1n << 20n,
+      sha256: new Uint8Array(32),
+      dataset,
+    });
     const message = decodeOk(frame).message;
     expect(message.type === "offer" && message.dataset[127]).toBe(0x41);
   });
@@ -188,15 +223,27 @@ describe("decoding frames built by hand", () => {
     ["wrong ethertype", rawFrame({ ethertype: 0x0800, type: 0x9005, len: 0 }, new Uint8Array(34)), /ethertype 0x0800/],
     ["wrong magic", rawFrame({ magic: 0x1de12346, type: 0x9005, len: 0 }, new Uint8Array(34)), /magic 0x1de12346/],
     ["unknown type", rawFrame({ type: 0x9007, len: 0 }, new Uint8Array(34)), /unknown type 0x9007/],
-    ["a server type from the wrong direction bit", rawFrame({ type: 0x9105, len: 0 }, new Uint8Array(34)), /unknown type 0x9105/],
-    ["len longer than the frame", rawFrame({ type: 0x9001, len: 35 }, new Uint8Array(34)), /len 35 is more than the 34/],
+    [
+      "a server type from the wrong direction bit",
+      rawFrame({ type: 0x9105, len: 0 }, new Uint8Array(34)),
+      /unknown type 0x9105/,
+    ],
+    [
+      "len longer than the frame",
+      rawFrame({ type: 0x9001, len: 35 }, new Uint8Array(34)),
+      /len 35 is more than the 34/,
+    ],
     ["shorter than the headers", new Uint8Array(25), /25 bytes/],
     ["OFFER len 175", rawFrame({ type: 0x9102, len: 175 }, new Uint8Array(176)), /offer len 175 is not 176/],
     ["OFFER len 177", rawFrame({ type: 0x9102, len: 177 }, new Uint8Array(177)), /offer len 177 is not 176/],
     ["READ len 1024", rawFrame({ type: 0x9003, len: 1024 }, new Uint8Array(1032)), /read len 1024 is not 1032/],
     ["READ len 1040", rawFrame({ type: 0x9003, len: 1040 }, new Uint8Array(1040)), /read len 1040 is not 1032/],
     ["DATA len 7", rawFrame({ type: 0x9104, len: 7 }, new Uint8Array(34)), /data len 7 is outside 8\.\.1476/],
-    ["DATA len 1477", rawFrame({ type: 0x9104, len: 1477 }, new Uint8Array(1477)), /data len 1477 is outside 8\.\.1476/],
+    [
+      "DATA len 1477",
+      rawFrame({ type: 0x9104, len: 1477 }, new Uint8Array(1477)),
+      /data len 1477 is outside 8\.\.1476/,
+    ],
     ["FINISHED len 4", rawFrame({ type: 0x9005, len: 4 }, new Uint8Array(34)), /finished len 4 is not 0/],
   ];
   for (const [what, frame, reason] of refusals) {
@@ -212,7 +259,10 @@ describe("decoding frames built by hand", () => {
   });
 
   test("DATA len 8 and 1476 are the edges still accepted", () => {
-    expect(decodeOk(rawFrame({ type: 0x9104, len: 8 }, new Uint8Array(8))).message).toMatchObject({ type: "data", offset: 0n });
+    expect(decodeOk(rawFrame({ type: 0x9104, len: 8 }, new Uint8Array(8))).message).toMatchObject({
+      type: "data",
+      offset: 0n,
+    });
     const message = decodeOk(rawFrame({ type: 0x9104, len: 1476 }, new Uint8Array(1476).fill(3))).message;
     expect(message.type === "data" && message.bytes.length).toBe(1468);
   });
@@ -244,14 +294,20 @@ describe("requestedOffsets: the offsets a READ asks for, by slot position", () =
   }
 
   test("a full first batch asks for offset 0 too", () => {
-    const first = read(128n, Array.from({ length: 128 }, (_, slot) => [slot, BigInt(slot * 1024)] as [number, bigint]));
+    const first = read(
+      128n,
+      Array.from({ length: 128 }, (_, slot) => [slot, BigInt(slot * 1024)] as [number, bigint]),
+    );
     const offsets = requestedOffsets(first);
     expect(offsets).toHaveLength(128);
     expect(new Set(offsets)).toEqual(new Set(Array.from({ length: 128 }, (_, slot) => BigInt(slot * 1024))));
   });
 
   test("a later full batch: 128 non-zero slots, no offset 0", () => {
-    const later = read(128n, Array.from({ length: 128 }, (_, slot) => [slot, BigInt(131072 + slot * 1024)] as [number, bigint]));
+    const later = read(
+      128n,
+      Array.from({ length: 128 }, (_, slot) => [slot, BigInt(131072 + slot * 1024)] as [number, bigint]),
+    );
     expect(requestedOffsets(later)).toEqual(Array.from({ length: 128 }, (_, slot) => BigInt(131072 + slot * 1024)));
   });
 
@@ -341,7 +397,9 @@ describe("DataFrameWriter", () => {
       [4097n, new Uint8Array(0)],
     ];
     for (const [offset, bytes] of cases) {
-      expect(hex(writer.answer(offset, image).slice())).toBe(hex(encodeFrame(SLED, SERVER, { type: "data", offset, bytes })));
+      expect(hex(writer.answer(offset, image).slice())).toBe(
+        hex(encodeFrame(SLED, SERVER, { type: "data", offset, bytes })),
+      );
       expect(writer.imageBytes).toBe(bytes.length);
     }
   });
@@ -351,7 +409,16 @@ describe("DataFrameWriter", () => {
     const whole = patterned(3 * 4096, 11);
     const image = whole.subarray(4096, 8192);
     const writer = new DataFrameWriter(SLED, SERVER);
-    for (const offset of [U64_MAX, U64_MAX - 1023n, 2n ** 64n - 1024n, 2n ** 63n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 53n - 1n, 2n ** 32n]) {
+    for (const offset of [
+      U64_MAX,
+      U64_MAX - 1023n,
+      2n ** 64n - 1024n,
+      2n ** 63n,
+      2n ** 53n,
+      2n ** 53n + 1n,
+      2n ** 53n - 1n,
+      2n ** 32n,
+    ]) {
       const frame = writer.answer(offset, image).slice();
       expect(writer.imageBytes).toBe(0);
       expect(hex(frame)).toBe(hex(encodeFrame(SLED, SERVER, { type: "data", offset, bytes: new Uint8Array(0) })));

@@ -13,15 +13,15 @@ import {
   datasetField,
   decodeFrame,
   encodeFrame,
+  type Frame,
   formatMac,
+  type Message,
   parseMac,
   READ_SLOTS,
-  requestedOffsets,
-  type Frame,
-  type Message,
   type ReadRequest,
+  requestedOffsets,
 } from "../lib/protocol.ts";
-import { DataFaults, REORDER_HOLD_MS, SledSession, type SledConfig } from "../lib/sled.ts";
+import { DataFaults, REORDER_HOLD_MS, type SledConfig, SledSession } from "../lib/sled.ts";
 import { canUseRawNetwork, createVethPair, type VethPair } from "../lib/veth.ts";
 import { pythonWithInput, ROOT } from "./helpers/common.ts";
 
@@ -79,7 +79,9 @@ function testSled(checksum: Uint8Array, options: Partial<SledConfig> = {}) {
     session,
     sent,
     ofType<T extends Message["type"]>(type: T): Extract<Message, { type: T }>[] {
-      return sent.map((frame) => frame.message).filter((message): message is Extract<Message, { type: T }> => message.type === type);
+      return sent
+        .map((frame) => frame.message)
+        .filter((message): message is Extract<Message, { type: T }> => message.type === type);
     },
     lastRead(): ReadRequest {
       const reads = this.ofType("read");
@@ -89,7 +91,10 @@ function testSled(checksum: Uint8Array, options: Partial<SledConfig> = {}) {
   };
 }
 
-function offer(fields: { ramdiskSize?: number; imageSize?: number; sha256: Uint8Array; dataset?: Uint8Array }, from = SERVER): Uint8Array {
+function offer(
+  fields: { ramdiskSize?: number; imageSize?: number; sha256: Uint8Array; dataset?: Uint8Array },
+  from = SERVER,
+): Uint8Array {
   return encodeFrame(SLED, from, {
     type: "offer",
     ramdiskSize: BigInt(fields.ramdiskSize ?? 64 * MIB),
@@ -218,7 +223,9 @@ describe("transfer", () => {
     expect(sled.ofType("read")).toHaveLength(1);
     sled.session.receive(answer(image, 127n * 1024n), 6);
     expect(sled.ofType("read")).toHaveLength(2);
-    expect(Array.from(sled.lastRead().slots)).toEqual(Array.from({ length: READ_SLOTS }, (_, slot) => BigInt(BATCH + slot * 1024)));
+    expect(Array.from(sled.lastRead().slots)).toEqual(
+      Array.from({ length: READ_SLOTS }, (_, slot) => BigInt(BATCH + slot * 1024)),
+    );
   });
 
   test("a slot unanswered for over a second is asked again in its own position, others zero, count = how many", () => {
@@ -317,14 +324,19 @@ describe("transfer", () => {
     const sled = accepted();
     serve(sled, image, 10, (offset) => offset < BigInt(BATCH));
     for (const offset of requestedOffsets(sled.lastRead())) {
-      sled.session.receive(offset === BigInt(BATCH + 5 * 1024) ? data(Number(offset), new Uint8Array(0)) : answer(image, offset), 11);
+      sled.session.receive(
+        offset === BigInt(BATCH + 5 * 1024) ? data(Number(offset), new Uint8Array(0)) : answer(image, offset),
+        11,
+      );
     }
     expect(sled.ofType("read")).toHaveLength(2);
     expect(sled.ofType("finished")).toHaveLength(1);
     expect(sled.session.outcome).toBe("checksum mismatch");
     const received = padded(image, 2 * BATCH);
     received.fill(0, BATCH + 5 * 1024, BATCH + 6 * 1024);
-    expect(sled.session.report(11).detail).toContain(`first ${2 * BATCH} ramdisk bytes is ${hex(pythonSha256(received))}`);
+    expect(sled.session.report(11).detail).toContain(
+      `first ${2 * BATCH} ramdisk bytes is ${hex(pythonSha256(received))}`,
+    );
   });
 });
 
@@ -378,7 +390,12 @@ test("bytes a DATA carries beyond 1024 land in the ramdisk, across a batch bound
     const answers: [number, Uint8Array][] = [];
     for (let offset = start; offset < start + BATCH; offset += 1024) {
       // The last chunk of batch 0 runs 444 bytes into batch 1, whose first chunk then covers only 100 of them.
-      const bytes = offset === BATCH - 1024 ? long : offset === BATCH ? image.subarray(offset, offset + 100) : image.subarray(offset, offset + 1024);
+      const bytes =
+        offset === BATCH - 1024
+          ? long
+          : offset === BATCH
+            ? image.subarray(offset, offset + 100)
+            : image.subarray(offset, offset + 1024);
       answers.push([offset, offset === 3072 ? image.subarray(3072, 3072 + 1400) : bytes]);
     }
     // 4096 arrives before 3072, whose 1400 bytes then overwrite the start of it.
@@ -387,7 +404,8 @@ test("bytes a DATA carries beyond 1024 land in the ramdisk, across a batch bound
   };
   // The model: one whole zeroed ramdisk, every DATA written at its offset in arrival order.
   const ramdisk = new Uint8Array(MIB + BATCH);
-  for (let start = 0; start < MIB; start += BATCH) for (const [offset, bytes] of batchAnswers(start)) ramdisk.set(bytes, offset);
+  for (let start = 0; start < MIB; start += BATCH)
+    for (const [offset, bytes] of batchAnswers(start)) ramdisk.set(bytes, offset);
   const wanted = pythonSha256(ramdisk.subarray(0, MIB));
   expect(hex(wanted)).not.toBe(hex(pythonSha256(image)));
 
@@ -438,7 +456,9 @@ describe("RESET and timeout", () => {
     expect(sled.session.outcome).toBeNull();
     sled.session.tick(10_000);
     expect(sled.session.outcome).toBe("timeout");
-    expect(sled.session.report(10_000).detail).toMatch(/no acceptable offer after 3 HELLO .*sha256 .* is not the wanted/);
+    expect(sled.session.report(10_000).detail).toMatch(
+      /no acceptable offer after 3 HELLO .*sha256 .* is not the wanted/,
+    );
   });
 });
 
@@ -561,14 +581,24 @@ describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (sk
    * server on end a: an OFFER of the 1 MiB image for every HELLO, one DATA per offset
    * asked (empty at or past the end), until the program exits.
    */
-  async function bootAgainstScriptedServer(args: string[]): Promise<{ exitCode: number; stdout: string; stderr: string; seen: Seen }> {
+  async function bootAgainstScriptedServer(
+    args: string[],
+  ): Promise<{ exitCode: number; stdout: string; stderr: string; seen: Seen }> {
     const server = PcapLink.open(pair.a, { timeoutMs: 5 });
     const seen: Seen = { hellos: [], reads: [], finished: [] };
     try {
-      const child = Bun.spawn(["bun", join(ROOT, "apps", "sled.ts"), pair.b, ...args], { stdout: "pipe", stderr: "pipe" });
+      const child = Bun.spawn(["bun", join(ROOT, "apps", "sled.ts"), pair.b, ...args], {
+        stdout: "pipe",
+        stderr: "pipe",
+      });
       const stdout = new Response(child.stdout).text();
       const stderr = new Response(child.stderr).text();
-      const offered = { ramdiskSize: 64n * BigInt(MIB), imageSize: BigInt(image.length), sha256: checksum, dataset: datasetField("testing") };
+      const offered = {
+        ramdiskSize: 64n * BigInt(MIB),
+        imageSize: BigInt(image.length),
+        sha256: checksum,
+        dataset: datasetField("testing"),
+      };
       // A program that outlives its own --timeout by far is hung: stop it so the test fails instead of stalling.
       const deadline = Date.now() + 90_000;
       while (child.exitCode === null) {
@@ -600,37 +630,80 @@ describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (sk
     }
   }
 
-  test("three sleds boot from a 1 MiB image: exit 0, one line each, one FINISHED each", async () => {
-    const result = await bootAgainstScriptedServer(["--checksum-file", checksumFile, "--mac", "02:5e:00:00:10:fe", "--sleds", "3", "--timeout", "60"]);
-    expect(result.stderr).toBe("");
-    expect(result.exitCode).toBe(0);
-    const macs = ["02:5e:00:00:10:fe", "02:5e:00:00:10:ff", "02:5e:00:00:11:00"];
-    for (const mac of macs) {
-      expect(result.stdout).toMatch(new RegExp(`^${mac} booted: 1048576 bytes, [0-9.]+ MB/s, \\d+ re-asks, \\d+ dropped, first DATA after [0-9.]+ ms, [0-9.]+ s$`, "m"));
-    }
-    expect(result.stdout).toContain("3 of 3 sleds booted");
-    expect(result.seen.finished.sort()).toEqual(macs);
-    expect(new Set(result.seen.reads)).toEqual(new Set(macs));
-  }, E2E_TIMEOUT_MS);
+  test(
+    "three sleds boot from a 1 MiB image: exit 0, one line each, one FINISHED each",
+    async () => {
+      const result = await bootAgainstScriptedServer([
+        "--checksum-file",
+        checksumFile,
+        "--mac",
+        "02:5e:00:00:10:fe",
+        "--sleds",
+        "3",
+        "--timeout",
+        "60",
+      ]);
+      expect(result.stderr).toBe("");
+      expect(result.exitCode).toBe(0);
+      const macs = ["02:5e:00:00:10:fe", "02:5e:00:00:10:ff", "02:5e:00:00:11:00"];
+      for (const mac of macs) {
+        expect(result.stdout).toMatch(
+          new RegExp(
+            `^${mac} booted: 1048576 bytes, [0-9.]+ MB/s, \\d+ re-asks, \\d+ dropped, first DATA after [0-9.]+ ms, [0-9.]+ s$`,
+            "m",
+          ),
+        );
+      }
+      expect(result.stdout).toContain("3 of 3 sleds booted");
+      expect(result.seen.finished.sort()).toEqual(macs);
+      expect(new Set(result.seen.reads)).toEqual(new Set(macs));
+    },
+    E2E_TIMEOUT_MS,
+  );
 
-  test("with --drop-rate the sled loses DATA frames, re-asks them, and still boots", async () => {
-    const result = await bootAgainstScriptedServer(["--checksum", Buffer.from(checksum).toString("hex"), "--drop-rate", "0.003", "--seed", "4", "--json"]);
-    expect(result.exitCode).toBe(0);
-    const report = JSON.parse(result.stdout.trim());
-    expect(report.outcome).toBe("booted");
-    expect(report.bytes).toBe(MIB);
-    expect(report.faults.dropped).toBeGreaterThan(0);
-    expect(report.reasked).toBeGreaterThanOrEqual(report.faults.dropped);
-    expect(result.seen.finished).toEqual([report.mac]);
-  }, E2E_TIMEOUT_MS);
+  test(
+    "with --drop-rate the sled loses DATA frames, re-asks them, and still boots",
+    async () => {
+      const result = await bootAgainstScriptedServer([
+        "--checksum",
+        Buffer.from(checksum).toString("hex"),
+        "--drop-rate",
+        "0.003",
+        "--seed",
+        "4",
+        "--json",
+      ]);
+      expect(result.exitCode).toBe(0);
+      const report = JSON.parse(result.stdout.trim());
+      expect(report.outcome).toBe("booted");
+      expect(report.bytes).toBe(MIB);
+      expect(report.faults.dropped).toBeGreaterThan(0);
+      expect(report.reasked).toBeGreaterThanOrEqual(report.faults.dropped);
+      expect(result.seen.finished).toEqual([report.mac]);
+    },
+    E2E_TIMEOUT_MS,
+  );
 
-  test("a sled wanting another checksum never accepts the OFFER, keeps saying HELLO, times out: exit 1", async () => {
-    const wrong = "11".repeat(32);
-    const result = await bootAgainstScriptedServer(["--checksum", wrong, "--mac", "02:5e:00:00:20:01", "--timeout", "5"]);
-    expect(result.exitCode).toBe(1);
-    expect(result.stdout).toMatch(/^02:5e:00:00:20:01 timeout: 0 bytes, .*; no acceptable offer after 2 HELLO \(last offer from [0-9a-f:]+ refused: sha256 [0-9a-f]{64} is not the wanted 1{64}\)$/m);
-    expect(result.seen.hellos).toEqual(["02:5e:00:00:20:01", "02:5e:00:00:20:01"]);
-    expect(result.seen.reads).toEqual([]);
-    expect(result.seen.finished).toEqual([]);
-  }, E2E_TIMEOUT_MS);
+  test(
+    "a sled wanting another checksum never accepts the OFFER, keeps saying HELLO, times out: exit 1",
+    async () => {
+      const wrong = "11".repeat(32);
+      const result = await bootAgainstScriptedServer([
+        "--checksum",
+        wrong,
+        "--mac",
+        "02:5e:00:00:20:01",
+        "--timeout",
+        "5",
+      ]);
+      expect(result.exitCode).toBe(1);
+      expect(result.stdout).toMatch(
+        /^02:5e:00:00:20:01 timeout: 0 bytes, .*; no acceptable offer after 2 HELLO \(last offer from [0-9a-f:]+ refused: sha256 [0-9a-f]{64} is not the wanted 1{64}\)$/m,
+      );
+      expect(result.seen.hellos).toEqual(["02:5e:00:00:20:01", "02:5e:00:00:20:01"]);
+      expect(result.seen.reads).toEqual([]);
+      expect(result.seen.finished).toEqual([]);
+    },
+    E2E_TIMEOUT_MS,
+  );
 });

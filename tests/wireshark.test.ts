@@ -13,7 +13,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PcapFileError, PcapFileWriter } from "../lib/pcap-file.ts";
-import { BROADCAST_MAC, datasetField, encodeFrame, READ_SLOTS, type Message } from "../lib/protocol.ts";
+import { BROADCAST_MAC, datasetField, encodeFrame, type Message, READ_SLOTS } from "../lib/protocol.ts";
 
 const DISSECTOR = join(import.meta.dir, "..", "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");
@@ -116,21 +116,30 @@ describe("PcapFileWriter", () => {
     const { header, records } = decodeWithPython(path);
     expect(header[5]).toBe(100);
     expect(records).toHaveLength(1);
-    expect(records[0]).toMatchObject({ seconds: 1, microseconds: 0, kept: 100, onWire: 1058, hex: hex(frame.subarray(0, 100)) });
+    expect(records[0]).toMatchObject({
+      seconds: 1,
+      microseconds: 0,
+      kept: 100,
+      onWire: 1058,
+      hex: hex(frame.subarray(0, 100)),
+    });
   });
 
-  test.skipIf(!PYTHON)("loses nothing when records overflow its buffer, a frame larger than the buffer included", () => {
-    const path = join(dir, "buffered.pcap");
-    const frames = Array.from({ length: 50 }, (_, i) =>
-      encodeFrame(SLED, SERVER, { type: "data", offset: BigInt(i * 1024), bytes: new Uint8Array(i * 20).fill(i) }),
-    );
-    const capture = PcapFileWriter.open(path, { bufferBytes: 300 });
-    frames.forEach((frame, i) => capture.write(frame, 2000 + i));
-    capture.close();
-    const { records } = decodeWithPython(path);
-    expect(records.map((record) => record.hex)).toEqual(frames.map(hex));
-    expect(records.map((record) => record.microseconds)).toEqual(frames.map((_, i) => i * 1000));
-  });
+  test.skipIf(!PYTHON)(
+    "loses nothing when records overflow its buffer, a frame larger than the buffer included",
+    () => {
+      const path = join(dir, "buffered.pcap");
+      const frames = Array.from({ length: 50 }, (_, i) =>
+        encodeFrame(SLED, SERVER, { type: "data", offset: BigInt(i * 1024), bytes: new Uint8Array(i * 20).fill(i) }),
+      );
+      const capture = PcapFileWriter.open(path, { bufferBytes: 300 });
+      frames.forEach((frame, i) => capture.write(frame, 2000 + i));
+      capture.close();
+      const { records } = decodeWithPython(path);
+      expect(records.map((record) => record.hex)).toEqual(frames.map(hex));
+      expect(records.map((record) => record.microseconds)).toEqual(frames.map((_, i) => i * 1000));
+    },
+  );
 
   test("shows nothing under the target name until close, and leaves no temporary file", () => {
     const sub = mkdtempSync(join(dir, "atomic-"));
@@ -159,7 +168,9 @@ describe("PcapFileWriter", () => {
 
   test("says plainly why a capture file cannot be created, and refuses impossible values", () => {
     const path = join(dir, "no-such-directory", "boot.pcap");
-    expect(() => PcapFileWriter.open(path)).toThrow(new PcapFileError(`cannot create capture file ${path}: no such directory`));
+    expect(() => PcapFileWriter.open(path)).toThrow(
+      new PcapFileError(`cannot create capture file ${path}: no such directory`),
+    );
     expect(() => PcapFileWriter.open(join(dir, "x.pcap"), { snaplen: 0 })).toThrow("snaplen 0 is not a whole number");
     const capture = PcapFileWriter.open(join(dir, "times.pcap"));
     expect(() => capture.write(new Uint8Array(60), -1)).toThrow("timestamp -1 ms is not a time after 1970");
@@ -204,28 +215,67 @@ function buildCases(): Case[] {
       frame: encodeFrame(BROADCAST_MAC, SLED, { type: "hello", text: new TextEncoder().encode("sled netboot hello") }),
       info: 'HELLO "sled netboot hello"',
       fields: { type: "0x00009001", len: "18", text: "sled netboot hello", padding: "00".repeat(16) },
-      tree: ["Type: HELLO (0x00009001)", "[Sent by: sled]", 'Greeting: "sled netboot hello"', "Padding: 16 bytes beyond len"],
+      tree: [
+        "Type: HELLO (0x00009001)",
+        "[Sent by: sled]",
+        'Greeting: "sled netboot hello"',
+        "Padding: 16 bytes beyond len",
+      ],
     },
     {
       name: "OFFER",
       frame: offer(),
       info: 'OFFER image=1048576 ramdisk=67108864 dataset="rpool/ROOT/ramdisk"',
-      fields: { type: "0x00009102", len: "176", ramdisk: "67108864", image: "1048576", sha256: sha256Hex, dataset: "rpool/ROOT/ramdisk" },
-      tree: ["Type: OFFER (0x00009102)", "[Sent by: server]", "Ramdisk size: 67108864", "Image size: 1048576", `SHA-256: ${sha256Hex}`, 'Dataset: "rpool/ROOT/ramdisk"'],
+      fields: {
+        type: "0x00009102",
+        len: "176",
+        ramdisk: "67108864",
+        image: "1048576",
+        sha256: sha256Hex,
+        dataset: "rpool/ROOT/ramdisk",
+      },
+      tree: [
+        "Type: OFFER (0x00009102)",
+        "[Sent by: server]",
+        "Ramdisk size: 67108864",
+        "Image size: 1048576",
+        `SHA-256: ${sha256Hex}`,
+        'Dataset: "rpool/ROOT/ramdisk"',
+      ],
     },
     {
       name: "READ, first batch",
       frame: encodeFrame(SERVER, SLED, { type: "read", count: 128n, slots: firstBatch }),
       info: "READ count=128 first=0",
-      fields: { type: "0x00009003", len: "1032", count: "128", asked: "128", offsets: Array.from(firstBatch, String).join("|"), empty: "" },
-      tree: ["Type: READ (0x00009003)", "Count: 128", "Slots asked: 128", "slot 0: offset 0", "slot 1: offset 1024", "slot 127: offset 130048"],
+      fields: {
+        type: "0x00009003",
+        len: "1032",
+        count: "128",
+        asked: "128",
+        offsets: Array.from(firstBatch, String).join("|"),
+        empty: "",
+      },
+      tree: [
+        "Type: READ (0x00009003)",
+        "Count: 128",
+        "Slots asked: 128",
+        "slot 0: offset 0",
+        "slot 1: offset 1024",
+        "slot 127: offset 130048",
+      ],
     },
     {
       name: "READ, scattered re-request",
       frame: encodeFrame(SERVER, SLED, { type: "read", count: 3n, slots: scattered }),
       info: "READ count=3 first=5120",
       fields: { count: "3", asked: "3", offsets: "5120|92160|130048", empty: "125" },
-      tree: ["Slots asked: 3", "slot 5: offset 5120", "slot 90: offset 92160", "slot 127: offset 130048", "[empty slots: 125 (0-4, 6-89, 91-126)]"],
+      tree: [
+        "Slots asked: 3",
+        "slot 5: offset 5120",
+        "slot 90: offset 92160",
+        "slot 127: offset 130048",
+        "[empty slots: 125 (0-4, 6-89, 91-126)]",
+      ],
     },
     {
       name: "DATA",
@@ -239,7 +289,12 @@ function buildCases(): Case[] {
       frame: encodeFrame(SLED, SERVER, { type: "data", offset: 1048576n, bytes: new Uint8Array(0) }),
       info: "DATA offset=1048576 len=0 end of image",
       fields: { len: "8", dataOffset: "1048576", dataLength: "0", expert: "end of image: DATA with no bytes" },
-      tree: ["Offset: 1048576", "[Data length: 0]", "[Expert Info (Chat/Sequence): end of image: DATA with no bytes]", "Padding: 26 bytes beyond len"],
+      tree: [
+        "Offset: 1048576",
+        "[Data length: 0]",
+        "[Expert Info (Chat/Sequence): end of image: DATA with no bytes]",
+        "Padding: 26 bytes beyond len",
+      ],
     },
     {
       name: "FINISHED, padded to 60 bytes",
@@ -327,75 +382,98 @@ const FIELDS: Record<string, string> = {
   length: "frame.len",
 };
 
-describe.skipIf(!TSHARK)(`the Wireshark dissector${TSHARK ? "" : " (skipped: tshark is not installed; apt-get install tshark)"}`, () => {
-  const cases = buildCases();
-  let path: string;
-  let rows: Record<string, string>[];
-  let trees: string[];
+describe.skipIf(!TSHARK)(
+  `the Wireshark dissector${TSHARK ? "" : " (skipped: tshark is not installed; apt-get install tshark)"}`,
+  () => {
+    const cases = buildCases();
+    let path: string;
+    let rows: Record<string, string>[];
+    let trees: string[];
 
-  function tshark(...args: string[]): string {
-    const { stdout } = run([TSHARK!, "-r", path, "-X", `lua_script:${DISSECTOR}`, ...args]);
-    // A Lua runtime error does not fail tshark; it shows in the output.
-    expect(stdout).not.toContain("Lua Error");
-    return stdout;
-  }
+    function tshark(...args: string[]): string {
+      const { stdout } = run([TSHARK!, "-r", path, "-X", `lua_script:${DISSECTOR}`, ...args]);
+      // A Lua runtime error does not fail tshark; it shows in the output.
+      expect(stdout).not.toContain("Lua Error");
+      return stdout;
+    }
 
-  beforeAll(() => {
-    path = join(dir, "every-frame.pcap");
-    const capture = PcapFileWriter.open(path);
-    cases.forEach((c, i) => capture.write(c.frame, Number(FIRST_MICROSECOND + BigInt(i) * STEP_MICROSECONDS) / 1000));
-    capture.close();
+    beforeAll(() => {
+      path = join(dir, "every-frame.pcap");
+      const capture = PcapFileWriter.open(path);
+      cases.forEach((c, i) => capture.write(c.frame, Number(FIRST_MICROSECOND + BigInt(i) * STEP_MICROSECONDS) / 1000));
+      capture.close();
 
-    const names = Object.keys(FIELDS);
-    const fieldArgs = names.flatMap((name) => ["-e", FIELDS[name]!]);
-    const out = tshark("-T", "fields", "-E", "separator=/t", "-E", "occurrence=a", "-E", "aggregator=|", ...fieldArgs);
-    rows = out
-      .trimEnd()
-      .split("\n")
-      .map((line) => Object.fromEntries(line.split("\t").map((value, i) => [names[i]!, value])));
-    trees = tshark("-V", "-O", "oxide_netboot").split(/^Frame \d+: /m).slice(1);
-  });
-
-  test("tshark reads the capture frame for frame, with its timestamps", () => {
-    expect(rows).toHaveLength(cases.length);
-    rows.forEach((row, i) => {
-      const microseconds = FIRST_MICROSECOND + BigInt(i) * STEP_MICROSECONDS;
-      const seconds = microseconds / 1_000_000n;
-      const fraction = (microseconds % 1_000_000n).toString().padStart(6, "0");
-      expect(row.timestamp).toBe(`${seconds}.${fraction}000`);
-      expect(row.length).toBe(String(cases[i]!.frame.length));
+      const names = Object.keys(FIELDS);
+      const fieldArgs = names.flatMap((name) => ["-e", FIELDS[name]!]);
+      const out = tshark(
+        "-T",
+        "fields",
+        "-E",
+        "separator=/t",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=|",
+        ...fieldArgs,
+      );
+      rows = out
+        .trimEnd()
+        .split("\n")
+        .map((line) => Object.fromEntries(line.split("\t").map((value, i) => [names[i]!, value])));
+      trees = tshark("-V", "-O", "oxide_netboot")
+        .split(/^Frame \d+: /m)
+        .slice(1);
     });
-  });
 
-  test.skipIf(!CAPINFOS)("capinfos sees a classic pcap of Ethernet frames", () => {
-    const { stdout } = run([CAPINFOS!, "-M", "-t", "-E", "-l", "-c", path]);
-    expect(stdout).toMatch(/^File type:\s+pcap$/m);
-    expect(stdout).toMatch(/^File encapsulation:\s+ether$/m);
-    expect(stdout).toMatch(/^Packet size limit:\s+file hdr: 65535 bytes$/m);
-    expect(stdout).toMatch(new RegExp(`^Number of packets:\\s+${cases.length}$`, "m"));
-  });
-
-  cases.forEach((c, i) => {
-    test(`decodes ${c.name}`, () => {
-      const row = rows[i]!;
-      expect(row.protocol).toBe("NETBOOT");
-      expect(row.info).toBe(c.info);
-      for (const [name, value] of Object.entries(c.fields)) {
-        expect({ field: FIELDS[name], value: row[name] }).toEqual({ field: FIELDS[name], value });
-      }
-      const lines = trees[i]!.split("\n").map((line) => line.trim());
-      for (const line of c.tree) expect(lines).toContain(line);
+    test("tshark reads the capture frame for frame, with its timestamps", () => {
+      expect(rows).toHaveLength(cases.length);
+      rows.forEach((row, i) => {
+        const microseconds = FIRST_MICROSECOND + BigInt(i) * STEP_MICROSECONDS;
+        const seconds = microseconds / 1_000_000n;
+        const fraction = (microseconds % 1_000_000n).toString().padStart(6, "0");
+        expect(row.timestamp).toBe(`${seconds}.${fraction}000`);
+        expect(row.length).toBe(String(cases[i]!.frame.length));
+      });
     });
-  });
 
-  test("display filters select frames by decoded field", () => {
-    const numbers = (filter: string) => tshark("-Y", filter, "-T", "fields", "-e", "frame.number").trim().split("\n");
-    const position = (name: string) => String(cases.findIndex((c) => c.name === name) + 1);
-    expect(numbers("oxide_netboot.read.offset == 92160 && oxide_netboot.read.count < 128")).toEqual([position("READ, scattered re-request")]);
-    expect(numbers("oxide_netboot.data.end_of_image")).toEqual([position("DATA, end of image")]);
-    expect(numbers('_ws.expert.group == "Malformed" && oxide_netboot')).toEqual(
-      ["wrong magic", "OFFER of len 100", "OFFER with an unterminated dataset and sizes the sled ignores", "READ of count 200",
-        "HELLO whose len runs past the frame", "DATA above the sled's 1476-byte limit"].map(position),
-    );
-  });
-});
+    test.skipIf(!CAPINFOS)("capinfos sees a classic pcap of Ethernet frames", () => {
+      const { stdout } = run([CAPINFOS!, "-M", "-t", "-E", "-l", "-c", path]);
+      expect(stdout).toMatch(/^File type:\s+pcap$/m);
+      expect(stdout).toMatch(/^File encapsulation:\s+ether$/m);
+      expect(stdout).toMatch(/^Packet size limit:\s+file hdr: 65535 bytes$/m);
+      expect(stdout).toMatch(new RegExp(`^Number of packets:\\s+${cases.length}$`, "m"));
+    });
+
+    cases.forEach((c, i) => {
+      test(`decodes ${c.name}`, () => {
+        const row = rows[i]!;
+        expect(row.protocol).toBe("NETBOOT");
+        expect(row.info).toBe(c.info);
+        for (const [name, value] of Object.entries(c.fields)) {
+          expect({ field: FIELDS[name], value: row[name] }).toEqual({ field: FIELDS[name], value });
+        }
+        const lines = trees[i]!.split("\n").map((line) => line.trim());
+        for (const line of c.tree) expect(lines).toContain(line);
+      });
+    });
+
+    test("display filters select frames by decoded field", () => {
+      const numbers = (filter: string) => tshark("-Y", filter, "-T", "fields", "-e", "frame.number").trim().split("\n");
+      const position = (name: string) => String(cases.findIndex((c) => c.name === name) + 1);
+      expect(numbers("oxide_netboot.read.offset == 92160 && oxide_netboot.read.count < 128")).toEqual([
+        position("READ, scattered re-request"),
+      ]);
+      expect(numbers("oxide_netboot.data.end_of_image")).toEqual([position("DATA, end of image")]);
+      expect(numbers('_ws.expert.group == "Malformed" && oxide_netboot')).toEqual(
+        [
+          "wrong magic",
+          "OFFER of len 100",
+          "OFFER with an unterminated dataset and sizes the sled ignores",
+          "READ of count 200",
+          "HELLO whose len runs past the frame",
+          "DATA above the sled's 1476-byte limit",
+        ].map(position),
+      );
+    });
+  },
+);

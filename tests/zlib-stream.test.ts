@@ -17,8 +17,8 @@ import {
   deflateBlock,
   FLUSH_INTERVAL,
   nextWindow,
-  zlibHeader,
   type ZlibLevel,
+  zlibHeader,
   zlibTrailer,
 } from "../lib/zlib-stream.ts";
 import { python } from "./helpers/common.ts";
@@ -68,7 +68,11 @@ function repeatingBytes(size: number): Uint8Array {
 }
 
 /** Build the whole zlib stream the way mkimage does, serially: header, blocks in order, trailer. */
-function zlibStream(input: Uint8Array, blockSize: number, level: ZlibLevel): { stream: Uint8Array; blocks: Uint8Array[] } {
+function zlibStream(
+  input: Uint8Array,
+  blockSize: number,
+  level: ZlibLevel,
+): { stream: Uint8Array; blocks: Uint8Array[] } {
   const blocks: Uint8Array[] = [];
   let window: Uint8Array = new Uint8Array(0);
   let adler = ADLER32_EMPTY;
@@ -85,15 +89,19 @@ function zlibStream(input: Uint8Array, blockSize: number, level: ZlibLevel): { s
 }
 
 describe("zlibHeader", () => {
-  test("is the header zlib itself writes, for every level", () => {
-    const fromZlib = JSON.parse(
-      python("import zlib, json; print(json.dumps([list(zlib.compress(b'', l)[:2]) for l in range(1, 10)]))"),
-    ) as number[][];
-    for (let level = 1; level <= 9; level++) {
-      expect([...zlibHeader(level as ZlibLevel)]).toEqual(fromZlib[level - 1]!);
-    }
-    expect([...zlibHeader(9)]).toEqual([0x78, 0xda]);
-  }, SLOW);
+  test(
+    "is the header zlib itself writes, for every level",
+    () => {
+      const fromZlib = JSON.parse(
+        python("import zlib, json; print(json.dumps([list(zlib.compress(b'', l)[:2]) for l in range(1, 10)]))"),
+      ) as number[][];
+      for (let level = 1; level <= 9; level++) {
+        expect([...zlibHeader(level as ZlibLevel)]).toEqual(fromZlib[level - 1]!);
+      }
+      expect([...zlibHeader(9)]).toEqual([0x78, 0xda]);
+    },
+    SLOW,
+  );
 });
 
 /** python3's zlib.adler32 of each file, the independent check of our Adler-32 arithmetic. */
@@ -105,54 +113,68 @@ function pythonAdler32(paths: string[]): number[] {
 }
 
 describe("adler32", () => {
-  test("Bun.hash.adler32 agrees with python zlib.adler32", async () => {
-    const cases = [
-      new Uint8Array(0),
-      Uint8Array.of(0),
-      new TextEncoder().encode("Wikipedia"),
-      new Uint8Array(5552).fill(0xff),
-      new Uint8Array(5553).fill(0xff),
-      new Uint8Array(3 * 1024 * 1024).fill(0xff),
-      poolBytes(1024 * 1024 + 3),
-    ];
-    const paths = await Promise.all(cases.map(tempFile));
-    const expected = pythonAdler32(paths);
-    expect(cases.map(adler32)).toEqual(expected);
-    expect(adler32(new Uint8Array(0))).toBe(ADLER32_EMPTY);
-  }, SLOW);
+  test(
+    "Bun.hash.adler32 agrees with python zlib.adler32",
+    async () => {
+      const cases = [
+        new Uint8Array(0),
+        Uint8Array.of(0),
+        new TextEncoder().encode("Wikipedia"),
+        new Uint8Array(5552).fill(0xff),
+        new Uint8Array(5553).fill(0xff),
+        new Uint8Array(3 * 1024 * 1024).fill(0xff),
+        poolBytes(1024 * 1024 + 3),
+      ];
+      const paths = await Promise.all(cases.map(tempFile));
+      const expected = pythonAdler32(paths);
+      expect(cases.map(adler32)).toEqual(expected);
+      expect(adler32(new Uint8Array(0))).toBe(ADLER32_EMPTY);
+    },
+    SLOW,
+  );
 });
 
 describe("adler32Combine", () => {
-  test("gives python's zlib.adler32 of the concatenation", async () => {
-    const whole = poolBytes(1024 * 1024);
-    const ones = new Uint8Array(3 * 65521 + 7).fill(0xff);
-    // Splits: empty parts, tiny parts, a part of exactly the modulus, parts beyond it, all-0xff parts (largest sums).
-    const cases: [Uint8Array, Uint8Array][] = [
-      [whole.subarray(0, 0), whole],
-      [whole, whole.subarray(0, 0)],
-      [whole.subarray(0, 1), whole.subarray(1)],
-      [whole.subarray(0, 65521), whole.subarray(65521, 2 * 65521)],
-      [whole.subarray(0, 500_000), whole.subarray(500_000)],
-      [ones, ones],
-      [ones.subarray(0, 65520), ones],
-      [whole, ones],
-    ];
-    const paths: string[] = [];
-    for (const [a, b] of cases) paths.push(await tempFile(new Uint8Array(Buffer.concat([a, b]))));
-    const expected = pythonAdler32(paths);
-    expect(cases.map(([a, b]) => adler32Combine(adler32(a), adler32(b), b.length))).toEqual(expected);
-  }, SLOW);
+  test(
+    "gives python's zlib.adler32 of the concatenation",
+    async () => {
+      const whole = poolBytes(1024 * 1024);
+      const ones = new Uint8Array(3 * 65521 + 7).fill(0xff);
+      // Splits: empty parts, tiny parts, a part of exactly the modulus, parts beyond it, all-0xff parts (largest sums).
+      const cases: [Uint8Array, Uint8Array][] = [
+        [whole.subarray(0, 0), whole],
+        [whole, whole.subarray(0, 0)],
+        [whole.subarray(0, 1), whole.subarray(1)],
+        [whole.subarray(0, 65521), whole.subarray(65521, 2 * 65521)],
+        [whole.subarray(0, 500_000), whole.subarray(500_000)],
+        [ones, ones],
+        [ones.subarray(0, 65520), ones],
+        [whole, ones],
+      ];
+      const paths: string[] = [];
+      for (const [a, b] of cases) paths.push(await tempFile(new Uint8Array(Buffer.concat([a, b]))));
+      const expected = pythonAdler32(paths);
+      expect(cases.map(([a, b]) => adler32Combine(adler32(a), adler32(b), b.length))).toEqual(expected);
+    },
+    SLOW,
+  );
 
-  test("folds many blocks in order", async () => {
-    const whole = poolBytes(700_001, 3);
-    let combined = ADLER32_EMPTY;
-    for (let at = 0; at < whole.length; at += 4099) {
-      const block = whole.subarray(at, at + 4099);
-      combined = adler32Combine(combined, adler32(block), block.length);
-    }
-    const path = await tempFile(whole);
-    expect(combined).toBe(Number(python("import sys, zlib; print(zlib.adler32(open(sys.argv[1], 'rb').read()))", path)));
-  }, SLOW);
+  test(
+    "folds many blocks in order",
+    async () => {
+      const whole = poolBytes(700_001, 3);
+      let combined = ADLER32_EMPTY;
+      for (let at = 0; at < whole.length; at += 4099) {
+        const block = whole.subarray(at, at + 4099);
+        combined = adler32Combine(combined, adler32(block), block.length);
+      }
+      const path = await tempFile(whole);
+      expect(combined).toBe(
+        Number(python("import sys, zlib; print(zlib.adler32(open(sys.argv[1], 'rb').read()))", path)),
+      );
+    },
+    SLOW,
+  );
 });
 
 describe("zlibTrailer", () => {
@@ -211,45 +233,61 @@ describe("the stream made of blocks", () => {
   }
 
   for (const size of sizes) {
-    test(`inflates to the input: ${size} bytes of pool-like data, 128 KiB blocks, level 9`, async () => {
-      const input = poolBytes(size);
-      await expectInflatesTo(zlibStream(input, BLOCK, 9).stream, input);
-    }, SLOW);
+    test(
+      `inflates to the input: ${size} bytes of pool-like data, 128 KiB blocks, level 9`,
+      async () => {
+        const input = poolBytes(size);
+        await expectInflatesTo(zlibStream(input, BLOCK, 9).stream, input);
+      },
+      SLOW,
+    );
   }
 
-  test("inflates to the input at every level", async () => {
-    const input = poolBytes(2 * BLOCK + 5);
-    for (let level = 1; level <= 9; level++) {
-      const { stream } = zlibStream(input, BLOCK, level as ZlibLevel);
-      expect([...stream.subarray(0, 2)]).toEqual([...zlibHeader(level as ZlibLevel)]);
-      await expectInflatesTo(stream, input);
-    }
-  }, SLOW);
+  test(
+    "inflates to the input at every level",
+    async () => {
+      const input = poolBytes(2 * BLOCK + 5);
+      for (let level = 1; level <= 9; level++) {
+        const { stream } = zlibStream(input, BLOCK, level as ZlibLevel);
+        expect([...stream.subarray(0, 2)]).toEqual([...zlibHeader(level as ZlibLevel)]);
+        await expectInflatesTo(stream, input);
+      }
+    },
+    SLOW,
+  );
 
-  test("uses the window: matches reach back into earlier blocks, even several blocks back", async () => {
-    const input = repeatingBytes(400_000);
-    for (const blockSize of [3000, 8192, BLOCK]) {
-      const { stream } = zlibStream(input, blockSize, 9);
-      // The 20 KiB pattern is incompressible on its own; only references into the window make it small.
-      expect(stream.length).toBeLessThan(input.length / 10);
-      await expectInflatesTo(stream, input);
-    }
-  }, SLOW);
+  test(
+    "uses the window: matches reach back into earlier blocks, even several blocks back",
+    async () => {
+      const input = repeatingBytes(400_000);
+      for (const blockSize of [3000, 8192, BLOCK]) {
+        const { stream } = zlibStream(input, blockSize, 9);
+        // The 20 KiB pattern is incompressible on its own; only references into the window make it small.
+        expect(stream.length).toBeLessThan(input.length / 10);
+        await expectInflatesTo(stream, input);
+      }
+    },
+    SLOW,
+  );
 
-  test("ends every block but the last byte-aligned with an empty stored block, the last with BFINAL", async () => {
-    const input = poolBytes(5 * BLOCK + 1);
-    const { blocks } = zlibStream(input, BLOCK, 9);
-    expect(blocks.length).toBe(6);
-    for (const block of blocks.slice(0, -1)) expect([...block.subarray(-4)]).toEqual([0x00, 0x00, 0xff, 0xff]);
-    // Given its window, the last block on its own is a complete (final) raw deflate stream.
-    const lastPath = await tempFile(blocks.at(-1)!);
-    const verdict = python(
-      "import sys, zlib\nd = zlib.decompressobj(-15, zdict=open(sys.argv[2], 'rb').read())\nd.decompress(open(sys.argv[1], 'rb').read())\nprint(d.eof)",
-      lastPath,
-      await tempFile(input.subarray(5 * BLOCK - DEFLATE_WINDOW, 5 * BLOCK)),
-    );
-    expect(verdict.trim()).toBe("True");
-  }, SLOW);
+  test(
+    "ends every block but the last byte-aligned with an empty stored block, the last with BFINAL",
+    async () => {
+      const input = poolBytes(5 * BLOCK + 1);
+      const { blocks } = zlibStream(input, BLOCK, 9);
+      expect(blocks.length).toBe(6);
+      for (const block of blocks.slice(0, -1)) expect([...block.subarray(-4)]).toEqual([0x00, 0x00, 0xff, 0xff]);
+      // Given its window, the last block on its own is a complete (final) raw deflate stream.
+      const lastPath = await tempFile(blocks.at(-1)!);
+      const verdict = python(
+        "import sys, zlib\nd = zlib.decompressobj(-15, zdict=open(sys.argv[2], 'rb').read())\nd.decompress(open(sys.argv[1], 'rb').read())\nprint(d.eof)",
+        lastPath,
+        await tempFile(input.subarray(5 * BLOCK - DEFLATE_WINDOW, 5 * BLOCK)),
+      );
+      expect(verdict.trim()).toBe("True");
+    },
+    SLOW,
+  );
 
   test("flushes every 128 KiB whatever the block size, so blocks of any multiple of it give the same stream", () => {
     const input = poolBytes(5 * FLUSH_INTERVAL + 999, 21);
@@ -264,7 +302,11 @@ describe("the stream made of blocks", () => {
     expect(flushes).toBeGreaterThanOrEqual(5);
   });
 
-  test("an empty input is a valid stream", async () => {
-    await expectInflatesTo(zlibStream(new Uint8Array(0), BLOCK, 9).stream, new Uint8Array(0));
-  }, SLOW);
+  test(
+    "an empty input is a valid stream",
+    async () => {
+      await expectInflatesTo(zlibStream(new Uint8Array(0), BLOCK, 9).stream, new Uint8Array(0));
+    },
+    SLOW,
+  );
 });

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { decodeHeader, HEADER_SIZE, ImageFormatError, VERSION, type Header } from "../lib/format.ts";
+import { decodeHeader, HEADER_SIZE, type Header, ImageFormatError, VERSION } from "../lib/format.ts";
 import { makeImage } from "../lib/mkimage.ts";
 import { samplePoolChunks } from "../lib/sample-pool.ts";
 import {
@@ -68,9 +68,7 @@ describe("a zstd image file", () => {
       "import struct, sys; print(*struct.unpack_from('<IIQQQ', open(sys.argv[1], 'rb').read(40)))",
       path,
     ]);
-    expect(fields.stdout.toString().trim()).toBe(
-      `${0x1deb0075} ${0x80000002} 2 ${header.dataSize} ${raw.length}`,
-    );
+    expect(fields.stdout.toString().trim()).toBe(`${0x1deb0075} ${0x80000002} 2 ${header.dataSize} ${raw.length}`);
   });
 
   test("a strict version 2 reader refuses the header, as the sled kernel does", async () => {
@@ -136,11 +134,15 @@ describe("flags and versions", () => {
     expect(payloadCodec({ version: ZSTD_VERSION, flags: 2n })).toBe("zstd");
     expect(() => payloadCodec({ version: VERSION, flags: 2n })).toThrow(/^flag ZSTD is set in a version 2 header/);
     expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 0n })).toThrow(/needs flags ZSTD alone, not \(empty\)$/);
-    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 3n })).toThrow(/needs flags ZSTD alone, not COMPRESSED \| ZSTD$/);
+    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 3n })).toThrow(
+      /needs flags ZSTD alone, not COMPRESSED \| ZSTD$/,
+    );
   });
 
   test("the existing tools' zlib vector is still read as zlib", async () => {
-    const bytes = await Bun.file(join(import.meta.dir, "../../shared/vectors/pool-1m-z.img")).slice(0, HEADER_SIZE).bytes();
+    const bytes = await Bun.file(join(import.meta.dir, "../../shared/vectors/pool-1m-z.img"))
+      .slice(0, HEADER_SIZE)
+      .bytes();
     const decoded = decodeHeader(bytes, { versions: IMAGE_VERSIONS });
     expect(payloadCodec(decoded)).toBe("zlib");
     expect(flagNames(decoded.flags)).toBe("COMPRESSED");

@@ -8,23 +8,23 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ImageFormatError } from "../lib/format.ts";
+import type { WorkerReply } from "../lib/mkimage.ts";
 import { samplePoolChunks } from "../lib/sample-pool.ts";
 import {
   blockChecksum,
   blockIndexForOffset,
   type CompressedBlock,
   compressBlock,
-  decodeSeekTable,
   type DecompressedBlock,
+  decodeSeekTable,
   decompressBlock,
   encodeSeekTable,
   SEEK_TABLE_ENTRY_SIZE,
   SEEK_TABLE_FOOTER_SIZE,
-  SKIPPABLE_HEADER_SIZE,
   type SeekTableEntry,
+  SKIPPABLE_HEADER_SIZE,
   type ZstdBlockJob,
 } from "../lib/zstd-seekable.ts";
-import type { WorkerReply } from "../lib/mkimage.ts";
 import { seekablePayload } from "./helpers/zstd.ts";
 
 const KIB = 1024;
@@ -197,8 +197,14 @@ describe("encodeSeekTable and decodeSeekTable", () => {
       /^frame 0's compressed size of 4294967296 does not fit/,
     );
     const good = { compressedSize: 9, decompressedSize: 4096, checksum: 0 };
-    expectRefusal(() => encodeSeekTable([good, { ...good, decompressedSize: 0 }]), /^frame 1 of 9 bytes for a block of 0/);
-    expectRefusal(() => encodeSeekTable([{ ...good, decompressedSize: 64 * 1024 * 1024 + 1 }]), /blocks hold 1 to 67108864 bytes$/);
+    expectRefusal(
+      () => encodeSeekTable([good, { ...good, decompressedSize: 0 }]),
+      /^frame 1 of 9 bytes for a block of 0/,
+    );
+    expectRefusal(
+      () => encodeSeekTable([{ ...good, decompressedSize: 64 * 1024 * 1024 + 1 }]),
+      /blocks hold 1 to 67108864 bytes$/,
+    );
   });
 });
 
@@ -213,7 +219,10 @@ describe("decodeSeekTable refuses a damaged payload with a one-line reason", () 
 
   test("a corrupted skippable frame size", () => {
     const damaged = withU32(built.payload, tableStart + 4, built.table.length - 8 + 12);
-    expectRefusal(() => decodeSeekTable(damaged, expect_), /^seek table frame size is 69 bytes, but its frame count needs 57$/);
+    expectRefusal(
+      () => decodeSeekTable(damaged, expect_),
+      /^seek table frame size is 69 bytes, but its frame count needs 57$/,
+    );
   });
 
   test("a corrupted skippable frame magic", () => {
@@ -237,7 +246,9 @@ describe("decodeSeekTable refuses a damaged payload with a one-line reason", () 
     const damaged = withU32(built.payload, -SEEK_TABLE_FOOTER_SIZE, 0xffff_ffff);
     expectRefusal(
       () => decodeSeekTable(damaged, expect_),
-      new RegExp(`^seek table claims 4294967295 frames, but a payload of ${built.payload.length} bytes holds the entries of at most \\d+$`),
+      new RegExp(
+        `^seek table claims 4294967295 frames, but a payload of ${built.payload.length} bytes holds the entries of at most \\d+$`,
+      ),
     );
   });
 
@@ -256,7 +267,9 @@ describe("decodeSeekTable refuses a damaged payload with a one-line reason", () 
     const damaged = withU32(built.payload, tableStart + SKIPPABLE_HEADER_SIZE, first + 1);
     expectRefusal(
       () => decodeSeekTable(damaged, expect_),
-      new RegExp(`^seek table's compressed sizes add up to ${tableStart + 1} bytes, but the payload has ${tableStart} bytes before the table`),
+      new RegExp(
+        `^seek table's compressed sizes add up to ${tableStart + 1} bytes, but the payload has ${tableStart} bytes before the table`,
+      ),
     );
   });
 
@@ -264,13 +277,18 @@ describe("decodeSeekTable refuses a damaged payload with a one-line reason", () 
     const damaged = withU32(built.payload, tableStart + SKIPPABLE_HEADER_SIZE + 4, BLOCK - 1);
     expectRefusal(
       () => decodeSeekTable(damaged, expect_),
-      new RegExp(`^seek table's decompressed sizes add up to ${built.raw.length - 1} bytes, but the image size is ${built.raw.length}$`),
+      new RegExp(
+        `^seek table's decompressed sizes add up to ${built.raw.length - 1} bytes, but the image size is ${built.raw.length}$`,
+      ),
     );
   });
 
   test("an entry with no decompressed bytes", () => {
     const damaged = withU32(built.payload, tableStart + SKIPPABLE_HEADER_SIZE + 12 + 4, 0);
-    expectRefusal(() => decodeSeekTable(damaged, expect_), /^seek table entry 1 has \d+ compressed and 0 decompressed bytes/);
+    expectRefusal(
+      () => decodeSeekTable(damaged, expect_),
+      /^seek table entry 1 has \d+ compressed and 0 decompressed bytes/,
+    );
   });
 
   test("an entry promising an oversized block", () => {
@@ -292,7 +310,9 @@ describe("decodeSeekTable refuses a damaged payload with a one-line reason", () 
     const truncated = new Uint8Array(Buffer.concat([built.payload.subarray(0, 1000), built.payload.subarray(1500)]));
     expectRefusal(
       () => decodeSeekTable(truncated, { ...expect_, payloadSize: truncated.length }),
-      new RegExp(`compressed sizes add up to ${tableStart} bytes, but the payload has ${tableStart - 500} bytes before the table`),
+      new RegExp(
+        `compressed sizes add up to ${tableStart} bytes, but the payload has ${tableStart - 500} bytes before the table`,
+      ),
     );
   });
 });
@@ -349,7 +369,10 @@ describe("decompressBlock", () => {
     const damaged = Uint8Array.from(frame);
     damaged[damaged.length - 100]! ^= 0x01;
     expect(zstd(["-d", "-q", "-c"], damaged).exitCode).toBe(0); // zstd alone does not notice
-    expectRefusal(() => decompressBlock(damaged, block), /^block 5: checksum of the decompressed bytes is 0x[0-9a-f]{8}, the seek table says 0x[0-9a-f]{8}$/);
+    expectRefusal(
+      () => decompressBlock(damaged, block),
+      /^block 5: checksum of the decompressed bytes is 0x[0-9a-f]{8}, the seek table says 0x[0-9a-f]{8}$/,
+    );
   });
 
   test("detects a wrong checksum in the table", () => {
@@ -373,13 +396,20 @@ describe("decompressBlock", () => {
   });
 
   test("refuses a frame of another length than its entry, or without the zstd magic", () => {
-    expectRefusal(() => decompressBlock(frame.subarray(1), block), /^block 5: frame is \d+ bytes, the seek table says \d+$/);
+    expectRefusal(
+      () => decompressBlock(frame.subarray(1), block),
+      /^block 5: frame is \d+ bytes, the seek table says \d+$/,
+    );
     const notZstd = withU32(frame, 0, 0x184d2a5e);
-    expectRefusal(() => decompressBlock(notZstd, block), /^block 5: frame starts with 0x184d2a5e, not the zstd magic 0xfd2fb528$/);
+    expectRefusal(
+      () => decompressBlock(notZstd, block),
+      /^block 5: frame starts with 0x184d2a5e, not the zstd magic 0xfd2fb528$/,
+    );
   });
 
   test("compressBlock refuses levels zstd does not have", () => {
-    for (const level of [0, 23, 2.5]) expect(() => compressBlock(raw, level)).toThrow(/not a whole number from 1 to 22/);
+    for (const level of [0, 23, 2.5])
+      expect(() => compressBlock(raw, level)).toThrow(/not a whole number from 1 to 22/);
   });
 });
 
@@ -400,9 +430,14 @@ describe("workers/zstd-block.ts", () => {
       const sent = Uint8Array.from(raw);
       const compressed = await ask(worker, { kind: "compress", raw: sent, level: 3 }, [sent.buffer]);
       expect(sent.byteLength).toBe(0); // transferred, not copied
-      if (!compressed.ok || compressed.value.kind !== "compressed") throw new Error(`worker answered ${JSON.stringify(compressed)}`);
+      if (!compressed.ok || compressed.value.kind !== "compressed")
+        throw new Error(`worker answered ${JSON.stringify(compressed)}`);
       const { frame, entry } = compressed.value;
-      expect(entry).toEqual({ compressedSize: frame.length, decompressedSize: raw.length, checksum: blockChecksum(raw) });
+      expect(entry).toEqual({
+        compressedSize: frame.length,
+        decompressedSize: raw.length,
+        checksum: blockChecksum(raw),
+      });
       expect(Buffer.compare(zstd(["-d", "-q", "-c"], frame).stdout, raw)).toBe(0);
 
       const block = { index: 2, ...entry };
@@ -411,7 +446,11 @@ describe("workers/zstd-block.ts", () => {
       expect(Buffer.compare(back.value.raw, raw)).toBe(0);
 
       const other = compressBlock(raw, 1);
-      const failed = await ask(worker, { kind: "decompress", frame: other, block: { ...block, index: 9, compressedSize: other.length, checksum: 1 } }, []);
+      const failed = await ask(
+        worker,
+        { kind: "decompress", frame: other, block: { ...block, index: 9, compressedSize: other.length, checksum: 1 } },
+        [],
+      );
       expect(failed).toEqual({ ok: false, message: expect.stringMatching(/^block 9: checksum/) });
     } finally {
       worker.terminate();

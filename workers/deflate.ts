@@ -5,7 +5,7 @@
  */
 
 import type { WorkerReply } from "../lib/mkimage.ts";
-import { deflateBlock, type DeflatedBlock, type DeflateJob } from "../lib/zlib-stream.ts";
+import { type DeflatedBlock, type DeflateJob, deflateBlock } from "../lib/zlib-stream.ts";
 
 declare const self: Worker;
 

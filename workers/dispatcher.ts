@@ -13,13 +13,13 @@
  */
 import { oneLine } from "../lib/cli.ts";
 import {
-  FrameDispatcher,
-  dispatchCounters,
-  unpackSentFrames,
   type DispatcherCommand,
   type DispatcherReport,
+  dispatchCounters,
+  FrameDispatcher,
   type SentFrames,
   type SessionInbox,
+  unpackSentFrames,
 } from "../lib/dispatch.ts";
 import { PcapLink } from "../lib/pcap.ts";
 import { nowMs, PcapFileWriter } from "../lib/pcap-file.ts";

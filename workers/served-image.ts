@@ -4,7 +4,7 @@
  * loadServedImage, starts it and waits for the answer.
  */
 import { oneLine } from "../lib/cli.ts";
-import { fillRawImage, type FillRequest, type FillResult } from "../lib/served-image.ts";
+import { type FillRequest, type FillResult, fillRawImage } from "../lib/served-image.ts";
 
 declare var self: Worker;
 

@@ -8,7 +8,14 @@ import { oneLine } from "../lib/cli.ts";
 import { packSentFrames } from "../lib/dispatch.ts";
 import { PcapLink } from "../lib/pcap.ts";
 import { nowMs } from "../lib/pcap-file.ts";
-import { imageSource, sessionCounters, SledSession, type SessionCommand, type SessionMessage, type SessionReport } from "../lib/session.ts";
+import {
+  imageSource,
+  type SessionCommand,
+  type SessionMessage,
+  type SessionReport,
+  SledSession,
+  sessionCounters,
+} from "../lib/session.ts";
 
 declare var self: Worker;
 
@@ -39,7 +46,9 @@ self.onmessage = (event: MessageEvent<SessionCommand>) => {
           channel.postMessage(sent, [sent.bytes.buffer as ArrayBuffer, sent.lengths.buffer as ArrayBuffer]);
         }
       : (frames: readonly Uint8Array[]) => opened.injectBatch(frames);
-    const session = new SledSession(command.sled, opened.mac, send, sessionCounters(command.counters), (message) => report({ type: "problem", message }));
+    const session = new SledSession(command.sled, opened.mac, send, sessionCounters(command.counters), (message) =>
+      report({ type: "problem", message }),
+    );
     port = channel;
     port.onmessage = (message) => {
       const data = message.data as SessionMessage;

@@ -26,7 +26,11 @@ let pythonPath: string | undefined;
  */
 export function pythonWithInput(stdin: Uint8Array | undefined, program: string, ...args: string[]): string {
   pythonPath ??= Bun.spawnSync(["python3", "-c", "import sys; print(sys.executable)"]).stdout.toString().trim();
-  const run = Bun.spawnSync([pythonPath, "-c", program, ...args], { stdin: stdin ?? "ignore", stdout: "pipe", stderr: "pipe" });
+  const run = Bun.spawnSync([pythonPath, "-c", program, ...args], {
+    stdin: stdin ?? "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   if (run.exitCode !== 0) throw new Error(`python3 failed: ${run.stderr.toString()}`);
   return run.stdout.toString();
 }
@@ -53,9 +57,22 @@ export interface ProgramRun {
  *
  * @example const { exitCode, stderr } = await runProgram("lookimage", ["pool.img"], { cwd: dir });
  */
-export async function runProgram(name: string, args: string[], options: { cwd?: string; env?: Record<string, string | undefined> } = {}): Promise<ProgramRun> {
-  const child = Bun.spawn(["bun", join(ROOT, "apps", `${name}.ts`), ...args], { cwd: options.cwd, env: options.env, stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, exitCode] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+export async function runProgram(
+  name: string,
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string | undefined> } = {},
+): Promise<ProgramRun> {
+  const child = Bun.spawn(["bun", join(ROOT, "apps", `${name}.ts`), ...args], {
+    cwd: options.cwd,
+    env: options.env,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, exitCode] = await Promise.all([
+    new Response(child.stdout).text(),
+    new Response(child.stderr).text(),
+    child.exited,
+  ]);
   return { exitCode, stdout, stderr };
 }
 
@@ -82,7 +99,11 @@ export function caseDirs(root: () => string): () => Promise<string> {
  *
  * @example expectRefusal(await runProgram("mkimage", ["-i", "absent", "-o", "x"]), "mkimage", /no such file/);
  */
-export function expectRefusal(run: { exitCode: number | null; stdout: string; stderr: string }, program: string, message: RegExp) {
+export function expectRefusal(
+  run: { exitCode: number | null; stdout: string; stderr: string },
+  program: string,
+  message: RegExp,
+) {
   expect(run.exitCode).toBe(1);
   expect(run.stdout).toBe("");
   expect(run.stderr.endsWith("\n")).toBe(true);

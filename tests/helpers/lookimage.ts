@@ -4,7 +4,7 @@
  */
 
 import { expect } from "bun:test";
-import { runProgram, type ProgramRun } from "./common.ts";
+import { type ProgramRun, runProgram } from "./common.ts";
 
 /**
  * Run `bun apps/lookimage.ts ARGS...` to its end.
@@ -23,7 +23,10 @@ export function lookimage(...args: string[]): Promise<ProgramRun> {
  */
 export function expectFailure(run: ProgramRun, reason: RegExp) {
   expect(run.exitCode).toBe(1);
-  const lines = run.stderr.trimEnd().split("\n").filter((line) => !line.startsWith("lookimage: warning: "));
+  const lines = run.stderr
+    .trimEnd()
+    .split("\n")
+    .filter((line) => !line.startsWith("lookimage: warning: "));
   expect(lines).toHaveLength(1);
   expect(lines[0]).toMatch(/^lookimage: /);
   expect(lines[0]).toMatch(reason);

@@ -55,7 +55,11 @@ export class ServerProcess {
   readonly #done: Promise<void>;
 
   constructor(args: string[], cwd: string) {
-    const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), ...args], { cwd, stdout: "pipe", stderr: "pipe" });
+    const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), ...args], {
+      cwd,
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     this.process = child;
     this.#done = (async () => {
       const decoder = new TextDecoder();
@@ -82,7 +86,9 @@ export class ServerProcess {
       const lines = this.lines.filter((candidate) => pattern.test(candidate));
       if (lines.length >= count) return lines;
       if (Date.now() > deadline || this.process.exitCode !== null) {
-        throw new Error(`bootserver printed no line matching ${pattern}:\n${this.lines.join("\n")}\n${await this.stderr()}`);
+        throw new Error(
+          `bootserver printed no line matching ${pattern}:\n${this.lines.join("\n")}\n${await this.stderr()}`,
+        );
       }
       await Bun.sleep(20);
     }
@@ -110,7 +116,23 @@ export class ServerProcess {
  * @example const sled = await runSleds(dir, b, ["--json", "--sleds", "4"]);
  */
 export async function runSleds(cwd: string, link: string, args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", "60", ...args], { cwd, stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, exitCode] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
-  return { exitCode, stdout, stderr, reports: stdout.split("\n").filter((line) => line.startsWith("{")).map((line) => JSON.parse(line)) };
+  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", "60", ...args], {
+    cwd,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, exitCode] = await Promise.all([
+    new Response(child.stdout).text(),
+    new Response(child.stderr).text(),
+    child.exited,
+  ]);
+  return {
+    exitCode,
+    stdout,
+    stderr,
+    reports: stdout
+      .split("\n")
+      .filter((line) => line.startsWith("{"))
+      .map((line) => JSON.parse(line)),
+  };
 }
