@@ -1,6 +1,6 @@
 /**
  * bootserver: serve boot images to sleds booting from the network over raw
- * Ethernet (shared/docs/netboot.md), many sleds at once.
+ * Ethernet (docs/netboot.md), many sleds at once.
  *
  * Compatible with the existing `bootserver [-s] [-t SECONDS] LINK IMAGE MAC|any`,
  * extended to several images, pinned images, allow lists and a boot count.

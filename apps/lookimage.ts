@@ -3,7 +3,7 @@
  * --extract, also write the raw pool back out.
  *
  * Standard output is byte for byte what the existing Rust lookimage prints
- * (shared/vectors/*.lookimage.txt), because people and scripts read it;
+ * (tests/vectors/*.lookimage.txt), because people and scripts read it;
  * everything new (warnings, progress) goes to standard error, or with
  * --json into one JSON object (docs/lookimage-json.md). A zstd image
  * (docs/format.md) prints the same lines, its flags by name.

@@ -5,7 +5,7 @@
  *
  * - A compressed image: `lookimage IMAGE` vs `tail -c +4097 IMAGE | pigz -dz
  *   | sha256sum` (pigz inflates on one thread, with reading, writing and the
- *   check value on others). Issue 2's goal: at least 1.5 times as fast.
+ *   check value on others). The goal: at least 1.5 times as fast.
  * - The same pool stored: `lookimage STORED` vs `sha256sum RAW`.
  * - A zstd image (lookimageZstdRows): `lookimage IMAGE` vs `tail -c +4097
  *   IMAGE | zstd -d -c | sha256sum` (Debian's zstd decompresses on one
@@ -27,7 +27,7 @@ import { formatBytes } from "../lib/progress.ts";
 import { IMAGE_VERSIONS, type PayloadCodec, payloadCodec } from "../lib/zstd-image.ts";
 import { type BenchRow, type Measured, printRows, race, timeRows } from "./measure.ts";
 
-/** Issue 2: verifying a compressed image at least 1.5 times as fast as `pigz -dz | sha256sum`. */
+/** The goal: verifying a compressed image at least 1.5 times as fast as `pigz -dz | sha256sum`. */
 export const GOAL_SPEEDUP = 1.5;
 const ROUNDS = 3;
 const LOOKIMAGE = ["bun", join(import.meta.dir, "..", "apps", "lookimage.ts")];

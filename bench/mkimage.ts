@@ -16,14 +16,14 @@
  * row names the peer and prints ours, the peer's, and the ratio:
  *
  * - mkimage -z vs `pigz -9 -z -p JOBS` (same threads): time, CPU, peak
- *   memory, size. Goals (issue 2): 2x as fast, within 0.5% in size, under
+ *   memory, size. Goals: 2x as fast, within 0.5% in size, under
  *   512 MiB.
  * - mkimage (stored) vs `cp` + `sync` + `sha256sum`.
  * - lookimage vs `pigz -dz | sha256sum` (zlib image; goal 1.5x) and vs
  *   `sha256sum` (stored), from bench/lookimage-rows.ts.
  * - mkimage --zstd vs `zstd -T JOBS -LEVEL` (same threads and level): time
  *   (goal: within 10%), CPU, size; and vs our own -z: time (goal: 8x as
- *   fast) and size (goal: no larger). Issue 4.
+ *   fast) and size (goal: no larger).
  * - lookimage on the zstd image vs `zstd -d | sha256sum`.
  *
  * mkimage syncs its output before renaming it into place, so each peer's
@@ -55,7 +55,7 @@ const SEED = 1;
 const RACE_ROUNDS = 3;
 /** The trees the "real files" input is a tar of: executables and shared libraries, as a pool holds. */
 const REAL_FILE_TREES = ["/usr/bin", "/usr/lib/x86_64-linux-gnu"];
-/** Goals from issue 2 (zlib) and issue 4 (zstd). */
+/** The speed and size goals of the zlib and zstd images (README.md, Benchmarks). */
 const GOALS = {
   zlibSpeedup: 2,
   zlibSizePercent: 0.5,

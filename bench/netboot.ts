@@ -28,7 +28,7 @@
  * inflating the whole pool before it listens counts, as it would for a sled
  * powered on with the server. Then `bun apps/sled.ts` boots the whole image
  * from the same server, which checks the bytes and gives the transfer rate.
- * Issue 4's goal: the first DATA within a second of the HELLO whatever the
+ * The goal for zstd images: the first DATA within a second of the HELLO whatever the
  * image size.
  *
  * Goals: 32 sleds at once with no stall, one sled at or above line rate, at

@@ -1,5 +1,5 @@
 /**
- * Which zstd engine, and which level, should mkimage --zstd use? (issue 4)
+ * Which zstd engine, and which level, should mkimage --zstd use?
  *
  * The candidates are Bun's built-in zstd (`Bun.zstdCompressSync`, and the
  * same library behind `node:zlib`'s zstd functions, which add an output
@@ -25,7 +25,7 @@
  *   bun bench/zstd-engines.ts [--size MIB] [--repeat N] [--levels 1,2,3,6]
  */
 
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
@@ -219,14 +219,8 @@ function printRows(rows: Row[], sampleSize: number, zlibRow: Row): void {
  * opinion on "no larger than zlib" from data this project did not generate.
  */
 function printVectorSizes(levels: number[]): void {
-  const vectors = join(import.meta.dir, "../../shared/vectors");
   for (const name of ["pool-1m.raw", "pool-odd.raw"]) {
-    const path = join(vectors, name);
-    if (!existsSync(path)) {
-      console.log(`${name}: not found in ${vectors}, skipped`);
-      continue;
-    }
-    const raw = readFileSync(path);
+    const raw = readFileSync(join(import.meta.dir, "..", "tests", "vectors", name));
     const zlibSize = zlib.deflateSync(raw, { level: 9 }).length;
     const sizes = levels.map(
       (level) => `level ${level} ${((compressBlock(raw, level).length / zlibSize) * 100).toFixed(1)}%`,

@@ -8,7 +8,7 @@
  *
  * The layout is a contract with software we do not control (the sled kernel,
  * the control plane, the service processor), so it is reproduced byte for
- * byte from `shared/docs/format.md`: little-endian integers, NUL-padded names
+ * byte from `docs/format.md`: little-endian integers, NUL-padded names
  * whose last byte is always 0, zero padding up to 4096 bytes.
  */
 
@@ -86,7 +86,7 @@ export const NETBOOT_MIN_SIZE = MIB;
 /**
  * A netbooting sled fetches 128 slots of 1024 bytes per batch and takes the
  * end of its last batch as the image length, so only images whose size is a
- * multiple of 128 KiB pass its checksum (netboot.md, "End of image").
+ * multiple of 128 KiB pass its checksum (docs/netboot.md, "End of image").
  */
 export const NETBOOT_BATCH_BYTES = 128 * 1024;
 
@@ -254,7 +254,7 @@ export function decodeHeader(bytes: Uint8Array, options: DecodeOptions = {}): He
 
 /**
  * The reasons the sled kernel would refuse this header when booting from disk
- * or recovery (format.md, "What the sled kernel accepts"); empty when none.
+ * or recovery (docs/format.md, "What the sled kernel checks"); empty when none.
  * The checksum match against /boot_image_csum is the caller's to check.
  */
 export function kernelRefusals(header: Header): string[] {
@@ -276,7 +276,7 @@ export function kernelRefusals(header: Header): string[] {
 /**
  * The reasons a sled could not netboot an image of these sizes; empty when
  * none. A sled ignores offers below 1 MiB, and it can only verify an image
- * whose size is a whole number of 128 KiB batches (netboot.md).
+ * whose size is a whole number of 128 KiB batches (docs/netboot.md).
  */
 export function netbootRefusals(sizes: { imageSize: number; targetSize: number }): string[] {
   const reasons: string[] = [];

@@ -6,11 +6,11 @@
  * Bun's thread pool, with a round trip to the worker's event loop for every
  * output piece, and streams and the one-shot functions alike put each output
  * into a freshly allocated buffer, which costs Bun a page fault per 4 KiB.
- * Measured on a 256 MiB pool-like image (issue 2), the inflate pipeline
+ * Measured on a 256 MiB pool-like image, the inflate pipeline
  * built on a stream spent 1.3 to 1.6 s of CPU against 0.75 s for this, and
  * took 1.5 to 2 times as long; zstd frames of 1 MiB decompress at 200-450
  * MB/s with zstdDecompressSync or Bun.zstdDecompressSync and at 1.7-1.9 GB/s
- * into a recycled buffer (issue 4, one thread); compressing 256 MiB in 1 MiB
+ * into a recycled buffer (one thread); compressing 256 MiB in 1 MiB
  * frames at level 2 took 0.9-1.1 s of CPU with Bun.zstdCompressSync and
  * 0.65 s into a recycled buffer.
  *

@@ -6,7 +6,7 @@
  * it returns either a frame or the reason the bytes are not one, because the
  * boot server listens on a segment where anything can arrive.
  *
- * Two traps from `shared/docs/netboot.md` shape this module:
+ * Two traps from `docs/netboot.md` shape this module:
  * - A real NIC pads frames to 60 bytes, so a frame may carry bytes beyond its
  *   `len`: decoding goes by `len` and accepts the rest. Encoding pads to 60
  *   bytes itself, so what we send looks on a virtual link as it would on a
@@ -200,7 +200,7 @@ function decodeBody(type: Message["type"], body: Uint8Array, view: DataView): Me
 
 /**
  * The offsets a READ asks for, in slot order: every non-zero slot, and offset
- * 0 when fewer than `count` slots are non-zero (netboot.md, point 3: offset 0
+ * 0 when fewer than `count` slots are non-zero (docs/netboot.md, point 3: offset 0
  * is a real request only then). Answering only the first `count` slots would
  * answer the wrong offsets after a lost frame and stall the boot.
  *
@@ -304,7 +304,7 @@ export class DataFrameWriter {
   }
 
   /**
-   * The DATA frame that answers a READ of `offset` in `image` (netboot.md,
+   * The DATA frame that answers a READ of `offset` in `image` (docs/netboot.md,
    * "End of image"): the CHUNK_SIZE bytes at `offset`, fewer at the end of
    * the image, none at or past it. The bound is checked on the 64-bit
    * offset, so no offset a frame can carry reads outside `image`. A view

@@ -5,7 +5,7 @@
  * `SledSession` is the client of one sled as a state machine, with no I/O of
  * its own: frames come in through `receive(frame, now)`, time passes through
  * `tick(now)`, and frames go out through the `send` function it was given.
- * It follows `shared/docs/netboot.md` step by step:
+ * It follows `docs/netboot.md` step by step:
  * - Discovery: a HELLO broadcast every 4 s until an OFFER passes the kernel's
  *   checks (offerRefusals); from then on only that server's frames count.
  * - Transfer: 128 slots. When all are empty it fills all of them with the

@@ -1,5 +1,5 @@
 /**
- * The zstd variant of the boot image (issue 4, docs/format.md): the same
+ * The zstd variant of the boot image (docs/format.md): the same
  * 4096-byte header as version 2, a payload in the zstd seekable format
  * (lib/zstd-seekable.ts), and a version number no version 2 reader accepts.
  *
@@ -61,24 +61,30 @@ export const ZSTD_BOOT_NOTE =
 export type PayloadCodec = "stored" | "zlib" | "zstd";
 
 /**
- * The payload's codec, refusing headers whose version and flags disagree: a
- * version 2 header with ZSTD set (the kernel would ignore the bit and inflate
- * zstd as zlib), or a zstd version without ZSTD or with COMPRESSED.
+ * The payload's codec, refusing headers whose version and flags disagree
+ * (docs/format.md): a version 2 header with ZSTD set, which the kernel would
+ * boot by its COMPRESSED bit alone (inflating zlib, or taking the payload as
+ * stored), and a zstd version whose flags are anything but ZSTD.
  *
  * @example if (payloadCodec(header) === "zstd") table = await readSeekTable(file, header);
  */
 export function payloadCodec(header: Pick<Header, "version" | "flags">): PayloadCodec {
-  const zstd = (header.flags & FLAG_ZSTD) !== 0n;
   const zlib = (header.flags & FLAG_COMPRESSED) !== 0n;
+  const zstdVersion = `0x${ZSTD_VERSION.toString(16)}`;
   if (header.version === VERSION) {
-    if (zstd)
-      throw new ImageFormatError("flag ZSTD is set in a version 2 header, which the sled kernel would inflate as zlib");
+    if ((header.flags & FLAG_ZSTD) !== 0n) {
+      const kernelWould = zlib ? "inflate the payload as zlib" : "take the payload as a stored pool";
+      throw new ImageFormatError(
+        `flags ${flagNames(header.flags)} in a version 2 header: ZSTD belongs to version ${zstdVersion} only, ` +
+          `and the sled kernel ignores that bit, so it would ${kernelWould}`,
+      );
+    }
     return zlib ? "zlib" : "stored";
   }
   if (header.version === ZSTD_VERSION) {
-    if (!zstd || zlib) {
+    if (header.flags !== FLAG_ZSTD) {
       throw new ImageFormatError(
-        `a version 0x${ZSTD_VERSION.toString(16)} (zstd) header needs flags ZSTD alone, not ${flagNames(header.flags)}`,
+        `a version ${zstdVersion} (zstd) header needs flags ZSTD alone, not ${flagNames(header.flags)}`,
       );
     }
     return "zstd";

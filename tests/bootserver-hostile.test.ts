@@ -1,5 +1,5 @@
 /**
- * The boot server under fire (issue 5, item 3), end to end on a veth pair
+ * The boot server under fire, end to end on a veth pair
  * made for the test: `bun apps/bootserver.ts` on one end; on the other, 8
  * emulated sleds (`bun apps/sled.ts`) and this test process, which injects
  * over 100,000 malformed or hostile frames with PcapLink.injectBatch while

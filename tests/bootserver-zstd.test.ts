@@ -1,5 +1,5 @@
 /**
- * The boot server serving zstd images (issue 4, item 4): block by block
+ * The boot server serving zstd images: block by block
  * through a shared cache, never a byte of a block that fails its check.
  *
  * Raw pools and their SHA-256 come from python3 (random, hashlib); images

@@ -1,5 +1,5 @@
 /**
- * The boot server against shared/docs/netboot.md.
+ * The boot server against docs/netboot.md.
  *
  * First the parts that need no network: answering a READ (lib/session.ts)
  * and routing frames (lib/dispatch.ts), with frames read back by a decoder

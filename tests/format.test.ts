@@ -1,6 +1,6 @@
 /**
  * The header layout of lib/format.ts against an independent decoder
- * (python3's struct.unpack, written from shared/docs/format.md), the
+ * (python3's struct.unpack, written from docs/format.md), the
  * existing tools' vectors, and each way decodeHeader refuses a header.
  */
 

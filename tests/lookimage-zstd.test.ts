@@ -1,12 +1,12 @@
 /**
- * lookimage on zstd images (issue 4), and `lookimage --extract RAW` on every
+ * lookimage on zstd images, and `lookimage --extract RAW` on every
  * kind of image, run as a process.
  *
  * The zstd images are laid out here from lib/zstd-seekable.ts and
  * lib/format.ts (as mkimage --zstd writes them) and checked with
  * Debian's `zstd -d` and sha256sum before lookimage sees them; damaged ones
  * are made by changing bytes of a good one. Stored and zlib images are the
- * existing Rust tools' vectors (shared/vectors), with their raw pools, and a
+ * existing Rust tools' vectors (tests/vectors), with their raw pools, and a
  * multi-megabyte one compressed by python3's zlib. Extracted files are
  * compared with the raw pools by `cmp`.
  */
@@ -142,7 +142,19 @@ describe("a zstd image", () => {
       copy.header.version = 2;
       copy.header.flags = FLAG_ZSTD | 1n;
     });
-    expectFailure(await lookimage(v2), /flag ZSTD is set in a version 2 header/);
+    expectFailure(
+      await lookimage(v2),
+      /flags COMPRESSED \| ZSTD in a version 2 header: .*inflate the payload as zlib$/,
+    );
+    // Without COMPRESSED the kernel would take the payload as the pool itself: here it even is one.
+    const storedWithFlag = await writeDamaged("v2-stored-with-zstd-flag.img", (copy) => {
+      const header = { ...copy.header, version: 2, flags: FLAG_ZSTD, dataSize: raw.length };
+      return new Uint8Array(Buffer.concat([encodeHeader(header), raw]));
+    });
+    expectFailure(
+      await lookimage(storedWithFlag),
+      /flags ZSTD in a version 2 header: .*would take the payload as a stored pool$/,
+    );
     const both = await writeDamaged("zstd-and-zlib.img", (copy) => {
       copy.header.flags = 3n;
     });

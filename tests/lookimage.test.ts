@@ -1,6 +1,6 @@
 /**
  * lookimage as a process: its standard output against the existing tool's
- * (shared/vectors/*.lookimage.txt), exit codes, and one-line errors for
+ * (tests/vectors/*.lookimage.txt), exit codes, and one-line errors for
  * every way a payload can disagree with its header. Broken images are made
  * by python3 (struct for the header, zlib as an independent compressor,
  * hashlib for the checksum), not by our own encoder.

@@ -1,6 +1,6 @@
 /**
  * mkimage against hostile conditions, as real processes (`bun apps/mkimage.ts
- * ...`), issue 5 item 2: a read-only output directory, a full disk, output
+ * ...`): a read-only output directory, a full disk, output
  * paths that are symbolic links, paths the file system refuses. Every
  * refusal must be a non-zero exit with one line on stderr and no partial
  * output: nothing at the output path, no `.NAME.tmp-*` file beside it, and

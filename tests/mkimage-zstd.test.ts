@@ -1,5 +1,5 @@
 /**
- * mkimage --zstd end to end (issue 4), run as a process as the build would
+ * mkimage --zstd end to end, run as a process as the build would
  * run it, and checked by tools that share no code with ours: Debian's
  * `zstd -d` turns the payload back into the raw input and `zstd -lv` counts
  * its frames; python3's struct reads the header and the seek table, hashlib

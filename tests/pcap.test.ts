@@ -141,7 +141,7 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
   });
 
   test("a frame shorter than 60 bytes arrives unpadded on veth", () => {
-    // A real NIC pads to 60 bytes (shared/docs/netboot.md); veth hands the frame over as sent,
+    // A real NIC pads to 60 bytes (docs/netboot.md); veth hands the frame over as sent,
     // so decoders must be tested with padded frames too, not only with what veth delivers.
     withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b)],

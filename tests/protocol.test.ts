@@ -1,5 +1,5 @@
 /**
- * The netboot frames of lib/protocol.ts against shared/docs/netboot.md. Byte
+ * The netboot frames of lib/protocol.ts against docs/netboot.md. Byte
  * layouts are checked by an independent decoder: python3's struct module,
  * reading big-endian fields after the 14-byte Ethernet header.
  */

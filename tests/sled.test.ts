@@ -1,5 +1,5 @@
 /**
- * The sled emulator against shared/docs/netboot.md: the state machine with a
+ * The sled emulator against docs/netboot.md: the state machine with a
  * fake clock and frames built by the test, the fault injector, and the
  * `sled` program over a real veth pair against a minimal server played by the
  * test itself. Expected digests come from python3's hashlib.

@@ -1,5 +1,5 @@
 /**
- * What many test files need alike: where the project and the shared test
+ * What many test files need alike: where the project and the golden test
  * vectors lie, python3 as the independent decoder, and our programs run as
  * real processes (`bun apps/NAME.ts`), the way the build and users run them.
  */
@@ -11,8 +11,8 @@ import { join } from "node:path";
 /** The project's root (the work tree). */
 export const ROOT = join(import.meta.dir, "..", "..");
 
-/** shared/vectors lies beside the work tree, in a session as in CI (shared/vectors/README.md). */
-export const VECTORS = join(ROOT, "..", "shared", "vectors");
+/** The existing tools' outputs the tests compare against (tests/vectors/README.md says which tool made each). */
+export const VECTORS = join(ROOT, "tests", "vectors");
 
 let pythonPath: string | undefined;
 
