@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, UserError, usageConventions } from "../lib/cli.ts";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, systemReason, UserError, usageConventions } from "../lib/cli.ts";
 import { PcapLink, readLinkMac } from "../lib/pcap.ts";
 import { formatMac, parseMac, SHA256_SIZE, sameMac } from "../lib/protocol.ts";
 import { consecutiveMacs, type EmulatedSledReport, emulateSleds, sledMacFor } from "../lib/sled.ts";
@@ -86,7 +86,7 @@ function readChecksum(args: { checksum?: string; "checksum-file"?: string }): Ui
   try {
     bytes = readFileSync(path);
   } catch (error) {
-    throw new UserError(`cannot read checksum file ${path}: ${(error as Error).message}`);
+    throw new UserError(`cannot read checksum file ${path}: ${systemReason(error)}`);
   }
   if (bytes.length !== SHA256_SIZE) {
     throw new UserError(`checksum file ${path} is ${bytes.length} bytes, not the ${SHA256_SIZE} bytes of a SHA-256`);

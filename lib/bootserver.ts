@@ -1,6 +1,6 @@
 /**
  * The boot server: serves boot images over raw Ethernet to any number of
- * sleds at once (shared/docs/netboot.md).
+ * sleds at once (docs/netboot.md).
  *
  * Three kinds of thread share the work. The dispatcher thread
  * (workers/dispatcher.ts, lib/dispatch.ts) captures every netboot frame on
@@ -25,7 +25,7 @@
  * means it is gone).
  */
 
-import { UserError } from "./cli.ts";
+import { oneLine, UserError } from "./cli.ts";
 import {
   type DISPATCH_COUNTERS,
   type DispatchCounters,
@@ -192,7 +192,7 @@ export class BootServer {
           server.#loaded.set(file, image);
           return image;
         } catch (error) {
-          throw new UserError((error as Error).message);
+          throw new UserError(oneLine(error));
         }
       }),
     );
@@ -349,7 +349,7 @@ export class BootServer {
     try {
       image = await file.current();
     } catch (error) {
-      return this.#problem(`cannot offer ${file.path} to ${sled.name}: ${(error as Error).message}`);
+      return this.#problem(`cannot offer ${file.path} to ${sled.name}: ${oneLine(error)}`);
     }
     if (this.#closed) return;
     const previous = this.#loaded.get(file);

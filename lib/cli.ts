@@ -3,6 +3,7 @@
  * exit codes (0 ok, 1 failure, 2 usage), and no stack trace for a person.
  */
 
+import { getSystemErrorMessage } from "node:util";
 import type { Argv } from "yargs";
 import packageJson from "../package.json" with { type: "json" };
 
@@ -50,10 +51,29 @@ export function usageConventions<T>(
     });
 }
 
-/** The message of anything thrown, on one line. */
+/**
+ * The message of anything thrown, on one line: the one way this project turns
+ * an error into text for a person (a program's last words, a thread's report).
+ *
+ * @example oneLine(new Error("zlib stream is corrupt\nat byte 7")) // "zlib stream is corrupt; at byte 7"
+ */
 export function oneLine(error: unknown): string {
   const text = error instanceof Error ? error.message : String(error);
   return text.replace(/\s*[\r\n]+\s*/g, "; ").trim();
+}
+
+/**
+ * A failed system call's reason in the system's words, for a message that
+ * already names the file: "no such file or directory" rather than Bun's
+ * "ENOENT: no such file or directory, open 'x'". Anything without an errno
+ * is told as oneLine tells it.
+ *
+ * @example throw new UserError(`cannot read input ${path}: ${systemReason(error)}`);
+ */
+export function systemReason(error: unknown): string {
+  const errno = (error as NodeJS.ErrnoException | undefined)?.errno;
+  if (typeof errno === "number") return getSystemErrorMessage(errno < 0 ? errno : -errno);
+  return oneLine(error);
 }
 
 /**

@@ -1,13 +1,13 @@
 /**
  * What lookimage reports about an image: the header read and checked from
  * the file, the lines the existing Rust lookimage prints (byte for byte:
- * shared/vectors/*.lookimage.txt), the warnings about where the image would
+ * tests/vectors/*.lookimage.txt), the warnings about where the image would
  * be refused, and the --json object (docs/lookimage-json.md). Pure functions
  * but for readHeader, which reads the file's first 4096 bytes.
  */
 
 import { stat } from "node:fs/promises";
-import { UserError } from "./cli.ts";
+import { systemReason, UserError } from "./cli.ts";
 import {
   decodeHeader,
   FLAG_COMPRESSED,
@@ -19,7 +19,6 @@ import {
   netbootRefusals,
   toHex,
 } from "./format.ts";
-import { systemReason } from "./pending-file.ts";
 import type { PayloadVerdict } from "./verify.ts";
 import { IMAGE_VERSIONS, type PayloadCodec, payloadCodec, ZSTD_BOOT_NOTE } from "./zstd-image.ts";
 

@@ -20,6 +20,7 @@
 
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { systemReason } from "./cli.ts";
 
 /** Written little-endian, it reads as d4 c3 b2 a1: microsecond timestamps. */
 export const PCAP_MAGIC = 0xa1b2c3d4;
@@ -180,7 +181,7 @@ export class PcapFileWriter {
     try {
       fd = openSync(temporaryPath, "wx", 0o644);
     } catch (error) {
-      throw new PcapFileError(`cannot create capture file ${path}: ${reasonOf(error)}`);
+      throw new PcapFileError(`cannot create capture file ${path}: ${systemReason(error)}`);
     }
     return new PcapFileWriter(path, temporaryPath, fd, snaplen, options.bufferBytes ?? DEFAULT_BUFFER_BYTES);
   }
@@ -232,7 +233,7 @@ export class PcapFileWriter {
       rmSync(this.temporaryPath, { force: true });
       throw error instanceof PcapFileError
         ? error
-        : new PcapFileError(`cannot write capture file ${this.path}: ${reasonOf(error)}`);
+        : new PcapFileError(`cannot write capture file ${this.path}: ${systemReason(error)}`);
     }
   }
 
@@ -264,19 +265,6 @@ function writeAll(fd: number, bytes: Uint8Array, path: string) {
   try {
     for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done, bytes.length - done);
   } catch (error) {
-    throw new PcapFileError(`cannot write capture file ${path}: ${reasonOf(error)}`);
+    throw new PcapFileError(`cannot write capture file ${path}: ${systemReason(error)}`);
   }
-}
-
-function reasonOf(error: unknown): string {
-  const code = (error as NodeJS.ErrnoException).code;
-  const reasons: Record<string, string> = {
-    ENOENT: "no such directory",
-    EACCES: "permission denied",
-    ENOSPC: "no space left on the device",
-    EROFS: "read-only file system",
-    EISDIR: "it is a directory",
-    ENOTDIR: "a part of the path is not a directory",
-  };
-  return (code && reasons[code]) ?? (error instanceof Error ? error.message : String(error));
 }

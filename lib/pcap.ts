@@ -49,6 +49,7 @@
 
 import { dlopen, FFIType, type Pointer, ptr, read, toArrayBuffer } from "bun:ffi";
 import { readFileSync } from "node:fs";
+import { oneLine, systemReason } from "./cli.ts";
 
 /** An error from libpcap or about a link; the message carries libpcap's own text. */
 export class PcapError extends Error {
@@ -72,7 +73,7 @@ export interface PcapOpenOptions {
   promiscuous?: boolean;
 }
 
-/** The netboot ethertype (shared/docs/netboot.md); the only frames captured. */
+/** The netboot ethertype (docs/netboot.md); the only frames captured. */
 const CAPTURE_FILTER = "ether proto 0x1de0";
 const ETHERNET_HEADER_SIZE = 14;
 const DEFAULT_SNAPLEN = 2048;
@@ -153,7 +154,7 @@ function libpcap(): Libpcap {
       libpcapLoaded = dlopen(name, LIBPCAP_SYMBOLS).symbols;
       return libpcapLoaded;
     } catch (error) {
-      failures.push(error instanceof Error ? error.message : String(error));
+      failures.push(oneLine(error));
     }
   }
   throw new PcapError(`cannot load libpcap (install the libpcap0.8 package): ${failures.join("; ")}`);
@@ -561,7 +562,7 @@ export function readLinkMac(link: string): Uint8Array {
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT")
       throw new PcapError(`there is no link named ${link} (see "ip link")`);
-    throw new PcapError(`cannot read the MAC address of link ${link} from ${path}: ${(error as Error).message}`);
+    throw new PcapError(`cannot read the MAC address of link ${link} from ${path}: ${systemReason(error)}`);
   }
   const octets = text.split(":");
   if (octets.length !== 6 || octets.some((octet) => !/^[0-9a-f]{2}$/i.test(octet))) {

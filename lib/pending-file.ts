@@ -14,15 +14,10 @@ import { randomBytes } from "node:crypto";
 import { unlinkSync } from "node:fs";
 import { type FileHandle, lstat, open, readlink, realpath, rename, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { getSystemErrorMessage } from "node:util";
-import { UserError } from "./cli.ts";
+import { systemReason, UserError } from "./cli.ts";
 
-/** An error from the file system, as words: "no such file or directory". */
-export function systemReason(error: unknown): string {
-  const errno = (error as NodeJS.ErrnoException).errno;
-  if (typeof errno === "number") return getSystemErrorMessage(errno < 0 ? errno : -errno);
-  return error instanceof Error ? error.message : String(error);
-}
+// lib/mkimage.ts and lib/verify.ts still import systemReason from here; its home is lib/cli.ts.
+export { systemReason };
 
 /** Longest file name (one path component) Linux file systems take, in bytes. */
 const NAME_MAX = 255;

@@ -7,6 +7,7 @@
  */
 
 import { existsSync, writeFileSync } from "node:fs";
+import { oneLine } from "./cli.ts";
 import { libpcapVersion } from "./pcap.ts";
 
 export interface VethPair {
@@ -33,7 +34,7 @@ export function canUseRawNetwork(): { ok: boolean; why?: string } {
   try {
     libpcapVersion();
   } catch (error) {
-    return { ok: false, why: (error as Error).message };
+    return { ok: false, why: oneLine(error) };
   }
   return { ok: true };
 }

@@ -169,7 +169,7 @@ describe("PcapFileWriter", () => {
   test("says plainly why a capture file cannot be created, and refuses impossible values", () => {
     const path = join(dir, "no-such-directory", "boot.pcap");
     expect(() => PcapFileWriter.open(path)).toThrow(
-      new PcapFileError(`cannot create capture file ${path}: no such directory`),
+      new PcapFileError(`cannot create capture file ${path}: no such file or directory`),
     );
     expect(() => PcapFileWriter.open(join(dir, "x.pcap"), { snaplen: 0 })).toThrow("snaplen 0 is not a whole number");
     const capture = PcapFileWriter.open(join(dir, "times.pcap"));

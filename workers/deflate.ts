@@ -4,6 +4,7 @@
  * deflated bytes and the block's Adler-32. Buffers move by transfer, not copy.
  */
 
+import { oneLine } from "../lib/cli.ts";
 import type { WorkerReply } from "../lib/mkimage.ts";
 import { type DeflatedBlock, type DeflateJob, deflateBlock } from "../lib/zlib-stream.ts";
 
@@ -14,7 +15,7 @@ self.onmessage = (event: MessageEvent<DeflateJob>) => {
   try {
     reply = { ok: true, value: deflateBlock(event.data) };
   } catch (error) {
-    reply = { ok: false, message: error instanceof Error ? error.message : String(error) };
+    reply = { ok: false, message: oneLine(error) };
   }
   self.postMessage(reply, reply.ok ? [reply.value.deflated.buffer as ArrayBuffer] : []);
 };

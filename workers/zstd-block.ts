@@ -6,6 +6,7 @@
  * transfer, not copy: the sender must not touch a buffer after posting it.
  */
 
+import { oneLine } from "../lib/cli.ts";
 import type { WorkerReply } from "../lib/mkimage.ts";
 import { type CompressedBlock, type DecompressedBlock, runBlockJob, type ZstdBlockJob } from "../lib/zstd-seekable.ts";
 
@@ -26,7 +27,7 @@ self.onmessage = (event: MessageEvent<ZstdBlockJob>) => {
   try {
     reply = { ok: true, value: runBlockJob(event.data) };
   } catch (error) {
-    reply = { ok: false, message: error instanceof Error ? error.message : String(error) };
+    reply = { ok: false, message: oneLine(error) };
   }
   self.postMessage(reply, reply.ok ? transfers(reply.value) : []);
 };
