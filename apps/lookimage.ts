@@ -12,9 +12,10 @@
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { EXIT_FAILURE, EXIT_USAGE, runMain, UserError, usageConventions } from "../lib/cli.ts";
+import { payloadSizeRefusal } from "../lib/format.ts";
 import { formatRatio, headerLines, jsonReport, readHeader, warnings } from "../lib/image-report.ts";
 import { startProgress } from "../lib/progress.ts";
-import { extractPayload, type PayloadVerdict, rawOutputTarget, sizeRefusal, verifyPayload } from "../lib/verify.ts";
+import { extractPayload, type PayloadVerdict, rawOutputTarget, verifyPayload } from "../lib/verify.ts";
 
 const PROGRAM = "lookimage";
 
@@ -68,8 +69,7 @@ async function main(): Promise<number> {
   const { header, codec } = await readHeader(path);
   // Refused before anything is printed or read: a raw file may never replace the image it comes from.
   const rawOutput = args.extract === undefined ? null : await rawOutputTarget(args.extract, path);
-  // The existing lookimage's size rules are for version 2; a zstd payload answers to its seek table.
-  const refusal = codec === "zstd" ? null : sizeRefusal(header);
+  const refusal = payloadSizeRefusal(header);
 
   if (!args.json) {
     await print(headerLines(header, codec));

@@ -20,9 +20,13 @@ const PROGRAM = "mkimage";
 const ZLIB_LEVELS = { min: 1, max: 9, default: 9 };
 const ZSTD_LEVELS = { min: ZSTD_MIN_LEVEL, max: ZSTD_MAX_LEVEL, default: ZSTD_DEFAULT_LEVEL };
 
+/**
+ * A whole number as the existing mkimage reads `-s` (Rust's `str::parse::<u64>`):
+ * decimal digits, optionally after one `+`; no sign `-`, no spaces, nothing empty.
+ */
 function wholeNumber(flag: string, value: string | number, min: number, max: number): number {
   const text = String(value);
-  const number = /^\d+$/.test(text) ? Number(text) : NaN;
+  const number = /^\+?\d+$/.test(text) ? Number(text) : NaN;
   if (!Number.isSafeInteger(number) || number < min || number > max) {
     throw new UserError(`${flag} must be a whole number from ${min} to ${max}, not "${text}"`, EXIT_USAGE);
   }

@@ -118,7 +118,8 @@ export function isCompressed(header: Pick<Header, "flags">): boolean {
 }
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder("utf-8", { fatal: false });
+/** Strict, and keeping a leading byte order mark, as Rust's String::from_utf8 is. */
+const nameDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * Encode a name for one of the 128-byte fields, refusing what the field
@@ -181,13 +182,64 @@ function readSize(view: DataView, offset: number, what: string): number {
   return Number(value);
 }
 
+/**
+ * A name field as the existing tools read it: the whole 128 bytes as UTF-8
+ * (refused when they are not), less the trailing NULs only. Bytes after an
+ * embedded NUL stay in the name, as they do in the existing lookimage's
+ * output; nameDamage says what a reader that stops at the first NUL sees.
+ */
 function readName(bytes: Uint8Array, offset: number, what: string): string {
   const field = bytes.subarray(offset, offset + NAME_FIELD_SIZE);
   if (field[NAME_MAX_BYTES] !== 0) {
     throw new ImageFormatError(`${what} is not NUL-terminated (byte ${offset + NAME_MAX_BYTES} is not 0)`);
   }
-  const end = field.indexOf(0);
-  return decoder.decode(field.subarray(0, end));
+  let text: string;
+  try {
+    text = nameDecoder.decode(field);
+  } catch {
+    throw new ImageFormatError(`${what} is not valid UTF-8 (from byte ${offset + validUtf8Prefix(field)})`);
+  }
+  return text.replace(/\0+$/, "");
+}
+
+/** Bytes at the start of `field` that are whole, valid UTF-8 characters (Rust's Utf8Error::valid_up_to). */
+function validUtf8Prefix(field: Uint8Array): number {
+  let length = field.length;
+  while (length > 0) {
+    try {
+      nameDecoder.decode(field.subarray(0, length));
+      return length;
+    } catch {
+      length--;
+    }
+  }
+  return 0;
+}
+
+/**
+ * What is wrong with the names of a decoded header that still decodes: a
+ * NUL inside a name. The sled kernel reads the dataset only up to its first
+ * NUL, so it would mount another dataset than the one the name shows; the
+ * image name is read by the control plane, which may stop there too. Empty
+ * when both names are whole; mkimage never writes such a name (encodeName).
+ *
+ * @example nameDamage({ dataset: "rpool/ROOT/ramdisk\0old", imageName: "x" }) // ["dataset name holds a NUL ..."]
+ */
+export function nameDamage(header: Pick<Header, "dataset" | "imageName">): string[] {
+  const fields: [string, string, number, string][] = [
+    ["dataset name", header.dataset, OFFSET_DATASET, "the sled kernel reads it only up to there, as"],
+    ["image name", header.imageName, OFFSET_IMAGE_NAME, "a reader that stops at the first NUL sees"],
+  ];
+  const damage: string[] = [];
+  for (const [what, name, offset, reader] of fields) {
+    const nul = name.indexOf("\0");
+    if (nul < 0) continue;
+    const at = offset + encoder.encode(name.slice(0, nul)).length;
+    damage.push(
+      `${what} holds a NUL at byte ${at} with more bytes after it: ${reader} ${JSON.stringify(name.slice(0, nul))}`,
+    );
+  }
+  return damage;
 }
 
 /** Options for decodeHeader. */
@@ -203,7 +255,8 @@ export interface DecodeOptions {
 /**
  * Decode and check a header from the first bytes of an image file. Throws
  * ImageFormatError naming the value that is wrong: a short file, bad magic or
- * version, a size too large to be real, an unterminated name, an uncompressed
+ * version, a size too large to be real, an unterminated name or one that is
+ * not UTF-8, an uncompressed
  * payload whose size differs from the image size, or a file whose length is
  * not 4096 + data_size.
  *
@@ -252,12 +305,17 @@ export function decodeHeader(bytes: Uint8Array, options: DecodeOptions = {}): He
   return header;
 }
 
+/** How lookimage's warnings and mkimage's refusal introduce kernelRefusals' reasons. */
+export const KERNEL_REFUSES = "the sled kernel would refuse this image";
+
 /**
  * The reasons the sled kernel would refuse this header when booting from disk
  * or recovery (docs/format.md, "What the sled kernel checks"); empty when none.
  * The checksum match against /boot_image_csum is the caller's to check.
+ *
+ * @example kernelRefusals({ imageSize: 4095, targetSize: MIB }) // ["image size of 4095 bytes is below ..."]
  */
-export function kernelRefusals(header: Header): string[] {
+export function kernelRefusals(header: Pick<Header, "imageSize" | "targetSize">): string[] {
   const reasons: string[] = [];
   if (header.imageSize < KERNEL_MIN_IMAGE_SIZE) {
     reasons.push(`image size of ${header.imageSize} bytes is below the kernel's minimum of ${KERNEL_MIN_IMAGE_SIZE}`);
@@ -271,6 +329,23 @@ export function kernelRefusals(header: Header): string[] {
     reasons.push(`target size of ${header.targetSize} bytes is less than image size of ${header.imageSize}`);
   }
   return reasons;
+}
+
+/**
+ * The sizes the existing lookimage refuses in a version 2 image before it
+ * reads the payload, in its words; null when they are acceptable. A zlib
+ * stream of incompressible data is larger than the image, and such an image
+ * is refused: mkimage checks the header it is about to write with this rule,
+ * so it never writes an image lookimage refuses. A zstd image answers to its
+ * seek table instead (lib/zstd-seekable.ts), whatever its payload's size.
+ *
+ * @example payloadSizeRefusal({ version: 2, dataSize: 0, imageSize: 4096 }) // "data size is 0"
+ */
+export function payloadSizeRefusal(header: Pick<Header, "version" | "dataSize" | "imageSize">): string | null {
+  if (header.version === ZSTD_VERSION) return null;
+  if (header.dataSize === 0) return `data size is ${header.dataSize}`;
+  if (header.imageSize < header.dataSize) return `image size ${header.imageSize} < data size ${header.dataSize}`;
+  return null;
 }
 
 /**

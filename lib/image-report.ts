@@ -15,7 +15,9 @@ import {
   HEADER_SIZE,
   type Header,
   ImageFormatError,
+  KERNEL_REFUSES,
   kernelRefusals,
+  nameDamage,
   netbootRefusals,
   toHex,
 } from "./format.ts";
@@ -92,11 +94,12 @@ export function headerLines(header: Header, codec: PayloadCodec): string {
   );
 }
 
-/** Where this image would be refused by the sled kernel or a netbooting sled. */
+/** Where this image would be refused by the sled kernel or a netbooting sled, and damaged names. */
 export function warnings(header: Header, codec: PayloadCodec): string[] {
   return [
     ...(codec === "zstd" ? [ZSTD_BOOT_NOTE] : []),
-    ...kernelRefusals(header).map((reason) => `the sled kernel would refuse this image: ${reason}`),
+    ...nameDamage(header),
+    ...kernelRefusals(header).map((reason) => `${KERNEL_REFUSES}: ${reason}`),
     ...netbootRefusals(header),
   ];
 }

@@ -33,10 +33,11 @@ import {
   HEADER_SIZE,
   type Header,
   ImageFormatError,
-  KERNEL_MAX_IMAGE_SIZE,
-  KERNEL_MIN_IMAGE_SIZE,
+  KERNEL_REFUSES,
+  kernelRefusals,
   MIB,
   netbootRefusals,
+  payloadSizeRefusal,
   VERSION,
 } from "./format.ts";
 import { discardOnSignal, isSameFile, PendingFile, resolveTarget, systemReason, type Target } from "./pending-file.ts";
@@ -206,23 +207,10 @@ async function openInput(path: string): Promise<Input> {
   }
 }
 
-/** The sled kernel's limits on image_size (format.md), checked before any work. */
+/** The sled kernel's rules on the sizes (lib/format.ts kernelRefusals), checked before any work. */
 function checkSizes(imageSize: number, targetSize: number) {
-  if (imageSize < KERNEL_MIN_IMAGE_SIZE) {
-    throw new UserError(
-      `image size of ${imageSize} bytes is smaller than ${KERNEL_MIN_IMAGE_SIZE} bytes, the least the sled kernel accepts`,
-    );
-  }
-  if (imageSize > KERNEL_MAX_IMAGE_SIZE) {
-    throw new UserError(
-      `image size of ${imageSize} bytes is larger than ${KERNEL_MAX_IMAGE_SIZE} bytes (4 GiB), the most the sled kernel accepts`,
-    );
-  }
-  if (imageSize > targetSize) {
-    throw new UserError(
-      `image size of ${imageSize} bytes is larger than target size of ${targetSize} bytes (-s ${targetSize / MIB} MiB)`,
-    );
-  }
+  const reasons = kernelRefusals({ imageSize, targetSize });
+  if (reasons.length > 0) throw new UserError(`${KERNEL_REFUSES}: ${reasons.join("; ")}`);
 }
 
 function checkDistinct(input: Input, output: Target, checksumFile: Target | undefined) {
@@ -276,6 +264,14 @@ async function writeImage(
       dataset,
       imageName: options.imageName,
     };
+    // Never write what lookimage refuses: zlib makes input that does not compress a little larger.
+    const refusal = payloadSizeRefusal(header);
+    if (refusal) {
+      throw new UserError(
+        `cannot write a compressed image that lookimage refuses (${refusal}): ` +
+          `${input.path} does not compress; drop -z for a plain image`,
+      );
+    }
     await image.write(encodeHeader(header), 0);
     await image.finish();
     if (checksumFile) {

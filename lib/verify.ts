@@ -51,7 +51,7 @@ import { closeSync, openSync, writeSync } from "node:fs";
 import { open, realpath, stat } from "node:fs/promises";
 import { createInflate } from "node:zlib";
 import { UserError } from "./cli.ts";
-import { HEADER_SIZE, type Header, ImageFormatError, toHex } from "./format.ts";
+import { HEADER_SIZE, type Header, ImageFormatError, payloadSizeRefusal, toHex } from "./format.ts";
 import { CodecError, NativeCodec } from "./native-codec.ts";
 import { discardOnSignal, isSameFile, PendingFile, resolveTarget, systemReason, type Target } from "./pending-file.ts";
 import type { ZstdDecodeOrder, ZstdDecodeReport } from "./verify-zstd.ts";
@@ -105,20 +105,6 @@ export interface VerifyOptions {
   onProgress?: (payloadBytesRead: number) => void;
   /** Threads decompressing a zstd payload; ZSTD_DECODE_JOBS by default. */
   zstdJobs?: number;
-}
-
-/**
- * The sizes the existing lookimage refuses before looking at a version 2
- * payload, on one line in its words; null when the sizes are acceptable.
- * (A zstd payload of incompressible data is a little larger than the image,
- * and its seek table is checked instead.)
- *
- * @example sizeRefusal({ dataSize: 0, imageSize: 4096 }) // "data size is 0"
- */
-export function sizeRefusal(header: Pick<Header, "dataSize" | "imageSize">): string | null {
-  if (header.dataSize === 0) return `data size is ${header.dataSize}`;
-  if (header.imageSize < header.dataSize) return `image size ${header.imageSize} < data size ${header.dataSize}`;
-  return null;
 }
 
 /**
@@ -217,7 +203,7 @@ async function runPipeline(
       throw error;
     }
   } else {
-    const refusal = sizeRefusal(header);
+    const refusal = payloadSizeRefusal(header);
     if (refusal) return refused(refusal);
   }
 

@@ -64,7 +64,8 @@ export type PayloadCodec = "stored" | "zlib" | "zstd";
  * The payload's codec, refusing headers whose version and flags disagree
  * (docs/format.md): a version 2 header with ZSTD set, which the kernel would
  * boot by its COMPRESSED bit alone (inflating zlib, or taking the payload as
- * stored), and a zstd version whose flags are anything but ZSTD.
+ * stored), and a zstd version without ZSTD or with COMPRESSED. Other bits of
+ * a zstd header are shown by lookimage and otherwise ignored.
  *
  * @example if (payloadCodec(header) === "zstd") table = await readSeekTable(file, header);
  */
@@ -82,11 +83,11 @@ export function payloadCodec(header: Pick<Header, "version" | "flags">): Payload
     return zlib ? "zlib" : "stored";
   }
   if (header.version === ZSTD_VERSION) {
-    if (header.flags !== FLAG_ZSTD) {
-      throw new ImageFormatError(
-        `a version ${zstdVersion} (zstd) header needs flags ZSTD alone, not ${flagNames(header.flags)}`,
-      );
-    }
+    const flags = flagNames(header.flags);
+    if ((header.flags & FLAG_ZSTD) === 0n)
+      throw new ImageFormatError(`a version ${zstdVersion} (zstd) header needs flag ZSTD; its flags are ${flags}`);
+    if (zlib)
+      throw new ImageFormatError(`a version ${zstdVersion} (zstd) header cannot have flag COMPRESSED: ${flags}`);
     return "zstd";
   }
   throw new ImageFormatError(`unsupported version ${header.version}`);

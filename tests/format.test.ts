@@ -19,8 +19,11 @@ import {
   kernelRefusals,
   MIB,
   NAME_MAX_BYTES,
+  nameDamage,
   netbootRefusals,
+  payloadSizeRefusal,
   toHex,
+  ZSTD_VERSION,
 } from "../lib/format.ts";
 import { python, VECTORS } from "./helpers/common.ts";
 
@@ -41,8 +44,9 @@ for at in range(0, len(data), 4096):
         "magic": magic, "version": version, "flags": str(flags),
         "dataSize": str(data_size), "imageSize": str(image_size), "targetSize": str(target_size),
         "sha256": sha.hex(),
-        "dataset": dataset.split(b"\0")[0].decode("utf-8", "replace"), "datasetLast": dataset[127],
-        "imageName": name.split(b"\0")[0].decode("utf-8", "replace"), "imageNameLast": name[127],
+        # Names as the existing tools read them: the whole field as UTF-8, trailing NULs trimmed.
+        "dataset": dataset.decode("utf-8").rstrip("\0"), "datasetLast": dataset[127],
+        "imageName": name.decode("utf-8").rstrip("\0"), "imageNameLast": name[127],
         "paddingZero": padding == bytes(3768),
     }))
 `;
@@ -249,6 +253,39 @@ describe("decodeHeader", () => {
     expect(() => decodeHeader(imageName)).toThrow(/image name is not NUL-terminated/);
   });
 
+  test("reads names as the existing tools do: the whole field as UTF-8, only trailing NULs trimmed", () => {
+    const withNames = (dataset: number[], imageName: number[]) => {
+      const bytes = encodeHeader(sampleHeader({ dataset: "", imageName: "" }));
+      bytes.set(dataset, 72);
+      bytes.set(imageName, 200);
+      return bytes;
+    };
+    const text = (value: string) => [...Buffer.from(value, "latin1")];
+    const header = decodeHeader(withNames(text("rpool/ROOT/ramdisk\0old"), text("test\0\0ing\xc3\xa9")));
+    expect(header.dataset).toBe("rpool/ROOT/ramdisk\0old");
+    expect(header.imageName).toBe("test\0\0ing\u00e9");
+    // A byte order mark is a character of the name, as in Rust's String::from_utf8.
+    expect(decodeHeader(withNames(text("\xef\xbb\xbfx"), [])).dataset).toBe("\ufeffx");
+    // Not UTF-8 anywhere in the field, even after the first NUL: refused, naming the first bad byte.
+    expect(() => decodeHeader(withNames([], text("ok\0\xff")))).toThrow(
+      new ImageFormatError("image name is not valid UTF-8 (from byte 203)"),
+    );
+    expect(() => decodeHeader(withNames(text("ab\xe2\x82"), []))).toThrow(
+      new ImageFormatError("dataset name is not valid UTF-8 (from byte 74)"),
+    );
+    expect(() => decodeHeader(withNames(text("\xed\xa0\x80"), []))).toThrow(/dataset name is not valid UTF-8/);
+  });
+
+  test("nameDamage says where a NUL cuts a name short, and what a reader stopping there sees", () => {
+    expect(nameDamage({ dataset: DEFAULT_DATASET, imageName: "testing" })).toEqual([]);
+    expect(nameDamage({ dataset: "rpool/ROOT/ramdisk\0old", imageName: "\u00e9t\u00e9\0\0x" })).toEqual([
+      "dataset name holds a NUL at byte 90 with more bytes after it: " +
+        'the sled kernel reads it only up to there, as "rpool/ROOT/ramdisk"',
+      "image name holds a NUL at byte 205 with more bytes after it: " +
+        'a reader that stops at the first NUL sees "\u00e9t\u00e9"',
+    ]);
+  });
+
   test("refuses an uncompressed header whose data size differs from its image size", () => {
     const bytes = encodeHeader(sampleHeader({ flags: 0n, dataSize: 8192, imageSize: 4096 }));
     expect(() => decodeHeader(bytes)).toThrow(
@@ -303,6 +340,21 @@ describe("kernelRefusals", () => {
       "target size of 1048576 bytes is less than image size of 2097152",
     ]);
     expect(kernelRefusals(sized(100, 50))).toHaveLength(2);
+  });
+});
+
+describe("payloadSizeRefusal", () => {
+  test("a version 2 payload must be 1 to image_size bytes, in the existing lookimage's words", () => {
+    expect(payloadSizeRefusal({ version: 2, dataSize: 4096, imageSize: 4096 })).toBeNull();
+    expect(payloadSizeRefusal({ version: 2, dataSize: 1, imageSize: 4096 })).toBeNull();
+    expect(payloadSizeRefusal({ version: 2, dataSize: 0, imageSize: 4096 })).toBe("data size is 0");
+    expect(payloadSizeRefusal({ version: 2, dataSize: 4097, imageSize: 4096 })).toBe(
+      "image size 4096 < data size 4097",
+    );
+  });
+
+  test("a zstd payload answers to its seek table, whatever its size", () => {
+    expect(payloadSizeRefusal({ version: ZSTD_VERSION, dataSize: 4097, imageSize: 4096 })).toBeNull();
   });
 });
 

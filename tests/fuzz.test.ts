@@ -354,6 +354,18 @@ function u64At(bytes: Uint8Array, offset: number): bigint {
 }
 
 /**
+ * A name field as the existing tools read it (Rust's String::from_utf8 of all
+ * 128 bytes, then trim_end_matches('\0')); null when it is not UTF-8.
+ */
+function nameAsRead(field: Uint8Array): string | null {
+  try {
+    return new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(field).replace(/\0+$/, "");
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Check what decodeHeader made of `bytes`: an ImageFormatError with one line,
  * or a header whose every field can be stated from the bytes and the format's
  * rules. Then run the functions that take a decoded header.
@@ -384,7 +396,10 @@ function checkHeader(tally: Tally, label: string, bytes: Uint8Array, fileSize?: 
   if (header.flags !== u64At(bytes, 8)) problems.push(`flags ${header.flags}`);
   if (hex(header.sha256) !== hex(bytes.subarray(40, 72))) problems.push("sha256 differs from bytes 40..72");
   if (bytes[199] !== 0 || bytes[327] !== 0) problems.push("accepted an unterminated name");
-  if (header.dataset.includes("\0") || header.imageName.includes("\0")) problems.push("a name holds a NUL");
+  if (header.dataset !== nameAsRead(bytes.subarray(72, 200)))
+    problems.push(`dataset ${JSON.stringify(header.dataset)}`);
+  if (header.imageName !== nameAsRead(bytes.subarray(200, 328)))
+    problems.push(`image name ${JSON.stringify(header.imageName)}`);
   if (header.version === VERSION && (header.flags & FLAG_COMPRESSED) === 0n && header.dataSize !== header.imageSize) {
     problems.push("uncompressed with data size != image size");
   }
@@ -422,14 +437,14 @@ function checkRefusals(header: Header): string[] {
 
 /**
  * The codec docs/format.md gives a version and flags: version 2 is stored or
- * zlib by bit 0 and refused with ZSTD; the zstd version needs flags ZSTD and
- * nothing else; other versions are refused (null).
+ * zlib by bit 0 and refused with ZSTD; the zstd version needs ZSTD without
+ * COMPRESSED; other versions are refused (null).
  */
 function expectedCodec(version: number, flags: bigint): string | null {
   const zstd = (flags & FLAG_ZSTD) !== 0n;
   const zlib = (flags & FLAG_COMPRESSED) !== 0n;
   if (version === VERSION) return zstd ? null : zlib ? "zlib" : "stored";
-  if (version === ZSTD_VERSION) return flags === FLAG_ZSTD ? "zstd" : null;
+  if (version === ZSTD_VERSION) return zstd && !zlib ? "zstd" : null;
   return null;
 }
 
@@ -542,9 +557,9 @@ describe("fuzz: image header", () => {
       const which = random.chance(0.5) ? "dataset" : "imageName";
       fields[which] = field;
       const header = checkHeader(tally, `name case ${i}`, headerBytes(fields));
-      const terminated = field[127] === 0;
-      if ((header !== null) !== terminated)
-        tally.fail(`name case ${i}`, `expected ${terminated ? "a header" : "a refusal"}`);
+      const readable = field[127] === 0 && nameAsRead(field) !== null;
+      if ((header !== null) !== readable)
+        tally.fail(`name case ${i}`, `expected ${readable ? "a header" : "a refusal"}`);
     }
     tally.report();
   });
@@ -578,7 +593,11 @@ describe("fuzz: image header", () => {
 import json, struct, sys
 LIMIT = 2**53 - 1
 def name(field):
-    return field[:field.index(0)].decode("utf-8", "replace")
+    # As the existing tools: the whole field as UTF-8, trailing NULs trimmed; None refuses the header.
+    try:
+        return field.decode("utf-8").rstrip("\0")
+    except UnicodeDecodeError:
+        return None
 out = []
 for case in json.load(open(sys.argv[1])):
     h = bytes.fromhex(case["hex"])
@@ -587,6 +606,7 @@ for case in json.load(open(sys.argv[1])):
     ok = (magic == 0x1DEB0075 and version in case["versions"]
           and max(data, image, target) <= LIMIT
           and dataset[127] == 0 and image_name[127] == 0
+          and name(dataset) is not None and name(image_name) is not None
           and not (version == 2 and not flags & 1 and data != image)
           and (case["fileSize"] is None or case["fileSize"] == 4096 + data))
     out.append({"ok": ok, "fields": [str(version), str(flags), str(data), str(image), str(target),

@@ -133,6 +133,15 @@ write("odd-target.img", header(0, len(small), len(small), hashlib.sha256(small).
 for image_size in (17, 19, 21, 23):
     write(f"ratio-{image_size}.img", header(1, 8, image_size, bytes(32)), bytes(8))
 
+# Names only a damaged or foreign tool writes: bytes after a NUL, a byte order mark, bytes that are not UTF-8.
+named = pool(1 << 20, 7)
+def named_image(file, **names):
+    write(file, header(0, len(named), len(named), hashlib.sha256(named).digest(), **names), named)
+named_image("name-nul.img", name=b"test\0\0ing\xc3\xa9", dataset=b"rpool/ROOT/ramdisk\0old")
+named_image("name-bom.img", name=b"\xef\xbb\xbfbom")
+named_image("name-not-utf8.img", name=b"ok\0\xff")
+named_image("dataset-not-utf8.img", dataset=b"rpool/\xc3(")
+
 # Bad magic.
 with open(os.path.join(out, "bad-magic.img"), "wb") as f:
     f.write(b"\x00" * 4 + header(0, 16, 16, hashlib.sha256(bytes(16)).digest())[4:] + bytes(16))
@@ -323,6 +332,41 @@ test("the ratio rounds as Rust's {:.2} does: exact halves to even", async () => 
     expect(run.exitCode).toBe(0);
     expect(run.stdout).toEndWith(`\nratio = ${ratio}x\n`);
   }
+});
+
+describe("names as the existing tool prints them (String::from_utf8 of the field, trailing NULs trimmed)", () => {
+  test("bytes after an embedded NUL are printed; a warning says what a reader stopping at the NUL sees", async () => {
+    const run = await lookimage(image("name-nul.img"));
+    expect(run.exitCode).toBe(0);
+    const lines = run.stdout.split("\n");
+    expect(lines[0]).toBe("image name = test\0\0ing\u00e9");
+    expect(lines[6]).toBe("dataset name = rpool/ROOT/ramdisk\0old");
+    expect(Buffer.from(`${lines[0]}\n`)).toEqual(Buffer.from("image name = test\0\0ing\xc3\xa9\n", "latin1"));
+    expect(run.stderr.trimEnd().split("\n")).toEqual([
+      "lookimage: warning: dataset name holds a NUL at byte 90 with more bytes after it: " +
+        'the sled kernel reads it only up to there, as "rpool/ROOT/ramdisk"',
+      "lookimage: warning: image name holds a NUL at byte 204 with more bytes after it: " +
+        'a reader that stops at the first NUL sees "test"',
+    ]);
+  });
+
+  test("a byte order mark is part of the name", async () => {
+    const run = await lookimage("-s", image("name-bom.img"));
+    expect(run.exitCode).toBe(0);
+    expect(run.stdout.split("\n")[0]).toBe("image name = \ufeffbom");
+    expect(run.stderr).toBe("");
+  });
+
+  test("bytes that are not UTF-8, even after the NUL, are refused on one line before anything is printed", async () => {
+    for (const flags of [[], ["-s"], ["--json"]]) {
+      const name = await lookimage(...flags, image("name-not-utf8.img"));
+      expectFailure(name, /^lookimage: .*name-not-utf8\.img: image name is not valid UTF-8 \(from byte 203\)$/);
+      expect(name.stdout).toBe("");
+      const dataset = await lookimage(...flags, image("dataset-not-utf8.img"));
+      expectFailure(dataset, /^lookimage: .*dataset-not-utf8\.img: dataset name is not valid UTF-8 \(from byte 78\)$/);
+      expect(dataset.stdout).toBe("");
+    }
+  });
 });
 
 describe("files that are not images", () => {

@@ -258,6 +258,18 @@ describe("readers", () => {
     expect(run(["cmp", join(dir, "in.raw"), join(dir, "back.raw")]).exitCode).toBe(0);
   });
 
+  test("input that does not compress: a payload larger than the image, which lookimage accepts", async () => {
+    const random = join(dir, "random.raw");
+    await Bun.write(random, crypto.getRandomValues(new Uint8Array(MIB + 128 * 1024)));
+    const made = run(["mkimage", "-i", random, "-o", join(dir, "random.img"), "-s", "8", "--zstd"]);
+    expect(made.exitCode).toBe(0);
+    const facts = pythonReads(join(dir, "random.img"));
+    expect(facts.dataSize).toBeGreaterThan(facts.imageSize);
+    const looked = run(["lookimage", join(dir, "random.img")]);
+    expect(looked.exitCode).toBe(0);
+    expect(looked.stdout.toString()).toContain(`data size = ${facts.dataSize}\n`);
+  });
+
   test("a strict version 2 reader (decodeHeader with its default versions, as the sled kernel) refuses the header", async () => {
     const file = Bun.file(join(dir, "z.img"));
     const header = await file.slice(0, HEADER_SIZE).bytes();
@@ -283,10 +295,10 @@ describe("refusals and usage errors leave no file", () => {
     const image = ["-o", join(dir, "z.img"), "-O", join(dir, "z.csum"), "--zstd"];
     const refusals: [string[], RegExp][] = [
       [["-i", join(dir, "absent.raw"), ...image], /cannot read input .*absent\.raw: no such file or directory/],
-      [["-i", join(dir, "small.raw"), ...image], /image size of 4095 bytes is smaller than 4096 bytes/],
+      [["-i", join(dir, "small.raw"), ...image], /would refuse this image: image size of 4095 bytes is below/],
       [
         ["-i", join(dir, "in.raw"), ...image, "-s", "1"],
-        /image size of 1048577 bytes is larger than target size of 1048576 bytes/,
+        /would refuse this image: target size of 1048576 bytes is less than image size of 1048577\n/,
       ],
       [["-i", join(dir, "in.raw"), ...image, "-N", "n".repeat(128)], /image name is 128 bytes long/],
       [["-i", join(dir, "in.raw"), "-o", join(dir, "in.raw"), "--zstd"], /output .*in\.raw is the input file/],

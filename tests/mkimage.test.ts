@@ -459,7 +459,10 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
         await Bun.write(`${out}/in.raw`, new Uint8Array(size).fill(7));
         expectRefused(
           mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-z"]),
-          new RegExp(`image size of ${size} bytes is smaller than 4096 bytes`),
+          new RegExp(
+            `^mkimage: the sled kernel would refuse this image: image size of ${size} bytes ` +
+              "is below the kernel's minimum of 4096$",
+          ),
         );
         expect(await listing(out)).toEqual(["in.raw"]);
       },
@@ -475,7 +478,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       await truncate(`${out}/in.raw`, 4 * 1024 * MIB + 1);
       expectRefused(
         mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-s", "8192"]),
-        /image size of 4294967297 bytes is larger than 4294967296 bytes \(4 GiB\)/,
+        /refuse this image: image size of 4294967297 bytes is above the kernel's maximum of 4294967296 \(4 GiB\)$/,
       );
       expect(await listing(out)).toEqual(["in.raw"]);
     },
@@ -489,9 +492,40 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       await writePool(`${out}/in.raw`, MIB + 1);
       expectRefused(
         mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-s", "1", "-z"]),
-        /^mkimage: image size of 1048577 bytes is larger than target size of 1048576 bytes \(-s 1 MiB\)$/m,
+        /: the sled kernel would refuse this image: target size of 1048576 bytes is less than image size of 1048577$/,
       );
       expect(await listing(out)).toEqual(["in.raw"]);
+    },
+    SLOW,
+  );
+
+  test(
+    "-z on input that does not compress: the zlib stream would be larger than the image, which lookimage refuses",
+    async () => {
+      const out = await caseDir();
+      const raw = `${out}/random.raw`;
+      await Bun.write(raw, crypto.getRandomValues(new Uint8Array(MIB)));
+      await Bun.write(`${out}/keep.img`, "an earlier image");
+      for (const args of [
+        ["-o", `${out}/x.img`, "-O", `${out}/x.csum`],
+        ["-o", `${out}/keep.img`, "-O", `${out}/x.csum`, "--level", "1"],
+      ]) {
+        expectRefused(
+          mkimage(["-i", raw, ...args, "-z", "-s", "64"]),
+          new RegExp(
+            `^mkimage: cannot write a compressed image that lookimage refuses ` +
+              `\\(image size ${MIB} < data size \\d+\\): ` +
+              `.*random\\.raw does not compress; drop -z for a plain image$`,
+          ),
+        );
+        expect(await listing(out)).toEqual(["keep.img", "random.raw"]);
+        expect(await Bun.file(`${out}/keep.img`).text()).toBe("an earlier image");
+      }
+      // The plain image the message points to is written, and lookimage accepts it.
+      const plain = mkimage(["-i", raw, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-s", "64"]);
+      expect(plain.exitCode).toBe(0);
+      const look = Bun.spawnSync(["bun", join(ROOT, "apps", "lookimage.ts"), `${out}/x.img`]);
+      expect(look.exitCode).toBe(0);
     },
     SLOW,
   );
@@ -646,6 +680,11 @@ describe("command line", () => {
         [[], /Missing required arguments: input, output/],
         [["-i", raw], /Missing required argument: output/],
         [["-i", raw, "-o", `${out}/x.img`, "-s", "64M"], /-s must be a whole number/],
+        // What Rust's str::parse::<u64> refuses too: a sign '-', spaces, a lone '+', two signs, nothing.
+        ...["-8", " 8", "8 ", "+", "++8", "+-8", "1_0", ""].map((size): [string[], RegExp] => [
+          ["-i", raw, "-o", `${out}/x.img`, "-s", size],
+          /-s must be a whole number/,
+        ]),
         [["-i", raw, "-o", `${out}/x.img`, "-z", "--level", "0"], /--level must be a whole number from 1 to 9/],
         [["-i", raw, "-o", `${out}/x.img`, "-z", "--jobs", "0"], /--jobs must be a whole number from 1/],
         [["-i", raw, "-o", `${out}/x.img`, "--frobnicate"], /Unknown argument: frobnicate/],
@@ -659,6 +698,20 @@ describe("command line", () => {
         expect(run.stderr).toMatch(message);
       }
       expect(await listing(out)).toEqual([]);
+    },
+    SLOW,
+  );
+
+  test(
+    "-s takes a leading '+' and leading zeros, as the existing tool's Rust u64 parse does",
+    async () => {
+      const out = await caseDir();
+      for (const size of ["+8", "008", "+08"]) {
+        const run = mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/x.img`, "-s", size]);
+        expect(run.exitCode).toBe(0);
+        const target = new DataView((await Bun.file(`${out}/x.img`).slice(32, 40).arrayBuffer()) as ArrayBuffer);
+        expect(target.getBigUint64(0, true)).toBe(8n * BigInt(MIB));
+      }
     },
     SLOW,
   );

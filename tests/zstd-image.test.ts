@@ -133,12 +133,15 @@ describe("flags and versions", () => {
     expect(payloadCodec({ version: VERSION, flags: 0n })).toBe("stored");
     expect(payloadCodec({ version: VERSION, flags: 1n })).toBe("zlib");
     expect(payloadCodec({ version: ZSTD_VERSION, flags: 2n })).toBe("zstd");
-    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 0n })).toThrow(/needs flags ZSTD alone, not \(empty\)$/);
-    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 3n })).toThrow(
-      /needs flags ZSTD alone, not COMPRESSED \| ZSTD$/,
+    expect(payloadCodec({ version: ZSTD_VERSION, flags: 6n })).toBe("zstd");
+    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 0n })).toThrow(
+      /^a version 0x80000002 \(zstd\) header needs flag ZSTD; its flags are \(empty\)$/,
     );
-    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 6n })).toThrow(
-      /needs flags ZSTD alone, not ZSTD \| 0x4$/,
+    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 1n })).toThrow(
+      /needs flag ZSTD; its flags are COMPRESSED$/,
+    );
+    expect(() => payloadCodec({ version: ZSTD_VERSION, flags: 3n })).toThrow(
+      /^a version 0x80000002 \(zstd\) header cannot have flag COMPRESSED: COMPRESSED \| ZSTD$/,
     );
   });
 
