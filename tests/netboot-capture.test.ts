@@ -47,7 +47,9 @@ beforeAll(() => {
   poolSha256 = run([
     "python3",
     "-c",
-    "import hashlib, random, sys\nb = random.Random(5).randbytes(int(sys.argv[2]))\nopen(sys.argv[1], 'wb').write(b)\nprint(hashlib.sha256(b).hexdigest())",
+    // Random nibbles: no pattern, yet compressible, as mkimage -z refuses input a zlib stream would make larger.
+    "import hashlib, random, sys\nb = bytes(random.Random(5).choices(range(16), k=int(sys.argv[2])))\n" +
+      "open(sys.argv[1], 'wb').write(b)\nprint(hashlib.sha256(b).hexdigest())",
     "pool.raw",
     String(POOL_SIZE),
   ]).trim();
