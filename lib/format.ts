@@ -310,7 +310,7 @@ export const KERNEL_REFUSES = "the sled kernel would refuse this image";
 
 /**
  * The reasons the sled kernel would refuse this header when booting from disk
- * or recovery (docs/format.md, "What the sled kernel checks"); empty when none.
+ * or recovery (docs/format.md, "What the sled kernel accepts"); empty when none.
  * The checksum match against /boot_image_csum is the caller's to check.
  *
  * @example kernelRefusals({ imageSize: 4095, targetSize: MIB }) // ["image size of 4095 bytes is below ..."]

@@ -1,6 +1,6 @@
 /**
  * One zlib stream (RFC 1950) made by several threads: the pigz construction
- * (format.md, "Compressing in parallel without changing the format").
+ * (docs/format.md, "Version 2"): still one ordinary stream for any inflater.
  *
  * The raw image is cut into blocks that are compressed independently, each on
  * whichever thread is free, and the pieces are written in order behind one
