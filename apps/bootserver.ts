@@ -1,3 +1,4 @@
+#!/usr/bin/env bun
 /**
  * bootserver: serve boot images to sleds booting from the network over raw
  * Ethernet (shared/docs/netboot.md), many sleds at once.
