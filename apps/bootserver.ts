@@ -12,6 +12,7 @@ import { BootProgressDisplay, JsonLogDisplay } from "../lib/boot-progress.ts";
 import { BootServer, type BootServerOptions } from "../lib/bootserver.ts";
 import { EXIT_OK, EXIT_USAGE, oneLine, runMain, UserError, usageConventions } from "../lib/cli.ts";
 import type { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
+import { parseMetricsAddress } from "../lib/metrics-server.ts";
 import { type Mac, parseMac } from "../lib/protocol.ts";
 
 /** Conventional exit statuses for a program ended by a signal: 128 + its number. */
@@ -65,6 +66,12 @@ function parseArguments(argv: string[]) {
       describe: "record every frame received and sent to FILE (pcap; appears when the server exits)",
       requiresArg: true,
     })
+    .option("metrics", {
+      type: "string",
+      describe:
+        "serve Prometheus metrics on http://ADDR:PORT/metrics and the same as JSON on /status (port 0: any free one)",
+      requiresArg: true,
+    })
     .option("json-log", {
       type: "boolean",
       default: false,
@@ -76,7 +83,8 @@ function parseArguments(argv: string[]) {
     .example("$0 --sled 02:08:20:aa:bb:cc=test.img eth1 host.img any", "one sled gets test.img, the others host.img")
     .example("$0 --allow 02:08:20:aa:bb:01 --allow 02:08:20:aa:bb:02 eth1 host.img any", "serve only these two sleds")
     .example("$0 -s --pcap boot.pcap eth1 recovery.img any", "record one boot for Wireshark (docs/wireshark.md)")
-    .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line");
+    .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line")
+    .example("$0 --metrics 127.0.0.1:9100 eth1 host.img any", "also serve metrics to Prometheus on port 9100");
   return usageConventions(parser, "bootserver", {
     strict: "options",
     exitStatus:
@@ -111,6 +119,10 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
   if (args.boots !== undefined && !(Number.isInteger(args.boots) && args.boots >= 1)) {
     throw new UserError(`--boots must be a whole number of at least 1, not ${args.boots}`, EXIT_USAGE);
   }
+  const metrics = args.metrics === undefined ? undefined : parseMetricsAddress(args.metrics);
+  if (metrics === null) {
+    throw new UserError(`--metrics "${args.metrics}" is not ADDR:PORT, like 127.0.0.1:9100 or [::1]:9100`, EXIT_USAGE);
+  }
   if (args.t !== undefined && !(args.t > 0))
     throw new UserError(`-t must be a positive number of seconds, not ${args.t}`, EXIT_USAGE);
   return {
@@ -122,12 +134,13 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
     failuresFatal: args.s,
     helloTimeoutSeconds: args.t,
     pcap: args.pcap,
+    metrics,
   };
 }
 
 /** The frames the dispatcher dropped or answered with RESET, when there were any. */
 function frameSummary(counts: Record<(typeof DISPATCH_COUNTERS)[number], number>): string | null {
-  const { frames, resets, ...dropped } = counts;
+  const { frames, resets, helloFrames, readFrames, finishedFrames, ...dropped } = counts;
   const parts = Object.entries(dropped)
     .filter(([, count]) => count > 0)
     .map(([reason, count]) => `${count} ${reason.replace(/[A-Z]/g, (letter) => ` ${letter.toLowerCase()}`)}`);

@@ -34,9 +34,16 @@ import {
   dispatchCounters,
   macKey,
 } from "./dispatch.ts";
+import { type MetricsAddress, MetricsEndpoint } from "./metrics-server.ts";
 import { datasetField, encodeFrame, formatMac, type Mac } from "./protocol.ts";
 import { type ServedImage, ServedImageFile } from "./served-image.ts";
-import { type SessionCommand, type SessionCounters, type SessionReport, sessionCounters } from "./session.ts";
+import {
+  type SESSION_COUNTERS,
+  type SessionCommand,
+  type SessionCounters,
+  type SessionReport,
+  sessionCounters,
+} from "./session.ts";
 import { workerUrl } from "./workers.ts";
 
 /** A session with no READ or HELLO for this long has lost its sled. */
@@ -63,6 +70,8 @@ export interface BootServerOptions {
   helloTimeoutSeconds?: number;
   /** Record every frame received and sent to this pcap file, which appears when the server stops. */
   pcap?: string;
+  /** Serve metrics over HTTP here (lib/metrics-server.ts), only here. */
+  metrics?: MetricsAddress;
   /** Where to report what happens. */
   onEvent: (event: BootEvent) => void;
 }
@@ -84,6 +93,18 @@ export interface SledProgress {
   bytesPerSecond: number;
   /** Batches of DATA frames the link refused to send. */
   sendFailures: number;
+  /** Every counter of the session as it stands (the figures above come from these), for the metrics. */
+  counters: Record<(typeof SESSION_COUNTERS)[number], number>;
+}
+
+/** A sled the server has heard from, for the metrics (lib/metrics.ts). */
+export interface SledStatus {
+  /** The sled's MAC address, formatted. */
+  sled: string;
+  /** Its session's progress while it has one. */
+  session: SledProgress | null;
+  /** It was not offered an image because --boots sleds were already booting or done. */
+  turnedAway: boolean;
 }
 
 export type BootEvent =
@@ -161,6 +182,7 @@ export class BootServer {
   #finished = 0;
   #heardHello = false;
   #helloTimer: ReturnType<typeof setTimeout> | undefined;
+  #metrics: MetricsEndpoint | undefined;
   #quietTimer: ReturnType<typeof setInterval> | undefined;
 
   private constructor(options: BootServerOptions) {
@@ -198,6 +220,7 @@ export class BootServer {
     );
     await server.#startDispatcher();
     server.#options.onEvent({ type: "listening", link: options.link, mac: formatMac(server.#serverMac), images });
+    if (options.metrics) await server.#serveMetrics(options.metrics, images);
     if (options.helloTimeoutSeconds !== undefined) {
       const seconds = options.helloTimeoutSeconds;
       server.#helloTimer = setTimeout(
@@ -219,6 +242,15 @@ export class BootServer {
     return transfers;
   }
 
+  /** Every sled heard from, with its session's progress while it has one. */
+  sleds(now = Date.now()): SledStatus[] {
+    return [...this.#sleds.values()].map((sled) => ({
+      sled: sled.name,
+      session: sled.session ? this.#progressOf(sled, sled.session, now) : null,
+      turnedAway: sled.deferred,
+    }));
+  }
+
   /** What the dispatcher counted: frames seen, dropped by reason, RESETs sent. */
   frameCounts(): Record<(typeof DISPATCH_COUNTERS)[number], number> {
     return this.#frameCounters.snapshot();
@@ -230,6 +262,7 @@ export class BootServer {
     this.#closed = true;
     clearTimeout(this.#helloTimer);
     clearInterval(this.#quietTimer);
+    this.#metrics?.stop();
     // Sessions first: when recording, their last batches reach the dispatcher before it closes the capture.
     const sessions: Promise<void>[] = [];
     for (const sled of this.#sleds.values()) {
@@ -242,7 +275,20 @@ export class BootServer {
   }
 
   #emit(event: BootEvent) {
-    if (!this.#closed) this.#options.onEvent(event);
+    if (this.#closed) return;
+    this.#metrics?.event(event);
+    this.#options.onEvent(event);
+  }
+
+  /** Start the metrics endpoint, off the frame path: it reads the shared counters when scraped. */
+  async #serveMetrics(address: MetricsAddress, images: ServedImage[]): Promise<void> {
+    try {
+      this.#metrics = MetricsEndpoint.start(address, this, images);
+    } catch (error) {
+      await this.stop();
+      throw error;
+    }
+    this.#emit({ type: "notice", message: `metrics on ${this.#metrics.url}metrics and ${this.#metrics.url}status` });
   }
 
   #fail(message: string) {
@@ -485,6 +531,7 @@ export class BootServer {
       seconds,
       bytesPerSecond: seconds > 0 ? deliveredBytes / seconds : 0,
       sendFailures: counters.get("sendFailures"),
+      counters: counters.snapshot(),
     };
   }
 
