@@ -73,7 +73,7 @@ function parsePrometheus(text: string): Sample[] {
 }
 
 /** The one sample of `name` whose labels include `labels`. */
-function valueOf(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
+function sampleValue(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
   const found = samples.filter(
     (sample) => sample.name === name && Object.entries(labels).every(([key, text]) => sample.labels[key] === text),
   );
@@ -110,18 +110,18 @@ describe("the formatter", () => {
       ],
     };
     const samples = parsePrometheus(prometheusText(snapshot));
-    expect(valueOf(samples, "bootserver_frames_captured_total")).toBe(7);
-    expect(valueOf(samples, "bootserver_frames_total", { kind: "hello" })).toBe(2);
-    expect(valueOf(samples, "bootserver_capture_dropped_frames_total")).toBe(3);
-    expect(valueOf(samples, "bootserver_image_offers_total", { image: 'odd "name"\\here\n.img' })).toBe(2);
-    expect(valueOf(samples, "bootserver_image_boots_total", { image: "b.img" })).toBe(0);
-    expect(valueOf(samples, "bootserver_sessions_live")).toBe(1);
+    expect(sampleValue(samples, "bootserver_frames_captured_total")).toBe(7);
+    expect(sampleValue(samples, "bootserver_frames_total", { kind: "hello" })).toBe(2);
+    expect(sampleValue(samples, "bootserver_capture_dropped_frames_total")).toBe(3);
+    expect(sampleValue(samples, "bootserver_image_offers_total", { image: 'odd "name"\\here\n.img' })).toBe(2);
+    expect(sampleValue(samples, "bootserver_image_boots_total", { image: "b.img" })).toBe(0);
+    expect(sampleValue(samples, "bootserver_sessions_live")).toBe(1);
     const sled = { sled: "02:00:00:00:00:01", image: "b.img" };
-    expect(valueOf(samples, "bootserver_sled_delivered_bytes", sled)).toBe(4096);
-    expect(valueOf(samples, "bootserver_sled_reasked_offsets", sled)).toBe(1);
-    expect(valueOf(samples, "bootserver_sled_state", { sled: sled.sled, state: "transferring" })).toBe(1);
-    expect(valueOf(samples, "bootserver_sled_state", { sled: sled.sled, state: "finished" })).toBe(0);
-    expect(valueOf(samples, "bootserver_sled_state", { sled: "02:00:00:00:00:02", state: "waiting" })).toBe(1);
+    expect(sampleValue(samples, "bootserver_sled_delivered_bytes", sled)).toBe(4096);
+    expect(sampleValue(samples, "bootserver_sled_reasked_offsets", sled)).toBe(1);
+    expect(sampleValue(samples, "bootserver_sled_state", { sled: sled.sled, state: "transferring" })).toBe(1);
+    expect(sampleValue(samples, "bootserver_sled_state", { sled: sled.sled, state: "finished" })).toBe(0);
+    expect(sampleValue(samples, "bootserver_sled_state", { sled: "02:00:00:00:00:02", state: "waiting" })).toBe(1);
     // A sled with no session yet has a state and no transfer figures.
     expect(samples.filter((s) => s.labels.sled === "02:00:00:00:00:02" && s.name !== "bootserver_sled_state")).toEqual(
       [],
@@ -178,7 +178,7 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
           };
 
           const before = await scrape();
-          expect(valueOf(before.samples, "bootserver_frames_captured_total")).toBe(0);
+          expect(sampleValue(before.samples, "bootserver_frames_captured_total")).toBe(0);
           expect(before.status.images).toEqual([
             { image: "a.img", offers: 0, boots: 0 },
             { image: "b.img", offers: 0, boots: 0 },
@@ -236,9 +236,9 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
             expect(sled.counters!.reads).toBeGreaterThanOrEqual(report.batches);
             reads += sled.counters!.reads;
             const labels = { sled: report.mac, image: "a.img" };
-            expect(valueOf(samples, "bootserver_sled_delivered_bytes", labels)).toBe(report.bytes);
-            expect(valueOf(samples, "bootserver_sled_reasked_offsets", labels)).toBe(report.reasked);
-            expect(valueOf(samples, "bootserver_sled_state", { sled: report.mac, state: "finished" })).toBe(1);
+            expect(sampleValue(samples, "bootserver_sled_delivered_bytes", labels)).toBe(report.bytes);
+            expect(sampleValue(samples, "bootserver_sled_reasked_offsets", labels)).toBe(report.reasked);
+            expect(sampleValue(samples, "bootserver_sled_state", { sled: report.mac, state: "finished" })).toBe(1);
           }
           // The faults were real: the sleds lost frames and asked again, and the server saw each re-ask.
           expect(reasked).toBeGreaterThan(0);
@@ -249,21 +249,21 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
           expect(frames.readFrames).toBe(reads + frames.resets);
           const ignored = frames.malformed + frames.ownFrames + frames.notForUs + frames.notAllowed + frames.unexpected;
           expect(frames.frames).toBe(frames.helloFrames + frames.readFrames + frames.finishedFrames + ignored);
-          expect(valueOf(samples, "bootserver_frames_total", { kind: "hello" })).toBe(hellos);
-          expect(valueOf(samples, "bootserver_frames_total", { kind: "finished" })).toBe(SLEDS);
-          expect(valueOf(samples, "bootserver_frames_captured_total")).toBe(frames.frames);
-          expect(valueOf(samples, "bootserver_capture_dropped_frames_total")).toBe(frames.droppedByCapture);
+          expect(sampleValue(samples, "bootserver_frames_total", { kind: "hello" })).toBe(hellos);
+          expect(sampleValue(samples, "bootserver_frames_total", { kind: "finished" })).toBe(SLEDS);
+          expect(sampleValue(samples, "bootserver_frames_captured_total")).toBe(frames.frames);
+          expect(sampleValue(samples, "bootserver_capture_dropped_frames_total")).toBe(frames.droppedByCapture);
 
           // Each HELLO drew one OFFER, the images in turn; every sled booted a.img.
           const [imageA, imageB] = status.images;
           expect(imageA!.offers + imageB!.offers).toBe(hellos);
           expect(imageA!.boots).toBe(SLEDS);
           expect(imageB!.boots).toBe(0);
-          expect(valueOf(samples, "bootserver_image_boots_total", { image: "a.img" })).toBe(SLEDS);
-          expect(valueOf(samples, "bootserver_image_offers_total", { image: "b.img" })).toBe(imageB!.offers);
+          expect(sampleValue(samples, "bootserver_image_boots_total", { image: "a.img" })).toBe(SLEDS);
+          expect(sampleValue(samples, "bootserver_image_offers_total", { image: "b.img" })).toBe(imageB!.offers);
           expect(status.sessionsLive).toBe(0);
-          expect(valueOf(samples, "bootserver_sessions_live")).toBe(0);
-          expect(valueOf(samples, "bootserver_sleds_turned_away")).toBe(0);
+          expect(sampleValue(samples, "bootserver_sessions_live")).toBe(0);
+          expect(sampleValue(samples, "bootserver_sleds_turned_away")).toBe(0);
 
           expect((await fetch(`${base}other`)).status).toBe(404);
           expect((await fetch(`${base}metrics`, { method: "POST" })).status).toBe(405);
