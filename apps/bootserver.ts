@@ -12,7 +12,8 @@ import { BootProgressDisplay, JsonLogDisplay } from "../lib/boot-progress.ts";
 import { BootServer, type BootServerOptions } from "../lib/bootserver.ts";
 import { EXIT_OK, EXIT_USAGE, oneLine, runMain, UserError, usageConventions } from "../lib/cli.ts";
 import type { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
-import { parseMetricsAddress } from "../lib/metrics-server.ts";
+import { MetricsCollector } from "../lib/metrics.ts";
+import { type MetricsAddress, MetricsEndpoint, parseMetricsAddress } from "../lib/metrics-server.ts";
 import { type Mac, parseMac } from "../lib/protocol.ts";
 
 /** Conventional exit statuses for a program ended by a signal: 128 + its number. */
@@ -119,10 +120,6 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
   if (args.boots !== undefined && !(Number.isInteger(args.boots) && args.boots >= 1)) {
     throw new UserError(`--boots must be a whole number of at least 1, not ${args.boots}`, EXIT_USAGE);
   }
-  const metrics = args.metrics === undefined ? undefined : parseMetricsAddress(args.metrics);
-  if (metrics === null) {
-    throw new UserError(`--metrics "${args.metrics}" is not ADDR:PORT, like 127.0.0.1:9100 or [::1]:9100`, EXIT_USAGE);
-  }
   if (args.t !== undefined && !(args.t > 0))
     throw new UserError(`-t must be a positive number of seconds, not ${args.t}`, EXIT_USAGE);
   return {
@@ -134,8 +131,16 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
     failuresFatal: args.s,
     helloTimeoutSeconds: args.t,
     pcap: args.pcap,
-    metrics,
   };
+}
+
+function metricsAddress(args: ReturnType<typeof parseArguments>): MetricsAddress | null {
+  if (args.metrics === undefined) return null;
+  const address = parseMetricsAddress(args.metrics);
+  if (!address) {
+    throw new UserError(`--metrics "${args.metrics}" is not ADDR:PORT, like 127.0.0.1:9100 or [::1]:9100`, EXIT_USAGE);
+  }
+  return address;
 }
 
 /** The frames the dispatcher dropped or answered with RESET, when there were any. */
@@ -151,11 +156,20 @@ function frameSummary(counts: Record<(typeof DISPATCH_COUNTERS)[number], number>
 async function bootserver(argv: string[]): Promise<number> {
   const args = parseArguments(argv);
   const options = serverOptions(args);
+  const metricsAt = metricsAddress(args);
+  // Fed every event from the start, so that it knows the images and every offer.
+  const metrics = metricsAt && new MetricsCollector();
   const json = args["json-log"] ? new JsonLogDisplay(process.stdout) : null;
   const display = json ?? new BootProgressDisplay(process.stdout);
   let server: BootServer;
   try {
-    server = await BootServer.start({ ...options, onEvent: (event) => display.event(event) });
+    server = await BootServer.start({
+      ...options,
+      onEvent: (event) => {
+        metrics?.event(event);
+        display.event(event);
+      },
+    });
   } catch (error) {
     json?.write({ event: "error", fatal: true, message: oneLine(error) });
     throw error;
@@ -164,12 +178,18 @@ async function bootserver(argv: string[]): Promise<number> {
   const signalled = new Promise<number>((resolve) => {
     for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => resolve(SIGNAL_EXIT[signal]));
   });
+  let endpoint: MetricsEndpoint | undefined;
   try {
+    if (metricsAt && metrics) {
+      endpoint = MetricsEndpoint.start(metricsAt, () => metrics.snapshot(server));
+      display.event({ type: "notice", message: `metrics on ${endpoint.url}metrics and ${endpoint.url}status` });
+    }
     return await Promise.race([server.done.then(() => EXIT_OK), signalled]);
   } catch (error) {
     json?.write({ event: "error", fatal: true, message: oneLine(error) });
     throw error;
   } finally {
+    endpoint?.stop();
     clearInterval(ticker);
     display.close();
     await server.stop();

@@ -34,7 +34,6 @@ import {
   dispatchCounters,
   macKey,
 } from "./dispatch.ts";
-import { type MetricsAddress, MetricsEndpoint } from "./metrics-server.ts";
 import { datasetField, encodeFrame, formatMac, type Mac } from "./protocol.ts";
 import { type ServedImage, ServedImageFile } from "./served-image.ts";
 import {
@@ -70,8 +69,6 @@ export interface BootServerOptions {
   helloTimeoutSeconds?: number;
   /** Record every frame received and sent to this pcap file, which appears when the server stops. */
   pcap?: string;
-  /** Serve metrics over HTTP here (lib/metrics-server.ts), only here. */
-  metrics?: MetricsAddress;
   /** Where to report what happens. */
   onEvent: (event: BootEvent) => void;
 }
@@ -182,7 +179,6 @@ export class BootServer {
   #finished = 0;
   #heardHello = false;
   #helloTimer: ReturnType<typeof setTimeout> | undefined;
-  #metrics: MetricsEndpoint | undefined;
   #quietTimer: ReturnType<typeof setInterval> | undefined;
 
   private constructor(options: BootServerOptions) {
@@ -220,7 +216,6 @@ export class BootServer {
     );
     await server.#startDispatcher();
     server.#options.onEvent({ type: "listening", link: options.link, mac: formatMac(server.#serverMac), images });
-    if (options.metrics) await server.#serveMetrics(options.metrics, images);
     if (options.helloTimeoutSeconds !== undefined) {
       const seconds = options.helloTimeoutSeconds;
       server.#helloTimer = setTimeout(
@@ -242,7 +237,7 @@ export class BootServer {
     return transfers;
   }
 
-  /** Every sled heard from, with its session's progress while it has one. */
+  /** Every sled heard from, with its session's progress while it has one (for lib/metrics.ts). */
   sleds(now = Date.now()): SledStatus[] {
     return [...this.#sleds.values()].map((sled) => ({
       sled: sled.name,
@@ -262,7 +257,6 @@ export class BootServer {
     this.#closed = true;
     clearTimeout(this.#helloTimer);
     clearInterval(this.#quietTimer);
-    this.#metrics?.stop();
     // Sessions first: when recording, their last batches reach the dispatcher before it closes the capture.
     const sessions: Promise<void>[] = [];
     for (const sled of this.#sleds.values()) {
@@ -275,20 +269,7 @@ export class BootServer {
   }
 
   #emit(event: BootEvent) {
-    if (this.#closed) return;
-    this.#metrics?.event(event);
-    this.#options.onEvent(event);
-  }
-
-  /** Start the metrics endpoint, off the frame path: it reads the shared counters when scraped. */
-  async #serveMetrics(address: MetricsAddress, images: ServedImage[]): Promise<void> {
-    try {
-      this.#metrics = MetricsEndpoint.start(address, this, images);
-    } catch (error) {
-      await this.stop();
-      throw error;
-    }
-    this.#emit({ type: "notice", message: `metrics on ${this.#metrics.url}metrics and ${this.#metrics.url}status` });
+    if (!this.#closed) this.#options.onEvent(event);
   }
 
   #fail(message: string) {

@@ -7,10 +7,8 @@
  * listens only on the address given: there is no default address.
  */
 
-import type { BootEvent } from "./bootserver.ts";
 import { UserError } from "./cli.ts";
-import { MetricsCollector, type MetricsSource, prometheusText } from "./metrics.ts";
-import type { ServedImage } from "./served-image.ts";
+import { type MetricsSnapshot, prometheusText } from "./metrics.ts";
 
 /** Where to listen. */
 export interface MetricsAddress {
@@ -38,49 +36,44 @@ export function parseMetricsAddress(text: string): MetricsAddress | null {
 const PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8";
 
 /**
- * A running metrics endpoint. Give it every BootEvent (`event`), and stop it
- * with the server.
+ * A running metrics endpoint, answering each request with a fresh snapshot.
  *
  * @example
- * const endpoint = MetricsEndpoint.start({ hostname: "127.0.0.1", port: 9100 }, server, images);
+ * const endpoint = MetricsEndpoint.start({ hostname: "127.0.0.1", port: 9100 }, () => collector.snapshot(server));
  * console.log(`${endpoint.url}metrics`); // http://127.0.0.1:9100/metrics
+ * endpoint.stop();
  */
 export class MetricsEndpoint {
-  readonly #collector: MetricsCollector;
   readonly #server: Bun.Server<undefined>;
 
-  private constructor(collector: MetricsCollector, server: Bun.Server<undefined>) {
-    this.#collector = collector;
+  private constructor(server: Bun.Server<undefined>) {
     this.#server = server;
   }
 
   /** Listen on `address`; a UserError when it cannot (in use, not an address of this machine). */
-  static start(address: MetricsAddress, source: MetricsSource, images: readonly ServedImage[]): MetricsEndpoint {
-    const collector = new MetricsCollector(images);
-    let server: Bun.Server<undefined>;
+  static start(address: MetricsAddress, snapshot: () => MetricsSnapshot): MetricsEndpoint {
     try {
-      server = Bun.serve({
-        hostname: address.hostname,
-        port: address.port,
-        fetch(request) {
-          if (request.method !== "GET" && request.method !== "HEAD") {
-            return new Response("only GET and HEAD\n", { status: 405, headers: { allow: "GET, HEAD" } });
-          }
-          const path = new URL(request.url).pathname;
-          if (path === "/metrics") {
-            return new Response(prometheusText(collector.snapshot(source)), {
-              headers: { "content-type": PROMETHEUS_TEXT },
-            });
-          }
-          if (path === "/status") return Response.json(collector.snapshot(source));
-          return new Response("not found: the metrics are on /metrics and /status\n", { status: 404 });
-        },
-      });
+      return new MetricsEndpoint(
+        Bun.serve({
+          hostname: address.hostname,
+          port: address.port,
+          fetch(request) {
+            if (request.method !== "GET" && request.method !== "HEAD") {
+              return new Response("only GET and HEAD\n", { status: 405, headers: { allow: "GET, HEAD" } });
+            }
+            const path = new URL(request.url).pathname;
+            if (path === "/metrics") {
+              return new Response(prometheusText(snapshot()), { headers: { "content-type": PROMETHEUS_TEXT } });
+            }
+            if (path === "/status") return Response.json(snapshot());
+            return new Response("not found: the metrics are on /metrics and /status\n", { status: 404 });
+          },
+        }),
+      );
     } catch (error) {
       const where = address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname;
       throw new UserError(`cannot serve metrics on ${where}:${address.port}: ${(error as Error).message}`);
     }
-    return new MetricsEndpoint(collector, server);
   }
 
   /** The base URL it listens on, ending in a slash (with the port the system chose, for port 0). */
@@ -88,12 +81,8 @@ export class MetricsEndpoint {
     return this.#server.url.href;
   }
 
-  event(event: BootEvent): void {
-    this.#collector.event(event);
-  }
-
   /** Stop listening; requests under way are cut. */
   stop(): void {
-    this.#server.stop(true);
+    void this.#server.stop(true);
   }
 }

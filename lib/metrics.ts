@@ -14,7 +14,6 @@
 
 import type { BootEvent, SledStatus } from "./bootserver.ts";
 import type { DISPATCH_COUNTERS } from "./dispatch.ts";
-import type { ServedImage } from "./served-image.ts";
 import type { SESSION_COUNTERS } from "./session.ts";
 
 type DispatchCounterName = (typeof DISPATCH_COUNTERS)[number];
@@ -219,12 +218,13 @@ export interface MetricsSource {
 }
 
 /**
- * Keeps what only the server's events tell (offers and boots per image, the
- * last figures of a sled that finished) and takes snapshots by reading the
- * rest from the server at that moment.
+ * Keeps what only the server's events tell (the images, offers and boots per
+ * image, the last figures of a sled that finished) and takes snapshots by
+ * reading the rest from the server at that moment.
  *
  * @example
- * const collector = new MetricsCollector(images); // then collector.event(event) for every BootEvent
+ * const collector = new MetricsCollector();
+ * const server = await BootServer.start({ ...options, onEvent: (event) => collector.event(event) });
  * const text = prometheusText(collector.snapshot(server));
  */
 export class MetricsCollector {
@@ -232,12 +232,10 @@ export class MetricsCollector {
   /** Sleds that said FINISHED: the image and counters of that session. */
   readonly #finished = new Map<string, { image: string; counters: Record<SessionCounterName, number> }>();
 
-  constructor(images: readonly ServedImage[]) {
-    for (const { path } of images) this.#image(path);
-  }
-
+  /** Take note of a BootEvent; give it every one, from "listening" on. */
   event(event: BootEvent): void {
-    if (event.type === "offer") this.#image(event.image.path).offers++;
+    if (event.type === "listening") for (const { path } of event.images) this.#image(path);
+    else if (event.type === "offer") this.#image(event.image.path).offers++;
     else if (event.type === "finished") {
       const { sled, image, counters } = event.progress;
       this.#image(image.path).boots++;
