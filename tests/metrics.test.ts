@@ -141,6 +141,17 @@ describe("the formatter", () => {
   });
 });
 
+/** The TCP sockets process `pid` listens on, as ADDR:PORT (from ss). */
+function listeningSockets(pid: number): string[] {
+  const ss = Bun.spawnSync(["ss", "-Hltnp"]);
+  expect(ss.exitCode).toBe(0);
+  return ss.stdout
+    .toString()
+    .split("\n")
+    .filter((line) => line.includes(`pid=${pid},`))
+    .map((line) => line.trim().split(/\s+/)[3]!);
+}
+
 const raw = canUseRawNetwork();
 describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : ` (skipped: ${raw.why})`}`, () => {
   let dir: string;
@@ -166,8 +177,9 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
         try {
           await server.waitFor(/^serving on /);
           const line = await server.waitFor(/metrics on http:/);
-          const base = /metrics on (http:\/\/127\.0\.0\.1:\d+\/)metrics and \1status$/.exec(line)?.[1];
+          const base = /metrics on (http:\/\/127\.0\.0\.1:(\d+)\/)metrics and \1status$/.exec(line)?.[1];
           expect(base, line).toBeDefined();
+          expect(listeningSockets(server.process.pid)).toEqual([`127.0.0.1:${new URL(base!).port}`]);
           const scrape = async () => {
             const metrics = await fetch(`${base}metrics`);
             expect(metrics.status).toBe(200);
@@ -280,9 +292,16 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
   );
 
   test(
-    "a malformed address is a usage error, a port in use a failure, each one line",
+    "without --metrics nothing listens; a malformed address is a usage error, a port in use a failure, each one line",
     async () => {
       await withVethPair(async ({ a }) => {
+        const quiet = new ServerProcess([a, "a.img", "any"], dir);
+        try {
+          await quiet.waitFor(/^serving on /);
+          expect(listeningSockets(quiet.process.pid)).toEqual([]);
+        } finally {
+          quiet.kill();
+        }
         const malformed = new ServerProcess(["--metrics", "9100", a, "a.img", "any"], dir);
         expect(await malformed.exited()).toBe(2);
         expect(await malformed.stderr()).toBe(
