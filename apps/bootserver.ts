@@ -1,3 +1,4 @@
+#!/usr/bin/env bun
 /**
  * bootserver: serve boot images to sleds booting from the network over raw
  * Ethernet (docs/netboot.md), many sleds at once.
@@ -11,6 +12,8 @@ import { BootProgressDisplay, JsonLogDisplay } from "../lib/boot-progress.ts";
 import { BootServer, type BootServerOptions } from "../lib/bootserver.ts";
 import { EXIT_OK, EXIT_USAGE, oneLine, runMain, UserError, usageConventions } from "../lib/cli.ts";
 import type { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
+import { MetricsCollector } from "../lib/metrics.ts";
+import { type MetricsAddress, MetricsEndpoint, parseMetricsAddress } from "../lib/metrics-server.ts";
 import { type Mac, parseMac } from "../lib/protocol.ts";
 
 /** Conventional exit statuses for a program ended by a signal: 128 + its number. */
@@ -64,6 +67,12 @@ function parseArguments(argv: string[]) {
       describe: "record every frame received and sent to FILE (pcap; appears when the server exits)",
       requiresArg: true,
     })
+    .option("metrics", {
+      type: "string",
+      describe:
+        "serve Prometheus metrics on http://ADDR:PORT/metrics and the same as JSON on /status (port 0: any free one)",
+      requiresArg: true,
+    })
     .option("json-log", {
       type: "boolean",
       default: false,
@@ -75,7 +84,8 @@ function parseArguments(argv: string[]) {
     .example("$0 --sled 02:08:20:aa:bb:cc=test.img eth1 host.img any", "one sled gets test.img, the others host.img")
     .example("$0 --allow 02:08:20:aa:bb:01 --allow 02:08:20:aa:bb:02 eth1 host.img any", "serve only these two sleds")
     .example("$0 -s --pcap boot.pcap eth1 recovery.img any", "record one boot for Wireshark (docs/wireshark.md)")
-    .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line");
+    .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line")
+    .example("$0 --metrics 127.0.0.1:9100 eth1 host.img any", "also serve metrics to Prometheus on port 9100");
   return usageConventions(parser, "bootserver", {
     strict: "options",
     exitStatus:
@@ -124,9 +134,18 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
   };
 }
 
+function metricsAddress(args: ReturnType<typeof parseArguments>): MetricsAddress | null {
+  if (args.metrics === undefined) return null;
+  const address = parseMetricsAddress(args.metrics);
+  if (!address) {
+    throw new UserError(`--metrics "${args.metrics}" is not ADDR:PORT, like 127.0.0.1:9100 or [::1]:9100`, EXIT_USAGE);
+  }
+  return address;
+}
+
 /** The frames the dispatcher dropped or answered with RESET, when there were any. */
 function frameSummary(counts: Record<(typeof DISPATCH_COUNTERS)[number], number>): string | null {
-  const { frames, resets, ...dropped } = counts;
+  const { frames, resets, helloFrames, readFrames, finishedFrames, ...dropped } = counts;
   const parts = Object.entries(dropped)
     .filter(([, count]) => count > 0)
     .map(([reason, count]) => `${count} ${reason.replace(/[A-Z]/g, (letter) => ` ${letter.toLowerCase()}`)}`);
@@ -137,11 +156,20 @@ function frameSummary(counts: Record<(typeof DISPATCH_COUNTERS)[number], number>
 async function bootserver(argv: string[]): Promise<number> {
   const args = parseArguments(argv);
   const options = serverOptions(args);
+  const metricsAt = metricsAddress(args);
+  // Fed every event from the start, so that it knows the images and every offer.
+  const metrics = metricsAt && new MetricsCollector();
   const json = args["json-log"] ? new JsonLogDisplay(process.stdout) : null;
   const display = json ?? new BootProgressDisplay(process.stdout);
   let server: BootServer;
   try {
-    server = await BootServer.start({ ...options, onEvent: (event) => display.event(event) });
+    server = await BootServer.start({
+      ...options,
+      onEvent: (event) => {
+        metrics?.event(event);
+        display.event(event);
+      },
+    });
   } catch (error) {
     json?.write({ event: "error", fatal: true, message: oneLine(error) });
     throw error;
@@ -150,12 +178,18 @@ async function bootserver(argv: string[]): Promise<number> {
   const signalled = new Promise<number>((resolve) => {
     for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => resolve(SIGNAL_EXIT[signal]));
   });
+  let endpoint: MetricsEndpoint | undefined;
   try {
+    if (metricsAt && metrics) {
+      endpoint = MetricsEndpoint.start(metricsAt, () => metrics.snapshot(server));
+      display.event({ type: "notice", message: `metrics on ${endpoint.url}metrics and ${endpoint.url}status` });
+    }
     return await Promise.race([server.done.then(() => EXIT_OK), signalled]);
   } catch (error) {
     json?.write({ event: "error", fatal: true, message: oneLine(error) });
     throw error;
   } finally {
+    endpoint?.stop();
     clearInterval(ticker);
     display.close();
     await server.stop();

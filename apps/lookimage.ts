@@ -1,3 +1,4 @@
+#!/usr/bin/env bun
 /**
  * lookimage: print a boot image's header and verify its payload; with
  * --extract, also write the raw pool back out.

@@ -1,3 +1,4 @@
+#!/usr/bin/env bun
 /**
  * mkimage: wrap a raw pool file into a boot image, optionally zlib-compressed,
  * and write the checksum file. A drop-in for the command line the OS build

@@ -1,3 +1,4 @@
+#!/usr/bin/env bun
 /**
  * sled: emulate the sled kernel's netboot client, one or many sleds at once,
  * to test a boot server. Exits 0 only when every emulated sled would boot.

@@ -36,7 +36,13 @@ import {
 } from "./dispatch.ts";
 import { datasetField, encodeFrame, formatMac, type Mac } from "./protocol.ts";
 import { type ServedImage, ServedImageFile } from "./served-image.ts";
-import { type SessionCommand, type SessionCounters, type SessionReport, sessionCounters } from "./session.ts";
+import {
+  type SESSION_COUNTERS,
+  type SessionCommand,
+  type SessionCounters,
+  type SessionReport,
+  sessionCounters,
+} from "./session.ts";
 import { workerUrl } from "./workers.ts";
 
 /** A session with no READ or HELLO for this long has lost its sled. */
@@ -84,6 +90,18 @@ export interface SledProgress {
   bytesPerSecond: number;
   /** Batches of DATA frames the link refused to send. */
   sendFailures: number;
+  /** Every counter of the session as it stands (the figures above come from these), for the metrics. */
+  counters: Record<(typeof SESSION_COUNTERS)[number], number>;
+}
+
+/** A sled the server has heard from, for the metrics (lib/metrics.ts). */
+export interface SledStatus {
+  /** The sled's MAC address, formatted. */
+  sled: string;
+  /** Its session's progress while it has one. */
+  session: SledProgress | null;
+  /** It was not offered an image because --boots sleds were already booting or done. */
+  turnedAway: boolean;
 }
 
 export type BootEvent =
@@ -217,6 +235,15 @@ export class BootServer {
         transfers.push(this.#progressOf(sled, sled.session, now));
     }
     return transfers;
+  }
+
+  /** Every sled heard from, with its session's progress while it has one (for lib/metrics.ts). */
+  sleds(now = Date.now()): SledStatus[] {
+    return [...this.#sleds.values()].map((sled) => ({
+      sled: sled.name,
+      session: sled.session ? this.#progressOf(sled, sled.session, now) : null,
+      turnedAway: sled.deferred,
+    }));
   }
 
   /** What the dispatcher counted: frames seen, dropped by reason, RESETs sent. */
@@ -485,6 +512,7 @@ export class BootServer {
       seconds,
       bytesPerSecond: seconds > 0 ? deliveredBytes / seconds : 0,
       sendFailures: counters.get("sendFailures"),
+      counters: counters.snapshot(),
     };
   }
 

@@ -5,7 +5,9 @@
 
 import { getSystemErrorMessage } from "node:util";
 import type { Argv } from "yargs";
+import { hideBin, Parser } from "yargs/helpers";
 import packageJson from "../package.json" with { type: "json" };
+import { COMPLETION_SHELLS, type CompletionShell, completionScript, defaultShell } from "./completion.ts";
 
 /** A failure to report to the user as one line, with its exit code. */
 export class UserError extends Error {
@@ -29,8 +31,8 @@ export const EXIT_STATUS_HELP = "Exit status: 0 ok, 1 failure, 2 usage error.";
  * The command-line conventions all the programs share, applied to a yargs
  * parser once its options and examples are declared: --help, --version (the
  * package's), the exit status in the help's epilogue, unknown options refused,
- * and a usage error thrown as a UserError with exit code 2, on one line that
- * points to --help. `strict: "options"` refuses unknown options only, for a
+ * `--completion [bash|zsh]` (lib/completion.ts), and a usage error thrown as a
+ * UserError with exit code 2, on one line that points to --help. `strict: "options"` refuses unknown options only, for a
  * program whose positional arguments it checks itself.
  *
  * @example const args = await usageConventions(yargs(argv).option("level", {...}), "mkimage").parseAsync();
@@ -40,8 +42,13 @@ export function usageConventions<T>(
   program: string,
   { exitStatus = EXIT_STATUS_HELP, strict = "all" }: { exitStatus?: string; strict?: "all" | "options" } = {},
 ): Argv<T> {
+  printCompletionIfAsked(program);
   const checked = strict === "all" ? parser.strict() : parser.strictOptions();
   return checked
+    .option("completion", {
+      type: "string",
+      describe: `print a ${COMPLETION_SHELLS.join(" or ")} completion script for ${program} (default: $SHELL's) and exit`,
+    })
     .epilogue(exitStatus)
     .help()
     .version(packageJson.version)
@@ -49,6 +56,23 @@ export function usageConventions<T>(
     .fail((message, error) => {
       throw new UserError(`${message ?? error?.message ?? "bad arguments"}; see ${program} --help`, EXIT_USAGE);
     });
+}
+
+/**
+ * With `--completion [SHELL]` among the program's arguments, print the
+ * completion script and exit 0 at once. Checked before the program's parser
+ * runs, as --help is, so that its required options and positionals need not
+ * be given (yargs checks positionals before any middleware could see the flag).
+ */
+function printCompletionIfAsked(program: string): void {
+  const { completion } = Parser(hideBin(process.argv), { string: ["completion"] });
+  if (completion === undefined) return;
+  const shell = String(completion) || defaultShell();
+  if (!(COMPLETION_SHELLS as readonly string[]).includes(shell)) {
+    throw new UserError(`--completion takes ${COMPLETION_SHELLS.join(" or ")}, not "${shell}"`, EXIT_USAGE);
+  }
+  process.stdout.write(completionScript(program, shell as CompletionShell));
+  process.exit(EXIT_OK);
 }
 
 /**

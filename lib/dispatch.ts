@@ -36,16 +36,21 @@ import { SharedCounters } from "./shared-counters.ts";
 /**
  * What the dispatcher counts:
  * - frames: every frame captured;
+ * - helloFrames, readFrames, finishedFrames: frames of each kind passed on (a READ also when it drew a RESET);
  * - malformed: not a well-formed frame of the protocol (magic, type, lengths, count);
  * - ownFrames: sent from the server's own MAC;
  * - notForUs: addressed to another station (a sled talking to another boot server);
  * - notAllowed: from a sled this server was told not to serve;
  * - unexpected: well formed but not for a server to receive (OFFER, DATA, RESET), or a FINISHED without a session;
  * - resets: RESETs sent to sleds that READ without a session;
- * - sendFailures: OFFER or RESET frames the link refused.
+ * - sendFailures: OFFER or RESET frames the link refused;
+ * - droppedByCapture: frames the capture itself lost, its buffer full (libpcap's ps_drop; copied, not counted here).
  */
 export const DISPATCH_COUNTERS = [
   "frames",
+  "helloFrames",
+  "readFrames",
+  "finishedFrames",
   "malformed",
   "ownFrames",
   "notForUs",
@@ -53,6 +58,7 @@ export const DISPATCH_COUNTERS = [
   "unexpected",
   "resets",
   "sendFailures",
+  "droppedByCapture",
 ] as const;
 export type DispatchCounters = SharedCounters<(typeof DISPATCH_COUNTERS)[number]>;
 
@@ -156,8 +162,10 @@ export class FrameDispatcher {
     if (this.#allowed && !this.#allowed.has(key)) return counters.add("notAllowed");
     switch (message.type) {
       case "hello":
+        counters.add("helloFrames");
         return this.events.hello(source, message.text);
       case "read": {
+        counters.add("readFrames");
         const session = this.#sessions.get(key);
         if (session) return session.read(message);
         if (this.#send(this.#reset(source))) {
@@ -169,6 +177,7 @@ export class FrameDispatcher {
       case "finished": {
         const session = this.#sessions.get(key);
         if (!session) return counters.add("unexpected");
+        counters.add("finishedFrames");
         session.close();
         this.#sessions.delete(key);
         return this.events.finished(source);

@@ -2,7 +2,7 @@
 # Install what the toolkit needs on a Debian machine with Node.js and npm:
 # Bun (pinned, from the npm registry), libpcap and iproute2 (from Debian, for
 # the boot server and the network tests), pigz, zstd and tshark (independent peers the
-# tests and benchmarks check against), then the project's packages.
+# tests and benchmarks check against), zsh (the completion test), then the project's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,7 @@ command -v pigz >/dev/null || missing+=(pigz)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v tshark >/dev/null || missing+=(tshark)
 command -v python3 >/dev/null || missing+=(python3)
+command -v zsh >/dev/null || missing+=(zsh)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   as_root apt-get update -qq

@@ -1,32 +1,38 @@
 /**
- * The standalone binaries (scripts/build.ts) end to end, run from a
- * directory whose PATH holds no bun, as on a lab machine: mkimage -z makes an
- * image, python3 and sha256sum check it independently, lookimage reads it,
- * and the compiled bootserver boots the compiled emulated sled over a veth pair.
+ * The standalone release (scripts/build.ts) end to end, run from a directory
+ * whose PATH holds no bun, as on a lab machine: the one executable through
+ * its links and by its first argument; mkimage -z makes an image (the same
+ * bytes as `bun apps/mkimage.ts`), python3 and sha256sum check it
+ * independently, lookimage reads it, and the compiled bootserver boots the
+ * compiled emulated sled over a veth pair; the archive unpacks to programs
+ * that run, and the completion scripts work in real bash and zsh.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { PROGRAMS } from "../lib/programs.ts";
 import { writeSamplePool } from "../lib/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
-import { buildBinaries, PROGRAMS } from "../scripts/build.ts";
+import { buildRelease, EXECUTABLE, type Release } from "../scripts/build.ts";
+import { ROOT, VALID_ARGUMENTS } from "./helpers/common.ts";
 
-// Compiling four ~100 MiB binaries on a shared 2-core machine: generous room, no assertion on time.
+// Compiling a ~100 MiB binary and packing it on a shared 2-core machine: generous room, no assertion on time.
 const BUILD_TIMEOUT_MS = 300_000;
 const RUN_TIMEOUT_MS = 120_000;
 const POOL_SIZE = 2 * 1024 * 1024;
 
 let dir: string;
 let bin: string;
+let release: Release;
 /** No bun here: PATH is one empty directory. */
 let env: Record<string, string>;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "binaries-test-"));
   bin = join(dir, "dist");
-  await buildBinaries(bin);
+  release = await buildRelease(bin);
   const emptyPath = join(dir, "path");
   await mkdir(emptyPath);
   env = { PATH: emptyPath, HOME: dir };
@@ -36,6 +42,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** Run `bin/program` (a link to the executable, or the executable itself) with no bun on the PATH. */
 async function run(program: string, args: string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   const child = Bun.spawn([join(bin, program), ...args], { cwd: dir, env, stdout: "pipe", stderr: "pipe" });
   const [stdout, stderr, exitCode] = await Promise.all([
@@ -46,8 +53,10 @@ async function run(program: string, args: string[]): Promise<{ exitCode: number;
   return { exitCode, stdout, stderr };
 }
 
-test("the build made every program, and bun is not on the test's PATH", async () => {
-  for (const program of PROGRAMS) expect(Bun.file(join(bin, program)).size).toBeGreaterThan(0);
+test("the build made one executable with a link per program, and bun is not on the test's PATH", async () => {
+  expect(release.executable.path).toBe(join(bin, EXECUTABLE));
+  expect(release.executable.bytes).toBeGreaterThan(0);
+  for (const program of PROGRAMS) expect(readlinkSync(join(bin, program))).toBe(EXECUTABLE);
   const which = Bun.spawnSync(["/usr/bin/which", "bun"], { env });
   expect(which.exitCode).not.toBe(0);
 });
@@ -98,16 +107,169 @@ test(
   RUN_TIMEOUT_MS,
 );
 
+const { version } = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string };
+
+test(
+  "the executable answers --help, --version and a wrong program name itself",
+  async () => {
+    const help = await run(EXECUTABLE, ["--help"]);
+    expect(help.stderr).toBe("");
+    expect(help.exitCode).toBe(0);
+    for (const program of PROGRAMS) expect(help.stdout).toMatch(new RegExp(`^  ${program} `, "m"));
+    expect(help.stdout).toMatch(/Exit status: 0 ok, 1 failure, 2 usage error/);
+    expect(await run(EXECUTABLE, ["--version"])).toEqual({ exitCode: 0, stdout: `${version}\n`, stderr: "" });
+    for (const args of [[], ["mkimagex", "-i", "x"]]) {
+      const refused = await run(EXECUTABLE, args);
+      expect(refused.exitCode).toBe(2);
+      expect(refused.stdout).toBe("");
+      expect(refused.stderr).toMatch(/^ramdisk-tools: [^\n]*mkimage, lookimage, bootserver, sled[^\n]*\n$/);
+    }
+  },
+  RUN_TIMEOUT_MS,
+);
+
+for (const program of PROGRAMS) {
+  test(
+    `${program}, through its link and as \`${EXECUTABLE} ${program}\`: the same --help as from source, --version, usage errors`,
+    async () => {
+      const fromSource = Bun.spawnSync(["bun", join(ROOT, "apps", `${program}.ts`), "--help"]);
+      expect(fromSource.exitCode).toBe(0);
+      for (const [command, args] of [
+        [program, []],
+        [EXECUTABLE, [program]],
+      ] as const) {
+        const help = await run(command, [...args, "--help"]);
+        expect(help).toEqual({ exitCode: 0, stdout: fromSource.stdout.toString(), stderr: "" });
+        expect(await run(command, [...args, "--version"])).toEqual({ exitCode: 0, stdout: `${version}\n`, stderr: "" });
+        const refused = await run(command, [...args, ...VALID_ARGUMENTS[program]!, "--bogus-option"]);
+        expect(refused.exitCode).toBe(2);
+        expect(refused.stdout).toBe("");
+        expect(refused.stderr).toMatch(new RegExp(`^${program}: [^\\n]*bogus-option[^\\n]*\\n$`));
+      }
+    },
+    RUN_TIMEOUT_MS,
+  );
+}
+
+test(
+  "`ramdisk-tools mkimage` writes the same bytes and says the same as `bun apps/mkimage.ts`, zlib and zstd",
+  async () => {
+    expect(Bun.file(join(dir, "pool.raw")).size).toBe(POOL_SIZE);
+    for (const codec of ["-z", "--zstd"]) {
+      const args = (name: string) => ["-i", "pool.raw", "-o", `${name}.img`, "-O", `${name}.csum`, "-N", "same", codec];
+      const compiled = await run(EXECUTABLE, ["mkimage", ...args("compiled")]);
+      const child = Bun.spawn(["bun", join(ROOT, "apps", "mkimage.ts"), ...args("source")], {
+        cwd: dir,
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stdout, stderr, exitCode] = await Promise.all([
+        new Response(child.stdout).text(),
+        new Response(child.stderr).text(),
+        child.exited,
+      ]);
+      expect(compiled).toEqual({ exitCode, stdout, stderr });
+      expect(exitCode).toBe(0);
+      for (const suffix of [".img", ".csum"]) {
+        const made = await readFile(join(dir, `compiled${suffix}`));
+        expect(made.length).toBeGreaterThan(0);
+        expect(Buffer.compare(made, await readFile(join(dir, `source${suffix}`)))).toBe(0);
+      }
+    }
+  },
+  RUN_TIMEOUT_MS,
+);
+
+test(
+  "the release archive is under 120 MiB and unpacks to the executable, its links, LICENSE, README and the dissector",
+  async () => {
+    expect(release.archive.bytes).toBeLessThan(120 * 1024 * 1024);
+    const unpacked = join(dir, "unpacked");
+    await mkdir(unpacked);
+    const tar = Bun.spawnSync(["tar", "-xzf", release.archive.path, "-C", unpacked]);
+    expect(tar.exitCode).toBe(0);
+    const [top] = readdirSync(unpacked);
+    expect(top).toBe(`${EXECUTABLE}-${version}-linux-x64`);
+    const root = join(unpacked, top!);
+    for (const program of PROGRAMS) expect(readlinkSync(join(root, program))).toBe(EXECUTABLE);
+    expect(readFileSync(join(root, "LICENSE"), "utf8")).toBe(readFileSync(join(ROOT, "LICENSE"), "utf8"));
+    expect(readFileSync(join(root, "README.md"), "utf8")).toBe(readFileSync(join(ROOT, "README.md"), "utf8"));
+    expect(readFileSync(join(root, "wireshark", "oxide-netboot.lua"), "utf8")).toBe(
+      readFileSync(join(ROOT, "wireshark", "oxide-netboot.lua"), "utf8"),
+    );
+    // The unpacked link runs, with no bun on the PATH.
+    const looked = Bun.spawnSync([join(root, "lookimage"), "-s", "pool.img"], { cwd: dir, env });
+    expect(looked.stderr.toString()).toBe("");
+    expect(looked.stdout.toString()).toStartWith("image name = binaries\n");
+    expect(looked.exitCode).toBe(0);
+  },
+  RUN_TIMEOUT_MS,
+);
+
+/** Run a shell script with the release's links first on the PATH (and still no bun). */
+function shell(program: "bash" | "zsh", script: string): { exitCode: number; stdout: string; stderr: string } {
+  const done = Bun.spawnSync([`/usr/bin/${program}`, "-c", script], {
+    cwd: dir,
+    env: { ...env, PATH: `${bin}:${env.PATH}` },
+  });
+  return { exitCode: done.exitCode, stdout: done.stdout.toString(), stderr: done.stderr.toString() };
+}
+
+test(
+  "bash completes the programs' options from the scripts they print with --completion bash",
+  () => {
+    const completed = shell(
+      "bash",
+      `source <(mkimage --completion bash)
+complete -p mkimage
+COMP_WORDS=(mkimage --ta); COMP_CWORD=1; _mkimage_complete; printf '%s\n' "\${COMPREPLY[@]}"
+source <(sled --completion bash)
+COMP_WORDS=(sled veth0 --drop); COMP_CWORD=2; _sled_complete; printf '%s\n' "\${COMPREPLY[@]}"`,
+    );
+    expect(completed.stderr).toBe("");
+    expect(completed.stdout).toBe(
+      "complete -o bashdefault -o default -F _mkimage_complete mkimage\n--target-size\n--drop-rate\n",
+    );
+    expect(completed.exitCode).toBe(0);
+  },
+  RUN_TIMEOUT_MS,
+);
+
+test(
+  "zsh registers the completion --completion zsh prints, and it offers the options with their help",
+  () => {
+    // Outside an interactive line editor _describe cannot draw a menu: a stand-in prints what it was given.
+    const completed = shell(
+      "zsh",
+      `autoload -U compinit && compinit -u -D
+source <(lookimage --completion zsh)
+print -r -- "$_comps[lookimage]"
+_describe() { print -rl -- "\${(@P)2}" }
+words=(lookimage --ex); CURRENT=2; _lookimage_complete`,
+    );
+    expect(completed.stderr).toBe("");
+    const [registered, ...offered] = completed.stdout.trimEnd().split("\n");
+    expect(registered).toBe("_lookimage_complete");
+    expect(offered).toContain(
+      "--extract:also write the raw pool to this file, atomically, only if the payload verifies",
+    );
+    expect(offered).toContain("--json:print the facts as one JSON object (docs/lookimage-json.md)");
+    expect(completed.exitCode).toBe(0);
+  },
+  RUN_TIMEOUT_MS,
+);
+
 const raw = canUseRawNetwork();
 describe.skipIf(!raw.ok)(
   `bootserver and sled, compiled, over a veth pair${raw.ok ? "" : ` (skipped: ${raw.why})`}`,
   () => {
     test(
-      "the bootserver boots one emulated sled from the image",
+      "`ramdisk-tools bootserver` boots one emulated sled (sled, its link) from the image",
       async () => {
         expect(Bun.file(join(dir, "pool.img")).size).toBeGreaterThan(0);
         await withVethPair(async ({ a, b }) => {
-          const server = Bun.spawn([join(bin, "bootserver"), "--boots", "1", a, "pool.img", "any"], {
+          // By its first argument here, through its link elsewhere: both ways find the embedded threads.
+          const server = Bun.spawn([join(bin, EXECUTABLE), "bootserver", "--boots", "1", a, "pool.img", "any"], {
             cwd: dir,
             env,
             stdout: "pipe",

@@ -6,19 +6,11 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT, runProgram } from "./helpers/common.ts";
+import { ROOT, runProgram, VALID_ARGUMENTS } from "./helpers/common.ts";
 
 const { version } = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string };
 // Starting bun on a shared 2-core machine: room, but no assertion on time.
 const TIMEOUT_MS = 30_000;
-
-/** Arguments that are valid apart from the unknown option, so the unknown option is what is refused. */
-const PROGRAMS: Record<string, string[]> = {
-  mkimage: ["-i", "pool.raw", "-o", "pool.img"],
-  lookimage: ["pool.img"],
-  sled: ["eth1", "--checksum-file", "pool.csum"],
-  bootserver: ["eth1", "pool.img", "any"],
-};
 
 interface DefinedOption {
   name: string;
@@ -53,7 +45,7 @@ function run(program: string, args: string[]) {
   return runProgram(program, args, { cwd: ROOT, env: { ...process.env, NO_COLOR: "1" } });
 }
 
-for (const [program, validArgs] of Object.entries(PROGRAMS)) {
+for (const [program, validArgs] of Object.entries(VALID_ARGUMENTS)) {
   describe(program, () => {
     test("its options are found in its source", () => {
       expect(definedOptions(program).length).toBeGreaterThan(2);
@@ -105,3 +97,83 @@ for (const [program, validArgs] of Object.entries(PROGRAMS)) {
     );
   });
 }
+
+describe("ramdisk-tools, the four programs in one", () => {
+  test(
+    "--help names every program and the exit codes; --version prints the package version",
+    async () => {
+      const help = await run("ramdisk-tools", ["--help"]);
+      expect(help.stderr).toBe("");
+      expect(help.exitCode).toBe(0);
+      for (const program of Object.keys(VALID_ARGUMENTS))
+        expect(help.stdout).toMatch(new RegExp(`^  ${program} `, "m"));
+      expect(help.stdout).toMatch(/Exit status: 0 ok, 1 failure, 2 usage error/);
+      expect(await run("ramdisk-tools", ["--version"])).toEqual({ exitCode: 0, stdout: `${version}\n`, stderr: "" });
+    },
+    TIMEOUT_MS,
+  );
+
+  test(
+    "runs the program its first argument names, as that program (its --help, its name in errors)",
+    async () => {
+      for (const [program, validArgs] of Object.entries(VALID_ARGUMENTS)) {
+        const own = await run(program, ["--help"]);
+        expect(await run("ramdisk-tools", [program, "--help"])).toEqual(own);
+        const refused = await run("ramdisk-tools", [program, ...validArgs, "--bogus-option"]);
+        expect(refused.exitCode).toBe(2);
+        expect(refused.stderr).toMatch(new RegExp(`^${program}: [^\\n]*bogus-option[^\\n]*\\n$`));
+      }
+    },
+    TIMEOUT_MS * 4,
+  );
+
+  test(
+    "no program, or one it does not have, exits 2 with one line on stderr",
+    async () => {
+      for (const args of [[], ["mkimages"], ["--bogus-option"]]) {
+        const refused = await run("ramdisk-tools", args);
+        expect(refused.exitCode).toBe(2);
+        expect(refused.stdout).toBe("");
+        expect(refused.stderr).toMatch(/^ramdisk-tools: [^\n]*one of mkimage, lookimage, bootserver, sled[^\n]*\n$/);
+      }
+    },
+    TIMEOUT_MS,
+  );
+});
+
+describe("--completion", () => {
+  test(
+    "prints a bash or a zsh script that asks the program itself, even without the program's required arguments",
+    async () => {
+      for (const program of Object.keys(VALID_ARGUMENTS)) {
+        const bash = await run(program, ["--completion", "bash"]);
+        expect(bash.stderr).toBe("");
+        expect(bash.exitCode).toBe(0);
+        expect(bash.stdout).toContain(`complete -o bashdefault -o default -F _${program}_complete ${program}\n`);
+        expect(bash.stdout).toContain(`${program} --get-yargs-completions`);
+        const zsh = await run(program, ["--completion=zsh"]);
+        expect(zsh.exitCode).toBe(0);
+        expect(zsh.stdout).toStartWith(`#compdef ${program}\n`);
+        expect(zsh.stdout).toContain(`compdef _${program}_complete ${program}\n`);
+      }
+    },
+    TIMEOUT_MS * 4,
+  );
+
+  test(
+    "with no shell named follows $SHELL; an unknown shell exits 2 with one line",
+    async () => {
+      const zsh = await runProgram("sled", ["--completion"], { env: { ...process.env, SHELL: "/usr/bin/zsh" } });
+      expect(zsh.stdout).toStartWith("#compdef sled\n");
+      const bash = await runProgram("sled", ["--completion"], { env: { ...process.env, SHELL: "/bin/bash" } });
+      expect(bash.stdout).toStartWith("# bash completion for sled");
+      const refused = await run("mkimage", ["--completion", "fish"]);
+      expect(refused).toEqual({
+        exitCode: 2,
+        stdout: "",
+        stderr: 'mkimage: --completion takes bash or zsh, not "fish"\n',
+      });
+    },
+    TIMEOUT_MS,
+  );
+});

@@ -35,6 +35,8 @@ const READ_TIMEOUT_MS = 10;
 const RECEIVE_BUFFER_BYTES = 2048;
 /** How long a recording session's channel stays open after it ends, for its last batches. */
 const RECORD_DRAIN_MS = 500;
+/** How often the capture's own drop count is copied out for the metrics (one system call each time). */
+const CAPTURE_STATS_MS = 1000;
 
 let dispatcher: FrameDispatcher | undefined;
 let capture: PcapFileWriter | undefined;
@@ -76,8 +78,14 @@ function record(frame: Uint8Array) {
 async function captureLoop(link: PcapLink, frames: FrameDispatcher) {
   // Decoding copies what it keeps, so one receive buffer serves every frame.
   const buffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
+  const copyCaptureStats = () => frames.counters.set("droppedByCapture", link.stats().dropped);
+  let statsAt = 0;
   try {
     while (!stopping) {
+      if (Date.now() - statsAt >= CAPTURE_STATS_MS) {
+        copyCaptureStats();
+        statsAt = Date.now();
+      }
       for (let handled = 0; handled < FRAMES_PER_TURN && !stopping; handled++) {
         const length = link.nextInto(buffer);
         if (length === 0) break;
@@ -86,6 +94,7 @@ async function captureLoop(link: PcapLink, frames: FrameDispatcher) {
       }
       await new Promise((resolve) => setImmediate(resolve));
     }
+    copyCaptureStats();
     link.close();
     capture?.close();
     report({ type: "stopped" });

@@ -44,6 +44,17 @@ export function python(program: string, ...args: string[]): string {
   return pythonWithInput(undefined, program, ...args);
 }
 
+/**
+ * For each program, arguments that are valid apart from anything added to
+ * them, so that an added unknown option is what a program refuses.
+ */
+export const VALID_ARGUMENTS: Record<string, string[]> = {
+  mkimage: ["-i", "pool.raw", "-o", "pool.img"],
+  lookimage: ["pool.img"],
+  sled: ["eth1", "--checksum-file", "pool.csum"],
+  bootserver: ["eth1", "pool.img", "any"],
+};
+
 /** How one of our programs ended: its exit status and everything it printed. */
 export interface ProgramRun {
   exitCode: number;
