@@ -35,7 +35,7 @@
  * keep the bytes they started with: they hold their own reference.
  */
 
-import { open, stat } from "node:fs/promises";
+import { type FileHandle, open, stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
 import {
@@ -52,6 +52,7 @@ import { RawImageFill, type RawImageMemory, rawImageMemory } from "./raw-image.t
 import { type InflateOrder, type InflateReport, PieceSender, receivePieces, sendPayload } from "./verify.ts";
 import { workerUrl } from "./workers.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "./zstd-image.ts";
+import type { SeekTable } from "./zstd-seekable.ts";
 
 /** What identifies one version of a file: a rebuilt image differs in one of these. */
 export interface FileStamp {
@@ -102,7 +103,7 @@ function sameStamp(a: FileStamp, b: FileStamp): boolean {
  * @example const { header } = await readServableHeader("recovery.img");
  */
 export async function readServableHeader(path: string): Promise<{ header: Header; stamp: FileStamp }> {
-  let file;
+  let file: FileHandle;
   try {
     file = await open(path, "r");
   } catch (error) {
@@ -295,7 +296,7 @@ export async function loadServedImage(path: string): Promise<ServedImage> {
  * @example const memory = await loadZstdPayload("dev.img", header);
  */
 export async function loadZstdPayload(path: string, header: Header): Promise<ZstdImageMemory> {
-  let table;
+  let table: SeekTable;
   try {
     table = await readSeekTable(Bun.file(path), header);
   } catch (error) {
