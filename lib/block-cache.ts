@@ -26,6 +26,13 @@
  * the block is decompressed into the session's own buffer instead: slower,
  * never wrong.
  *
+ * A session reads ahead (prefetch): once it has sent a READ's answers, it
+ * decompresses the block after the one its sled is in, into a slot it does
+ * not keep pinned, so the sled's READs find each new block ready instead of
+ * waiting for it to be decompressed. It goes through the same slots, so the
+ * cache stays as bounded as ever; a block already cached, or being written
+ * by another thread, is left alone.
+ *
  * Only per-block checksums (XXH64 of each block, in the seek table) are
  * verified, each time a block is decompressed. The SHA-256 of the whole image
  * would need every block decompressed before the first DATA, which is what
@@ -34,7 +41,7 @@
  * ImageFormatError naming it.
  */
 
-import { MIB } from "./format.ts";
+import { ImageFormatError, MIB } from "./format.ts";
 import { CHUNK_SIZE } from "./protocol.ts";
 import { type Block, blockIndexForOffset, decodeSeekTable, decompressBlock, type SeekTable } from "./zstd-seekable.ts";
 
@@ -176,6 +183,38 @@ export class ZstdImageReader {
     }
     const start = at - block.decompressedOffset;
     return this.#bytes.subarray(start, Math.min(start + wanted, block.decompressedSize));
+  }
+
+  /**
+   * Decompress the block holding `offset` into the cache if no slot holds
+   * it, and leave it unpinned, for a READ to find soon. Skipped when every
+   * slot is pinned or another thread claims the slot first, and for a block
+   * that fails its check: the READ that reaches it says why.
+   *
+   * @example reader.prefetch(nextBlockOffset); // after the answers went out
+   */
+  prefetch(offset: number): void {
+    if (offset >= this.size) return;
+    const block = this.#table.blocks[blockIndexForOffset(this.#table, offset)]!;
+    for (let slot = 0; slot < this.#slots.length; slot++)
+      if (Atomics.load(this.#words, this.#word(slot, BLOCK)) === block.index) return;
+    const slot = this.#claimLeastRecent();
+    if (slot === "busy" || slot < 0) return;
+    try {
+      this.#fill(block, slot);
+    } catch (error) {
+      if (error instanceof ImageFormatError) return;
+      throw error;
+    }
+    // #fill leaves the slot pinned for its caller; nobody reads it yet.
+    Atomics.sub(this.#words, this.#word(slot, STATE), 1);
+  }
+
+  /** The offset where the block after the one holding `offset` starts (the image size after the last). */
+  nextBlockOffset(offset: number): number {
+    if (offset >= this.size) return this.size;
+    const block = this.#table.blocks[blockIndexForOffset(this.#table, offset)]!;
+    return block.decompressedOffset + block.decompressedSize;
   }
 
   /** Unpin the block of the last chunk, so it can be evicted. */

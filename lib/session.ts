@@ -121,20 +121,42 @@ class RawImage implements ImageSource {
   }
 }
 
-/** A zstd image in shared memory as an ImageSource. */
+/**
+ * A zstd image in shared memory as an ImageSource. It reads ahead off the
+ * READ path: release() comes just before a READ's answers are sent, and
+ * queues the decompression of the next block after the furthest offset
+ * answered (and of the first block, before the first READ), to run once the
+ * sending is done (lib/block-cache.ts, prefetch).
+ */
 class ZstdImage implements ImageSource {
   readonly #reader: ZstdImageReader;
+  /** Where the next block to read ahead starts, once one is queued. */
+  #ahead = 0;
+  #queued = false;
+  #furthest = 0;
   constructor(memory: ZstdImageMemory) {
     this.#reader = new ZstdImageReader(memory);
+    this.#readAhead();
   }
   get size(): number {
     return this.#reader.size;
   }
   answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
+    if (offset < BigInt(this.#reader.size) && Number(offset) > this.#furthest) this.#furthest = Number(offset);
     return writer.frame(offset, this.#reader.chunk(offset));
   }
   release(): void {
     this.#reader.release();
+    this.#ahead = this.#reader.nextBlockOffset(this.#furthest);
+    this.#readAhead();
+  }
+  #readAhead(): void {
+    if (this.#queued) return;
+    this.#queued = true;
+    setImmediate(() => {
+      this.#queued = false;
+      this.#reader.prefetch(this.#ahead);
+    });
   }
   until(): null {
     return null;

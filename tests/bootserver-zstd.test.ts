@@ -146,6 +146,32 @@ describe("ZstdImageReader", () => {
     expect(wrong).toEqual([0, 0, 0]);
   });
 
+  test("prefetch decompresses a block into the cache unpinned, within the same slots, and skips a damaged one", () => {
+    // Two slots for six blocks. The slot table (lib/block-cache.ts): 3 head words, then state, block, stamp per slot.
+    const memory = imageMemory("pool.img", 2 * MIB);
+    const words = new Int32Array(memory.cache, 0, 3 + 2 * 3);
+    const cached = () => [words[3 + 1], words[6 + 1]].filter((block) => block! >= 0).sort();
+    const reader = new ZstdImageReader(memory);
+    const other = new ZstdImageReader(memory);
+    for (let block = 0; block < 6; block++) {
+      reader.prefetch(block * MIB + 5000);
+      expect(cached()).toContain(block);
+      expect([words[3], words[6]]).toEqual([0, 0]); // nothing left pinned
+      // The prefetched block is the one served, and right.
+      const at = block * MIB + 3072;
+      expect(Buffer.from(other.chunk(BigInt(at)))).toEqual(Buffer.from(pool.subarray(at, at + 1024)));
+      other.release();
+    }
+    expect(memory.cache.byteLength).toBe(imageMemory("pool.img", 2 * MIB).cache.byteLength);
+    expect(reader.nextBlockOffset(MIB + 10)).toBe(2 * MIB);
+    expect(reader.nextBlockOffset(POOL_SIZE - 1)).toBe(POOL_SIZE);
+    reader.prefetch(POOL_SIZE); // past the end: nothing to do
+
+    const damaged = new ZstdImageReader(imageMemory("bad.img", 2 * MIB));
+    damaged.prefetch(BAD_BLOCK * MIB);
+    expect(() => damaged.chunk(BigInt(BAD_BLOCK * MIB))).toThrow(new RegExp(`^block ${BAD_BLOCK}: `));
+  });
+
   test("refuses a block whose frame is damaged, naming it, and still serves the others", () => {
     const reader = new ZstdImageReader(imageMemory("bad.img", 64 * MIB));
     expect(() => reader.chunk(BigInt(BAD_BLOCK * MIB + 4096))).toThrow(new RegExp(`^block ${BAD_BLOCK}: `));
@@ -190,6 +216,26 @@ network("bootserver serving a zstd image on a veth pair", () => {
       }, "rzs");
     });
   }
+
+  test("boots 2 sleds from an image larger than the block cache, reading ahead through evicted slots", async () => {
+    // 96 one-MiB blocks through the server's 64 MiB cache: blocks are read ahead, evicted and decompressed again.
+    const bigSha256 = writePool(join(dir, "big.raw"), 96 * MIB, 8);
+    mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-N", "zstd-big", "-s", "128", "--zstd"]);
+    rmSync(join(dir, "big.raw"));
+    await withVethPair(async ({ a, b }) => {
+      const server = new ServerProcess(["--boots", "2", a, "big.img", "any"], dir);
+      try {
+        await server.waitFor(/^serving on /);
+        const sled = await runSleds(dir, b, ["--checksum", bigSha256, "--json", "--sleds", "2"]);
+        expect(sled.reports.map((report) => [report.outcome, report.bytes])).toEqual(
+          Array(2).fill(["booted", 96 * MIB]),
+        );
+        expect(await server.exited()).toBe(0);
+      } finally {
+        server.kill();
+      }
+    }, "rzs");
+  });
 
   test("RESETs a sled that reaches a damaged frame, sends none of its bytes, says why and keeps serving", async () => {
     await withVethPair(async ({ a, b }) => {
