@@ -237,12 +237,16 @@ export class ZstdImageReader {
     for (;;) {
       const found = this.#pinCached(block.index, deadline);
       if (found === "stuck") break;
-      if (found >= 0) return this.#use(block, found);
+      if (found >= 0) {
+        this.#use(block, found);
+        return;
+      }
       const slot = this.#claimLeastRecent();
       if (slot === "busy") continue; // another thread took it first: look again
       if (slot < 0) break;
       this.#fill(block, slot);
-      return this.#use(block, slot);
+      this.#use(block, slot);
+      return;
     }
     // Every slot pinned, or a writer that never finishes: decompress privately.
     this.#private ??= new Uint8Array(this.#slots[0]!.length);
