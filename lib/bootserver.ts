@@ -269,6 +269,8 @@ export class BootServer {
       (seconds) => this.#emit({ type: "loaded", image, seconds }),
       (error: Error) => {
         // Their sessions see the failure in the image's shared memory and RESET their sleds themselves.
+        // Forgotten here, so its memory goes once they end (its file refuses it until the file changes).
+        for (const [file, loaded] of this.#loaded) if (loaded === image) this.#loaded.delete(file);
         let resetSleds = 0;
         for (const sled of this.#sleds.values()) if (sled.session?.image === image) resetSleds++;
         const message = `refusing ${image.path} from now on, until the file changes: ${error.message}`;

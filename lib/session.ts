@@ -16,6 +16,13 @@
  * rather than wait for bytes that will not come), the reason goes to
  * `onProblem` once, and every later READ of the same offer draws a RESET too.
  *
+ * A plain or zlib image is served while it is still being filled
+ * (lib/raw-image.ts). A READ asking past what is filled is held, not
+ * answered with bytes that are not there yet, and answered as soon as they
+ * are; the wait is asynchronous, so it holds up only this sled, and a later
+ * READ (the sled re-asks after a second) replaces the held one. Should the
+ * image fail its check once filled, the sled is sent a RESET at once.
+ *
  * Progress lives in a few numbers in a SharedArrayBuffer (SharedCounters):
  * the session thread writes them as it answers and the main thread reads them
  * when it redraws, so reporting costs no message per frame.
