@@ -80,7 +80,9 @@ export function eventLines(event: BootEvent): string[] {
           `${event.seconds.toFixed(2)} s after loading began (served meanwhile)`,
       ];
     case "refused":
-      return [`error: ${event.message} (${event.resetSleds} sleds being served it were sent a RESET)`];
+      return [
+        `error: ${event.message} (${event.resetSleds} sled${event.resetSleds === 1 ? " being served it was" : "s being served it were"} sent a RESET)`,
+      ];
     case "finished": {
       const { progress } = event;
       return [
