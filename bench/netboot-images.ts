@@ -15,6 +15,8 @@
  *
  * Rows, ours against the named peer in the same run (issue 11):
  * - zstd boot rate against the same pool served plain: goal at least 90%;
+ *   and the server's CPU time during that boot (user + system, all threads,
+ *   from /proc), since on a busy machine the rate follows the CPU it costs;
  * - zlib boot rate against plain: the image is served while it inflates,
  *   which should cost the boot nothing;
  * - zlib's first DATA after the server is ready, against plain's: goal
@@ -56,6 +58,19 @@ interface Run {
   firstDataMs: number;
   /** The emulator's whole boot, MB/s; NaN when it did not boot. */
   megabytesPerSecond: number;
+  /** User + system CPU seconds of the server (all threads) while the emulator booted. */
+  bootCpuSeconds: number;
+}
+
+/** Linux reports process times in clock ticks of 1/100 s (USER_HZ). */
+const TICKS_PER_SECOND = 100;
+
+/** User + system CPU seconds of a running process so far, all threads. */
+async function cpuSecondsOf(pid: number): Promise<number> {
+  const stat = await Bun.file(`/proc/${pid}/stat`).text();
+  // Fields after the command name (which may hold spaces) start after the last ')'.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
 }
 
 /** The first frame of `type` addressed to the scripted sled, waiting at most `ms`. */
@@ -111,6 +126,7 @@ async function serveOnce(serverLink: string, sledLink: string, image: string, ch
     if (!(await frameFor(link, "data", 30_000))) throw new Error("no DATA within 30 s");
     const firstDataMs = performance.now() - ready;
     link.inject(encodeFrame(offer.source, SCRIPTED_SLED, { type: "finished" }));
+    const cpuBefore = await cpuSecondsOf(server.pid);
     const sled = Bun.spawn(
       ["bun", join(ROOT, "apps/sled.ts"), sledLink, "--checksum-file", checksumFile, "--json", "--timeout", "600"],
       { stdout: "pipe", stderr: "inherit" },
@@ -120,8 +136,9 @@ async function serveOnce(serverLink: string, sledLink: string, image: string, ch
       .filter((line) => line.startsWith("{"))
       .map((line) => JSON.parse(line) as EmulatedSledReport);
     await sled.exited;
+    const bootCpuSeconds = (await cpuSecondsOf(server.pid)) - cpuBefore;
     const booted = reports.length === 1 && reports[0]!.outcome === "booted";
-    return { firstDataMs, megabytesPerSecond: booted ? reports[0]!.megabytesPerSecond : NaN };
+    return { firstDataMs, megabytesPerSecond: booted ? reports[0]!.megabytesPerSecond : NaN, bootCpuSeconds };
   } finally {
     link.close();
     server.kill("SIGTERM");
@@ -176,6 +193,7 @@ try {
   }, values["veth-prefix"]);
   const rate = (name: string) => median(results.get(name)!.map((run) => run.megabytesPerSecond));
   const firstData = (name: string) => median(results.get(name)!.map((run) => run.firstDataMs));
+  const cpu = (name: string) => median(results.get(name)!.map((run) => run.bootCpuSeconds));
   console.log(
     `boot server, ${values["image-mib"]} MiB sample pool as plain, zlib and zstd images, one sled, median of ${runs} runs`,
   );
@@ -190,6 +208,12 @@ try {
         rate("zstd") >= GOAL_ZSTD_SHARE * rate("plain"),
         `${((100 * rate("zstd")) / rate("plain")).toFixed(0)}% of plain, goal ${100 * GOAL_ZSTD_SHARE}%`,
       ),
+    },
+    {
+      name: "netboot of a zstd image vs the same pool plain: server CPU",
+      ours: `${cpu("zstd").toFixed(2)} s`,
+      peer: `${cpu("plain").toFixed(2)} s`,
+      ratio: `${((100 * cpu("zstd")) / cpu("plain")).toFixed(0)}% of plain's (decompressing is the difference)`,
     },
     {
       name: "netboot of a zlib image vs the same pool plain: boot rate",

@@ -141,15 +141,17 @@ class ZstdImage implements ImageSource {
   #ahead = 0;
   #queued = false;
   #furthest = 0;
+  readonly #end: bigint;
   constructor(memory: ZstdImageMemory) {
     this.#reader = new ZstdImageReader(memory);
+    this.#end = BigInt(this.#reader.size);
     this.#readAhead();
   }
   get size(): number {
     return this.#reader.size;
   }
   answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
-    if (offset < BigInt(this.#reader.size) && Number(offset) > this.#furthest) this.#furthest = Number(offset);
+    if (offset < this.#end && Number(offset) > this.#furthest) this.#furthest = Number(offset);
     return writer.frame(offset, this.#reader.chunk(offset));
   }
   release(): void {
@@ -261,7 +263,7 @@ export class SledSession {
 
   /** Send one DATA for every offset `read` asks for, in slot order. */
   answer(read: ReadRequest, now = Date.now()): void {
-    if (this.#hold(read)) return;
+    if (this.#hold(read, now)) return;
     const counters = this.counters;
     if (counters.get("reads") === 0) counters.set("firstReadAt", now);
     counters.set("lastReadAt", now);
@@ -313,11 +315,13 @@ export class SledSession {
    * READ replaces it, as it asks for every slot still open. Only this
    * session waits, and without blocking its thread.
    */
-  #hold(read: ReadRequest): boolean {
+  #hold(read: ReadRequest, now: number): boolean {
     if (this.#broken) return false;
     const image = this.#image;
     const filled = image.until(read);
     if (!filled) return false;
+    // Heard from: a sled whose READs are held is not a quiet one.
+    this.counters.set("lastReadAt", now);
     const waiting = this.#held === undefined;
     this.#held = read;
     if (waiting) {
