@@ -26,12 +26,17 @@
  * the block is decompressed into the session's own buffer instead: slower,
  * never wrong.
  *
- * A session reads ahead (prefetch): once it has sent a READ's answers, it
- * decompresses the block after the one its sled is in, into a slot it does
- * not keep pinned, so the sled's READs find each new block ready instead of
- * waiting for it to be decompressed. It goes through the same slots, so the
- * cache stays as bounded as ever; a block already cached, or being written
- * by another thread, is left alone.
+ * Blocks are read ahead of the sleds, off the READ path: each session says
+ * where its sled will go next (hint: the block after the one it is in), and
+ * one read-ahead thread per image (workers/zstd-read-ahead.ts, readAhead)
+ * decompresses that block into a slot it does not keep pinned (prefetch),
+ * on another core while the session answers READs, so the sled's READs find
+ * each new block ready. Hints go through a small ring in shared memory: a
+ * count of hints given, then the last HINT_RING block indexes; a reader that
+ * falls behind by more than the ring skips the oldest, which only costs a
+ * READ its block being decompressed on the spot, as without read-ahead. It
+ * goes through the same slots, so the cache stays as bounded as ever; a
+ * block already cached, or being written by another thread, is left alone.
  *
  * Only per-block checksums (XXH64 of each block, in the seek table) are
  * verified, each time a block is decompressed. The SHA-256 of the whole image
@@ -56,7 +61,15 @@ export interface ZstdImageMemory {
   imageSize: number;
   /** The block cache: slot table and slots (see the module comment). */
   cache: SharedArrayBuffer;
+  /** Read-ahead hints: Int32 words, whether to stop, the count of hints, then the ring of block indexes. */
+  hints: SharedArrayBuffer;
 }
+
+const HINT_STOP = 0;
+const HINT_COUNT = 1;
+const HINT_HEAD = 2;
+/** Hints kept: sessions give one per block their sled enters, so a few per sled in flight at most. */
+const HINT_RING = 64;
 
 // Words of the table: slot count, slot bytes, the use clock, then three per slot.
 const SLOT_COUNT = 0;
@@ -91,7 +104,13 @@ export function zstdImageMemory(
   table: SeekTable,
   cacheBytes = DEFAULT_CACHE_BYTES,
 ): ZstdImageMemory {
-  return { kind: "zstd", payload, imageSize: table.imageSize, cache: blockCacheMemory(table, cacheBytes) };
+  return {
+    kind: "zstd",
+    payload,
+    imageSize: table.imageSize,
+    cache: blockCacheMemory(table, cacheBytes),
+    hints: new SharedArrayBuffer((HINT_HEAD + HINT_RING) * 4),
+  };
 }
 
 /**
@@ -99,7 +118,7 @@ export function zstdImageMemory(
  *
  * @example const cache = blockCacheMemory(table, 64 * MIB);
  */
-export function blockCacheMemory(table: SeekTable, cacheBytes = DEFAULT_CACHE_BYTES): SharedArrayBuffer {
+function blockCacheMemory(table: SeekTable, cacheBytes = DEFAULT_CACHE_BYTES): SharedArrayBuffer {
   const slotBytes = Math.max(...table.blocks.map((block) => block.decompressedSize));
   const slots = Math.max(1, Math.min(table.blocks.length, Math.floor(cacheBytes / slotBytes)));
   const memory = new SharedArrayBuffer(tableBytes(slots) + slots * slotBytes);
@@ -108,6 +127,18 @@ export function blockCacheMemory(table: SeekTable, cacheBytes = DEFAULT_CACHE_BY
   words[SLOT_BYTES] = slotBytes;
   for (let slot = 0; slot < slots; slot++) words[TABLE_HEAD + slot * WORDS_PER_SLOT + BLOCK] = EMPTY;
   return memory;
+}
+
+/**
+ * End the read-ahead loop of `memory`'s thread (ZstdImageReader.readAhead).
+ *
+ * @example stopReadAhead(image.bytes); // the image is no longer offered
+ */
+export function stopReadAhead(memory: ZstdImageMemory): void {
+  const hints = new Int32Array(memory.hints);
+  Atomics.store(hints, HINT_STOP, 1);
+  Atomics.add(hints, HINT_COUNT, 1);
+  Atomics.notify(hints, HINT_COUNT);
 }
 
 /**
@@ -133,8 +164,10 @@ export class ZstdImageReader {
   #bytes: Uint8Array = new Uint8Array(0);
   #private: Uint8Array | undefined;
   readonly #straddling = new Uint8Array(CHUNK_SIZE);
+  readonly #hints: Int32Array;
 
   constructor(memory: ZstdImageMemory) {
+    this.#hints = new Int32Array(memory.hints);
     this.#payload = new Uint8Array(memory.payload);
     this.#table = decodeSeekTable(this.#payload, { payloadSize: this.#payload.length, imageSize: memory.imageSize });
     this.size = memory.imageSize;
@@ -208,6 +241,42 @@ export class ZstdImageReader {
     }
     // #fill leaves the slot pinned for its caller; nobody reads it yet.
     Atomics.sub(this.#words, this.#word(slot, STATE), 1);
+  }
+
+  /**
+   * Ask the image's read-ahead thread to decompress the block holding
+   * `offset` (nothing past the end). Costs the caller two atomic writes.
+   *
+   * @example reader.hint(reader.nextBlockOffset(furthestAnswered));
+   */
+  hint(offset: number): void {
+    if (offset >= this.size) return;
+    const index = blockIndexForOffset(this.#table, offset);
+    const at = Atomics.add(this.#hints, HINT_COUNT, 1);
+    Atomics.store(this.#hints, HINT_HEAD + (at % HINT_RING), index);
+    Atomics.notify(this.#hints, HINT_COUNT);
+  }
+
+  /**
+   * Take the hints sessions give and prefetch each hinted block, until
+   * stopReadAhead(); the loop of workers/zstd-read-ahead.ts. Blocks its
+   * thread while there is nothing to do.
+   */
+  readAhead(): void {
+    const hints = this.#hints;
+    // From the first hint: sessions may give some before this thread is up.
+    let seen = 0;
+    while (Atomics.load(hints, HINT_STOP) === 0) {
+      Atomics.wait(hints, HINT_COUNT, seen);
+      const count = Atomics.load(hints, HINT_COUNT);
+      // A slot whose hint is being written may still hold an older one: a wasted prefetch at worst.
+      for (let at = Math.max(seen, count - HINT_RING); at < count; at++) {
+        const index = Atomics.load(hints, HINT_HEAD + (at % HINT_RING));
+        const block = this.#table.blocks[index];
+        if (block) this.prefetch(block.decompressedOffset);
+      }
+      seen = count;
+    }
   }
 
   /** The offset where the block after the one holding `offset` starts (the image size after the last). */

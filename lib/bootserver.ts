@@ -245,6 +245,7 @@ export class BootServer {
       sled.session = undefined;
     }
     await Promise.all(sessions);
+    for (const image of this.#loaded.values()) image.retire?.();
     const grace = this.#options.pcap === undefined ? STOP_GRACE_MS : RECORDING_STOP_GRACE_MS;
     await this.#stopWorker(this.#dispatcher, this.#dispatcherStopped, grace);
   }

@@ -37,7 +37,7 @@
 
 import { type FileHandle, open, stat } from "node:fs/promises";
 import { basename } from "node:path";
-import { type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
+import { stopReadAhead, type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
 import {
   decodeHeader,
   HEADER_SIZE,
@@ -83,6 +83,8 @@ export interface ServedImage {
    * rejects (ImageFormatError) when it did not. Absent for a zstd image.
    */
   filled?: Promise<number>;
+  /** End the thread a zstd image has beside its sessions (its read-ahead); sessions still serving it go on. */
+  retire?: () => void;
 }
 
 /** Bytes read from the file at a time. */
@@ -265,8 +267,10 @@ export type FillResult = { ok: true } | { ok: false; message: string };
  */
 export async function loadServedImage(path: string): Promise<ServedImage> {
   const { header, stamp } = await readServableHeader(path);
-  if (payloadCodec(header) === "zstd")
-    return { path, name: basename(path), header, bytes: await loadZstdPayload(path, header), stamp };
+  if (payloadCodec(header) === "zstd") {
+    const memory = await loadZstdPayload(path, header);
+    return { path, name: basename(path), header, bytes: memory, stamp, retire: startReadAhead(memory) };
+  }
   const memory = rawImageMemory(header.imageSize);
   const started = performance.now();
   const worker = new Worker(workerUrl("served-image").href);
@@ -324,6 +328,22 @@ export async function loadZstdPayload(path: string, header: Header): Promise<Zst
 }
 
 /**
+ * Start the read-ahead thread of a zstd image (workers/zstd-read-ahead.ts);
+ * returns what stops it. The thread does not keep the process alive.
+ *
+ * @example const retire = startReadAhead(memory); // later: retire();
+ */
+export function startReadAhead(memory: ZstdImageMemory): () => void {
+  const worker = new Worker(workerUrl("zstd-read-ahead").href);
+  worker.unref();
+  worker.postMessage(memory);
+  return () => {
+    stopReadAhead(memory);
+    worker.terminate();
+  };
+}
+
+/**
  * One image file as the server offers it: loaded on first use and loaded
  * again whenever the file has changed since, so a rebuilt image is picked up
  * on the next HELLO. A file that fails to load, or whose load fails its check
@@ -355,6 +375,7 @@ export class ServedImageFile {
     this.#loading = loadServedImage(this.path);
     try {
       const image = await this.#loading;
+      this.#image?.retire?.();
       this.#image = image;
       this.#failure = undefined;
       image.filled?.catch((error: Error) => {

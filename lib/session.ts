@@ -129,23 +129,21 @@ class RawImage implements ImageSource {
 }
 
 /**
- * A zstd image in shared memory as an ImageSource. It reads ahead off the
- * READ path: release() comes just before a READ's answers are sent, and
- * queues the decompression of the next block after the furthest offset
- * answered (and of the first block, before the first READ), to run once the
- * sending is done (lib/block-cache.ts, prefetch).
+ * A zstd image in shared memory as an ImageSource. It has blocks read ahead
+ * off the READ path: whenever its sled enters a block, the image's
+ * read-ahead thread is told to decompress the next one (lib/block-cache.ts,
+ * hint), and before the first READ, the first.
  */
 class ZstdImage implements ImageSource {
   readonly #reader: ZstdImageReader;
-  /** Where the next block to read ahead starts, once one is queued. */
+  /** Where the block last hinted at starts. */
   #ahead = 0;
-  #queued = false;
   #furthest = 0;
   readonly #end: bigint;
   constructor(memory: ZstdImageMemory) {
     this.#reader = new ZstdImageReader(memory);
     this.#end = BigInt(this.#reader.size);
-    this.#readAhead();
+    this.#reader.hint(0);
   }
   get size(): number {
     return this.#reader.size;
@@ -156,16 +154,10 @@ class ZstdImage implements ImageSource {
   }
   release(): void {
     this.#reader.release();
-    this.#ahead = this.#reader.nextBlockOffset(this.#furthest);
-    this.#readAhead();
-  }
-  #readAhead(): void {
-    if (this.#queued) return;
-    this.#queued = true;
-    setImmediate(() => {
-      this.#queued = false;
-      this.#reader.prefetch(this.#ahead);
-    });
+    const ahead = this.#reader.nextBlockOffset(this.#furthest);
+    if (ahead === this.#ahead) return;
+    this.#ahead = ahead;
+    this.#reader.hint(ahead);
   }
   until(): null {
     return null;

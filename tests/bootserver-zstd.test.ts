@@ -14,7 +14,8 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { blockCacheMemory, type ZstdImageMemory, ZstdImageReader } from "../lib/block-cache.ts";
+import { type ZstdImageMemory, ZstdImageReader, zstdImageMemory } from "../lib/block-cache.ts";
+import { startReadAhead } from "../lib/served-image.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 import { decodeSeekTable } from "../lib/zstd-seekable.ts";
 import { python, ROOT } from "./helpers/common.ts";
@@ -66,7 +67,7 @@ function imageMemory(file: string, cacheBytes: number): ZstdImageMemory {
   const payload = new SharedArrayBuffer(bytes.length);
   new Uint8Array(payload).set(bytes);
   const table = decodeSeekTable(new Uint8Array(payload), { payloadSize: bytes.length, imageSize: POOL_SIZE });
-  return { kind: "zstd", payload, imageSize: POOL_SIZE, cache: blockCacheMemory(table, cacheBytes) };
+  return zstdImageMemory(payload, table, cacheBytes);
 }
 
 describe("ZstdImageReader", () => {
@@ -170,6 +171,29 @@ describe("ZstdImageReader", () => {
     const damaged = new ZstdImageReader(imageMemory("bad.img", 2 * MIB));
     damaged.prefetch(BAD_BLOCK * MIB);
     expect(() => damaged.chunk(BigInt(BAD_BLOCK * MIB))).toThrow(new RegExp(`^block ${BAD_BLOCK}: `));
+  });
+
+  test("the read-ahead thread decompresses the blocks sessions hint at, until it is retired", async () => {
+    const memory = imageMemory("pool.img", 2 * MIB);
+    const words = new Int32Array(memory.cache, 0, 3 + 2 * 3);
+    // Blocks written in full and left unpinned: state 0 (a slot being written shows its block with state -1).
+    const ready = () => [3, 6].filter((slot) => words[slot] === 0).map((slot) => words[slot + 1]);
+    const retire = startReadAhead(memory);
+    try {
+      const session = new ZstdImageReader(memory);
+      for (const block of [4, 1]) {
+        session.hint(block * MIB + 100);
+        const deadline = Date.now() + 20_000;
+        while (!ready().includes(block) && Date.now() < deadline) await Bun.sleep(5);
+        expect(ready()).toContain(block);
+      }
+      // What it put there is the pool's bytes.
+      const at = MIB + 2048;
+      expect(Buffer.from(session.chunk(BigInt(at)))).toEqual(Buffer.from(pool.subarray(at, at + 1024)));
+      session.release();
+    } finally {
+      retire();
+    }
   });
 
   test("refuses a block whose frame is damaged, naming it, and still serves the others", () => {
