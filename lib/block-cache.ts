@@ -26,6 +26,18 @@
  * the block is decompressed into the session's own buffer instead: slower,
  * never wrong.
  *
+ * Blocks are read ahead of the sleds, off the READ path: each session says
+ * where its sled will go next (hint: the block after the one it is in), and
+ * one read-ahead thread per image (workers/zstd-read-ahead.ts, readAhead)
+ * decompresses that block into a slot it does not keep pinned (prefetch),
+ * on another core while the session answers READs, so the sled's READs find
+ * each new block ready. Hints go through a small ring in shared memory: a
+ * count of hints given, then the last HINT_RING block indexes; a reader that
+ * falls behind by more than the ring skips the oldest, which only costs a
+ * READ its block being decompressed on the spot, as without read-ahead. It
+ * goes through the same slots, so the cache stays as bounded as ever; a
+ * block already cached, or being written by another thread, is left alone.
+ *
  * Only per-block checksums (XXH64 of each block, in the seek table) are
  * verified, each time a block is decompressed. The SHA-256 of the whole image
  * would need every block decompressed before the first DATA, which is what
@@ -34,7 +46,7 @@
  * ImageFormatError naming it.
  */
 
-import { MIB } from "./format.ts";
+import { ImageFormatError, MIB } from "./format.ts";
 import { CHUNK_SIZE } from "./protocol.ts";
 import { type Block, blockIndexForOffset, decodeSeekTable, decompressBlock, type SeekTable } from "./zstd-seekable.ts";
 
@@ -49,7 +61,15 @@ export interface ZstdImageMemory {
   imageSize: number;
   /** The block cache: slot table and slots (see the module comment). */
   cache: SharedArrayBuffer;
+  /** Read-ahead hints: Int32 words, whether to stop, the count of hints, then the ring of block indexes. */
+  hints: SharedArrayBuffer;
 }
+
+const HINT_STOP = 0;
+const HINT_COUNT = 1;
+const HINT_HEAD = 2;
+/** Hints kept: sessions give one per block their sled enters, so a few per sled in flight at most. */
+const HINT_RING = 64;
 
 // Words of the table: slot count, slot bytes, the use clock, then three per slot.
 const SLOT_COUNT = 0;
@@ -84,7 +104,13 @@ export function zstdImageMemory(
   table: SeekTable,
   cacheBytes = DEFAULT_CACHE_BYTES,
 ): ZstdImageMemory {
-  return { kind: "zstd", payload, imageSize: table.imageSize, cache: blockCacheMemory(table, cacheBytes) };
+  return {
+    kind: "zstd",
+    payload,
+    imageSize: table.imageSize,
+    cache: blockCacheMemory(table, cacheBytes),
+    hints: new SharedArrayBuffer((HINT_HEAD + HINT_RING) * 4),
+  };
 }
 
 /**
@@ -92,7 +118,7 @@ export function zstdImageMemory(
  *
  * @example const cache = blockCacheMemory(table, 64 * MIB);
  */
-export function blockCacheMemory(table: SeekTable, cacheBytes = DEFAULT_CACHE_BYTES): SharedArrayBuffer {
+function blockCacheMemory(table: SeekTable, cacheBytes = DEFAULT_CACHE_BYTES): SharedArrayBuffer {
   const slotBytes = Math.max(...table.blocks.map((block) => block.decompressedSize));
   const slots = Math.max(1, Math.min(table.blocks.length, Math.floor(cacheBytes / slotBytes)));
   const memory = new SharedArrayBuffer(tableBytes(slots) + slots * slotBytes);
@@ -101,6 +127,18 @@ export function blockCacheMemory(table: SeekTable, cacheBytes = DEFAULT_CACHE_BY
   words[SLOT_BYTES] = slotBytes;
   for (let slot = 0; slot < slots; slot++) words[TABLE_HEAD + slot * WORDS_PER_SLOT + BLOCK] = EMPTY;
   return memory;
+}
+
+/**
+ * End the read-ahead loop of `memory`'s thread (ZstdImageReader.readAhead).
+ *
+ * @example stopReadAhead(image.bytes); // the image is no longer offered
+ */
+export function stopReadAhead(memory: ZstdImageMemory): void {
+  const hints = new Int32Array(memory.hints);
+  Atomics.store(hints, HINT_STOP, 1);
+  Atomics.add(hints, HINT_COUNT, 1);
+  Atomics.notify(hints, HINT_COUNT);
 }
 
 /**
@@ -126,8 +164,10 @@ export class ZstdImageReader {
   #bytes: Uint8Array = new Uint8Array(0);
   #private: Uint8Array | undefined;
   readonly #straddling = new Uint8Array(CHUNK_SIZE);
+  readonly #hints: Int32Array;
 
   constructor(memory: ZstdImageMemory) {
+    this.#hints = new Int32Array(memory.hints);
     this.#payload = new Uint8Array(memory.payload);
     this.#table = decodeSeekTable(this.#payload, { payloadSize: this.#payload.length, imageSize: memory.imageSize });
     this.size = memory.imageSize;
@@ -178,6 +218,74 @@ export class ZstdImageReader {
     return this.#bytes.subarray(start, Math.min(start + wanted, block.decompressedSize));
   }
 
+  /**
+   * Decompress the block holding `offset` into the cache if no slot holds
+   * it, and leave it unpinned, for a READ to find soon. Skipped when every
+   * slot is pinned or another thread claims the slot first, and for a block
+   * that fails its check: the READ that reaches it says why.
+   *
+   * @example reader.prefetch(nextBlockOffset); // after the answers went out
+   */
+  prefetch(offset: number): void {
+    if (offset >= this.size) return;
+    const block = this.#table.blocks[blockIndexForOffset(this.#table, offset)]!;
+    for (let slot = 0; slot < this.#slots.length; slot++)
+      if (Atomics.load(this.#words, this.#word(slot, BLOCK)) === block.index) return;
+    const slot = this.#claimLeastRecent();
+    if (slot === "busy" || slot < 0) return;
+    try {
+      this.#fill(block, slot);
+    } catch (error) {
+      if (error instanceof ImageFormatError) return;
+      throw error;
+    }
+    // #fill leaves the slot pinned for its caller; nobody reads it yet.
+    Atomics.sub(this.#words, this.#word(slot, STATE), 1);
+  }
+
+  /**
+   * Ask the image's read-ahead thread to decompress the block holding
+   * `offset` (nothing past the end). Costs the caller two atomic writes.
+   *
+   * @example reader.hint(reader.nextBlockOffset(furthestAnswered));
+   */
+  hint(offset: number): void {
+    if (offset >= this.size) return;
+    const index = blockIndexForOffset(this.#table, offset);
+    const at = Atomics.add(this.#hints, HINT_COUNT, 1);
+    Atomics.store(this.#hints, HINT_HEAD + (at % HINT_RING), index);
+    Atomics.notify(this.#hints, HINT_COUNT);
+  }
+
+  /**
+   * Take the hints sessions give and prefetch each hinted block, until
+   * stopReadAhead(); the loop of workers/zstd-read-ahead.ts. Blocks its
+   * thread while there is nothing to do.
+   */
+  readAhead(): void {
+    const hints = this.#hints;
+    // From the first hint: sessions may give some before this thread is up.
+    let seen = 0;
+    while (Atomics.load(hints, HINT_STOP) === 0) {
+      Atomics.wait(hints, HINT_COUNT, seen);
+      const count = Atomics.load(hints, HINT_COUNT);
+      // A slot whose hint is being written may still hold an older one: a wasted prefetch at worst.
+      for (let at = Math.max(seen, count - HINT_RING); at < count; at++) {
+        const index = Atomics.load(hints, HINT_HEAD + (at % HINT_RING));
+        const block = this.#table.blocks[index];
+        if (block) this.prefetch(block.decompressedOffset);
+      }
+      seen = count;
+    }
+  }
+
+  /** The offset where the block after the one holding `offset` starts (the image size after the last). */
+  nextBlockOffset(offset: number): number {
+    if (offset >= this.size) return this.size;
+    const block = this.#table.blocks[blockIndexForOffset(this.#table, offset)]!;
+    return block.decompressedOffset + block.decompressedSize;
+  }
+
   /** Unpin the block of the last chunk, so it can be evicted. */
   release(): void {
     if (this.#slot >= 0) Atomics.sub(this.#words, this.#word(this.#slot, STATE), 1);
@@ -198,12 +306,16 @@ export class ZstdImageReader {
     for (;;) {
       const found = this.#pinCached(block.index, deadline);
       if (found === "stuck") break;
-      if (found >= 0) return this.#use(block, found);
+      if (found >= 0) {
+        this.#use(block, found);
+        return;
+      }
       const slot = this.#claimLeastRecent();
       if (slot === "busy") continue; // another thread took it first: look again
       if (slot < 0) break;
       this.#fill(block, slot);
-      return this.#use(block, slot);
+      this.#use(block, slot);
+      return;
     }
     // Every slot pinned, or a writer that never finishes: decompress privately.
     this.#private ??= new Uint8Array(this.#slots[0]!.length);

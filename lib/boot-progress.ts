@@ -74,6 +74,15 @@ export function eventLines(event: BootEvent): string[] {
     }
     case "reloaded":
       return [`reloaded ${event.image.path}: the file changed (now sha256 ${toHex(event.image.header.sha256)})`];
+    case "loaded":
+      return [
+        `loaded ${event.image.path}: all ${formatBytes(event.image.header.imageSize)} in memory, SHA-256 checked, ` +
+          `${event.seconds.toFixed(2)} s after loading began (served meanwhile)`,
+      ];
+    case "refused":
+      return [
+        `error: ${event.message} (${event.resetSleds} sled${event.resetSleds === 1 ? " being served it was" : "s being served it were"} sent a RESET)`,
+      ];
     case "finished": {
       const { progress } = event;
       return [
@@ -221,6 +230,10 @@ export function jsonLogRecord(event: BootEvent): Omit<JsonLogRecord, "time"> {
       return { event: "session-start", sled: event.sled, ...imageFields(event.image) };
     case "reloaded":
       return { event: "reload", ...imageFields(event.image) };
+    case "loaded":
+      return { event: "loaded", ...imageFields(event.image), seconds: Number(event.seconds.toFixed(3)) };
+    case "refused":
+      return { event: "refused", ...imageFields(event.image), message: event.message, reset_sleds: event.resetSleds };
     case "finished":
       return { event: "finished", ...transferFields(event.progress), boots: event.boots };
     case "reset":

@@ -113,6 +113,13 @@ export type BootEvent =
   /** The sled READ without a session (the server restarted, or its session ended) and was told to start over. */
   | { type: "reset"; sled: string }
   | { type: "reloaded"; image: ServedImage }
+  /** A raw image is all in memory and its SHA-256 matched, `seconds` after its load began (it was served meanwhile). */
+  | { type: "loaded"; image: ServedImage; seconds: number }
+  /**
+   * A raw image failed its check after serving began: refused until its file changes, and the sessions
+   * serving it sent their sleds a RESET (`resetSleds` of them).
+   */
+  | { type: "refused"; image: ServedImage; message: string; resetSleds: number }
   | { type: "finished"; progress: SledProgress; boots: number }
   /** Something worth knowing that is not a failure. */
   | { type: "notice"; message: string }
@@ -216,6 +223,7 @@ export class BootServer {
     );
     await server.#startDispatcher();
     server.#options.onEvent({ type: "listening", link: options.link, mac: formatMac(server.#serverMac), images });
+    for (const image of images) server.#watchLoad(image);
     if (options.helloTimeoutSeconds !== undefined) {
       const seconds = options.helloTimeoutSeconds;
       server.#helloTimer = setTimeout(
@@ -264,6 +272,7 @@ export class BootServer {
       sled.session = undefined;
     }
     await Promise.all(sessions);
+    for (const image of this.#loaded.values()) image.retire?.();
     const grace = this.#options.pcap === undefined ? STOP_GRACE_MS : RECORDING_STOP_GRACE_MS;
     await this.#stopWorker(this.#dispatcher, this.#dispatcherStopped, grace);
   }
@@ -280,6 +289,23 @@ export class BootServer {
   #problem(message: string) {
     if (this.#options.failuresFatal) this.#fail(message);
     else this.#emit({ type: "problem", message });
+  }
+
+  /** Say how a raw image's load, which goes on while it is served, ends (ServedImage.filled). */
+  #watchLoad(image: ServedImage) {
+    image.filled?.then(
+      (seconds) => this.#emit({ type: "loaded", image, seconds }),
+      (error: Error) => {
+        // Their sessions see the failure in the image's shared memory and RESET their sleds themselves.
+        // Forgotten here, so its memory goes once they end (its file refuses it until the file changes).
+        for (const [file, loaded] of this.#loaded) if (loaded === image) this.#loaded.delete(file);
+        let resetSleds = 0;
+        for (const sled of this.#sleds.values()) if (sled.session?.image === image) resetSleds++;
+        const message = `refusing ${image.path} from now on, until the file changes: ${error.message}`;
+        if (this.#options.failuresFatal) this.#fail(message);
+        else this.#emit({ type: "refused", image, message, resetSleds });
+      },
+    );
   }
 
   #command(command: DispatcherCommand, transfer: Bun.Transferable[] = []) {
@@ -381,6 +407,7 @@ export class BootServer {
     if (this.#closed) return;
     const previous = this.#loaded.get(file);
     if (previous && previous !== image) this.#emit({ type: "reloaded", image });
+    if (previous !== image) this.#watchLoad(image);
     this.#loaded.set(file, image);
 
     const session = sled.session ?? this.#startSession(sled, image);

@@ -11,6 +11,13 @@
  * loaded must equal the header's, since that is what a sled checks after the
  * transfer and what the OFFER promises.
  *
+ * The image is served while it loads (lib/raw-image.ts): sessions answer the
+ * offsets already in memory and hold READs for the rest, so a sled's first
+ * DATA does not wait for a large pool to be inflated. The sled checks the
+ * SHA-256 itself, so nothing unchecked reaches a booted sled; an image whose
+ * check fails at the end has its sleds RESET and is refused from then on
+ * (ServedImage.filled, ServedImageFile).
+ *
  * A zstd image (docs/format.md) is the exception: inflating a large pool
  * before the first DATA would keep a sled waiting for seconds, so only its
  * seek table is checked and its compressed payload read into shared memory
@@ -28,9 +35,9 @@
  * keep the bytes they started with: they hold their own reference.
  */
 
-import { open, stat } from "node:fs/promises";
+import { type FileHandle, open, stat } from "node:fs/promises";
 import { basename } from "node:path";
-import { type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
+import { stopReadAhead, type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
 import {
   decodeHeader,
   HEADER_SIZE,
@@ -41,9 +48,11 @@ import {
   netbootRefusals,
   toHex,
 } from "./format.ts";
+import { RawImageFill, type RawImageMemory, rawImageMemory } from "./raw-image.ts";
 import { type InflateOrder, type InflateReport, PieceSender, receivePieces, sendPayload } from "./verify.ts";
 import { workerUrl } from "./workers.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "./zstd-image.ts";
+import type { SeekTable } from "./zstd-seekable.ts";
 
 /** What identifies one version of a file: a rebuilt image differs in one of these. */
 export interface FileStamp {
@@ -55,10 +64,10 @@ export interface FileStamp {
 
 /**
  * An image's bytes in shared memory, as sessions read them: the raw pool
- * (exactly header.imageSize bytes) for plain and zlib images, the payload and
- * block cache for a zstd one.
+ * (exactly header.imageSize bytes, filled as it loads) for plain and zlib
+ * images, the payload and block cache for a zstd one.
  */
-export type ServedBytes = SharedArrayBuffer | ZstdImageMemory;
+export type ServedBytes = RawImageMemory | ZstdImageMemory;
 
 /** An image ready to serve: its header and its bytes in shared memory. */
 export interface ServedImage {
@@ -68,6 +77,14 @@ export interface ServedImage {
   header: Header;
   bytes: ServedBytes;
   stamp: FileStamp;
+  /**
+   * A raw image's load, which goes on while it is served: resolves with the
+   * seconds it took once every byte is in memory and the SHA-256 matched,
+   * rejects (ImageFormatError) when it did not. Absent for a zstd image.
+   */
+  filled?: Promise<number>;
+  /** End the thread a zstd image has beside its sessions (its read-ahead); sessions still serving it go on. */
+  retire?: () => void;
 }
 
 /** Bytes read from the file at a time. */
@@ -88,7 +105,7 @@ function sameStamp(a: FileStamp, b: FileStamp): boolean {
  * @example const { header } = await readServableHeader("recovery.img");
  */
 export async function readServableHeader(path: string): Promise<{ header: Header; stamp: FileStamp }> {
-  let file;
+  let file: FileHandle;
   try {
     file = await open(path, "r");
   } catch (error) {
@@ -114,21 +131,33 @@ export async function readServableHeader(path: string): Promise<{ header: Header
 }
 
 /**
- * Fill `target` (header.imageSize bytes) with the raw image of the file at
- * `path` and check its byte count and SHA-256 against the header. A plain
- * payload is read straight into `target`. A compressed one goes through the
- * inflate stage of lib/verify.ts on a thread of its own (workers/inflate.ts),
- * which stops at the first output past image_size; its output is copied into
- * `target` and hashed here while it inflates the next piece. This is the work
- * of workers/served-image.ts.
+ * Fill `memory` (header.imageSize bytes) with the raw image of the file at
+ * `path`, saying after each piece how far it is filled, and check its byte
+ * count and SHA-256 against the header; the memory's state then says whether
+ * it is whole or failed (lib/raw-image.ts). A plain payload is read straight
+ * into it. A compressed one goes through the inflate stage of lib/verify.ts
+ * on a thread of its own (workers/inflate.ts), which stops at the first
+ * output past image_size; its output is copied in and hashed here while it
+ * inflates the next piece. This is the work of workers/served-image.ts.
  *
- * @example await fillRawImage("recovery.img", header, new Uint8Array(shared));
+ * @example await fillRawImage("recovery.img", header, rawImageMemory(header.imageSize));
  */
-export async function fillRawImage(path: string, header: Header, target: Uint8Array): Promise<void> {
+export async function fillRawImage(path: string, header: Header, memory: RawImageMemory): Promise<void> {
+  const fill = new RawImageFill(memory);
+  try {
+    await fillAndCheck(path, header, new Uint8Array(memory.bytes), fill);
+  } catch (error) {
+    fill.settle(false);
+    throw error;
+  }
+  fill.settle(true);
+}
+
+async function fillAndCheck(path: string, header: Header, target: Uint8Array, fill: RawImageFill): Promise<void> {
   const hasher = new Bun.CryptoHasher("sha256");
   const filled = isCompressed(header)
-    ? await inflateInto(path, header, target, hasher)
-    : await readInto(path, header, target, hasher);
+    ? await inflateInto(path, header, target, hasher, fill)
+    : await readInto(path, header, target, hasher, fill);
   if (filled !== header.imageSize) {
     throw new ImageFormatError(
       `${path}: payload holds ${filled} bytes of image, but the header's image size is ${header.imageSize}`,
@@ -142,7 +171,13 @@ export async function fillRawImage(path: string, header: Header, target: Uint8Ar
   }
 }
 
-async function readInto(path: string, header: Header, target: Uint8Array, hasher: Bun.CryptoHasher): Promise<number> {
+async function readInto(
+  path: string,
+  header: Header,
+  target: Uint8Array,
+  hasher: Bun.CryptoHasher,
+  fill: RawImageFill,
+): Promise<number> {
   const file = await open(path, "r");
   try {
     let filled = 0;
@@ -150,8 +185,9 @@ async function readInto(path: string, header: Header, target: Uint8Array, hasher
       const length = Math.min(READ_CHUNK, header.imageSize - filled);
       const { bytesRead } = await file.read(target, filled, length, HEADER_SIZE + filled);
       if (bytesRead === 0) break;
-      hasher.update(target.subarray(filled, filled + bytesRead));
       filled += bytesRead;
+      fill.filledTo(filled);
+      hasher.update(target.subarray(filled - bytesRead, filled));
     }
     return filled;
   } finally {
@@ -164,6 +200,7 @@ async function inflateInto(
   header: Header,
   target: Uint8Array,
   hasher: Bun.CryptoHasher,
+  fill: RawImageFill,
 ): Promise<number> {
   const inflater = new Worker(workerUrl("inflate").href);
   const toInflater = new MessageChannel();
@@ -185,8 +222,10 @@ async function inflateInto(
     const storing = (async () => {
       for await (const piece of receivePieces(fromInflater.port2)) {
         target.set(piece, filled);
-        hasher.update(piece);
         filled += piece.length;
+        // Published before it is hashed: sessions may send it while the hash catches up.
+        fill.filledTo(filled);
+        hasher.update(piece);
       }
     })();
     const inflated = await report;
@@ -210,35 +249,47 @@ async function inflateInto(
 export interface FillRequest {
   path: string;
   header: Header;
-  bytes: SharedArrayBuffer;
+  memory: RawImageMemory;
 }
 
 /** What workers/served-image.ts answers: nothing on success, else the reason. */
 export type FillResult = { ok: true } | { ok: false; message: string };
 
 /**
- * Load an image for serving: check its header, then read or inflate it into
- * shared memory on a worker thread and verify it.
+ * Load an image for serving: check its header, then start reading or
+ * inflating it into shared memory on a worker thread, which verifies it as
+ * it goes. Returns as soon as the image can be offered; `filled` says how
+ * the load ended.
  *
- * @example const image = await loadServedImage("recovery.img"); // image.bytes: the raw pool
+ * @example
+ * const image = await loadServedImage("recovery.img"); // image.bytes: the raw pool, filling
+ * await image.filled; // every byte in, SHA-256 checked
  */
 export async function loadServedImage(path: string): Promise<ServedImage> {
   const { header, stamp } = await readServableHeader(path);
-  if (payloadCodec(header) === "zstd")
-    return { path, name: basename(path), header, bytes: await loadZstdPayload(path, header), stamp };
-  const bytes = new SharedArrayBuffer(header.imageSize);
-  const worker = new Worker(workerUrl("served-image").href);
-  try {
-    const result = await new Promise<FillResult>((resolve) => {
-      worker.onmessage = (event: MessageEvent<FillResult>) => resolve(event.data);
-      worker.onerror = (event) => resolve({ ok: false, message: event.message });
-      worker.postMessage({ path, header, bytes } satisfies FillRequest);
-    });
-    if (!result.ok) throw new ImageFormatError(result.message);
-  } finally {
-    worker.terminate();
+  if (payloadCodec(header) === "zstd") {
+    const memory = await loadZstdPayload(path, header);
+    return { path, name: basename(path), header, bytes: memory, stamp, retire: startReadAhead(memory) };
   }
-  return { path, name: basename(path), header, bytes, stamp };
+  const memory = rawImageMemory(header.imageSize);
+  const started = performance.now();
+  const worker = new Worker(workerUrl("served-image").href);
+  const filled = new Promise<FillResult>((resolve) => {
+    worker.onmessage = (event: MessageEvent<FillResult>) => resolve(event.data);
+    worker.onerror = (event) => {
+      // The thread died without saying how the fill ended: the sessions must not wait for it.
+      new RawImageFill(memory).settle(false);
+      resolve({ ok: false, message: event.message });
+    };
+    worker.postMessage({ path, header, memory } satisfies FillRequest);
+  }).then((result) => {
+    worker.terminate();
+    if (!result.ok) throw new ImageFormatError(result.message);
+    return (performance.now() - started) / 1000;
+  });
+  // Whoever serves the image handles the outcome; this keeps a failure nobody awaited from being "unhandled".
+  filled.catch(() => {});
+  return { path, name: basename(path), header, bytes: memory, stamp, filled };
 }
 
 /**
@@ -249,7 +300,7 @@ export async function loadServedImage(path: string): Promise<ServedImage> {
  * @example const memory = await loadZstdPayload("dev.img", header);
  */
 export async function loadZstdPayload(path: string, header: Header): Promise<ZstdImageMemory> {
-  let table;
+  let table: SeekTable;
   try {
     table = await readSeekTable(Bun.file(path), header);
   } catch (error) {
@@ -277,10 +328,27 @@ export async function loadZstdPayload(path: string, header: Header): Promise<Zst
 }
 
 /**
+ * Start the read-ahead thread of a zstd image (workers/zstd-read-ahead.ts);
+ * returns what stops it. The thread does not keep the process alive.
+ *
+ * @example const retire = startReadAhead(memory); // later: retire();
+ */
+export function startReadAhead(memory: ZstdImageMemory): () => void {
+  const worker = new Worker(workerUrl("zstd-read-ahead").href);
+  worker.unref();
+  worker.postMessage(memory);
+  return () => {
+    stopReadAhead(memory);
+    worker.terminate();
+  };
+}
+
+/**
  * One image file as the server offers it: loaded on first use and loaded
  * again whenever the file has changed since, so a rebuilt image is picked up
- * on the next HELLO. A file that fails to load is not tried again until it
- * changes; asking meanwhile gets the same error.
+ * on the next HELLO. A file that fails to load, or whose load fails its check
+ * after serving began, is not tried again until it changes; asking meanwhile
+ * gets the same error.
  *
  * @example
  * const file = new ServedImageFile("recovery.img");
@@ -306,9 +374,16 @@ export class ServedImageFile {
     if (this.#failure && sameStamp(this.#failure.stamp, stamp)) throw this.#failure.error;
     this.#loading = loadServedImage(this.path);
     try {
-      this.#image = await this.#loading;
+      const image = await this.#loading;
+      this.#image?.retire?.();
+      this.#image = image;
       this.#failure = undefined;
-      return this.#image;
+      image.filled?.catch((error: Error) => {
+        if (this.#image !== image) return;
+        this.#image = undefined;
+        this.#failure = { stamp, error };
+      });
+      return image;
     } catch (error) {
       this.#failure = { stamp, error: error as Error };
       throw error;

@@ -16,6 +16,13 @@
  * rather than wait for bytes that will not come), the reason goes to
  * `onProblem` once, and every later READ of the same offer draws a RESET too.
  *
+ * A plain or zlib image is served while it is still being filled
+ * (lib/raw-image.ts). A READ asking past what is filled is held, not
+ * answered with bytes that are not there yet, and answered as soon as they
+ * are; the wait is asynchronous, so it holds up only this sled, and a later
+ * READ (the sled re-asks after a second) replaces the held one. Should the
+ * image fail its check once filled, the sled is sent a RESET at once.
+ *
  * Progress lives in a few numbers in a SharedArrayBuffer (SharedCounters):
  * the session thread writes them as it answers and the main thread reads them
  * when it redraws, so reporting costs no message per frame.
@@ -39,6 +46,7 @@ import {
   type ReadRequest,
   requestedOffsets,
 } from "./protocol.ts";
+import { RawImageView } from "./raw-image.ts";
 import type { ServedBytes } from "./served-image.ts";
 import { SharedCounters } from "./shared-counters.ts";
 
@@ -84,46 +92,89 @@ export interface ImageSource {
   answer(writer: DataFrameWriter, offset: bigint): Uint8Array;
   /** Done with the bytes of the last answer (a shared cache may reuse them). */
   release(): void;
+  /** null when every offset of `read` can be answered now; else resolves when they can (the image is being filled). */
+  until(read: ReadRequest): Promise<void> | null;
+  /**
+   * For an image still being filled: resolves when the fill ends, true when it failed its check after serving
+   * began (lib/raw-image.ts); the sled is then RESET.
+   */
+  readonly failed: Promise<boolean> | null;
 }
 
-/** A raw image in memory as an ImageSource. */
+/** A raw image in memory as an ImageSource, whole or still being filled (lib/raw-image.ts). */
 class RawImage implements ImageSource {
-  constructor(readonly bytes: Uint8Array) {}
+  readonly bytes: Uint8Array;
+  readonly failed: Promise<boolean> | null;
+  readonly #filling: RawImageView | undefined;
+  constructor(image: Uint8Array | RawImageView) {
+    this.bytes = image instanceof Uint8Array ? image : image.bytes;
+    this.#filling = image instanceof Uint8Array ? undefined : image;
+    this.failed = this.#filling?.failed ?? null;
+  }
   get size(): number {
     return this.bytes.length;
   }
   answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
+    if (this.#filling?.broken) throw new ImageFormatError("the image failed its check after serving began");
     return writer.answer(offset, this.bytes);
   }
   release(): void {}
+  until(read: ReadRequest): Promise<void> | null {
+    if (!this.#filling?.filling) return null;
+    // Filled in order from the start, so the furthest offset asked decides (an empty slot's 0 never does).
+    let furthest = 0n;
+    for (const offset of read.slots) if (offset > furthest) furthest = offset;
+    return this.#filling.until(furthest);
+  }
 }
 
-/** A zstd image in shared memory as an ImageSource. */
+/**
+ * A zstd image in shared memory as an ImageSource. It has blocks read ahead
+ * off the READ path: whenever its sled enters a block, the image's
+ * read-ahead thread is told to decompress the next one (lib/block-cache.ts,
+ * hint), and before the first READ, the first.
+ */
 class ZstdImage implements ImageSource {
   readonly #reader: ZstdImageReader;
+  /** Where the block last hinted at starts. */
+  #ahead = 0;
+  #furthest = 0;
+  readonly #end: bigint;
   constructor(memory: ZstdImageMemory) {
     this.#reader = new ZstdImageReader(memory);
+    this.#end = BigInt(this.#reader.size);
+    this.#reader.hint(0);
   }
   get size(): number {
     return this.#reader.size;
   }
   answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
+    if (offset < this.#end && Number(offset) > this.#furthest) this.#furthest = Number(offset);
     return writer.frame(offset, this.#reader.chunk(offset));
   }
   release(): void {
     this.#reader.release();
+    const ahead = this.#reader.nextBlockOffset(this.#furthest);
+    if (ahead === this.#ahead) return;
+    this.#ahead = ahead;
+    this.#reader.hint(ahead);
   }
+  until(): null {
+    return null;
+  }
+  readonly failed = null;
 }
 
 /**
  * The source a session reads an image's shared bytes from: the raw pool
- * itself, or a zstd payload through the shared block cache.
+ * (answered as far as it is filled), or a zstd payload through the shared
+ * block cache.
  *
  * @example session.serve(imageSource(message.bytes));
  */
 export function imageSource(bytes: ServedBytes | Uint8Array): ImageSource {
   if (bytes instanceof Uint8Array) return new RawImage(bytes);
-  if (bytes instanceof SharedArrayBuffer) return new RawImage(new Uint8Array(bytes));
+  if (bytes.kind === "raw") return new RawImage(new RawImageView(bytes));
   return new ZstdImage(bytes);
 }
 
@@ -169,6 +220,8 @@ export class SledSession {
   #image: ImageSource = new RawImage(new Uint8Array(0));
   /** The image could not be read: every READ of this offer draws a RESET. */
   #broken = false;
+  /** The latest READ held until the image is filled up to it. */
+  #held: ReadRequest | undefined;
 
   constructor(
     sled: Mac,
@@ -187,6 +240,14 @@ export class SledSession {
     this.#image.release();
     this.#image = image instanceof Uint8Array ? new RawImage(image) : image;
     this.#broken = false;
+    this.#held = undefined;
+    const served = this.#image;
+    served.failed?.then((failed) => {
+      if (!failed || this.#image !== served || this.#broken) return;
+      this.#broken = true;
+      this.onProblem("sent a RESET: the image it was being served failed its check after serving began");
+      this.#sendReset();
+    });
     this.#asked.clear();
     this.counters.clear();
     this.counters.set("imageSize", this.#image.size);
@@ -194,6 +255,7 @@ export class SledSession {
 
   /** Send one DATA for every offset `read` asks for, in slot order. */
   answer(read: ReadRequest, now = Date.now()): void {
+    if (this.#hold(read, now)) return;
     const counters = this.counters;
     if (counters.get("reads") === 0) counters.set("firstReadAt", now);
     counters.set("lastReadAt", now);
@@ -237,6 +299,31 @@ export class SledSession {
     counters.add("sentBytes", sentBytes);
     counters.add("deliveredBytes", deliveredBytes);
     counters.add("reasked", reasked);
+  }
+
+  /**
+   * Hold `read` when its offsets are not filled yet (netboot.md: a READ
+   * answered wrongly stalls the boot) and answer it once they are; a later
+   * READ replaces it, as it asks for every slot still open. Only this
+   * session waits, and without blocking its thread.
+   */
+  #hold(read: ReadRequest, now: number): boolean {
+    if (this.#broken) return false;
+    const image = this.#image;
+    const filled = image.until(read);
+    if (!filled) return false;
+    // Heard from: a sled whose READs are held is not a quiet one.
+    this.counters.set("lastReadAt", now);
+    const waiting = this.#held === undefined;
+    this.#held = read;
+    if (waiting) {
+      void filled.then(() => {
+        const held = this.#held;
+        this.#held = undefined;
+        if (held && this.#image === image) this.answer(held);
+      });
+    }
+    return true;
   }
 
   #sendReset(): void {

@@ -14,7 +14,8 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { blockCacheMemory, type ZstdImageMemory, ZstdImageReader } from "../lib/block-cache.ts";
+import { type ZstdImageMemory, ZstdImageReader, zstdImageMemory } from "../lib/block-cache.ts";
+import { startReadAhead } from "../lib/served-image.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 import { decodeSeekTable } from "../lib/zstd-seekable.ts";
 import { python, ROOT } from "./helpers/common.ts";
@@ -66,7 +67,7 @@ function imageMemory(file: string, cacheBytes: number): ZstdImageMemory {
   const payload = new SharedArrayBuffer(bytes.length);
   new Uint8Array(payload).set(bytes);
   const table = decodeSeekTable(new Uint8Array(payload), { payloadSize: bytes.length, imageSize: POOL_SIZE });
-  return { kind: "zstd", payload, imageSize: POOL_SIZE, cache: blockCacheMemory(table, cacheBytes) };
+  return zstdImageMemory(payload, table, cacheBytes);
 }
 
 describe("ZstdImageReader", () => {
@@ -146,6 +147,55 @@ describe("ZstdImageReader", () => {
     expect(wrong).toEqual([0, 0, 0]);
   });
 
+  test("prefetch decompresses a block into the cache unpinned, within the same slots, and skips a damaged one", () => {
+    // Two slots for six blocks. The slot table (lib/block-cache.ts): 3 head words, then state, block, stamp per slot.
+    const memory = imageMemory("pool.img", 2 * MIB);
+    const words = new Int32Array(memory.cache, 0, 3 + 2 * 3);
+    const cached = () => [words[3 + 1], words[6 + 1]].filter((block) => block! >= 0).sort();
+    const reader = new ZstdImageReader(memory);
+    const other = new ZstdImageReader(memory);
+    for (let block = 0; block < 6; block++) {
+      reader.prefetch(block * MIB + 5000);
+      expect(cached()).toContain(block);
+      expect([words[3], words[6]]).toEqual([0, 0]); // nothing left pinned
+      // The prefetched block is the one served, and right.
+      const at = block * MIB + 3072;
+      expect(Buffer.from(other.chunk(BigInt(at)))).toEqual(Buffer.from(pool.subarray(at, at + 1024)));
+      other.release();
+    }
+    expect(memory.cache.byteLength).toBe(imageMemory("pool.img", 2 * MIB).cache.byteLength);
+    expect(reader.nextBlockOffset(MIB + 10)).toBe(2 * MIB);
+    expect(reader.nextBlockOffset(POOL_SIZE - 1)).toBe(POOL_SIZE);
+    reader.prefetch(POOL_SIZE); // past the end: nothing to do
+
+    const damaged = new ZstdImageReader(imageMemory("bad.img", 2 * MIB));
+    damaged.prefetch(BAD_BLOCK * MIB);
+    expect(() => damaged.chunk(BigInt(BAD_BLOCK * MIB))).toThrow(new RegExp(`^block ${BAD_BLOCK}: `));
+  });
+
+  test("the read-ahead thread decompresses the blocks sessions hint at, until it is retired", async () => {
+    const memory = imageMemory("pool.img", 2 * MIB);
+    const words = new Int32Array(memory.cache, 0, 3 + 2 * 3);
+    // Blocks written in full and left unpinned: state 0 (a slot being written shows its block with state -1).
+    const ready = () => [3, 6].filter((slot) => words[slot] === 0).map((slot) => words[slot + 1]);
+    const retire = startReadAhead(memory);
+    try {
+      const session = new ZstdImageReader(memory);
+      for (const block of [4, 1]) {
+        session.hint(block * MIB + 100);
+        const deadline = Date.now() + 20_000;
+        while (!ready().includes(block) && Date.now() < deadline) await Bun.sleep(5);
+        expect(ready()).toContain(block);
+      }
+      // What it put there is the pool's bytes.
+      const at = MIB + 2048;
+      expect(Buffer.from(session.chunk(BigInt(at)))).toEqual(Buffer.from(pool.subarray(at, at + 1024)));
+      session.release();
+    } finally {
+      retire();
+    }
+  });
+
   test("refuses a block whose frame is damaged, naming it, and still serves the others", () => {
     const reader = new ZstdImageReader(imageMemory("bad.img", 64 * MIB));
     expect(() => reader.chunk(BigInt(BAD_BLOCK * MIB + 4096))).toThrow(new RegExp(`^block ${BAD_BLOCK}: `));
@@ -190,6 +240,26 @@ network("bootserver serving a zstd image on a veth pair", () => {
       }, "rzs");
     });
   }
+
+  test("boots 2 sleds from an image larger than the block cache, reading ahead through evicted slots", async () => {
+    // 96 one-MiB blocks through the server's 64 MiB cache: blocks are read ahead, evicted and decompressed again.
+    const bigSha256 = writePool(join(dir, "big.raw"), 96 * MIB, 8);
+    mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-N", "zstd-big", "-s", "128", "--zstd"]);
+    rmSync(join(dir, "big.raw"));
+    await withVethPair(async ({ a, b }) => {
+      const server = new ServerProcess(["--boots", "2", a, "big.img", "any"], dir);
+      try {
+        await server.waitFor(/^serving on /);
+        const sled = await runSleds(dir, b, ["--checksum", bigSha256, "--json", "--sleds", "2"]);
+        expect(sled.reports.map((report) => [report.outcome, report.bytes])).toEqual(
+          Array(2).fill(["booted", 96 * MIB]),
+        );
+        expect(await server.exited()).toBe(0);
+      } finally {
+        server.kill();
+      }
+    }, "rzs");
+  });
 
   test("RESETs a sled that reaches a damaged frame, sends none of its bytes, says why and keeps serving", async () => {
     await withVethPair(async ({ a, b }) => {

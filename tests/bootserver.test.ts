@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "../lib/dispatch.ts";
 import { PcapLink } from "../lib/pcap.ts";
 import { encodeFrame, type Mac, parseMac, READ_SLOTS, type ReadRequest } from "../lib/protocol.ts";
+import { rawImageMemory } from "../lib/raw-image.ts";
 import { SledSession } from "../lib/session.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 import { python, runProgram, VECTORS } from "./helpers/common.ts";
@@ -242,7 +243,7 @@ describe("FrameDispatcher", () => {
     expect(sent[0]!.destination).toEqual(SLED);
     expect(dispatcher.counters.get("resets")).toBe(1);
 
-    dispatcher.offer(SLED, offerFrame(), new SharedArrayBuffer(8), inbox);
+    dispatcher.offer(SLED, offerFrame(), rawImageMemory(8), inbox);
     expect(inbox.served).toBe(1);
     expect(sent.map((frame) => frame.type)).toEqual([TYPE.reset, TYPE.offer]);
     dispatcher.dispatch(readFrame(SLED, SERVER, 1n, { 0: 4096n }));
@@ -252,7 +253,7 @@ describe("FrameDispatcher", () => {
 
   test("a FINISHED ends the session: later READs draw a RESET", () => {
     const { dispatcher, sent, finished, inbox } = harness();
-    dispatcher.offer(SLED, offerFrame(), new SharedArrayBuffer(8), inbox);
+    dispatcher.offer(SLED, offerFrame(), rawImageMemory(8), inbox);
     dispatcher.dispatch(encodeFrame(SERVER, SLED, { type: "finished" }));
     expect(finished).toEqual([macText(SLED)]);
     expect(inbox.closed).toBe(true);

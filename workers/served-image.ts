@@ -1,7 +1,8 @@
 /**
  * Thread entry point: fill one image's shared memory with its raw bytes
- * (reading or inflating the file) and verify it; lib/served-image.ts,
- * loadServedImage, starts it and waits for the answer.
+ * (reading or inflating the file), saying how far it got as it goes, and
+ * verify it; lib/served-image.ts, loadServedImage, starts it and waits for
+ * the answer while the image is already being served.
  */
 import { oneLine } from "../lib/cli.ts";
 import { type FillRequest, type FillResult, fillRawImage } from "../lib/served-image.ts";
@@ -9,10 +10,10 @@ import { type FillRequest, type FillResult, fillRawImage } from "../lib/served-i
 declare var self: Worker;
 
 self.onmessage = async (event: MessageEvent<FillRequest>) => {
-  const { path, header, bytes } = event.data;
+  const { path, header, memory } = event.data;
   let result: FillResult;
   try {
-    await fillRawImage(path, header, new Uint8Array(bytes));
+    await fillRawImage(path, header, memory);
     result = { ok: true };
   } catch (error) {
     result = { ok: false, message: oneLine(error) };

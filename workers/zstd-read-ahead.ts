@@ -1,0 +1,14 @@
+/**
+ * Thread entry point: read one zstd image's blocks ahead of the sleds being
+ * served it, decompressing each block sessions hint at into the shared
+ * cache (lib/block-cache.ts, ZstdImageReader.readAhead), until
+ * stopReadAhead(). lib/served-image.ts starts one per zstd image.
+ */
+import { type ZstdImageMemory, ZstdImageReader } from "../lib/block-cache.ts";
+
+declare var self: Worker;
+
+self.onmessage = (event: MessageEvent<ZstdImageMemory>) => {
+  new ZstdImageReader(event.data).readAhead();
+  self.postMessage("stopped");
+};
