@@ -41,7 +41,9 @@ import {
   netbootRefusals,
   toHex,
 } from "./format.ts";
-import { type InflateOrder, type InflateReport, PieceSender, receivePieces, sendPayload } from "./verify.ts";
+import type { InflateOrder, InflateReport } from "./inflate-stage.ts";
+import { PieceSender, receivePieces } from "./thread-link.ts";
+import { sendPayload } from "./verify.ts";
 import { workerUrl } from "./workers.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "./zstd-image.ts";
 
