@@ -25,8 +25,8 @@
  *
  * Reference: zstd's contrib/seekable_format/zstd_seekable_compression_format.md.
  * This module is pure: bytes in, bytes out (decompressBlock keeps one native
- * decoder per thread, reset for every frame; compressBlock makes an encoder
- * per block, which pledges the block's size). Reading the table and frames
+ * decoder per thread, and compressBlock one encoder, each reset for every
+ * frame). Reading the table and frames
  * from an image file is lib/zstd-image.ts's.
  */
 
@@ -307,13 +307,23 @@ export function frameCapacity(rawSize: number): number {
   return rawSize + (rawSize >> 8) + smallInputMargin + 1;
 }
 
+/** The zstd encoder compressBlock reuses on this thread, and its level; made on first use. */
+let frameEncoder: { level: number; codec: NativeCodec } | undefined;
+
 /**
  * Compress one block as an independent zstd frame, with its content size in
- * the frame header, by Bun's built-in zstd (the faster engine by
- * bench/zstd-engines.ts). The frame goes into `out` when given (at least
- * frameCapacity bytes; the result is a view of its start), which spares a
- * fresh buffer per block (lib/native-codec.ts says why); else into a buffer
- * of its own.
+ * the frame header, by Bun's built-in zstd through node:zlib's native handle
+ * (the engine bench/zstd-engines.ts picks). The frame goes into `out` when
+ * given (at least frameCapacity bytes; the result is a view of its start),
+ * which spares a fresh buffer per block (lib/native-codec.ts says why); else
+ * into a buffer of its own.
+ *
+ * One encoder per thread is reset for every frame rather than made anew:
+ * a new one allocates its match tables and window afresh, in fresh pages,
+ * for every block, which cost 6-7% more CPU per 1 MiB block at level 3 in
+ * bench/zstd-engines.ts. The frame is the same either way: given the whole
+ * block in one finishing call, zstd writes its size in the frame header and
+ * sizes the window to it.
  *
  * @example const frame = compressBlock(raw, 3);
  */
@@ -325,20 +335,21 @@ export function compressBlock(raw: Uint8Array, level: number, out?: Uint8Array):
   if (out && out.length < capacity)
     throw new RangeError(`a frame of ${raw.length} bytes needs ${capacity} bytes of room, got ${out.length}`);
   const room = out ?? new Uint8Array(capacity);
-  // The size pledged up front goes into the frame header, and lets zstd size its tables to the block.
-  const encoder = new NativeCodec(
-    createZstdCompress({ pledgedSrcSize: raw.length, params: { [zlibConstants.ZSTD_c_compressionLevel]: level } }),
-  );
-  try {
-    // One call: a second one with the finishing flag would begin another, empty frame.
-    const { consumed, produced } = encoder.step(raw, room, true);
-    if (consumed !== raw.length || produced === room.length) {
-      throw new Error(`zstd left a block of ${raw.length} bytes unfinished (${consumed} taken, ${produced} written)`);
-    }
-    return room.subarray(0, produced);
-  } finally {
-    encoder.close();
+  if (frameEncoder?.level !== level) {
+    frameEncoder?.codec.close();
+    frameEncoder = {
+      level,
+      codec: new NativeCodec(createZstdCompress({ params: { [zlibConstants.ZSTD_c_compressionLevel]: level } })),
+    };
   }
+  const encoder = frameEncoder.codec;
+  encoder.reset();
+  // One call: a second one with the finishing flag would begin another, empty frame.
+  const { consumed, produced } = encoder.step(raw, room, true);
+  if (consumed !== raw.length || produced === room.length) {
+    throw new Error(`zstd left a block of ${raw.length} bytes unfinished (${consumed} taken, ${produced} written)`);
+  }
+  return room.subarray(0, produced);
 }
 
 /** The zstd decoder decompressBlock reuses on this thread, made on first use. */
