@@ -5,11 +5,10 @@
  * for lookimage --extract, writes each to the raw output file before
  * acknowledging it. It sees every raw byte once, in order, which is why the
  * writing is here. Kept apart from the pipeline so its thread loads only
- * what it runs (a thread's start-up costs Bun about a millisecond per module).
+ * what it runs: each module a thread imports is paid for at its start.
  */
 
 import { closeSync, openSync, writeSync } from "node:fs";
-import { systemReason } from "./pending-file.ts";
 import { receiveInTurn, UpstreamFailure } from "./thread-link.ts";
 
 /** Where the SHA-256 stage writes the raw bytes: a file it opens by path, and its name for messages. */
@@ -66,6 +65,8 @@ export async function hashStage(order: HashOrder): Promise<HashReport> {
   } catch (error) {
     if (error instanceof UpstreamFailure) return report({ by: "upstream", reason: error.message });
     if (order.sink && (error as NodeJS.ErrnoException).errno !== undefined) {
+      // Loaded only here: its imports (node:crypto among them) would add about 30 ms of CPU to every start of this thread.
+      const { systemReason } = await import("./pending-file.ts");
       return report({ by: "sink", reason: `cannot write ${order.sink.name}: ${systemReason(error)}` });
     }
     throw error;
