@@ -25,16 +25,18 @@ export type HashJob = { kind: "update"; bytes: Uint8Array } | { kind: "digest" }
  * @example self.onmessage = (event) => self.postMessage({ ok: true, value: hashJob(event.data) });
  */
 export function hashJob(job: HashJob): Uint8Array | null {
+  hasher ??= new Bun.CryptoHasher("sha256");
   if (job.kind === "update") {
     hasher.update(job.bytes);
     return null;
   }
   const digest = new Uint8Array(hasher.digest());
-  hasher = new Bun.CryptoHasher("sha256");
+  hasher = undefined;
   return digest;
 }
 
-let hasher = new Bun.CryptoHasher("sha256");
+/** The running digest of this thread's blocks since the last digest job. */
+let hasher: Bun.CryptoHasher | undefined;
 
 /**
  * The main thread's side: blocks in, in order; the digest at the end.
