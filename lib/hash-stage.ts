@@ -65,7 +65,7 @@ export async function hashStage(order: HashOrder): Promise<HashReport> {
   } catch (error) {
     if (error instanceof UpstreamFailure) return report({ by: "upstream", reason: error.message });
     if (order.sink && (error as NodeJS.ErrnoException).errno !== undefined) {
-      // Loaded only here: its imports (node:crypto among them) would add about 30 ms of CPU to every start of this thread.
+      // Loaded only on this failure: its imports would add to every start of this thread, which never needs them else.
       const { systemReason } = await import("./pending-file.ts");
       return report({ by: "sink", reason: `cannot write ${order.sink.name}: ${systemReason(error)}` });
     }
