@@ -3,8 +3,8 @@
  *
  * The candidates are Bun's built-in zstd (`Bun.zstdCompressSync`, the same
  * library behind `node:zlib`'s zstd functions, which add an output bound on
- * decompression, and mkimage's own path: node:zlib's native handle, one
- * encoder reused for every frame, lib/zstd-seekable.ts), Debian's libzstd
+ * decompression, and mkimage's own path: node:zlib's native handle into a
+ * reused output buffer, lib/zstd-seekable.ts), Debian's libzstd
  * over bun:ffi with one reused context, and @bokuweb/zstd-wasm, the design
  * card's package.
  * Each compresses the same pool-like sample block by block, as a seekable
@@ -89,7 +89,7 @@ function libzstdEngine(): Engine | undefined {
 
 const engines: Engine[] = [
   {
-    name: "node:zlib handle, reused (mkimage)",
+    name: "node:zlib handle (mkimage)",
     compress: (raw, level) => compressBlock(raw, level),
     decompress: (frame, rawSize) => zlib.zstdDecompressSync(frame, { maxOutputLength: rawSize }),
   },

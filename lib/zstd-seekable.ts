@@ -25,8 +25,8 @@
  *
  * Reference: zstd's contrib/seekable_format/zstd_seekable_compression_format.md.
  * This module is pure: bytes in, bytes out (decompressBlock keeps one native
- * decoder per thread, and compressBlock one encoder, each reset for every
- * frame). Reading the table and frames
+ * decoder per thread, reset for every frame; compressBlock makes an encoder
+ * per block, which pledges the block's size). Reading the table and frames
  * from an image file is lib/zstd-image.ts's.
  */
 
@@ -307,9 +307,6 @@ export function frameCapacity(rawSize: number): number {
   return rawSize + (rawSize >> 8) + smallInputMargin + 1;
 }
 
-/** The zstd encoder compressBlock reuses on this thread, and its level; made on first use. */
-let frameEncoder: { level: number; codec: NativeCodec } | undefined;
-
 /**
  * Compress one block as an independent zstd frame, with its content size in
  * the frame header, by Bun's built-in zstd through node:zlib's native handle
@@ -318,12 +315,10 @@ let frameEncoder: { level: number; codec: NativeCodec } | undefined;
  * which spares a fresh buffer per block (lib/native-codec.ts says why); else
  * into a buffer of its own.
  *
- * One encoder per thread is reset for every frame rather than made anew:
- * a new one allocates its match tables and window afresh, in fresh pages,
- * for every block, which cost 6-7% more CPU per 1 MiB block at level 3 in
- * bench/zstd-engines.ts. The frame is the same either way: given the whole
- * block in one finishing call, zstd writes its size in the frame header and
- * sizes the window to it.
+ * Each frame gets an encoder of its own. One encoder reset for every frame
+ * would spare re-making its tables (about 6% of the CPU at level 3), but
+ * Bun 1.4.5's reset of a zstd handle also drops its parameters: every frame
+ * after the first came out at zstd's default level 3, whatever was asked.
  *
  * @example const frame = compressBlock(raw, 3);
  */
@@ -335,21 +330,20 @@ export function compressBlock(raw: Uint8Array, level: number, out?: Uint8Array):
   if (out && out.length < capacity)
     throw new RangeError(`a frame of ${raw.length} bytes needs ${capacity} bytes of room, got ${out.length}`);
   const room = out ?? new Uint8Array(capacity);
-  if (frameEncoder?.level !== level) {
-    frameEncoder?.codec.close();
-    frameEncoder = {
-      level,
-      codec: new NativeCodec(createZstdCompress({ params: { [zlibConstants.ZSTD_c_compressionLevel]: level } })),
-    };
+  // The size pledged up front goes into the frame header, and lets zstd size its tables to the block.
+  const encoder = new NativeCodec(
+    createZstdCompress({ pledgedSrcSize: raw.length, params: { [zlibConstants.ZSTD_c_compressionLevel]: level } }),
+  );
+  try {
+    // One call: a second one with the finishing flag would begin another, empty frame.
+    const { consumed, produced } = encoder.step(raw, room, true);
+    if (consumed !== raw.length || produced === room.length) {
+      throw new Error(`zstd left a block of ${raw.length} bytes unfinished (${consumed} taken, ${produced} written)`);
+    }
+    return room.subarray(0, produced);
+  } finally {
+    encoder.close();
   }
-  const encoder = frameEncoder.codec;
-  encoder.reset();
-  // One call: a second one with the finishing flag would begin another, empty frame.
-  const { consumed, produced } = encoder.step(raw, room, true);
-  if (consumed !== raw.length || produced === room.length) {
-    throw new Error(`zstd left a block of ${raw.length} bytes unfinished (${consumed} taken, ${produced} written)`);
-  }
-  return room.subarray(0, produced);
 }
 
 /** The zstd decoder decompressBlock reuses on this thread, made on first use. */

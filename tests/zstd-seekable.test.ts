@@ -407,6 +407,15 @@ describe("decompressBlock", () => {
     );
   });
 
+  test("compressBlock honours the level asked on every call, not only the first", () => {
+    const pool = poolBytes(BLOCK, 9);
+    // Twice each: a codec reused across calls could keep the level of the first call only.
+    const sizes = [19, 19, 1, 1].map((level) => compressBlock(pool, level).length);
+    expect(sizes[1]).toBe(sizes[0]!);
+    expect(sizes[3]).toBe(sizes[2]!);
+    expect(sizes[0]).toBeLessThan(sizes[2]! * 0.95);
+  });
+
   test("compressBlock refuses levels zstd does not have", () => {
     for (const level of [0, 23, 2.5])
       expect(() => compressBlock(raw, level)).toThrow(/not a whole number from 1 to 22/);
