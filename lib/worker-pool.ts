@@ -23,8 +23,8 @@ interface Task<Job, Result> {
  * order for the first free worker. A worker that dies fails the whole pool.
  *
  * @example
- * const pool = new WorkerPool<DeflateJob, DeflatedBlock>(workerUrl("deflate").href, 2);
- * const done = await pool.run(job, [job.block.buffer]);
+ * const pool = new WorkerPool<ZstdBlockJob, CompressedBlock>(workerUrl("zstd-block").href, 2);
+ * const { frame, entry } = await pool.run({ raw, level: 3, out }, [out.buffer]);
  * pool.close();
  */
 export class WorkerPool<Job, Result> {
@@ -114,7 +114,7 @@ export function replyTo<Result>(
  *
  * @example
  * await runInOrder(pool, blocks, 8, (block) => ({ job: { raw: block.bytes, level: 3 } }),
- *   async (done, block) => write(done.frame));
+ *   async (done) => write(done.frame));
  */
 export async function runInOrder<Item, Job, Result>(
   pool: WorkerPool<Job, Result>,
