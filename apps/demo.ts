@@ -7,7 +7,8 @@
  */
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { runMain, UserError } from "../lib/cli.ts";
+import { runMain } from "../lib/cli.ts";
+import { UserError } from "../lib/errors.ts";
 import { formatBytes } from "../lib/progress.ts";
 import { writeSamplePool } from "../lib/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";

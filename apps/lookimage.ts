@@ -12,7 +12,8 @@
 
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { EXIT_FAILURE, EXIT_USAGE, runMain, UserError, usageConventions } from "../lib/cli.ts";
+import { runMain, usageConventions } from "../lib/cli.ts";
+import { EXIT_FAILURE, EXIT_USAGE, UserError } from "../lib/errors.ts";
 import { payloadSizeRefusal } from "../lib/format.ts";
 import { formatRatio, headerLines, jsonReport, readHeader, warnings } from "../lib/image-report.ts";
 import { startProgress } from "../lib/progress.ts";

@@ -9,9 +9,11 @@
 
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { EXIT_USAGE, runMain, UserError, usageConventions } from "../lib/cli.ts";
+import { runMain, usageConventions } from "../lib/cli.ts";
+import { EXIT_USAGE, UserError } from "../lib/errors.ts";
 import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "../lib/format.ts";
-import { type Compression, DEFAULT_JOBS, MAX_JOBS, makeImage } from "../lib/mkimage.ts";
+import { makeImage } from "../lib/mkimage.ts";
+import { type Compression, DEFAULT_JOBS, MAX_JOBS } from "../lib/payload-encoders.ts";
 import type { ZlibLevel } from "../lib/zlib-stream.ts";
 import { ZSTD_DEFAULT_LEVEL } from "../lib/zstd-image.ts";
 import { MAX_LEVEL as ZSTD_MAX_LEVEL, MIN_LEVEL as ZSTD_MIN_LEVEL } from "../lib/zstd-seekable.ts";

@@ -7,7 +7,8 @@
  */
 import { basename } from "node:path";
 import { hideBin } from "yargs/helpers";
-import { EXIT_STATUS_HELP, EXIT_USAGE, runMain, UserError } from "../lib/cli.ts";
+import { EXIT_STATUS_HELP, runMain } from "../lib/cli.ts";
+import { EXIT_USAGE, UserError } from "../lib/errors.ts";
 import { PROGRAMS, type Program } from "../lib/programs.ts";
 import packageJson from "../package.json" with { type: "json" };
 

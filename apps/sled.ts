@@ -6,7 +6,8 @@
 import { readFileSync } from "node:fs";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, runMain, systemReason, UserError, usageConventions } from "../lib/cli.ts";
+import { runMain, usageConventions } from "../lib/cli.ts";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, systemReason, UserError } from "../lib/errors.ts";
 import { PcapLink, readLinkMac } from "../lib/pcap.ts";
 import { formatMac, parseMac, SHA256_SIZE, sameMac } from "../lib/protocol.ts";
 import { consecutiveMacs, type EmulatedSledReport, emulateSleds, sledMacFor } from "../lib/sled.ts";

@@ -1,9 +1,12 @@
 /**
  * Which zstd engine, and which level, should mkimage --zstd use?
  *
- * The candidates are Bun's built-in zstd (`Bun.zstdCompressSync`, and the
- * same library behind `node:zlib`'s zstd functions, which add an output
- * bound on decompression) and @bokuweb/zstd-wasm, the design card's package.
+ * The candidates are Bun's built-in zstd (`Bun.zstdCompressSync`, the same
+ * library behind `node:zlib`'s zstd functions, which add an output bound on
+ * decompression, and mkimage's own path: node:zlib's native handle into a
+ * reused output buffer, lib/zstd-seekable.ts), Debian's libzstd
+ * over bun:ffi with one reused context, and @bokuweb/zstd-wasm, the design
+ * card's package.
  * Each compresses the same pool-like sample block by block, as a seekable
  * zstd image is built (one independent frame per block), at levels 1, 2, 3
  * and 6, for 1 MiB and 4 MiB blocks; then decompresses those frames. Debian's
@@ -25,14 +28,15 @@
  *   bun bench/zstd-engines.ts [--size MIB] [--repeat N] [--levels 1,2,3,6]
  */
 
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { dlopen, FFIType, ptr } from "bun:ffi";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
 import * as wasm from "@bokuweb/zstd-wasm";
 import yargs from "yargs";
 import { samplePoolChunks } from "../lib/sample-pool.ts";
-import { compressBlock } from "../lib/zstd-seekable.ts";
+import { compressBlock, frameCapacity } from "../lib/zstd-seekable.ts";
 
 const MIB = 1024 * 1024;
 const LEVELS = [1, 2, 3, 6];
@@ -46,7 +50,49 @@ interface Engine {
   decompress(frame: Uint8Array, rawSize: number): Uint8Array;
 }
 
+/**
+ * Debian's libzstd over bun:ffi, one compression context reused for every
+ * frame (ZSTD_compressCCtx), as a C program would call it; undefined where
+ * the library is missing. Measured against the others to see whether a
+ * system library beats Bun's own zstd (issue 11); mkimage does not use it.
+ */
+function libzstdEngine(): Engine | undefined {
+  const open = () =>
+    dlopen("libzstd.so.1", {
+      ZSTD_versionString: { args: [], returns: FFIType.cstring },
+      ZSTD_createCCtx: { args: [], returns: FFIType.ptr },
+      ZSTD_compressCCtx: {
+        args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.u64, FFIType.i32],
+        returns: FFIType.u64,
+      },
+      ZSTD_isError: { args: [FFIType.u64], returns: FFIType.u32 },
+    });
+  let library: ReturnType<typeof open>;
+  try {
+    library = open();
+  } catch {
+    return undefined;
+  }
+  const zstd = library.symbols;
+  const context = zstd.ZSTD_createCCtx();
+  return {
+    name: `libzstd ${zstd.ZSTD_versionString()} (FFI)`,
+    compress: (raw, level) => {
+      const out = new Uint8Array(frameCapacity(raw.length));
+      const size = zstd.ZSTD_compressCCtx(context, ptr(out), out.length, ptr(raw), raw.length, level);
+      if (zstd.ZSTD_isError(size)) throw new Error(`libzstd refused a block of ${raw.length} bytes`);
+      return out.subarray(0, Number(size));
+    },
+    decompress: (frame) => Bun.zstdDecompressSync(frame),
+  };
+}
+
 const engines: Engine[] = [
+  {
+    name: "node:zlib handle (mkimage)",
+    compress: (raw, level) => compressBlock(raw, level),
+    decompress: (frame, rawSize) => zlib.zstdDecompressSync(frame, { maxOutputLength: rawSize }),
+  },
   {
     name: "Bun.zstd*Sync",
     compress: (raw, level) => Bun.zstdCompressSync(raw, { level }),
@@ -63,6 +109,7 @@ const engines: Engine[] = [
     compress: (raw, level) => wasm.compress(raw, level),
     decompress: (frame, rawSize) => wasm.decompress(frame, { defaultHeapSize: rawSize }),
   },
+  ...[libzstdEngine()].filter((engine) => engine !== undefined),
 ];
 
 function blocksOf(sample: Uint8Array, blockSize: number): Uint8Array[] {

@@ -25,7 +25,6 @@
  * means it is gone).
  */
 
-import { oneLine, UserError } from "./cli.ts";
 import {
   type DISPATCH_COUNTERS,
   type DispatchCounters,
@@ -34,6 +33,7 @@ import {
   dispatchCounters,
   macKey,
 } from "./dispatch.ts";
+import { oneLine, UserError } from "./errors.ts";
 import { datasetField, encodeFrame, formatMac, type Mac } from "./protocol.ts";
 import { type ServedImage, ServedImageFile } from "./served-image.ts";
 import {

@@ -3,26 +3,11 @@
  * exit codes (0 ok, 1 failure, 2 usage), and no stack trace for a person.
  */
 
-import { getSystemErrorMessage } from "node:util";
 import type { Argv } from "yargs";
 import { hideBin, Parser } from "yargs/helpers";
 import packageJson from "../package.json" with { type: "json" };
 import { COMPLETION_SHELLS, type CompletionShell, completionScript, defaultShell } from "./completion.ts";
-
-/** A failure to report to the user as one line, with its exit code. */
-export class UserError extends Error {
-  override name = "UserError";
-  constructor(
-    message: string,
-    readonly exitCode: number = 1,
-  ) {
-    super(message);
-  }
-}
-
-export const EXIT_OK = 0;
-export const EXIT_FAILURE = 1;
-export const EXIT_USAGE = 2;
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, oneLine, UserError } from "./errors.ts";
 
 /** What every program's --help says about its exit status, unless it has more to say. */
 export const EXIT_STATUS_HELP = "Exit status: 0 ok, 1 failure, 2 usage error.";
@@ -73,31 +58,6 @@ function printCompletionIfAsked(program: string): void {
   }
   process.stdout.write(completionScript(program, shell as CompletionShell));
   process.exit(EXIT_OK);
-}
-
-/**
- * The message of anything thrown, on one line: the one way this project turns
- * an error into text for a person (a program's last words, a thread's report).
- *
- * @example oneLine(new Error("zlib stream is corrupt\nat byte 7")) // "zlib stream is corrupt; at byte 7"
- */
-export function oneLine(error: unknown): string {
-  const text = error instanceof Error ? error.message : String(error);
-  return text.replace(/\s*[\r\n]+\s*/g, "; ").trim();
-}
-
-/**
- * A failed system call's reason in the system's words, for a message that
- * already names the file: "no such file or directory" rather than Bun's
- * "ENOENT: no such file or directory, open 'x'". Anything without an errno
- * is told as oneLine tells it.
- *
- * @example throw new UserError(`cannot read input ${path}: ${systemReason(error)}`);
- */
-export function systemReason(error: unknown): string {
-  const errno = (error as NodeJS.ErrnoException | undefined)?.errno;
-  if (typeof errno === "number") return getSystemErrorMessage(errno < 0 ? errno : -errno);
-  return oneLine(error);
 }
 
 /**

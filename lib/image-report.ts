@@ -7,7 +7,7 @@
  */
 
 import { stat } from "node:fs/promises";
-import { systemReason, UserError } from "./cli.ts";
+import { systemReason, UserError } from "./errors.ts";
 import {
   decodeHeader,
   FLAG_COMPRESSED,

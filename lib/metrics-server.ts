@@ -7,7 +7,7 @@
  * listens only on the address given: there is no default address.
  */
 
-import { UserError } from "./cli.ts";
+import { UserError } from "./errors.ts";
 import { type MetricsSnapshot, prometheusText } from "./metrics.ts";
 
 /** Where to listen. */

@@ -10,14 +10,10 @@
  * raw pool.
  */
 
-import { randomBytes } from "node:crypto";
 import { unlinkSync } from "node:fs";
 import { type FileHandle, lstat, open, readlink, realpath, rename, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { systemReason, UserError } from "./cli.ts";
-
-// lib/mkimage.ts and lib/verify.ts still import systemReason from here; its home is lib/cli.ts.
-export { systemReason };
+import { systemReason, UserError } from "./errors.ts";
 
 /** Longest file name (one path component) Linux file systems take, in bytes. */
 const NAME_MAX = 255;
@@ -81,7 +77,9 @@ export function isSameFile(target: Target, file: { realPath: string; dev: number
  * its temporary name must be too.
  */
 function tempName(name: string): string {
-  const suffix = `.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+  // The global Web Crypto rather than node:crypto, whose import alone costs every program ~10 ms of start-up.
+  const random = Buffer.from(crypto.getRandomValues(new Uint8Array(4))).toString("hex");
+  const suffix = `.tmp-${process.pid}-${random}`;
   const characters = [...name];
   while (Buffer.byteLength(`.${characters.join("")}${suffix}`) > NAME_MAX) characters.pop();
   return `.${characters.join("")}${suffix}`;

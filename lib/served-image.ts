@@ -48,8 +48,10 @@ import {
   netbootRefusals,
   toHex,
 } from "./format.ts";
+import type { InflateOrder, InflateReport } from "./inflate-stage.ts";
 import { RawImageFill, type RawImageMemory, rawImageMemory } from "./raw-image.ts";
-import { type InflateOrder, type InflateReport, PieceSender, receivePieces, sendPayload } from "./verify.ts";
+import { PieceSender, receivePieces } from "./thread-link.ts";
+import { sendPayload } from "./verify.ts";
 import { workerUrl } from "./workers.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "./zstd-image.ts";
 import type { SeekTable } from "./zstd-seekable.ts";

@@ -7,7 +7,7 @@
  */
 
 import { existsSync, writeFileSync } from "node:fs";
-import { oneLine } from "./cli.ts";
+import { oneLine } from "./errors.ts";
 import { libpcapVersion } from "./pcap.ts";
 
 export interface VethPair {

@@ -114,8 +114,8 @@ export function adler32Combine(first: number, second: number, secondLength: numb
  * The dictionary for the block after `block`: the last DEFLATE_WINDOW bytes
  * of the input so far, `window` being that of the input before `block`. A
  * block shorter than the window keeps the tail of the older history. Always a
- * fresh copy, so neither argument's buffer is kept (blocks are transferred
- * to worker threads, which detaches their buffers).
+ * fresh copy, so neither argument's buffer is kept (mkimage fills a block's
+ * buffer again once the block is deflated).
  *
  * @example let window = new Uint8Array(0); for (const block of blocks) window = nextWindow(window, block);
  */

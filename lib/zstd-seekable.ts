@@ -309,11 +309,16 @@ export function frameCapacity(rawSize: number): number {
 
 /**
  * Compress one block as an independent zstd frame, with its content size in
- * the frame header, by Bun's built-in zstd (the faster engine by
- * bench/zstd-engines.ts). The frame goes into `out` when given (at least
- * frameCapacity bytes; the result is a view of its start), which spares a
- * fresh buffer per block (lib/native-codec.ts says why); else into a buffer
- * of its own.
+ * the frame header, by Bun's built-in zstd through node:zlib's native handle
+ * (the engine bench/zstd-engines.ts picks). The frame goes into `out` when
+ * given (at least frameCapacity bytes; the result is a view of its start),
+ * which spares a fresh buffer per block (lib/native-codec.ts says why); else
+ * into a buffer of its own.
+ *
+ * Each frame gets an encoder of its own. One encoder reset for every frame
+ * would spare re-making its tables (about 6% of the CPU at level 3), but
+ * Bun 1.4.5's reset of a zstd handle also drops its parameters: every frame
+ * after the first came out at zstd's default level 3, whatever was asked.
  *
  * @example const frame = compressBlock(raw, 3);
  */
@@ -401,7 +406,8 @@ export function decompressBlock(frame: Uint8Array, block: BlockEntry, out?: Uint
     );
   }
   const raw = out ? out.subarray(0, size) : new Uint8Array(size);
-  const decoder = (frameDecoder ??= new NativeCodec(createZstdDecompress()));
+  frameDecoder ??= new NativeCodec(createZstdDecompress());
+  const decoder = frameDecoder;
   decoder.reset();
   let consumed = 0;
   let produced = 0;
@@ -437,43 +443,32 @@ export function decompressBlock(frame: Uint8Array, block: BlockEntry, out?: Uint
   return raw;
 }
 
-/** One block's work for a zstd block thread (workers/zstd-block.ts). */
-export type ZstdBlockJob =
-  /** `out`, if given, is where the frame goes (compressBlock): a buffer to use again. */
-  | { kind: "compress"; raw: Uint8Array; level: number; out?: Uint8Array }
-  | { kind: "decompress"; frame: Uint8Array; block: BlockEntry };
-
 /**
- * A compressed block: its frame and the seek table entry that describes it,
- * and the raw block itself, handed back so its buffer can be filled again.
+ * One block for a zstd compressing thread (workers/zstd-block.ts). `raw` is
+ * read only (mkimage shows it from shared memory); `out`, if given, is where
+ * the frame goes (compressBlock): a buffer to use again.
  */
+export interface ZstdBlockJob {
+  raw: Uint8Array;
+  level: number;
+  out?: Uint8Array;
+}
+
+/** A compressed block: its frame and the seek table entry that describes it. */
 export interface CompressedBlock {
-  kind: "compressed";
   frame: Uint8Array;
   entry: SeekTableEntry;
-  raw: Uint8Array;
-}
-
-/** A decompressed block whose size and checksum matched its entry. */
-export interface DecompressedBlock {
-  kind: "decompressed";
-  raw: Uint8Array;
 }
 
 /**
- * Do one block's work: compress a block into its frame and seek table
- * entry, or decompress and check a frame (decompressBlock).
+ * Compress one block into its frame and seek table entry.
  *
- * @example const { frame, entry } = runBlockJob({ kind: "compress", raw, level: 2 }) as CompressedBlock;
+ * @example const { frame, entry } = compressBlockJob({ raw, level: 3 });
  */
-export function runBlockJob(job: ZstdBlockJob): CompressedBlock | DecompressedBlock {
-  if (job.kind === "decompress") return { kind: "decompressed", raw: decompressBlock(job.frame, job.block) };
-  const { raw, level, out } = job;
+export function compressBlockJob({ raw, level, out }: ZstdBlockJob): CompressedBlock {
   const frame = compressBlock(raw, level, out);
   return {
-    kind: "compressed",
     frame,
     entry: { compressedSize: frame.length, decompressedSize: raw.length, checksum: blockChecksum(raw) },
-    raw,
   };
 }

@@ -19,7 +19,8 @@
 import { cp, mkdir, mkdtemp, readdir, rm, stat, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { runMain, UserError } from "../lib/cli.ts";
+import { runMain } from "../lib/cli.ts";
+import { UserError } from "../lib/errors.ts";
 import { PROGRAMS } from "../lib/programs.ts";
 import { formatBytes } from "../lib/progress.ts";
 import packageJson from "../package.json" with { type: "json" };

@@ -45,6 +45,8 @@ import {
   VERSION,
   ZSTD_VERSION,
 } from "../lib/format.ts";
+import { type HashReport, hashStage } from "../lib/hash-stage.ts";
+import { type InflateReport, inflateStage } from "../lib/inflate-stage.ts";
 import {
   BODY_OFFSET,
   type Decoded,
@@ -57,14 +59,8 @@ import {
   requestedOffsets,
 } from "../lib/protocol.ts";
 import { type SledReport, SledSession } from "../lib/sled.ts";
-import {
-  type HashReport,
-  hashStage,
-  type InflateReport,
-  inflateStage,
-  PieceSender,
-  verifyPayload,
-} from "../lib/verify.ts";
+import { PieceSender } from "../lib/thread-link.ts";
+import { verifyPayload } from "../lib/verify.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "../lib/zstd-image.ts";
 import {
   blockChecksum,

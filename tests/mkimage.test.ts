@@ -11,7 +11,8 @@ import { appendFile, chmod, copyFile, link, mkdir, mkdtemp, readdir, rm, symlink
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MIB } from "../lib/format.ts";
-import { makeImage, ZLIB_BLOCK_SIZE } from "../lib/mkimage.ts";
+import { makeImage } from "../lib/mkimage.ts";
+import { ZLIB_BLOCK_SIZE } from "../lib/payload-encoders.ts";
 import { samplePoolChunks, writeSamplePool } from "../lib/sample-pool.ts";
 import { FLUSH_INTERVAL, type ZlibLevel } from "../lib/zlib-stream.ts";
 import { caseDirs, expectRefusal, python, ROOT, VECTORS } from "./helpers/common.ts";
@@ -316,7 +317,7 @@ describe("compressed images", () => {
     async () => {
       const out = await caseDir();
       const name = "n".repeat(127);
-      const dataset = "rpool/" + "d".repeat(121);
+      const dataset = `rpool/${"d".repeat(121)}`;
       const run = mkimage([
         "-i",
         `${VECTORS}/pool-odd.raw`,

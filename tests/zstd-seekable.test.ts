@@ -8,17 +8,17 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ImageFormatError } from "../lib/format.ts";
-import type { WorkerReply } from "../lib/mkimage.ts";
 import { samplePoolChunks } from "../lib/sample-pool.ts";
+import type { WorkerReply } from "../lib/worker-pool.ts";
 import {
   blockChecksum,
   blockIndexForOffset,
   type CompressedBlock,
   compressBlock,
-  type DecompressedBlock,
   decodeSeekTable,
   decompressBlock,
   encodeSeekTable,
+  frameCapacity,
   SEEK_TABLE_ENTRY_SIZE,
   SEEK_TABLE_FOOTER_SIZE,
   type SeekTableEntry,
@@ -407,6 +407,15 @@ describe("decompressBlock", () => {
     );
   });
 
+  test("compressBlock honours the level asked on every call, not only the first", () => {
+    const pool = poolBytes(BLOCK, 9);
+    // Twice each: a codec reused across calls could keep the level of the first call only.
+    const sizes = [19, 19, 1, 1].map((level) => compressBlock(pool, level).length);
+    expect(sizes[1]).toBe(sizes[0]!);
+    expect(sizes[3]).toBe(sizes[2]!);
+    expect(sizes[0]).toBeLessThan(sizes[2]! * 0.95);
+  });
+
   test("compressBlock refuses levels zstd does not have", () => {
     for (const level of [0, 23, 2.5])
       expect(() => compressBlock(raw, level)).toThrow(/not a whole number from 1 to 22/);
@@ -414,7 +423,7 @@ describe("decompressBlock", () => {
 });
 
 describe("workers/zstd-block.ts", () => {
-  type Reply = WorkerReply<CompressedBlock | DecompressedBlock>;
+  type Reply = WorkerReply<CompressedBlock>;
   function ask(worker: Worker, job: ZstdBlockJob, transfer: ArrayBuffer[]): Promise<Reply> {
     return new Promise((resolve, reject) => {
       worker.onmessage = (event: MessageEvent<Reply>) => resolve(event.data);
@@ -423,35 +432,28 @@ describe("workers/zstd-block.ts", () => {
     });
   }
 
-  test("compresses and decompresses blocks, handing buffers over", async () => {
+  test("compresses a block from shared memory into the buffer handed over, and reports a refusal", async () => {
     const worker = new Worker(new URL("../workers/zstd-block.ts", import.meta.url).href);
     try {
       const raw = poolBytes(BLOCK + 10);
-      const sent = Uint8Array.from(raw);
-      const compressed = await ask(worker, { kind: "compress", raw: sent, level: 3 }, [sent.buffer]);
-      expect(sent.byteLength).toBe(0); // transferred, not copied
-      if (!compressed.ok || compressed.value.kind !== "compressed")
-        throw new Error(`worker answered ${JSON.stringify(compressed)}`);
+      const shared = new Uint8Array(new SharedArrayBuffer(raw.length));
+      shared.set(raw);
+      const out = new Uint8Array(frameCapacity(raw.length));
+      const compressed = await ask(worker, { raw: shared, level: 3, out }, [out.buffer]);
+      expect(out.byteLength).toBe(0); // transferred, not copied
+      if (!compressed.ok) throw new Error(`worker answered ${JSON.stringify(compressed)}`);
       const { frame, entry } = compressed.value;
+      expect(frame.buffer.byteLength).toBe(frameCapacity(raw.length)); // the same buffer, back for reuse
       expect(entry).toEqual({
         compressedSize: frame.length,
         decompressedSize: raw.length,
         checksum: blockChecksum(raw),
       });
       expect(Buffer.compare(zstd(["-d", "-q", "-c"], frame).stdout, raw)).toBe(0);
+      expect(Buffer.compare(shared, raw)).toBe(0); // read only
 
-      const block = { index: 2, ...entry };
-      const back = await ask(worker, { kind: "decompress", frame, block }, [frame.buffer as ArrayBuffer]);
-      if (!back.ok || back.value.kind !== "decompressed") throw new Error(`worker answered ${JSON.stringify(back)}`);
-      expect(Buffer.compare(back.value.raw, raw)).toBe(0);
-
-      const other = compressBlock(raw, 1);
-      const failed = await ask(
-        worker,
-        { kind: "decompress", frame: other, block: { ...block, index: 9, compressedSize: other.length, checksum: 1 } },
-        [],
-      );
-      expect(failed).toEqual({ ok: false, message: expect.stringMatching(/^block 9: checksum/) });
+      const refused = await ask(worker, { raw: shared, level: 23 }, []);
+      expect(refused).toEqual({ ok: false, message: expect.stringMatching(/^zstd level 23 is not a whole number/) });
     } finally {
       worker.terminate();
     }

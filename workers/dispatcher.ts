@@ -11,7 +11,7 @@
  * channel stays open a moment after the session ends so that batches still
  * on their way are recorded too.
  */
-import { oneLine } from "../lib/cli.ts";
+
 import {
   type DispatcherCommand,
   type DispatcherReport,
@@ -21,6 +21,7 @@ import {
   type SessionInbox,
   unpackSentFrames,
 } from "../lib/dispatch.ts";
+import { oneLine } from "../lib/errors.ts";
 import { PcapLink } from "../lib/pcap.ts";
 import { nowMs, PcapFileWriter } from "../lib/pcap-file.ts";
 import type { SessionMessage } from "../lib/session.ts";

@@ -1,8 +1,8 @@
 /**
- * Thread entry for the inflate stage of payload verification (lib/verify.ts):
+ * Thread entry for the inflate stage of payload verification (lib/inflate-stage.ts):
  * one order in, one report out.
  */
-import { type InflateOrder, inflateStage } from "../lib/verify.ts";
+import { type InflateOrder, inflateStage } from "../lib/inflate-stage.ts";
 
 declare const self: Worker;
 

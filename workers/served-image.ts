@@ -4,7 +4,7 @@
  * verify it; lib/served-image.ts, loadServedImage, starts it and waits for
  * the answer while the image is already being served.
  */
-import { oneLine } from "../lib/cli.ts";
+import { oneLine } from "../lib/errors.ts";
 import { type FillRequest, type FillResult, fillRawImage } from "../lib/served-image.ts";
 
 declare var self: Worker;

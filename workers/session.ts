@@ -4,8 +4,9 @@
  * frames from the shared image (lib/session.ts, SledSession), and tell the
  * main thread when a sled was RESET because its image failed a check.
  */
-import { oneLine } from "../lib/cli.ts";
+
 import { packSentFrames } from "../lib/dispatch.ts";
+import { oneLine } from "../lib/errors.ts";
 import { PcapLink } from "../lib/pcap.ts";
 import { nowMs } from "../lib/pcap-file.ts";
 import {

@@ -1,9 +1,7 @@
 /**
  * Thread entry for a zstd stage of payload verification (lib/verify.ts runs
- * several): one order in, one report out. workers/zstd-block.ts answers one
- * block at a time into fresh buffers, for mkimage and the bootserver; this
- * one streams a whole share of the frames through recycled buffers
- * (lib/verify-zstd.ts says why).
+ * several): one order in, one report out. It reads and decompresses a whole
+ * share of the frames through recycled buffers (lib/verify-zstd.ts says why).
  */
 import { type ZstdDecodeOrder, zstdDecodeStage } from "../lib/verify-zstd.ts";
 

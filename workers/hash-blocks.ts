@@ -1,0 +1,18 @@
+/**
+ * mkimage's SHA-256 thread (lib/block-hasher.ts): adds each block it is
+ * shown, from shared memory, to one running digest, and answers each job so
+ * the block's buffer can be reused.
+ */
+
+import { type HashJob, hashJob } from "../lib/block-hasher.ts";
+import { replyTo } from "../lib/worker-pool.ts";
+
+declare const self: Worker;
+
+self.onmessage = (event: MessageEvent<HashJob>) => {
+  const { reply, transfer } = replyTo(
+    () => hashJob(event.data),
+    (digest) => (digest ? [digest.buffer as ArrayBuffer] : []),
+  );
+  self.postMessage(reply, transfer);
+};
