@@ -13,7 +13,7 @@
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { runMain, usageConventions } from "../lib/cli.ts";
-import { EXIT_FAILURE, EXIT_USAGE, UserError } from "../lib/errors.ts";
+import { EXIT_FAILURE, UserError } from "../lib/errors.ts";
 import { payloadSizeRefusal } from "../lib/format.ts";
 import { formatRatio, headerLines, jsonReport, readHeader, warnings } from "../lib/image-report.ts";
 import { startProgress } from "../lib/progress.ts";

@@ -203,7 +203,11 @@ function receive(link: string, expected: number) {
     let quiet = false;
     const measured = measure(() => {
       let count = 0;
-      while (count < expected - 1 && !(quiet = receiver.nextInto(buffer) === 0)) count++;
+      while (count < expected - 1) {
+        quiet = receiver.nextInto(buffer) === 0;
+        if (quiet) break;
+        count++;
+      }
       return count;
     });
     // A loop that ended on a timeout spent its last quietMs waiting, not receiving.

@@ -91,7 +91,10 @@ function cachedFrames(image: Uint8Array): (sled: Mac) => ReturnType<typeof dataF
   return (sled) => {
     const key = Buffer.from(sled).toString("hex");
     let frames = cache.get(key);
-    if (!frames) cache.set(key, (frames = dataFrames(image, sled)));
+    if (!frames) {
+      frames = dataFrames(image, sled);
+      cache.set(key, frames);
+    }
     return frames;
   };
 }

@@ -29,7 +29,7 @@
  */
 
 import { dlopen, FFIType, ptr } from "bun:ffi";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as zlib from "node:zlib";

@@ -6,6 +6,7 @@
  * but for readHeader, which reads the file's first 4096 bytes.
  */
 
+import type { Stats } from "node:fs";
 import { stat } from "node:fs/promises";
 import { systemReason, UserError } from "./errors.ts";
 import {
@@ -29,7 +30,7 @@ import { IMAGE_VERSIONS, type PayloadCodec, payloadCodec, ZSTD_BOOT_NOTE } from 
  * checking the file's length against it and its flags against its version.
  */
 export async function readHeader(path: string): Promise<{ header: Header; codec: PayloadCodec }> {
-  let info;
+  let info: Stats;
   try {
     info = await stat(path);
   } catch (error) {
@@ -81,17 +82,15 @@ function shownFlags(header: Header, codec: PayloadCodec): bigint {
 /** The lines the existing lookimage prints before checking sizes. */
 export function headerLines(header: Header, codec: PayloadCodec): string {
   const shown = shownFlags(header, codec);
-  return (
-    [
-      `image name = ${header.imageName}`,
-      `flags = 0x${shown.toString(16)} (${flagNames(shown)})`,
-      `data size = ${header.dataSize}`,
-      `image size = ${header.imageSize}`,
-      `target size = ${header.targetSize}`,
-      `image sum = ${toHex(header.sha256)}`,
-      `dataset name = ${header.dataset}`,
-    ].join("\n") + "\n"
-  );
+  return `${[
+    `image name = ${header.imageName}`,
+    `flags = 0x${shown.toString(16)} (${flagNames(shown)})`,
+    `data size = ${header.dataSize}`,
+    `image size = ${header.imageSize}`,
+    `target size = ${header.targetSize}`,
+    `image sum = ${toHex(header.sha256)}`,
+    `dataset name = ${header.dataset}`,
+  ].join("\n")}\n`;
 }
 
 /** Where this image would be refused by the sled kernel or a netbooting sled, and damaged names. */

@@ -41,7 +41,6 @@ import {
   ImageFormatError,
   KERNEL_REFUSES,
   kernelRefusals,
-  MIB,
   netbootRefusals,
   payloadSizeRefusal,
 } from "./format.ts";

@@ -144,7 +144,7 @@ describe("encodeHeader", () => {
 
   test("names of exactly 127 bytes fit, with byte 127 of the field left NUL", async () => {
     const dataset = "d".repeat(NAME_MAX_BYTES);
-    const imageName = "é".repeat(63) + "n"; // 2-byte UTF-8 characters: 127 bytes
+    const imageName = `${"é".repeat(63)}n`; // 2-byte UTF-8 characters: 127 bytes
     const header = sampleHeader({ dataset, imageName });
     const bytes = encodeHeader(header);
     const [python] = await pythonDecode([bytes]);

@@ -870,8 +870,7 @@ describe("fuzz: netboot frames", () => {
         const decoded = checkFrame(tally, `base ${i} cut to ${length}`, frame.subarray(0, length));
         // A frame is whole once it holds its headers and `len` body bytes; bytes past that are padding.
         const whole = length >= BODY_OFFSET + len;
-        if (decoded && decoded.ok && !whole)
-          tally.fail(`base ${i} cut to ${length}`, "accepted a frame shorter than its len");
+        if (decoded?.ok && !whole) tally.fail(`base ${i} cut to ${length}`, "accepted a frame shorter than its len");
       }
       if (!whole?.ok) continue;
       for (let j = 0; j < scaled(100); j++) {

@@ -280,7 +280,7 @@ describe("an output path that is a symbolic link", () => {
       await Bun.write(join(targets, "pool.csum"), "the previous checksum");
       await symlink(join(targets, "pool.img"), join(links, "current.img"));
       // Relative, as links in a build tree usually are.
-      await symlink("../" + targets.split("/").at(-1) + "/pool.csum", join(links, "current.csum"));
+      await symlink(`../${targets.split("/").at(-1)}/pool.csum`, join(links, "current.csum"));
       const run = await mkimage([
         "-i",
         POOL_1M,
@@ -428,7 +428,7 @@ describe("paths the file system refuses", () => {
     "a file name of exactly 255 bytes, ASCII or multi-byte: written, no temporary file left",
     async () => {
       const out = await caseDir();
-      const names = ["n".repeat(255), "é".repeat(127) + "x"];
+      const names = ["n".repeat(255), `${"é".repeat(127)}x`];
       for (const name of names) {
         expect(Buffer.byteLength(name)).toBe(255);
         const run = await mkimage([
@@ -437,7 +437,7 @@ describe("paths the file system refuses", () => {
           "-o",
           join(out, name),
           "-O",
-          join(out, name.slice(0, -4) + "csum"),
+          join(out, `${name.slice(0, -4)}csum`),
           "-s",
           "64",
         ]);
@@ -448,7 +448,7 @@ describe("paths the file system refuses", () => {
         });
         expect(storedImageOf(join(out, name), POOL_1M)).toBe(true);
       }
-      expect(await listing(out)).toEqual(names.flatMap((name) => [name, name.slice(0, -4) + "csum"]).sort());
+      expect(await listing(out)).toEqual(names.flatMap((name) => [name, `${name.slice(0, -4)}csum`]).sort());
     },
     SLOW,
   );

@@ -81,16 +81,6 @@ function spawn(app: string, args: string[]) {
   return { child, output };
 }
 
-/** Wait until `path` exists or the process ends. */
-async function waitForListening(child: Bun.Subprocess, logPath: string | null, timeoutMs = 20_000) {
-  // The server prints its "listening" record first; with a pipe we cannot peek, so give it until the link is open.
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline && child.exitCode === null) {
-    if (logPath && existsSync(logPath)) return;
-    await Bun.sleep(100);
-  }
-}
-
 /** Send with `send` (again every second) until a frame of `type` for `me` arrives. */
 async function expectFrame(
   link: PcapLink,

@@ -269,7 +269,10 @@ describe("decoding frames built by hand", () => {
 
   test("random bytes with a valid header prefix never make the decoder throw", () => {
     let state = 12345;
-    const random = () => (state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32;
+    const random = () => {
+      state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+      return state / 2 ** 32;
+    };
     const types = [0x9001, 0x9102, 0x9003, 0x9104, 0x9005, 0x9106, 0x9000, 0xffffffff];
     for (let i = 0; i < 5000; i++) {
       const length = Math.floor(random() * 1600);

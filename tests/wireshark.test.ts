@@ -85,8 +85,10 @@ describe("PcapFileWriter", () => {
       encodeFrame(SERVER, SLED, { type: "finished" }).subarray(0, 26),
     ];
     const capture = PcapFileWriter.open(path);
+    // biome-ignore lint/correctness/noPrecisionLoss: the nearest double is the point, the writer must round it
     capture.write(frames[0]!, 1_700_000_000_123.4567);
     // Rounds to the next whole second: the microseconds must not read 1000000.
+    // biome-ignore lint/correctness/noPrecisionLoss: the nearest double is the point, the writer must round it
     capture.write(frames[1]!, 1_700_000_000_999.9996);
     capture.write(frames[2]!, 0);
     expect(capture.frames).toBe(3);
