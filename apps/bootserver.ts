@@ -1,4 +1,12 @@
 #!/usr/bin/env bun
+import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
+import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { BootProgressDisplay, JsonLogDisplay } from "@ramdisk-tools/netboot/boot-progress.ts";
+import type { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
+import { MetricsCollector } from "@ramdisk-tools/netboot/metrics.ts";
+import { type MetricsAddress, MetricsEndpoint, parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
+import { BootServer, type BootServerOptions } from "@ramdisk-tools/netboot/server.ts";
+import { type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 /**
  * bootserver: serve boot images to sleds booting from the network over raw
  * Ethernet (docs/netboot.md), many sleds at once.
@@ -8,14 +16,6 @@
  */
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { BootProgressDisplay, JsonLogDisplay } from "../lib/boot-progress.ts";
-import { BootServer, type BootServerOptions } from "../lib/bootserver.ts";
-import { runMain, usageConventions } from "../lib/cli.ts";
-import type { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
-import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "../lib/errors.ts";
-import { MetricsCollector } from "../lib/metrics.ts";
-import { type MetricsAddress, MetricsEndpoint, parseMetricsAddress } from "../lib/metrics-server.ts";
-import { type Mac, parseMac } from "../lib/protocol.ts";
 
 /** Conventional exit statuses for a program ended by a signal: 128 + its number. */
 const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;

@@ -7,11 +7,11 @@
  */
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { runMain } from "../lib/cli.ts";
-import { UserError } from "../lib/errors.ts";
-import { formatBytes } from "../lib/progress.ts";
-import { writeSamplePool } from "../lib/sample-pool.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { runMain } from "@ramdisk-tools/cli/conventions.ts";
+import { UserError } from "@ramdisk-tools/cli/errors.ts";
+import { formatBytes } from "@ramdisk-tools/cli/progress.ts";
+import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const OUT = join(ROOT, "demo-out");

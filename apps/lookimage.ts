@@ -1,4 +1,5 @@
 #!/usr/bin/env bun
+
 /**
  * lookimage: print a boot image's header and verify its payload; with
  * --extract, also write the raw pool back out.
@@ -10,14 +11,14 @@
  * (docs/format.md) prints the same lines, its flags by name.
  */
 
+import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
+import { EXIT_FAILURE, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { startProgress } from "@ramdisk-tools/cli/progress.ts";
+import { payloadSizeRefusal } from "@ramdisk-tools/image/format.ts";
+import { formatRatio, headerLines, jsonReport, readHeader, warnings } from "@ramdisk-tools/image/report.ts";
+import { extractPayload, type PayloadVerdict, rawOutputTarget, verifyPayload } from "@ramdisk-tools/image/verify.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { runMain, usageConventions } from "../lib/cli.ts";
-import { EXIT_FAILURE, UserError } from "../lib/errors.ts";
-import { payloadSizeRefusal } from "../lib/format.ts";
-import { formatRatio, headerLines, jsonReport, readHeader, warnings } from "../lib/image-report.ts";
-import { startProgress } from "../lib/progress.ts";
-import { extractPayload, type PayloadVerdict, rawOutputTarget, verifyPayload } from "../lib/verify.ts";
 
 const PROGRAM = "lookimage";
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bun
+
 /**
  * mkimage: wrap a raw pool file into a boot image, optionally zlib-compressed,
  * and write the checksum file. A drop-in for the command line the OS build
@@ -7,16 +8,16 @@
  * boots only through its bootserver.
  */
 
+import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
+import { EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "@ramdisk-tools/image/format.ts";
+import { makeImage } from "@ramdisk-tools/image/make.ts";
+import { type Compression, DEFAULT_JOBS, MAX_JOBS } from "@ramdisk-tools/image/payload-encoders.ts";
+import type { ZlibLevel } from "@ramdisk-tools/image/zlib-stream.ts";
+import { ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-image.ts";
+import { MAX_LEVEL as ZSTD_MAX_LEVEL, MIN_LEVEL as ZSTD_MIN_LEVEL } from "@ramdisk-tools/image/zstd-seekable.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { runMain, usageConventions } from "../lib/cli.ts";
-import { EXIT_USAGE, UserError } from "../lib/errors.ts";
-import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "../lib/format.ts";
-import { makeImage } from "../lib/mkimage.ts";
-import { type Compression, DEFAULT_JOBS, MAX_JOBS } from "../lib/payload-encoders.ts";
-import type { ZlibLevel } from "../lib/zlib-stream.ts";
-import { ZSTD_DEFAULT_LEVEL } from "../lib/zstd-image.ts";
-import { MAX_LEVEL as ZSTD_MAX_LEVEL, MIN_LEVEL as ZSTD_MIN_LEVEL } from "../lib/zstd-seekable.ts";
 
 const PROGRAM = "mkimage";
 /** The zlib levels, and the default: level 9 is what existing images use (format.md). */

@@ -6,10 +6,10 @@
  * first argument: `ramdisk-tools mkimage -i pool.raw -o pool.img`.
  */
 import { basename } from "node:path";
+import { EXIT_STATUS_HELP, runMain } from "@ramdisk-tools/cli/conventions.ts";
+import { EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { PROGRAMS, type Program } from "@ramdisk-tools/cli/programs.ts";
 import { hideBin } from "yargs/helpers";
-import { EXIT_STATUS_HELP, runMain } from "../lib/cli.ts";
-import { EXIT_USAGE, UserError } from "../lib/errors.ts";
-import { PROGRAMS, type Program } from "../lib/programs.ts";
 import packageJson from "../package.json" with { type: "json" };
 
 const NAME = "ramdisk-tools";

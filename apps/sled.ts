@@ -4,12 +4,12 @@
  * to test a boot server. Exits 0 only when every emulated sled would boot.
  */
 import { readFileSync } from "node:fs";
+import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, systemReason, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { formatMac, parseMac, SHA256_SIZE, sameMac } from "@ramdisk-tools/protocol/frames.ts";
+import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { runMain, usageConventions } from "../lib/cli.ts";
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, systemReason, UserError } from "../lib/errors.ts";
-import { PcapLink, readLinkMac } from "../lib/pcap.ts";
-import { formatMac, parseMac, SHA256_SIZE, sameMac } from "../lib/protocol.ts";
 import { consecutiveMacs, type EmulatedSledReport, emulateSleds, sledMacFor } from "../lib/sled.ts";
 
 /** The link is polled this often when idle, well inside the kernel's 50 ms. */

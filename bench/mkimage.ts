@@ -6,7 +6,7 @@
  * with Debian's depends on the data (Bun's zlib used 2.2x less CPU than
  * `pigz -p1` on a tar of /usr, about as much on the generated sample):
  *
- * - "generated sample": lib/sample-pool.ts's seeded pool-like records
+ * - "generated sample": lab/sample-pool.ts's seeded pool-like records
  *   (zeros, binaries, text, incompressible bytes), deterministic.
  * - "real files": a tar of /usr/bin and /usr/lib/x86_64-linux-gnu, cut to
  *   the same size; skipped, with a note, where those are missing.
@@ -43,12 +43,12 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { formatBytes } from "@ramdisk-tools/cli/progress.ts";
+import { MIB } from "@ramdisk-tools/image/format.ts";
+import { ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-image.ts";
+import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { MIB } from "../lib/format.ts";
-import { formatBytes } from "../lib/progress.ts";
-import { writeSamplePool } from "../lib/sample-pool.ts";
-import { ZSTD_DEFAULT_LEVEL } from "../lib/zstd-image.ts";
 import { lookimageRows, lookimageZstdRows } from "./lookimage-rows.ts";
 import { type BenchRow, type Measured, measure, printRows, race, sizeRow, timeRows } from "./measure.ts";
 
@@ -234,7 +234,7 @@ async function* inputs(scratch: string, size: number, input: string | undefined)
   const sample = join(scratch, "sample.raw");
   await writeSamplePool(sample, size, SEED);
   yield {
-    label: `generated sample (lib/sample-pool.ts, seed ${SEED}), ${formatBytes(size)}`,
+    label: `generated sample (lab/sample-pool.ts, seed ${SEED}), ${formatBytes(size)}`,
     raw: sample,
     rawSize: size,
   };

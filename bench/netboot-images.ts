@@ -28,12 +28,19 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { MIB } from "../lib/format.ts";
-import { PcapLink } from "../lib/pcap.ts";
-import { BROADCAST_MAC, decodeFrame, encodeFrame, parseMac, READ_SLOTS, sameMac } from "../lib/protocol.ts";
-import { writeSamplePool } from "../lib/sample-pool.ts";
+import { MIB } from "@ramdisk-tools/image/format.ts";
+import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import {
+  BROADCAST_MAC,
+  decodeFrame,
+  encodeFrame,
+  parseMac,
+  READ_SLOTS,
+  sameMac,
+} from "@ramdisk-tools/protocol/frames.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import type { EmulatedSledReport } from "../lib/sled.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
 
 const ROOT = join(import.meta.dir, "..");

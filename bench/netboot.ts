@@ -40,12 +40,20 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { DEFAULT_DATASET, encodeHeader, HEADER_SIZE, MIB, toHex, VERSION } from "../lib/format.ts";
-import { PcapLink } from "../lib/pcap.ts";
-import { BROADCAST_MAC, CHUNK_SIZE, decodeFrame, encodeFrame, parseMac, READ_SLOTS, sameMac } from "../lib/protocol.ts";
-import { samplePoolChunks, writeSamplePool } from "../lib/sample-pool.ts";
+import { DEFAULT_DATASET, encodeHeader, HEADER_SIZE, MIB, toHex, VERSION } from "@ramdisk-tools/image/format.ts";
+import { samplePoolChunks, writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import {
+  BROADCAST_MAC,
+  CHUNK_SIZE,
+  decodeFrame,
+  encodeFrame,
+  parseMac,
+  READ_SLOTS,
+  sameMac,
+} from "@ramdisk-tools/protocol/frames.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import type { EmulatedSledReport } from "../lib/sled.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 
 const ROOT = join(import.meta.dir, "..");
 /** Gigabit Ethernet carries about 117 MB/s of image data in 1024-byte chunks (netboot.md). */

@@ -1,5 +1,5 @@
 /**
- * How fast lib/pcap.ts moves netboot DATA frames over a veth pair, and what
+ * How fast lib/wire/libpcap.ts moves netboot DATA frames over a veth pair, and what
  * each frame costs in CPU. Needs root; run by hand:
  *
  *   bun bench/pcap-rate.ts [--frames N] [--size BYTES]
@@ -24,8 +24,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { PcapLink } from "../lib/pcap.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 
 /** A full DATA frame: Ethernet header 14 + protocol header 12 + offset 8 + 1024 image bytes. */
 const DATA_FRAME_SIZE = 14 + 12 + 8 + 1024;

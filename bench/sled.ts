@@ -21,7 +21,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { PcapLink } from "../lib/pcap.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
   CHUNK_SIZE,
   datasetField,
@@ -31,9 +31,9 @@ import {
   type Mac,
   READ_SLOTS,
   requestedOffsets,
-} from "../lib/protocol.ts";
+} from "@ramdisk-tools/protocol/frames.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { consecutiveMacs, type EmulatedSledReport, emulateSleds, type SledLink } from "../lib/sled.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 
 const SERVER_MAC = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x00, 0x01]);
 const FIRST_SLED = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x10, 0x00]);

@@ -15,9 +15,9 @@
  *   bun bench/verify-floor.ts IMAGE
  */
 
-import { decodeHeader, HEADER_SIZE, toHex } from "../lib/format.ts";
-import { IMAGE_VERSIONS, readSeekTable } from "../lib/zstd-image.ts";
-import { decompressBlock } from "../lib/zstd-seekable.ts";
+import { decodeHeader, HEADER_SIZE, toHex } from "@ramdisk-tools/image/format.ts";
+import { IMAGE_VERSIONS, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
+import { decompressBlock } from "@ramdisk-tools/image/zstd-seekable.ts";
 
 const ROUNDS = 3;
 

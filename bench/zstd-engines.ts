@@ -4,7 +4,7 @@
  * The candidates are Bun's built-in zstd (`Bun.zstdCompressSync`, the same
  * library behind `node:zlib`'s zstd functions, which add an output bound on
  * decompression, and mkimage's own path: node:zlib's native handle into a
- * reused output buffer, lib/zstd-seekable.ts), Debian's libzstd
+ * reused output buffer, lib/image/zstd-seekable.ts), Debian's libzstd
  * over bun:ffi with one reused context, and @bokuweb/zstd-wasm, the design
  * card's package.
  * Each compresses the same pool-like sample block by block, as a seekable
@@ -16,7 +16,7 @@
  * speed: it is what a version 2 `-z` image holds (the parallel zlib path
  * gives the same size within a fraction of a percent, at this speed per core).
  *
- * The sample is lib/sample-pool.ts's, as for bench/mkimage.ts: seeded,
+ * The sample is lab/sample-pool.ts's, as for bench/mkimage.ts: seeded,
  * pool-like records of zeros, binaries, text and incompressible bytes.
  *
  * Speeds are MB (10^6 bytes of raw data) per CPU second, one thread: CPU
@@ -34,9 +34,9 @@ import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
 import * as wasm from "@bokuweb/zstd-wasm";
+import { compressBlock, frameCapacity } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import yargs from "yargs";
-import { samplePoolChunks } from "../lib/sample-pool.ts";
-import { compressBlock, frameCapacity } from "../lib/zstd-seekable.ts";
 
 const MIB = 1024 * 1024;
 const LEVELS = [1, 2, 3, 6];
@@ -298,7 +298,7 @@ async function main(): Promise<void> {
     await Bun.write(samplePath, sample);
     const levels = argv.levels.split(",").map(Number);
     console.log(
-      `sample: ${argv.size} MiB from lib/sample-pool.ts (seed ${SEED}); MB per CPU second, one thread; best of ${argv.repeat} rounds ` +
+      `sample: ${argv.size} MiB from lab/sample-pool.ts (seed ${SEED}); MB per CPU second, one thread; best of ${argv.repeat} rounds ` +
         `(each measures every cell once); load average ${loadavg()[0]!.toFixed(1)}`,
     );
     const zlibRow = measureZlib(sample);

@@ -36,8 +36,8 @@
  * addressed to.
  */
 
-import { copyBytes } from "./bytes.ts";
-import { NETBOOT_MIN_SIZE, toHex } from "./format.ts";
+import { copyBytes } from "@ramdisk-tools/bytes/copy.ts";
+import { NETBOOT_MIN_SIZE, toHex } from "@ramdisk-tools/image/format.ts";
 import {
   BATCH_BYTES,
   BODY_OFFSET,
@@ -59,7 +59,7 @@ import {
   READ_SLOTS,
   SHA256_SIZE,
   sameMac,
-} from "./protocol.ts";
+} from "@ramdisk-tools/protocol/frames.ts";
 
 /** Discovery: the kernel broadcasts HELLO every 4 seconds until it accepts an OFFER. */
 export const HELLO_INTERVAL_MS = 4000;

@@ -9,7 +9,7 @@
  * A program's threads start from workers/*.ts, loaded at run time, which the
  * bundler cannot follow from `new Worker(url)`; every worker is therefore
  * given as an extra entry point and embedded beside the programs, where
- * lib/workers.ts finds it.
+ * lib/threads/worker-urls.ts finds it.
  *
  * The archive is a tar.gz: every machine that could run the binary has tar
  * and gzip, and a .tar.zst needs a tar that knows zstd; the runtime
@@ -19,10 +19,10 @@
 import { cp, mkdir, mkdtemp, readdir, rm, stat, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { runMain } from "../lib/cli.ts";
-import { UserError } from "../lib/errors.ts";
-import { PROGRAMS } from "../lib/programs.ts";
-import { formatBytes } from "../lib/progress.ts";
+import { runMain } from "@ramdisk-tools/cli/conventions.ts";
+import { UserError } from "@ramdisk-tools/cli/errors.ts";
+import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
+import { formatBytes } from "@ramdisk-tools/cli/progress.ts";
 import packageJson from "../package.json" with { type: "json" };
 
 const ROOT = join(import.meta.dir, "..");

@@ -12,9 +12,9 @@ import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PROGRAMS } from "../lib/programs.ts";
-import { writeSamplePool } from "../lib/sample-pool.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
+import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { buildRelease, EXECUTABLE, type Release } from "../scripts/build.ts";
 import { ROOT, VALID_ARGUMENTS } from "./helpers/common.ts";
 
@@ -304,10 +304,10 @@ describe.skipIf(!raw.ok)(
 );
 
 test("threads are started through workerUrl, which finds them inside a binary too", () => {
-  // `new URL("../workers/x.ts", import.meta.url)` misses inside a compiled binary (lib/workers.ts).
+  // `new URL("../workers/x.ts", import.meta.url)` misses inside a compiled binary (lib/threads/worker-urls.ts).
   const offenders = [...new Bun.Glob("{apps,lib,workers}/*.ts").scanSync(join(import.meta.dir, ".."))].filter(
     (path) =>
-      path !== "lib/workers.ts" &&
+      path !== "lib/threads/worker-urls.ts" &&
       /new URL\(\s*["'`]\.\.\/workers\//.test(readFileSync(join(import.meta.dir, "..", path), "utf8")),
   );
   expect(offenders).toEqual([]);

@@ -17,9 +17,16 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PcapLink } from "../lib/pcap.ts";
-import { BROADCAST_MAC, decodeFrame, encodeFrame, type Mac, parseMac, READ_SLOTS } from "../lib/protocol.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import {
+  BROADCAST_MAC,
+  decodeFrame,
+  encodeFrame,
+  type Mac,
+  parseMac,
+  READ_SLOTS,
+} from "@ramdisk-tools/protocol/frames.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { python } from "./helpers/common.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 

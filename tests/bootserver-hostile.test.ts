@@ -15,8 +15,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PcapLink } from "../lib/pcap.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { python, ROOT } from "./helpers/common.ts";
 import { mkimage } from "./helpers/netboot.ts";
 

@@ -14,10 +14,10 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type ZstdImageMemory, ZstdImageReader, zstdImageMemory } from "../lib/block-cache.ts";
-import { startReadAhead } from "../lib/served-image.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
-import { decodeSeekTable } from "../lib/zstd-seekable.ts";
+import { decodeSeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import { type ZstdImageMemory, ZstdImageReader, zstdImageMemory } from "@ramdisk-tools/netboot/block-cache.ts";
+import { startReadAhead } from "@ramdisk-tools/netboot/served-image.ts";
 import { python, ROOT } from "./helpers/common.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 
@@ -114,7 +114,7 @@ describe("ZstdImageReader", () => {
     const shared = new SharedArrayBuffer(pool.length);
     new Uint8Array(shared).set(pool);
     const code = `
-      import { ZstdImageReader } from ${JSON.stringify(join(ROOT, "lib/block-cache.ts"))};
+      import { ZstdImageReader } from ${JSON.stringify(join(ROOT, "lib/netboot/block-cache.ts"))};
       self.onmessage = ({ data: { memory, pool, seed } }) => {
         const expected = new Uint8Array(pool);
         const reader = new ZstdImageReader(memory);
@@ -148,7 +148,7 @@ describe("ZstdImageReader", () => {
   });
 
   test("prefetch decompresses a block into the cache unpinned, within the same slots, and skips a damaged one", () => {
-    // Two slots for six blocks. The slot table (lib/block-cache.ts): 3 head words, then state, block, stamp per slot.
+    // Two slots for six blocks. The slot table (lib/netboot/block-cache.ts): 3 head words, then state, block, stamp per slot.
     const memory = imageMemory("pool.img", 2 * MIB);
     const words = new Int32Array(memory.cache, 0, 3 + 2 * 3);
     const cached = () => [words[3 + 1], words[6 + 1]].filter((block) => block! >= 0).sort();

@@ -1,9 +1,9 @@
 /**
  * The boot server against docs/netboot.md.
  *
- * First the parts that need no network: answering a READ (lib/session.ts)
- * and routing frames (lib/dispatch.ts), with frames read back by a decoder
- * written here from the document rather than lib/protocol.ts's. Then the real
+ * First the parts that need no network: answering a READ (lib/netboot/session.ts)
+ * and routing frames (lib/netboot/dispatch.ts), with frames read back by a decoder
+ * written here from the document rather than lib/protocol/frames.ts's. Then the real
  * `bun apps/bootserver.ts` on one end of a veth pair created for the test,
  * with the sled emulator (`bun apps/sled.ts`) or a client scripted here on
  * the other end. Raw pools and their SHA-256 come from python3 (random,
@@ -14,12 +14,12 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { dispatchCounters, FrameDispatcher, type SessionInbox } from "../lib/dispatch.ts";
-import { PcapLink } from "../lib/pcap.ts";
-import { encodeFrame, type Mac, parseMac, READ_SLOTS, type ReadRequest } from "../lib/protocol.ts";
-import { rawImageMemory } from "../lib/raw-image.ts";
-import { SledSession } from "../lib/session.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import { dispatchCounters, FrameDispatcher, type SessionInbox } from "@ramdisk-tools/netboot/dispatch.ts";
+import { rawImageMemory } from "@ramdisk-tools/netboot/raw-image.ts";
+import { SledSession } from "@ramdisk-tools/netboot/session.ts";
+import { encodeFrame, type Mac, parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { python, runProgram, VECTORS } from "./helpers/common.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 

@@ -44,24 +44,11 @@ import {
   netbootRefusals,
   VERSION,
   ZSTD_VERSION,
-} from "../lib/format.ts";
-import { type HashReport, hashStage } from "../lib/hash-stage.ts";
-import { type InflateReport, inflateStage } from "../lib/inflate-stage.ts";
-import {
-  BODY_OFFSET,
-  type Decoded,
-  decodeFrame,
-  encodeFrame,
-  type Mac,
-  type Message,
-  READ_SLOTS,
-  type ReadRequest,
-  requestedOffsets,
-} from "../lib/protocol.ts";
-import { type SledReport, SledSession } from "../lib/sled.ts";
-import { PieceSender } from "../lib/thread-link.ts";
-import { verifyPayload } from "../lib/verify.ts";
-import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "../lib/zstd-image.ts";
+} from "@ramdisk-tools/image/format.ts";
+import { type HashReport, hashStage } from "@ramdisk-tools/image/hash-stage.ts";
+import { type InflateReport, inflateStage } from "@ramdisk-tools/image/inflate-stage.ts";
+import { verifyPayload } from "@ramdisk-tools/image/verify.ts";
+import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
 import {
   blockChecksum,
   blockIndexForOffset,
@@ -72,7 +59,20 @@ import {
   MAX_BLOCK_SIZE,
   type SeekTable,
   type SeekTableEntry,
-} from "../lib/zstd-seekable.ts";
+} from "@ramdisk-tools/image/zstd-seekable.ts";
+import {
+  BODY_OFFSET,
+  type Decoded,
+  decodeFrame,
+  encodeFrame,
+  type Mac,
+  type Message,
+  READ_SLOTS,
+  type ReadRequest,
+  requestedOffsets,
+} from "@ramdisk-tools/protocol/frames.ts";
+import { PieceSender } from "@ramdisk-tools/threads/link.ts";
+import { type SledReport, SledSession } from "../lib/sled.ts";
 import { python, VECTORS } from "./helpers/common.ts";
 
 /** `bun run fuzz` multiplies every case count by this. */
@@ -104,7 +104,7 @@ const SIZE_EDGES: readonly bigint[] = [
 ];
 
 /**
- * xorshift32, as lib/sample-pool.ts has it (not exported there): small,
+ * xorshift32, as lab/sample-pool.ts has it (not exported there): small,
  * fast, and the same stream for the same seed on every machine.
  */
 class Random {
@@ -284,7 +284,7 @@ function pythonJson(script: string, input: unknown): unknown {
 }
 
 // ---------------------------------------------------------------------------
-// The image header (lib/format.ts)
+// The image header (lib/image/format.ts)
 
 interface HeaderFields {
   magic: number;
@@ -690,7 +690,7 @@ print(json.dumps(out))
 });
 
 // ---------------------------------------------------------------------------
-// Netboot frames (lib/protocol.ts)
+// Netboot frames (lib/protocol/frames.ts)
 
 const SLED_MAC: Mac = Uint8Array.of(0x02, 0x5e, 0, 0, 0, 0xa0);
 const SERVER_MAC: Mac = Uint8Array.of(0x02, 0x5e, 0, 0, 0, 0x01);
@@ -1120,7 +1120,7 @@ describe("fuzz: sled emulator input", () => {
 });
 
 // ---------------------------------------------------------------------------
-// The zstd payload (lib/zstd-seekable.ts, lib/zstd-image.ts)
+// The zstd payload (lib/image/zstd-seekable.ts, lib/image/zstd-image.ts)
 
 interface ZstdPayload {
   raw: Uint8Array;
@@ -1523,7 +1523,7 @@ describe("fuzz: zstd seekable payload", () => {
 });
 
 // ---------------------------------------------------------------------------
-// The zlib payload inflater of lib/verify.ts, against python3's zlib
+// The zlib payload inflater of lib/image/verify.ts, against python3's zlib
 
 interface InflateRun {
   report: InflateReport | "hang";

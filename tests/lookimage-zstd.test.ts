@@ -2,8 +2,8 @@
  * lookimage on zstd images, and `lookimage --extract RAW` on every
  * kind of image, run as a process.
  *
- * The zstd images are laid out here from lib/zstd-seekable.ts and
- * lib/format.ts (as mkimage --zstd writes them) and checked with
+ * The zstd images are laid out here from lib/image/zstd-seekable.ts and
+ * lib/image/format.ts (as mkimage --zstd writes them) and checked with
  * Debian's `zstd -d` and sha256sum before lookimage sees them; damaged ones
  * are made by changing bytes of a good one. Stored and zlib images are the
  * existing Rust tools' vectors (tests/vectors), with their raw pools, and a
@@ -15,16 +15,16 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { link, mkdir, mkdtemp, readdir, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { decodeHeader, encodeHeader, HEADER_SIZE, type Header } from "../lib/format.ts";
-import { samplePoolChunks } from "../lib/sample-pool.ts";
-import { FLAG_ZSTD, ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL, ZSTD_VERSION } from "../lib/zstd-image.ts";
+import { decodeHeader, encodeHeader, HEADER_SIZE, type Header } from "@ramdisk-tools/image/format.ts";
+import { FLAG_ZSTD, ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL, ZSTD_VERSION } from "@ramdisk-tools/image/zstd-image.ts";
 import {
   encodeSeekTable,
   SEEK_TABLE_ENTRY_SIZE,
   SEEK_TABLE_FOOTER_SIZE,
   type SeekTableEntry,
   SKIPPABLE_HEADER_SIZE,
-} from "../lib/zstd-seekable.ts";
+} from "@ramdisk-tools/image/zstd-seekable.ts";
+import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import { VECTORS } from "./helpers/common.ts";
 import { expectFailure, lookimage } from "./helpers/lookimage.ts";
 import { seekablePayload } from "./helpers/zstd.ts";

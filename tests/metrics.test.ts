@@ -8,11 +8,11 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
-import { type MetricsSnapshot, prometheusText } from "../lib/metrics.ts";
-import { parseMetricsAddress } from "../lib/metrics-server.ts";
-import { SESSION_COUNTERS } from "../lib/session.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
+import { type MetricsSnapshot, prometheusText } from "@ramdisk-tools/netboot/metrics.ts";
+import { parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
+import { SESSION_COUNTERS } from "@ramdisk-tools/netboot/session.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 
 const MIB = 1024 * 1024;

@@ -12,10 +12,10 @@ import { writeFileSync } from "node:fs";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { decodeHeader, HEADER_SIZE, ImageFormatError, MIB } from "../lib/format.ts";
-import { makeImage } from "../lib/mkimage.ts";
-import { samplePoolChunks } from "../lib/sample-pool.ts";
-import { ZSTD_BLOCK_SIZE } from "../lib/zstd-image.ts";
+import { decodeHeader, HEADER_SIZE, ImageFormatError, MIB } from "@ramdisk-tools/image/format.ts";
+import { makeImage } from "@ramdisk-tools/image/make.ts";
+import { ZSTD_BLOCK_SIZE } from "@ramdisk-tools/image/zstd-image.ts";
+import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import { python, ROOT } from "./helpers/common.ts";
 
 // Every test runs several processes (bun, zstd, python3) on two cores shared with other work:
@@ -50,7 +50,7 @@ function run(command: string[], stdin?: Uint8Array): Outcome {
   return { exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr.toString() };
 }
 
-/** Pool-like bytes (lib/sample-pool.ts), written to `path`. */
+/** Pool-like bytes (lab/sample-pool.ts), written to `path`. */
 async function writeRaw(path: string, size: number, seed: number): Promise<Uint8Array> {
   const raw = new Uint8Array(Buffer.concat([...samplePoolChunks(size, seed)]));
   await Bun.write(path, raw);

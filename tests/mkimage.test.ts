@@ -10,11 +10,11 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { appendFile, chmod, copyFile, link, mkdir, mkdtemp, readdir, rm, symlink, truncate } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { MIB } from "../lib/format.ts";
-import { makeImage } from "../lib/mkimage.ts";
-import { ZLIB_BLOCK_SIZE } from "../lib/payload-encoders.ts";
-import { samplePoolChunks, writeSamplePool } from "../lib/sample-pool.ts";
-import { FLUSH_INTERVAL, type ZlibLevel } from "../lib/zlib-stream.ts";
+import { MIB } from "@ramdisk-tools/image/format.ts";
+import { makeImage } from "@ramdisk-tools/image/make.ts";
+import { ZLIB_BLOCK_SIZE } from "@ramdisk-tools/image/payload-encoders.ts";
+import { FLUSH_INTERVAL, type ZlibLevel } from "@ramdisk-tools/image/zlib-stream.ts";
+import { samplePoolChunks, writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { caseDirs, expectRefusal, python, ROOT, VECTORS } from "./helpers/common.ts";
 
 const APP = join(ROOT, "apps", "mkimage.ts");

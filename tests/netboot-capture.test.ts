@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PcapLink } from "../lib/pcap.ts";
+import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
   BROADCAST_MAC,
   decodeFrame,
@@ -20,8 +20,8 @@ import {
   type Message,
   parseMac,
   sameMac,
-} from "../lib/protocol.ts";
-import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
+} from "@ramdisk-tools/protocol/frames.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { ROOT } from "./helpers/common.ts";
 
 const DISSECTOR = join(ROOT, "wireshark", "oxide-netboot.lua");

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PcapLink } from "../lib/pcap.ts";
+import { canUseRawNetwork, createVethPair, type VethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
   datasetField,
   decodeFrame,
@@ -20,9 +20,9 @@ import {
   READ_SLOTS,
   type ReadRequest,
   requestedOffsets,
-} from "../lib/protocol.ts";
+} from "@ramdisk-tools/protocol/frames.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { DataFaults, REORDER_HOLD_MS, type SledConfig, SledSession } from "../lib/sled.ts";
-import { canUseRawNetwork, createVethPair, type VethPair } from "../lib/veth.ts";
 import { pythonWithInput, ROOT } from "./helpers/common.ts";
 
 const SLED = parseMac("02:5e:00:00:00:a0")!;

@@ -1,5 +1,5 @@
 /**
- * Capture files and the Wireshark dissector: lib/pcap-file.ts writes what
+ * Capture files and the Wireshark dissector: lib/wire/pcap-file.ts writes what
  * independent readers (python3 struct, capinfos, tshark) read back frame for
  * frame, and wireshark/oxide-netboot.lua makes tshark print every field of
  * every frame type and flag the malformed ones.
@@ -12,8 +12,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PcapFileError, PcapFileWriter } from "../lib/pcap-file.ts";
-import { BROADCAST_MAC, datasetField, encodeFrame, type Message, READ_SLOTS } from "../lib/protocol.ts";
+import { BROADCAST_MAC, datasetField, encodeFrame, type Message, READ_SLOTS } from "@ramdisk-tools/protocol/frames.ts";
+import { PcapFileError, PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
 
 const DISSECTOR = join(import.meta.dir, "..", "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");

@@ -2,7 +2,7 @@
 Oxide sled netboot: a Wireshark dissector for the protocol a sled uses to
 fetch its ramdisk image from a boot server (Ethernet II, ethertype 0x1DE0,
 no IP). Install and use: docs/wireshark.md. The facts it decodes are in the
-project's netboot reference; the TypeScript encoder is lib/protocol.ts.
+project's netboot reference; the TypeScript encoder is lib/protocol/frames.ts.
 
 Each frame is a 12-byte big-endian header (magic 0x1DE12345, type, len) and
 a body of len bytes. Anything after the body is Ethernet padding: a real NIC

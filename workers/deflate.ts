@@ -1,12 +1,12 @@
 /**
  * A deflate thread for mkimage's pool: receives one block of the image (a
  * view of shared memory, read only) with its 32 KiB window, compresses it
- * (lib/zlib-stream.ts) and posts back the deflated bytes and the block's
+ * (lib/image/zlib-stream.ts) and posts back the deflated bytes and the block's
  * Adler-32, handing the deflated buffer over rather than copying it.
  */
 
-import { replyTo } from "../lib/worker-pool.ts";
-import { type DeflateJob, deflateBlock } from "../lib/zlib-stream.ts";
+import { type DeflateJob, deflateBlock } from "@ramdisk-tools/image/zlib-stream.ts";
+import { replyTo } from "@ramdisk-tools/threads/pool.ts";
 
 declare const self: Worker;
 

@@ -1,6 +1,6 @@
 /**
  * Thread entry point for the boot server's dispatcher: capture netboot frames
- * on the link and route each one (lib/dispatch.ts, FrameDispatcher). The
+ * on the link and route each one (lib/netboot/dispatch.ts, FrameDispatcher). The
  * capture loop takes up to a batch of frames, then yields to this thread's
  * event loop so the main thread's offers and stop requests get in; when the
  * link is quiet, `next()` waits up to its read timeout for the next frame.
@@ -12,6 +12,7 @@
  * on their way are recorded too.
  */
 
+import { oneLine } from "@ramdisk-tools/cli/errors.ts";
 import {
   type DispatcherCommand,
   type DispatcherReport,
@@ -20,11 +21,10 @@ import {
   type SentFrames,
   type SessionInbox,
   unpackSentFrames,
-} from "../lib/dispatch.ts";
-import { oneLine } from "../lib/errors.ts";
-import { PcapLink } from "../lib/pcap.ts";
-import { nowMs, PcapFileWriter } from "../lib/pcap-file.ts";
-import type { SessionMessage } from "../lib/session.ts";
+} from "@ramdisk-tools/netboot/dispatch.ts";
+import type { SessionMessage } from "@ramdisk-tools/netboot/session.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
+import { nowMs, PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
 
 declare var self: Worker;
 

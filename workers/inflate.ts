@@ -1,8 +1,8 @@
 /**
- * Thread entry for the inflate stage of payload verification (lib/inflate-stage.ts):
+ * Thread entry for the inflate stage of payload verification (lib/image/inflate-stage.ts):
  * one order in, one report out.
  */
-import { type InflateOrder, inflateStage } from "../lib/inflate-stage.ts";
+import { type InflateOrder, inflateStage } from "@ramdisk-tools/image/inflate-stage.ts";
 
 declare const self: Worker;
 

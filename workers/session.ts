@@ -1,14 +1,12 @@
 /**
  * Thread entry point for one sled's session: open an injection-only handle
  * on the link, then answer the READs the dispatcher passes on with DATA
- * frames from the shared image (lib/session.ts, SledSession), and tell the
+ * frames from the shared image (lib/netboot/session.ts, SledSession), and tell the
  * main thread when a sled was RESET because its image failed a check.
  */
 
-import { packSentFrames } from "../lib/dispatch.ts";
-import { oneLine } from "../lib/errors.ts";
-import { PcapLink } from "../lib/pcap.ts";
-import { nowMs } from "../lib/pcap-file.ts";
+import { oneLine } from "@ramdisk-tools/cli/errors.ts";
+import { packSentFrames } from "@ramdisk-tools/netboot/dispatch.ts";
 import {
   imageSource,
   type SessionCommand,
@@ -16,7 +14,9 @@ import {
   type SessionReport,
   SledSession,
   sessionCounters,
-} from "../lib/session.ts";
+} from "@ramdisk-tools/netboot/session.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
+import { nowMs } from "@ramdisk-tools/wire/pcap-file.ts";
 
 declare var self: Worker;
 

@@ -1,8 +1,8 @@
 /**
- * Thread entry for the SHA-256 stage of payload verification (lib/hash-stage.ts):
+ * Thread entry for the SHA-256 stage of payload verification (lib/image/hash-stage.ts):
  * one order in, one report out.
  */
-import { type HashOrder, hashStage } from "../lib/hash-stage.ts";
+import { type HashOrder, hashStage } from "@ramdisk-tools/image/hash-stage.ts";
 
 declare const self: Worker;
 

@@ -2,12 +2,12 @@
  * A zstd compressing thread for mkimage's pool: receives one block (a view
  * of shared memory, read only) and a buffer for its frame, compresses the
  * block into an independent frame with its seek table entry
- * (lib/zstd-seekable.ts), and posts them back, handing the frame's buffer
+ * (lib/image/zstd-seekable.ts), and posts them back, handing the frame's buffer
  * over rather than copying it.
  */
 
-import { replyTo } from "../lib/worker-pool.ts";
-import { type CompressedBlock, compressBlockJob, type ZstdBlockJob } from "../lib/zstd-seekable.ts";
+import { type CompressedBlock, compressBlockJob, type ZstdBlockJob } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { replyTo } from "@ramdisk-tools/threads/pool.ts";
 
 declare const self: Worker;
 

@@ -1,9 +1,9 @@
 /**
- * Thread entry for a zstd stage of payload verification (lib/verify.ts runs
+ * Thread entry for a zstd stage of payload verification (lib/image/verify.ts runs
  * several): one order in, one report out. It reads and decompresses a whole
- * share of the frames through recycled buffers (lib/verify-zstd.ts says why).
+ * share of the frames through recycled buffers (lib/image/verify-zstd.ts says why).
  */
-import { type ZstdDecodeOrder, zstdDecodeStage } from "../lib/verify-zstd.ts";
+import { type ZstdDecodeOrder, zstdDecodeStage } from "@ramdisk-tools/image/verify-zstd.ts";
 
 declare const self: Worker;
 

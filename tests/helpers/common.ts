@@ -106,7 +106,7 @@ export function caseDirs(root: () => string): () => Promise<string> {
 /**
  * A refusal by one of our programs: exit 1, nothing on stdout, exactly one
  * line on stderr, `PROGRAM: ` and a reason matching `message`, no stack trace
- * (lib/cli.ts runMain).
+ * (lib/cli/conventions.ts runMain).
  *
  * @example expectRefusal(await runProgram("mkimage", ["-i", "absent", "-o", "x"]), "mkimage", /no such file/);
  */

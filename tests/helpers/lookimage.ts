@@ -1,6 +1,6 @@
 /**
  * lookimage as its tests run it: `bun apps/lookimage.ts` as a process, and
- * what a refusal must look like on its stderr (lib/cli.ts runMain).
+ * what a refusal must look like on its stderr (lib/cli/conventions.ts runMain).
  */
 
 import { expect } from "bun:test";

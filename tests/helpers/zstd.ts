@@ -1,11 +1,16 @@
 /**
  * Seekable zstd payloads built in the tests themselves, the way the format
  * lays them out (docs/format.md): one frame per block, then the seek table.
- * Built from lib/zstd-seekable.ts's pieces, not by mkimage, so tests of
+ * Built from lib/image/zstd-seekable.ts's pieces, not by mkimage, so tests of
  * lookimage and of the seek table do not depend on mkimage being right.
  */
 
-import { blockChecksum, compressBlock, encodeSeekTable, type SeekTableEntry } from "../../lib/zstd-seekable.ts";
+import {
+  blockChecksum,
+  compressBlock,
+  encodeSeekTable,
+  type SeekTableEntry,
+} from "@ramdisk-tools/image/zstd-seekable.ts";
 
 /** A payload's parts: the frames, their seek table entries, the encoded table. */
 export interface SeekablePayload {

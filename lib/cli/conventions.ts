@@ -1,0 +1,79 @@
+/**
+ * What every program does at its edges: one-line errors on standard error,
+ * exit codes (0 ok, 1 failure, 2 usage), and no stack trace for a person.
+ */
+
+import type { Argv } from "yargs";
+import { hideBin, Parser } from "yargs/helpers";
+import packageJson from "../../package.json" with { type: "json" };
+import { COMPLETION_SHELLS, type CompletionShell, completionScript, defaultShell } from "./completion.ts";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, oneLine, UserError } from "./errors.ts";
+
+/** What every program's --help says about its exit status, unless it has more to say. */
+export const EXIT_STATUS_HELP = "Exit status: 0 ok, 1 failure, 2 usage error.";
+
+/**
+ * The command-line conventions all the programs share, applied to a yargs
+ * parser once its options and examples are declared: --help, --version (the
+ * package's), the exit status in the help's epilogue, unknown options refused,
+ * `--completion [bash|zsh]` (lib/cli/completion.ts), and a usage error thrown as a
+ * UserError with exit code 2, on one line that points to --help. `strict: "options"` refuses unknown options only, for a
+ * program whose positional arguments it checks itself.
+ *
+ * @example const args = await usageConventions(yargs(argv).option("level", {...}), "mkimage").parseAsync();
+ */
+export function usageConventions<T>(
+  parser: Argv<T>,
+  program: string,
+  { exitStatus = EXIT_STATUS_HELP, strict = "all" }: { exitStatus?: string; strict?: "all" | "options" } = {},
+): Argv<T> {
+  printCompletionIfAsked(program);
+  const checked = strict === "all" ? parser.strict() : parser.strictOptions();
+  return checked
+    .option("completion", {
+      type: "string",
+      describe: `print a ${COMPLETION_SHELLS.join(" or ")} completion script for ${program} (default: $SHELL's) and exit`,
+    })
+    .epilogue(exitStatus)
+    .help()
+    .version(packageJson.version)
+    .wrap(null)
+    .fail((message, error) => {
+      throw new UserError(`${message ?? error?.message ?? "bad arguments"}; see ${program} --help`, EXIT_USAGE);
+    });
+}
+
+/**
+ * With `--completion [SHELL]` among the program's arguments, print the
+ * completion script and exit 0 at once. Checked before the program's parser
+ * runs, as --help is, so that its required options and positionals need not
+ * be given (yargs checks positionals before any middleware could see the flag).
+ */
+function printCompletionIfAsked(program: string): void {
+  const { completion } = Parser(hideBin(process.argv), { string: ["completion"] });
+  if (completion === undefined) return;
+  const shell = String(completion) || defaultShell();
+  if (!(COMPLETION_SHELLS as readonly string[]).includes(shell)) {
+    throw new UserError(`--completion takes ${COMPLETION_SHELLS.join(" or ")}, not "${shell}"`, EXIT_USAGE);
+  }
+  process.stdout.write(completionScript(program, shell as CompletionShell));
+  process.exit(EXIT_OK);
+}
+
+/**
+ * Run a program's main function: print `PROGRAM: message` for any error and
+ * exit with its code (UserError's own, else 1). Set RAMDISK_DEBUG=1 to see
+ * the stack of an unexpected error.
+ *
+ * @example await runMain("lookimage", () => lookimage(process.argv.slice(2)));
+ */
+export async function runMain(program: string, main: () => Promise<number | void>): Promise<never> {
+  try {
+    const code = await main();
+    process.exit(code ?? EXIT_OK);
+  } catch (error) {
+    if (process.env.RAMDISK_DEBUG && error instanceof Error) console.error(error.stack);
+    console.error(`${program}: ${oneLine(error)}`);
+    process.exit(error instanceof UserError ? error.exitCode : EXIT_FAILURE);
+  }
+}

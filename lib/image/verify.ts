@@ -1,0 +1,418 @@
+/**
+ * Verifying an image's payload against its header, as a pipeline of threads,
+ * and writing the raw image out on the way (lookimage --extract).
+ *
+ * Checking an image means reading `data_size` payload bytes, decoding them
+ * (nothing to do for a stored payload, inflating a zlib stream, decompressing
+ * zstd frames) and hashing the `image_size` raw bytes that come out. Done one
+ * after the other on one thread the time is the sum of the three; here each
+ * stage has its own thread, so the time is that of the slowest stage. For a
+ * stored or zlib payload the main thread reads the file and hands pieces to
+ * the inflating stage (lib/image/inflate-stage.ts), which hands the raw bytes to
+ * the SHA-256 stage (lib/image/hash-stage.ts); a stored payload goes from the
+ * reader straight to the SHA-256 stage.
+ *
+ * A zlib stream is one long chain of back-references, so it is inflated on
+ * one thread. A zstd payload is a row of independent frames, one per block
+ * (docs/format.md), so several decompressing threads share them: thread k of
+ * N reads frames k, k + N, ... from the file itself, decompresses them in
+ * order, and the SHA-256 stage takes the raw blocks from the threads in the
+ * same turn, which puts them back in image order without any sorting. The
+ * seek table is read and checked against the header before any of that
+ * (lib/image/zstd-image.ts), and each thread checks its blocks' sizes and
+ * checksums against it (lib/image/verify-zstd.ts). The main thread only waits.
+ *
+ * Stages are linked by bounded queues whose buffers travel back to be filled
+ * again (lib/threads/link.ts), so memory in use is a few pieces per link
+ * whatever the image size, and nothing is copied between threads.
+ *
+ * The raw image, when asked for, is written by the SHA-256 stage: it sees
+ * every raw byte once, in order, and writes each piece to the output's
+ * temporary file before acknowledging it. The file is renamed over the
+ * output only when the verdict is that the payload matches its header, so
+ * a raw file exists only for an image that verified.
+ *
+ * The header is not trusted. The inflater is never given room for more than
+ * `image_size + 1` bytes in all, so a decompression bomb stops one byte past
+ * the header's claim; a zlib stream that is corrupt or ends before its end
+ * marker is reported with zlib's own words; bytes after the end of the
+ * stream but within `data_size` are counted and reported. A zstd frame is
+ * stopped one byte past its seek table entry (decompressBlock). The byte
+ * count and the SHA-256 are then checked against the header, with the messages the
+ * existing Rust lookimage prints.
+ */
+
+import { open, realpath, stat } from "node:fs/promises";
+import { UserError } from "@ramdisk-tools/cli/errors.ts";
+import {
+  discardOnSignal,
+  isSameFile,
+  PendingFile,
+  resolveTarget,
+  type Target,
+} from "@ramdisk-tools/cli/pending-file.ts";
+import { PieceSender, QUEUE_DEPTH } from "@ramdisk-tools/threads/link.ts";
+import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
+import { HEADER_SIZE, type Header, ImageFormatError, payloadSizeRefusal, toHex } from "./format.ts";
+import type { HashOrder, HashReport, RawSink } from "./hash-stage.ts";
+import type { InflateOrder, InflateReport } from "./inflate-stage.ts";
+import type { ZstdDecodeOrder, ZstdDecodeReport } from "./verify-zstd.ts";
+import { payloadCodec, readSeekTable } from "./zstd-image.ts";
+import type { SeekTable } from "./zstd-seekable.ts";
+
+/** Payload bytes read from the file per piece, for a stored or zlib payload (a zstd thread reads whole frames). */
+export const PAYLOAD_PIECE = 1024 * 1024;
+/**
+ * Threads decompressing zstd frames. Decompressing into recycled buffers
+ * runs at 1.7-1.9 GB/s per thread, about as fast as SHA-256 (1.7 GB/s with
+ * the SHA extensions), which cannot be split over threads: two decompressing
+ * threads keep the hash stage busy, more only take cores from it.
+ */
+export const ZSTD_DECODE_JOBS = 2;
+/**
+ * Bytes one zstd link may hold in flight. With the usual 1 MiB blocks it
+ * allows QUEUE_DEPTH pieces; with large blocks, fewer (but always 2, so a
+ * thread can decompress its next block while one is being hashed), which bounds memory whatever block
+ * size an image chose.
+ */
+const ZSTD_LINK_BYTES = 4 * 1024 * 1024;
+/** How often the payload bytes the zstd threads have read are passed to onProgress. */
+const PROGRESS_INTERVAL_MS = 100;
+
+const SHA256_WORKER = workerUrl("sha256");
+const INFLATE_WORKER = workerUrl("inflate");
+const ZSTD_DECODE_WORKER = workerUrl("zstd-decode");
+
+/** The outcome of verifying one payload. */
+export interface PayloadVerdict {
+  /** Raw image bytes produced (read, inflated or decompressed) before the check ended. */
+  bytes: number;
+  /**
+   * SHA-256 of those `bytes` raw bytes; null when the payload could not be
+   * read or decoded to its end, so there is no digest to compare.
+   */
+  sha256: Uint8Array | null;
+  /** Why the payload does not match its header, on one line; null when it does. */
+  error: string | null;
+  /** A zstd payload's seek table, once read and found consistent with the header; else null. */
+  seekTable: SeekTable | null;
+}
+
+/** Reporting and tuning for verifyPayload and extractPayload. */
+export interface VerifyOptions {
+  /** Called as payload bytes are read, with the total read so far. */
+  onProgress?: (payloadBytesRead: number) => void;
+  /** Threads decompressing a zstd payload; ZSTD_DECODE_JOBS by default. */
+  zstdJobs?: number;
+}
+
+/**
+ * Verify the payload of the image file at `path` against its decoded header:
+ * read it, decode it (zlib or zstd) when compressed, and check the byte
+ * count and SHA-256, with reading, decoding and hashing on separate threads.
+ * Problems with the payload are returned in the verdict, not thrown.
+ *
+ * @example
+ * const verdict = await verifyPayload("pool-1m-z.img", header);
+ * if (verdict.error) console.error(`lookimage: ${verdict.error}`);
+ */
+export function verifyPayload(path: string, header: Header, options: VerifyOptions = {}): Promise<PayloadVerdict> {
+  return runPipeline(path, header, options, null);
+}
+
+/**
+ * Where lookimage --extract may write the raw image: any file but the image
+ * itself (by path, through links, or a hard link to it). Throws a one-line
+ * UserError otherwise, before anything is read or written.
+ *
+ * @example const output = await rawOutputTarget("pool.raw", "pool.img");
+ */
+export async function rawOutputTarget(rawPath: string, imagePath: string): Promise<Target> {
+  const target = await resolveTarget("raw output", rawPath);
+  const image = await stat(imagePath);
+  if (isSameFile(target, { realPath: await realpath(imagePath), dev: image.dev, ino: image.ino })) {
+    throw new UserError(`raw output ${rawPath} is the image ${imagePath}; refusing to overwrite it`);
+  }
+  return target;
+}
+
+/**
+ * Verify the payload as verifyPayload does and write the raw image to
+ * `output`, atomically: into a temporary file beside it, synced and renamed
+ * over it only if the verdict is that the payload matches its header. On any
+ * failure (a verdict against the payload, an error, SIGINT) the temporary
+ * file is removed and `output` is left as it was. A file that cannot be
+ * written is a thrown UserError.
+ *
+ * @example
+ * const verdict = await extractPayload("pool.img", header, await rawOutputTarget("pool.raw", "pool.img"));
+ */
+export async function extractPayload(
+  path: string,
+  header: Header,
+  output: Target,
+  options: VerifyOptions = {},
+): Promise<PayloadVerdict> {
+  // Watched before it exists on disk, so a signal in between leaves nothing behind.
+  const watched: PendingFile[] = [];
+  const stopWatching = discardOnSignal(watched);
+  const file = await PendingFile.create(output, watched);
+  try {
+    const verdict = await runPipeline(path, header, options, {
+      path: file.temp,
+      name: `${output.what} ${output.path}`,
+    });
+    if (verdict.error === null) {
+      await file.finish();
+      await file.publish();
+    } else {
+      file.discard();
+    }
+    return verdict;
+  } catch (error) {
+    file.discard();
+    throw error;
+  } finally {
+    stopWatching();
+    await file.handle.close().catch(() => {});
+  }
+}
+
+/** Build the stages for the payload's codec, run them, and judge what they report. */
+async function runPipeline(
+  path: string,
+  header: Header,
+  options: VerifyOptions,
+  sink: RawSink | null,
+): Promise<PayloadVerdict> {
+  const codec = payloadCodec(header);
+  const refused = (error: string): PayloadVerdict => ({ bytes: 0, sha256: null, error, seekTable: null });
+  let seekTable: SeekTable | null = null;
+  if (codec === "zstd") {
+    try {
+      seekTable = await readSeekTable(Bun.file(path), header);
+    } catch (error) {
+      if (error instanceof ImageFormatError) return refused(error.message);
+      throw error;
+    }
+  } else {
+    const refusal = payloadSizeRefusal(header);
+    if (refusal) return refused(refusal);
+  }
+
+  const stages = new StageThreads();
+  let stopProgress = () => {};
+  try {
+    let hashInputs: MessagePort[];
+    let plan: PlannedReads | null = null;
+    let inflated: Promise<InflateReport> | null = null;
+    if (codec === "zstd" && seekTable) {
+      const progress = new SharedArrayBuffer(BigInt64Array.BYTES_PER_ELEMENT);
+      hashInputs = startZstdStages(stages, path, seekTable, options.zstdJobs ?? ZSTD_DECODE_JOBS, progress);
+      if (options.onProgress) stopProgress = pollProgress(progress, options.onProgress);
+    } else {
+      const toHash = new MessageChannel();
+      hashInputs = [toHash.port2];
+      if (codec === "zlib") {
+        const toInflate = new MessageChannel();
+        const order: InflateOrder = { input: toInflate.port2, output: toHash.port1, imageSize: header.imageSize };
+        inflated = stages.start<InflateReport>(INFLATE_WORKER, "inflate", order, [toInflate.port2, toHash.port1]);
+        plan = chunked(header.dataSize, stages.sender(toInflate.port1));
+      } else {
+        plan = chunked(header.dataSize, stages.sender(toHash.port1));
+      }
+    }
+    const hashOrder: HashOrder = { input: hashInputs, ...(sink ? { sink } : {}) };
+    const hashed = stages.start<HashReport>(SHA256_WORKER, "SHA-256", hashOrder, hashInputs);
+
+    const reading = plan
+      ? readPayload(path, header.dataSize, plan, options).catch((error: unknown) => {
+          stages.fail(error instanceof Error ? error.message : String(error));
+        })
+      : null;
+    const inflateReport = inflated ? await stages.settle(inflated) : null;
+    if (inflateReport?.kind === "failed") {
+      return { bytes: inflateReport.produced, sha256: null, error: inflateReport.reason, seekTable };
+    }
+    const hashReport = await stages.settle(hashed);
+    // A stopped stage leaves the reader waiting for room that never comes; stop() releases it.
+    if (hashReport.stopped?.by === "sink") throw new UserError(hashReport.stopped.reason);
+    if (hashReport.stopped?.by === "upstream") {
+      return { bytes: hashReport.bytes, sha256: null, error: hashReport.stopped.reason, seekTable };
+    }
+    await reading;
+    return { ...judge(header, hashReport, inflateReport), seekTable };
+  } catch (error) {
+    if (error instanceof StageFailure) return { bytes: 0, sha256: null, error: error.message, seekTable };
+    throw error;
+  } finally {
+    stopProgress();
+    stages.stop();
+  }
+}
+
+/**
+ * Start N zstd decompressing threads (N at most the number of frames), each
+ * reading its own share of the frames from the image at `path`: frame n goes
+ * to thread n mod N. Returns the links their blocks arrive on, in that turn.
+ */
+function startZstdStages(
+  stages: StageThreads,
+  path: string,
+  table: SeekTable,
+  jobs: number,
+  progress: SharedArrayBuffer,
+): MessagePort[] {
+  const threads = Math.max(1, Math.min(jobs, table.blocks.length));
+  const largestBlock = table.blocks.reduce((largest, block) => Math.max(largest, block.decompressedSize), 0);
+  const depth = Math.max(2, Math.min(QUEUE_DEPTH, Math.floor(ZSTD_LINK_BYTES / Math.max(largestBlock, 1))));
+  const hashInputs: MessagePort[] = [];
+  for (let thread = 0; thread < threads; thread++) {
+    const toHash = new MessageChannel();
+    const order: ZstdDecodeOrder = {
+      path,
+      payloadStart: HEADER_SIZE,
+      output: toHash.port1,
+      blocks: table.blocks.filter((block) => block.index % threads === thread),
+      capacity: largestBlock,
+      depth,
+      progress,
+    };
+    // A block that fails is reported down the thread's link, where the SHA-256 stage meets it in image
+    // order: the verdict names the first bad block whichever thread finds its own first.
+    stages.start<ZstdDecodeReport>(ZSTD_DECODE_WORKER, "zstd", order, [toHash.port1]);
+    hashInputs.push(toHash.port2);
+  }
+  return hashInputs;
+}
+
+/** Pass the count in `progress` (BigInt64Array element 0) to `onProgress` every so often; returns the stop. */
+function pollProgress(progress: SharedArrayBuffer, onProgress: (done: number) => void): () => void {
+  const done = new BigInt64Array(progress);
+  const timer = setInterval(() => onProgress(Number(Atomics.load(done, 0))), PROGRESS_INTERVAL_MS);
+  return () => clearInterval(timer);
+}
+
+/** Compare what the stages saw with what the header claims. */
+function judge(header: Header, hashed: HashReport, inflated: InflateReport | null): Omit<PayloadVerdict, "seekTable"> {
+  const verdict = (error: string | null) => ({ bytes: hashed.bytes, sha256: hashed.sha256, error });
+  if (inflated?.kind === "inflated" && inflated.consumed < header.dataSize) {
+    const trailing = header.dataSize - inflated.consumed;
+    return verdict(
+      `zlib stream ends after ${inflated.consumed} of the ${header.dataSize} payload bytes, leaving ${trailing} trailing bytes`,
+    );
+  }
+  if (hashed.bytes !== header.imageSize) {
+    return verdict(`read ${hashed.bytes} bytes of image, but header says there should be ${header.imageSize}`);
+  }
+  const sum = toHex(hashed.sha256);
+  const headerSum = toHex(header.sha256);
+  if (sum !== headerSum) return verdict(`image sum ${sum} does not match sum from header ${headerSum}`);
+  return verdict(null);
+}
+
+/** A stage's reason to stop, carried to the verdict. */
+class StageFailure extends Error {
+  override name = "StageFailure";
+}
+
+/**
+ * The threads and links of one verification. The first failure of any
+ * stage decides the verdict and stops the rest.
+ */
+class StageThreads {
+  readonly #workers: Worker[] = [];
+  readonly #senders: PieceSender[] = [];
+  #reject: (failure: StageFailure) => void = () => {};
+  readonly #failed = new Promise<never>((_, reject) => (this.#reject = reject));
+
+  constructor() {
+    this.#failed.catch(() => {});
+  }
+
+  /** Start a worker on `script` with its order; resolves with its report. A worker that throws fails the pipeline. */
+  start<Report>(script: URL, stage: string, order: object, transfer: Bun.Transferable[]): Promise<Report> {
+    const worker = new Worker(script.href);
+    this.#workers.push(worker);
+    const report = new Promise<Report>((resolve) => {
+      worker.onmessage = (event: MessageEvent<Report>) => resolve(event.data);
+      worker.onerror = (event: ErrorEvent) => this.fail(`${stage} worker failed: ${event.message}`);
+    });
+    worker.postMessage(order, transfer);
+    return report;
+  }
+
+  /** The sending end of a link from this thread; closed when the pipeline stops. */
+  sender(port: MessagePort, depth = QUEUE_DEPTH): PieceSender {
+    const sender = new PieceSender(port, depth);
+    this.#senders.push(sender);
+    return sender;
+  }
+
+  /** Stop with this reason, unless a stage failed already. */
+  fail(reason: string): void {
+    this.#reject(new StageFailure(reason));
+  }
+
+  /** `report`, or the first failure if one comes before it. */
+  settle<Report>(report: Promise<Report>): Promise<Report> {
+    return Promise.race([report, this.#failed]);
+  }
+
+  stop(): void {
+    for (const sender of this.#senders) sender.close();
+    for (const worker of this.#workers) worker.terminate();
+  }
+}
+
+/** The payload's pieces in order, each with the link it goes down, and the links to end after the last. */
+interface PlannedReads {
+  reads: Iterable<{ length: number; output: PieceSender }>;
+  /** Bytes of the buffers to read into: at least the longest piece, so every buffer can be used again. */
+  capacity: number;
+  outputs: PieceSender[];
+}
+
+/** A stored or zlib payload, read in PAYLOAD_PIECE pieces down one link. */
+function chunked(dataSize: number, output: PieceSender): PlannedReads {
+  function* reads() {
+    for (let at = 0; at < dataSize; at += PAYLOAD_PIECE)
+      yield { length: Math.min(PAYLOAD_PIECE, dataSize - at), output };
+  }
+  return { reads: reads(), capacity: PAYLOAD_PIECE, outputs: [output] };
+}
+
+/**
+ * Send the payload after the header of the image at `path` down `output` in
+ * PAYLOAD_PIECE pieces, waiting for room on the link (so memory stays bounded),
+ * then end the link. For a stage outside verifyPayload, such as the boot
+ * server's inflate into shared memory.
+ *
+ * @example await sendPayload(path, header.dataSize, new PieceSender(channel.port1));
+ */
+export function sendPayload(path: string, dataSize: number, output: PieceSender): Promise<void> {
+  return readPayload(path, dataSize, chunked(dataSize, output), {});
+}
+
+/** Read the planned pieces of the payload after the header, in order, and send each down its link. */
+async function readPayload(path: string, dataSize: number, plan: PlannedReads, options: VerifyOptions): Promise<void> {
+  const file = await open(path, "r");
+  try {
+    let done = 0;
+    for (const { length, output } of plan.reads) {
+      await output.room();
+      const piece = output.buffer(plan.capacity).subarray(0, length);
+      for (let filled = 0; filled < length; ) {
+        const { bytesRead } = await file.read(piece, filled, length - filled, HEADER_SIZE + done + filled);
+        if (bytesRead === 0) throw new Error(`file ends ${done + filled} bytes into the ${dataSize}-byte payload`);
+        filled += bytesRead;
+      }
+      output.send(piece);
+      done += length;
+      options.onProgress?.(done);
+    }
+    for (const output of plan.outputs) output.end();
+  } finally {
+    await file.close();
+  }
+}

@@ -1,0 +1,474 @@
+/**
+ * The zstd seekable format: the payload of a zstd boot image.
+ *
+ * The raw pool is cut into blocks and each block is compressed as its own,
+ * independent zstd frame; the frames are written one after another, and a
+ * seek table follows them. The seek table sits in a zstd skippable frame
+ * (magic 0x184D2A5E, then a u32 frame size), so any zstd decoder, Debian's
+ * `zstd -d` included, reads the payload as an ordinary zstd file: it
+ * decompresses the frames in order, which concatenate to the raw pool, and
+ * skips the table. The table holds one entry per frame (u32 compressed size,
+ * u32 decompressed size, u32 checksum: the low 32 bits of XXH64, seed 0, of
+ * the block's raw bytes), then a 9-byte footer (u32 number of frames, a
+ * descriptor byte whose bit 7 says checksums are present, and the seekable
+ * magic 0x8F92EAB1), all little-endian. Because the footer ends the payload,
+ * a reader finds the table from the last 9 bytes without scanning the frames.
+ *
+ * One frame per block is the point of the design. Frames share no history,
+ * so mkimage compresses blocks on every core at once and simply writes the
+ * results in order. And any block can be read alone: the bootserver answers
+ * a READ for an offset by finding its block in the table (a binary search
+ * over the decompressed offsets), reading only that frame, decompressing it
+ * and checking its checksum, without inflating the pool up front. The cost is
+ * that no frame can refer to data in the blocks before it, which is a
+ * percent or so of size for blocks of a few MiB.
+ *
+ * Reference: zstd's contrib/seekable_format/zstd_seekable_compression_format.md.
+ * This module is pure: bytes in, bytes out (decompressBlock keeps one native
+ * decoder per thread, reset for every frame; compressBlock makes an encoder
+ * per block, which pledges the block's size). Reading the table and frames
+ * from an image file is lib/image/zstd-image.ts's.
+ */
+
+import { createZstdCompress, createZstdDecompress, constants as zlibConstants } from "node:zlib";
+import { ImageFormatError, MIB } from "./format.ts";
+import { CodecError, NativeCodec } from "./native-codec.ts";
+
+/** The first four bytes of every zstd frame (little-endian u32). */
+export const ZSTD_FRAME_MAGIC = 0xfd2fb528;
+/** The skippable frame magic the seek table uses; zstd skips such frames. */
+export const SKIPPABLE_FRAME_MAGIC = 0x184d2a5e;
+/** The last four bytes of a seekable payload. */
+export const SEEKABLE_MAGIC = 0x8f92eab1;
+/** Skippable frame magic plus its u32 frame size. */
+export const SKIPPABLE_HEADER_SIZE = 8;
+/** Number of frames (u32), descriptor (1 byte), seekable magic (u32). */
+export const SEEK_TABLE_FOOTER_SIZE = 9;
+/** Compressed size, decompressed size, checksum: three u32 per frame. */
+export const SEEK_TABLE_ENTRY_SIZE = 12;
+/** Descriptor bit 7: every entry carries a checksum. */
+export const DESCRIPTOR_CHECKSUMS = 0x80;
+/**
+ * Descriptor bits 6..2 are reserved for breaking changes; the format says a
+ * decoder must find them 0. Bits 1..0 are for compatible changes and ignored.
+ */
+export const DESCRIPTOR_RESERVED = 0x7c;
+/** The most frames the reference implementation accepts in one table. */
+export const MAX_FRAMES = 0x8000000;
+/**
+ * The largest block a table may promise. Readers hold whole blocks in memory
+ * (the bootserver caches several for its sleds), so a table asking for more
+ * is refused rather than trusted; mkimage writes blocks far smaller.
+ */
+export const MAX_BLOCK_SIZE = 64 * MIB;
+/** The compression levels zstd has. */
+export const MIN_LEVEL = 1;
+export const MAX_LEVEL = 22;
+
+/** One seek table entry: the sizes and checksum of one frame. */
+export interface SeekTableEntry {
+  compressedSize: number;
+  decompressedSize: number;
+  /** Low 32 bits of XXH64 (seed 0) of the block's raw bytes. */
+  checksum: number;
+}
+
+/** A seek table entry placed in the payload and in the raw image. */
+export interface Block extends SeekTableEntry {
+  /** Position of the frame in the payload, 0-based. */
+  index: number;
+  /** Where the frame starts in the payload. */
+  compressedOffset: number;
+  /** Where the block's bytes start in the raw image. */
+  decompressedOffset: number;
+}
+
+/** What decompressBlock needs to know about a frame: its entry and, for messages, its index. */
+export type BlockEntry = Pick<Block, "index" | "compressedSize" | "decompressedSize" | "checksum">;
+
+/** A decoded, checked seek table. */
+export interface SeekTable {
+  blocks: readonly Block[];
+  /** Bytes of the seek table's skippable frame at the end of the payload. */
+  tableSize: number;
+  /** Sum of all decompressed sizes: the raw image size. */
+  imageSize: number;
+}
+
+/**
+ * The low 32 bits of XXH64 (seed 0) of a block's raw bytes, as the seek
+ * table stores it.
+ *
+ * @example blockChecksum(new Uint8Array(0)) // 0x51d8e999
+ */
+export function blockChecksum(raw: Uint8Array): number {
+  return Number(Bun.hash.xxHash64(raw) & 0xffff_ffffn);
+}
+
+function checkU32(what: string, value: number): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffff_ffff) {
+    throw new ImageFormatError(`${what} of ${value} does not fit the seek table's u32 field`);
+  }
+}
+
+/**
+ * Encode the seek table's skippable frame for these frames, in order, with
+ * checksums. Append it to the frames to finish a seekable payload. Refuses
+ * what decodeSeekTable would: a size beyond a u32, an empty frame or block,
+ * a block above MAX_BLOCK_SIZE.
+ *
+ * @example
+ * const table = encodeSeekTable([{ compressedSize: frame.length, decompressedSize: raw.length,
+ *   checksum: blockChecksum(raw) }]);
+ */
+export function encodeSeekTable(entries: readonly SeekTableEntry[]): Uint8Array {
+  if (entries.length > MAX_FRAMES) {
+    throw new ImageFormatError(`${entries.length} frames are more than a seek table holds (${MAX_FRAMES})`);
+  }
+  const frameSize = entries.length * SEEK_TABLE_ENTRY_SIZE + SEEK_TABLE_FOOTER_SIZE;
+  const out = new Uint8Array(SKIPPABLE_HEADER_SIZE + frameSize);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, SKIPPABLE_FRAME_MAGIC, true);
+  view.setUint32(4, frameSize, true);
+  entries.forEach((entry, index) => {
+    checkU32(`frame ${index}'s compressed size`, entry.compressedSize);
+    checkU32(`frame ${index}'s decompressed size`, entry.decompressedSize);
+    checkU32(`frame ${index}'s checksum`, entry.checksum);
+    if (entry.compressedSize === 0 || entry.decompressedSize === 0 || entry.decompressedSize > MAX_BLOCK_SIZE) {
+      throw new ImageFormatError(
+        `frame ${index} of ${entry.compressedSize} bytes for a block of ${entry.decompressedSize}: blocks hold 1 to ${MAX_BLOCK_SIZE} bytes`,
+      );
+    }
+    const at = SKIPPABLE_HEADER_SIZE + index * SEEK_TABLE_ENTRY_SIZE;
+    view.setUint32(at, entry.compressedSize, true);
+    view.setUint32(at + 4, entry.decompressedSize, true);
+    view.setUint32(at + 8, entry.checksum, true);
+  });
+  const footer = out.length - SEEK_TABLE_FOOTER_SIZE;
+  view.setUint32(footer, entries.length, true);
+  view.setUint8(footer + 4, DESCRIPTOR_CHECKSUMS);
+  view.setUint32(footer + 5, SEEKABLE_MAGIC, true);
+  return out;
+}
+
+const hex32 = (value: number) => `0x${value.toString(16).padStart(8, "0")}`;
+
+/**
+ * From the last bytes of a payload (at least the 9-byte footer), the size of
+ * the whole seek table frame, so a reader knows how much of the payload's end
+ * to read next. Checks the footer: the seekable magic, checksums present, no
+ * reserved bit set, and a frame count that fits in a payload of this size.
+ *
+ * @example
+ * const tableSize = seekTableSize(await file.slice(end - SEEK_TABLE_FOOTER_SIZE, end).bytes(), payloadSize);
+ */
+export function seekTableSize(payloadTail: Uint8Array, payloadSize: number): number {
+  const minimum = SKIPPABLE_HEADER_SIZE + SEEK_TABLE_FOOTER_SIZE;
+  if (payloadSize < minimum || payloadTail.length < SEEK_TABLE_FOOTER_SIZE) {
+    throw new ImageFormatError(
+      `payload of ${payloadSize} bytes is too short to end with a seek table (at least ${minimum} bytes): truncated`,
+    );
+  }
+  const footer = payloadTail.subarray(payloadTail.length - SEEK_TABLE_FOOTER_SIZE);
+  const view = new DataView(footer.buffer, footer.byteOffset, SEEK_TABLE_FOOTER_SIZE);
+  const magic = view.getUint32(5, true);
+  if (magic !== SEEKABLE_MAGIC) {
+    throw new ImageFormatError(
+      `payload ends with ${hex32(magic)}, not the seekable magic ${hex32(SEEKABLE_MAGIC)}: the seek table is missing or the payload is truncated`,
+    );
+  }
+  const descriptor = view.getUint8(4);
+  if ((descriptor & DESCRIPTOR_RESERVED) !== 0) {
+    throw new ImageFormatError(`seek table descriptor 0x${descriptor.toString(16)} has reserved bits set`);
+  }
+  // Every block is checked against its checksum before it is served, so a
+  // table without checksums is refused rather than trusted.
+  if ((descriptor & DESCRIPTOR_CHECKSUMS) === 0) {
+    throw new ImageFormatError(`seek table descriptor 0x${descriptor.toString(16)} says there are no checksums`);
+  }
+  const frames = view.getUint32(0, true);
+  // Bound the count by what the payload can hold before anything is allocated for it.
+  const fitting = Math.min(MAX_FRAMES, Math.floor((payloadSize - minimum) / SEEK_TABLE_ENTRY_SIZE));
+  if (frames > fitting) {
+    throw new ImageFormatError(
+      `seek table claims ${frames} frames, but a payload of ${payloadSize} bytes holds the entries of at most ${fitting}`,
+    );
+  }
+  return minimum + frames * SEEK_TABLE_ENTRY_SIZE;
+}
+
+/** What a seek table must agree with: the payload it ends and the image header. */
+export interface SeekTableExpectations {
+  /** Bytes of the whole payload (the header's data_size). */
+  payloadSize: number;
+  /** Bytes of the raw image (the header's image_size). */
+  imageSize: number;
+}
+
+/**
+ * Decode and check the seek table at the end of a payload. `payloadTail`
+ * holds the payload's last bytes: at least seekTableSize() of them (the whole
+ * payload will do). Throws ImageFormatError with the reason when the table
+ * does not describe this payload: bad magics, a frame size that disagrees
+ * with the frame count, an empty or oversized block, compressed sizes that do
+ * not add up to the payload before the table, or decompressed sizes that do
+ * not add up to the image size.
+ *
+ * @example
+ * const table = decodeSeekTable(tail, { payloadSize: header.dataSize, imageSize: header.imageSize });
+ */
+export function decodeSeekTable(payloadTail: Uint8Array, expect: SeekTableExpectations): SeekTable {
+  const tableSize = seekTableSize(payloadTail, expect.payloadSize);
+  if (payloadTail.length < tableSize) {
+    throw new RangeError(`decodeSeekTable needs the payload's last ${tableSize} bytes, got ${payloadTail.length}`);
+  }
+  const table = payloadTail.subarray(payloadTail.length - tableSize);
+  const view = new DataView(table.buffer, table.byteOffset, table.length);
+  const skippableMagic = view.getUint32(0, true);
+  if (skippableMagic !== SKIPPABLE_FRAME_MAGIC) {
+    throw new ImageFormatError(
+      `seek table starts with ${hex32(skippableMagic)}, not the skippable frame magic ${hex32(SKIPPABLE_FRAME_MAGIC)}: wrong frame count or corrupted table`,
+    );
+  }
+  const frameSize = view.getUint32(4, true);
+  if (frameSize !== tableSize - SKIPPABLE_HEADER_SIZE) {
+    throw new ImageFormatError(
+      `seek table frame size is ${frameSize} bytes, but its frame count needs ${tableSize - SKIPPABLE_HEADER_SIZE}`,
+    );
+  }
+  const frameCount = (tableSize - SKIPPABLE_HEADER_SIZE - SEEK_TABLE_FOOTER_SIZE) / SEEK_TABLE_ENTRY_SIZE;
+  const framesEnd = expect.payloadSize - tableSize;
+  const blocks: Block[] = [];
+  let compressedOffset = 0;
+  let decompressedOffset = 0;
+  for (let index = 0; index < frameCount; index++) {
+    const at = SKIPPABLE_HEADER_SIZE + index * SEEK_TABLE_ENTRY_SIZE;
+    const compressedSize = view.getUint32(at, true);
+    const decompressedSize = view.getUint32(at + 4, true);
+    const checksum = view.getUint32(at + 8, true);
+    // mkimage writes no empty or skippable frames, so a zero size is damage;
+    // it would also leave an offset that belongs to no block.
+    if (decompressedSize === 0 || compressedSize === 0) {
+      throw new ImageFormatError(
+        `seek table entry ${index} has ${compressedSize} compressed and ${decompressedSize} decompressed bytes; no frame is empty`,
+      );
+    }
+    if (decompressedSize > MAX_BLOCK_SIZE) {
+      throw new ImageFormatError(
+        `seek table entry ${index} promises a block of ${decompressedSize} bytes, above the ${MAX_BLOCK_SIZE}-byte limit`,
+      );
+    }
+    blocks.push({ index, compressedSize, decompressedSize, checksum, compressedOffset, decompressedOffset });
+    compressedOffset += compressedSize;
+    decompressedOffset += decompressedSize;
+  }
+  if (compressedOffset !== framesEnd) {
+    throw new ImageFormatError(
+      `seek table's compressed sizes add up to ${compressedOffset} bytes, but the payload has ${framesEnd} bytes before the table (data size ${expect.payloadSize} - table ${tableSize})`,
+    );
+  }
+  if (decompressedOffset !== expect.imageSize) {
+    throw new ImageFormatError(
+      `seek table's decompressed sizes add up to ${decompressedOffset} bytes, but the image size is ${expect.imageSize}`,
+    );
+  }
+  return { blocks, tableSize, imageSize: decompressedOffset };
+}
+
+/**
+ * The index of the block holding byte `offset` of the raw image, or -1 when
+ * the offset is at or past the end (a READ there is answered with an empty
+ * DATA). A binary search: blocks are in image order.
+ *
+ * @example const block = table.blocks[blockIndexForOffset(table, request.offset)];
+ */
+export function blockIndexForOffset(table: SeekTable, offset: number): number {
+  if (!Number.isSafeInteger(offset) || offset < 0 || offset >= table.imageSize) return -1;
+  let low = 0;
+  let high = table.blocks.length - 1;
+  while (low < high) {
+    const middle = (low + high + 1) >>> 1;
+    if (table.blocks[middle]!.decompressedOffset <= offset) low = middle;
+    else high = middle - 1;
+  }
+  return low;
+}
+
+/**
+ * Bytes a buffer needs to hold the frame of a block of `rawSize` bytes:
+ * zstd's worst case (ZSTD_COMPRESSBOUND: incompressible data stored in raw
+ * blocks, with their headers) and one byte more, so a frame that does not
+ * fill the buffer is known to be complete.
+ *
+ * @example const out = new Uint8Array(frameCapacity(ZSTD_BLOCK_SIZE));
+ */
+export function frameCapacity(rawSize: number): number {
+  const smallInputMargin = rawSize < 128 * 1024 ? (128 * 1024 - rawSize) >> 11 : 0;
+  return rawSize + (rawSize >> 8) + smallInputMargin + 1;
+}
+
+/**
+ * Compress one block as an independent zstd frame, with its content size in
+ * the frame header, by Bun's built-in zstd through node:zlib's native handle
+ * (the engine bench/zstd-engines.ts picks). The frame goes into `out` when
+ * given (at least frameCapacity bytes; the result is a view of its start),
+ * which spares a fresh buffer per block (lib/image/native-codec.ts says why); else
+ * into a buffer of its own.
+ *
+ * Each frame gets an encoder of its own. One encoder reset for every frame
+ * would spare re-making its tables (about 6% of the CPU at level 3), but
+ * Bun 1.4.5's reset of a zstd handle also drops its parameters: every frame
+ * after the first came out at zstd's default level 3, whatever was asked.
+ *
+ * @example const frame = compressBlock(raw, 3);
+ */
+export function compressBlock(raw: Uint8Array, level: number, out?: Uint8Array): Uint8Array {
+  if (!Number.isInteger(level) || level < MIN_LEVEL || level > MAX_LEVEL) {
+    throw new RangeError(`zstd level ${level} is not a whole number from ${MIN_LEVEL} to ${MAX_LEVEL}`);
+  }
+  const capacity = frameCapacity(raw.length);
+  if (out && out.length < capacity)
+    throw new RangeError(`a frame of ${raw.length} bytes needs ${capacity} bytes of room, got ${out.length}`);
+  const room = out ?? new Uint8Array(capacity);
+  // The size pledged up front goes into the frame header, and lets zstd size its tables to the block.
+  const encoder = new NativeCodec(
+    createZstdCompress({ pledgedSrcSize: raw.length, params: { [zlibConstants.ZSTD_c_compressionLevel]: level } }),
+  );
+  try {
+    // One call: a second one with the finishing flag would begin another, empty frame.
+    const { consumed, produced } = encoder.step(raw, room, true);
+    if (consumed !== raw.length || produced === room.length) {
+      throw new Error(`zstd left a block of ${raw.length} bytes unfinished (${consumed} taken, ${produced} written)`);
+    }
+    return room.subarray(0, produced);
+  } finally {
+    encoder.close();
+  }
+}
+
+/** The zstd decoder decompressBlock reuses on this thread, made on first use. */
+let frameDecoder: NativeCodec | undefined;
+/** Where decompressBlock asks for one byte past a block's end, to catch a frame that gives more. */
+const probe = new Uint8Array(1);
+
+/**
+ * True when `frame` is exactly one whole zstd frame: its block headers
+ * (RFC 8878, section 3.1.1) end, with the last block and the optional
+ * checksum, at its last byte. node:zlib's zstd gives a frame's bytes without
+ * complaint when the frame stops before its last block, and `zstd -d`
+ * refuses such a frame, so decompressBlock checks this too.
+ *
+ * @example isWholeFrame(compressBlock(raw, 3)) // true
+ */
+export function isWholeFrame(frame: Uint8Array): boolean {
+  if (frame.length < 6) return false;
+  const descriptor = frame[4]!;
+  const singleSegment = (descriptor & 0x20) !== 0;
+  const contentSizeBytes = [singleSegment ? 1 : 0, 2, 4, 8][descriptor >> 6]!;
+  const dictionaryIdBytes = [0, 1, 2, 4][descriptor & 3]!;
+  let at = 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes + contentSizeBytes;
+  for (;;) {
+    if (at + 3 > frame.length) return false;
+    const header = frame[at]! | (frame[at + 1]! << 8) | (frame[at + 2]! << 16);
+    // An RLE block (type 1) holds one byte whatever its size; the others hold `size` bytes.
+    at += 3 + (((header >> 1) & 3) === 1 ? 1 : header >>> 3);
+    if ((header & 1) !== 0) break;
+  }
+  return ((descriptor & 4) !== 0 ? at + 4 : at) === frame.length;
+}
+
+/**
+ * Decompress one frame and check it against its seek table entry: it must
+ * give exactly `decompressedSize` bytes (decoding stops one byte past that,
+ * so a damaged or hostile frame cannot balloon in memory) whose checksum
+ * matches. Throws ImageFormatError naming the block otherwise. The bytes go
+ * into `out` when given (at least `decompressedSize` bytes; the result is a
+ * view of its start), which spares the page faults of a fresh buffer when a
+ * caller decompresses frame after frame (lib/image/verify-zstd.ts); else into a
+ * buffer of their own.
+ *
+ * @example
+ * const raw = decompressBlock(frame, table.blocks[3]!);
+ * const into = decompressBlock(frame, table.blocks[3]!, recycled);
+ */
+export function decompressBlock(frame: Uint8Array, block: BlockEntry, out?: Uint8Array): Uint8Array {
+  const what = `block ${block.index}`;
+  const size = block.decompressedSize;
+  if (out && out.length < size)
+    throw new RangeError(`${what} needs an output buffer of ${size} bytes, got ${out.length}`);
+  if (frame.length !== block.compressedSize) {
+    throw new ImageFormatError(`${what}: frame is ${frame.length} bytes, the seek table says ${block.compressedSize}`);
+  }
+  const magic = frame.length >= 4 ? new DataView(frame.buffer, frame.byteOffset, 4).getUint32(0, true) : 0;
+  if (magic !== ZSTD_FRAME_MAGIC) {
+    throw new ImageFormatError(
+      `${what}: frame starts with ${hex32(magic)}, not the zstd magic ${hex32(ZSTD_FRAME_MAGIC)}`,
+    );
+  }
+  const raw = out ? out.subarray(0, size) : new Uint8Array(size);
+  frameDecoder ??= new NativeCodec(createZstdDecompress());
+  const decoder = frameDecoder;
+  decoder.reset();
+  let consumed = 0;
+  let produced = 0;
+  let beyond = 0;
+  try {
+    while (produced < size) {
+      const step = decoder.step(frame.subarray(consumed), raw.subarray(produced), true);
+      consumed += step.consumed;
+      produced += step.produced;
+      if (step.consumed === 0 && step.produced === 0) break;
+    }
+    if (produced === size) beyond = decoder.step(frame.subarray(consumed), probe, true).produced;
+  } catch (error) {
+    if (error instanceof CodecError)
+      throw new ImageFormatError(`${what}: frame does not decompress (${error.message})`);
+    throw error;
+  }
+  if (beyond > 0) {
+    throw new ImageFormatError(`${what}: frame decompresses to more than the ${size} bytes the seek table says`);
+  }
+  // A frame cut short decodes without error to fewer bytes, so the size is checked here.
+  if (produced < size) {
+    throw new ImageFormatError(`${what}: frame decompresses to ${produced} bytes, the seek table says ${size}`);
+  }
+  if (!isWholeFrame(frame))
+    throw new ImageFormatError(`${what}: the ${frame.length} bytes are not one whole zstd frame`);
+  const checksum = blockChecksum(raw);
+  if (checksum !== block.checksum) {
+    throw new ImageFormatError(
+      `${what}: checksum of the decompressed bytes is ${hex32(checksum)}, the seek table says ${hex32(block.checksum)}`,
+    );
+  }
+  return raw;
+}
+
+/**
+ * One block for a zstd compressing thread (workers/zstd-block.ts). `raw` is
+ * read only (mkimage shows it from shared memory); `out`, if given, is where
+ * the frame goes (compressBlock): a buffer to use again.
+ */
+export interface ZstdBlockJob {
+  raw: Uint8Array;
+  level: number;
+  out?: Uint8Array;
+}
+
+/** A compressed block: its frame and the seek table entry that describes it. */
+export interface CompressedBlock {
+  frame: Uint8Array;
+  entry: SeekTableEntry;
+}
+
+/**
+ * Compress one block into its frame and seek table entry.
+ *
+ * @example const { frame, entry } = compressBlockJob({ raw, level: 3 });
+ */
+export function compressBlockJob({ raw, level, out }: ZstdBlockJob): CompressedBlock {
+  const frame = compressBlock(raw, level, out);
+  return {
+    frame,
+    entry: { compressedSize: frame.length, decompressedSize: raw.length, checksum: blockChecksum(raw) },
+  };
+}

@@ -1,0 +1,551 @@
+/**
+ * The boot server: serves boot images over raw Ethernet to any number of
+ * sleds at once (docs/netboot.md).
+ *
+ * Three kinds of thread share the work. The dispatcher thread
+ * (workers/dispatcher.ts, lib/netboot/dispatch.ts) captures every netboot frame on
+ * the link and routes it. The main thread (this module) decides: which image
+ * to offer a sled that says HELLO, when a session starts and ends, when the
+ * server is done. Each sled being served has a session thread
+ * (workers/session.ts, lib/netboot/session.ts) that answers its READs with DATA
+ * frames from the image in shared memory. A READ therefore travels from the
+ * dispatcher to its session thread on a channel of its own, without the main
+ * thread, and sleds are served in parallel on as many cores as there are.
+ *
+ * Which image a sled is offered: the one pinned to its MAC, else the images
+ * in turn on its successive HELLOs. A sled ignores an OFFER whose checksum
+ * is not the one in its boot archive and says HELLO again four seconds later,
+ * so offering each image in turn finds the one it wants; READs are served
+ * from the image offered last. Images are loaded once (lib/netboot/served-image.ts)
+ * and reloaded on a HELLO after their file changed.
+ *
+ * A session starts with the first OFFER to a sled and ends when the sled says
+ * FINISHED, when it says HELLO again (it started over), or when it has been
+ * silent for SESSION_QUIET_MS (a sled re-asks every second, so that silence
+ * means it is gone).
+ */
+
+import { oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { datasetField, encodeFrame, formatMac, type Mac } from "@ramdisk-tools/protocol/frames.ts";
+import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
+import {
+  type DISPATCH_COUNTERS,
+  type DispatchCounters,
+  type DispatcherCommand,
+  type DispatcherReport,
+  dispatchCounters,
+  macKey,
+} from "./dispatch.ts";
+import { type ServedImage, ServedImageFile } from "./served-image.ts";
+import {
+  type SESSION_COUNTERS,
+  type SessionCommand,
+  type SessionCounters,
+  type SessionReport,
+  sessionCounters,
+} from "./session.ts";
+
+/** A session with no READ or HELLO for this long has lost its sled. */
+export const SESSION_QUIET_MS = 20_000;
+/** How long a stopping thread gets to close its link before it is terminated. */
+const STOP_GRACE_MS = 1000;
+/** The dispatcher may also have a capture file to flush, sync and rename. */
+const RECORDING_STOP_GRACE_MS = 10_000;
+
+export interface BootServerOptions {
+  /** The Ethernet link the sleds are on. */
+  link: string;
+  /** Image files offered in turn to sleds without a pinned image. */
+  images: string[];
+  /** Image file pinned to a sled, by MAC. */
+  pinned: [Mac, string][];
+  /** The sleds to serve (pinned sleds are served too); null serves any sled. */
+  allowed: Mac[] | null;
+  /** Done once this many sleds have said FINISHED; serve forever when absent. */
+  boots?: number;
+  /** Every failure ends the server, as the existing `-s` does. */
+  failuresFatal: boolean;
+  /** Fail unless a sled says HELLO within this many seconds. */
+  helloTimeoutSeconds?: number;
+  /** Record every frame received and sent to this pcap file, which appears when the server stops. */
+  pcap?: string;
+  /** Where to report what happens. */
+  onEvent: (event: BootEvent) => void;
+}
+
+/** One sled's transfer as it stands. */
+export interface SledProgress {
+  /** The sled's MAC address, formatted. */
+  sled: string;
+  image: ServedImage;
+  /** Image bytes delivered (each offset counted once). */
+  deliveredBytes: number;
+  /** Image bytes sent, repeats included. */
+  sentBytes: number;
+  /** Offsets the sled asked for more than once. */
+  reasked: number;
+  /** Seconds since the sled's first READ. */
+  seconds: number;
+  /** deliveredBytes per second since the first READ. */
+  bytesPerSecond: number;
+  /** Batches of DATA frames the link refused to send. */
+  sendFailures: number;
+  /** Every counter of the session as it stands (the figures above come from these), for the metrics. */
+  counters: Record<(typeof SESSION_COUNTERS)[number], number>;
+}
+
+/** A sled the server has heard from, for the metrics (lib/netboot/metrics.ts). */
+export interface SledStatus {
+  /** The sled's MAC address, formatted. */
+  sled: string;
+  /** Its session's progress while it has one. */
+  session: SledProgress | null;
+  /** It was not offered an image because --boots sleds were already booting or done. */
+  turnedAway: boolean;
+}
+
+export type BootEvent =
+  | { type: "listening"; link: string; mac: string; images: ServedImage[] }
+  | { type: "hello"; sled: string; text: string }
+  | { type: "offer"; sled: string; image: ServedImage }
+  /** The sled was offered an image for the first time in this session: a session thread serves it from now on. */
+  | { type: "session-start"; sled: string; image: ServedImage }
+  /** The sled READ without a session (the server restarted, or its session ended) and was told to start over. */
+  | { type: "reset"; sled: string }
+  | { type: "reloaded"; image: ServedImage }
+  /** A raw image is all in memory and its SHA-256 matched, `seconds` after its load began (it was served meanwhile). */
+  | { type: "loaded"; image: ServedImage; seconds: number }
+  /**
+   * A raw image failed its check after serving began: refused until its file changes, and the sessions
+   * serving it sent their sleds a RESET (`resetSleds` of them).
+   */
+  | { type: "refused"; image: ServedImage; message: string; resetSleds: number }
+  | { type: "finished"; progress: SledProgress; boots: number }
+  /** Something worth knowing that is not a failure. */
+  | { type: "notice"; message: string }
+  /** A failure that does not stop the server (unless failuresFatal). */
+  | { type: "problem"; message: string };
+
+interface SessionThread {
+  worker: Worker;
+  counters: SessionCounters;
+  /** The dispatcher's end of the session's channel, until handed over. */
+  dispatcherPort?: MessagePort;
+  /** Settles when the thread can answer READs (or failed to start). */
+  ready: Promise<void>;
+  stopped: Promise<void>;
+  image: ServedImage;
+  /** Epoch milliseconds of the last OFFER or HELLO, for the quiet check. */
+  heardAt: number;
+}
+
+interface Sled {
+  mac: Mac;
+  name: string;
+  /** OFFERs made so far, to rotate through the images. */
+  offers: number;
+  /** A HELLO is being answered (its image may be loading). */
+  answering: boolean;
+  /** Told once that it waits for capacity. */
+  deferred: boolean;
+  session?: SessionThread;
+}
+
+const decoder = new TextDecoder("utf-8", { fatal: false });
+
+/** Resolves when `promise` does, or after `ms` at the latest. */
+function settledWithin(promise: Promise<void>, ms: number): Promise<void> {
+  return Promise.race([promise, new Promise<void>((resolve) => setTimeout(resolve, ms))]);
+}
+
+/**
+ * A running boot server. `done` resolves when the requested number of sleds
+ * have finished and rejects with a UserError on a fatal failure; `stop()`
+ * ends every thread and closes every link handle.
+ *
+ * @example
+ * const server = await BootServer.start({ link: "eth1", images: ["recovery.img"], pinned: [],
+ *   allowed: null, boots: 1, failuresFatal: true, onEvent: console.log });
+ * try { await server.done; } finally { await server.stop(); }
+ */
+export class BootServer {
+  readonly done: Promise<void>;
+  #resolveDone!: () => void;
+  #rejectDone!: (error: Error) => void;
+  #closed = false;
+
+  readonly #options: BootServerOptions;
+  readonly #rotation: ServedImageFile[];
+  readonly #pinned: Map<number, ServedImageFile>;
+  readonly #loaded = new Map<ServedImageFile, ServedImage>();
+  readonly #sleds = new Map<number, Sled>();
+  readonly #frameCounters: DispatchCounters = dispatchCounters();
+  #dispatcher!: Worker;
+  #dispatcherStopped!: Promise<void>;
+  #serverMac!: Mac;
+  #finished = 0;
+  #heardHello = false;
+  #helloTimer: ReturnType<typeof setTimeout> | undefined;
+  #quietTimer: ReturnType<typeof setInterval> | undefined;
+
+  private constructor(options: BootServerOptions) {
+    this.#options = options;
+    this.done = new Promise((resolve, reject) => {
+      this.#resolveDone = resolve;
+      this.#rejectDone = reject;
+    });
+    // Handled by whoever awaits `done`; this keeps an early failure from being "unhandled".
+    this.done.catch(() => {});
+    const files = new Map<string, ServedImageFile>();
+    const fileFor = (path: string) => files.get(path) ?? files.set(path, new ServedImageFile(path)).get(path)!;
+    this.#rotation = options.images.map(fileFor);
+    this.#pinned = new Map(options.pinned.map(([mac, path]) => [macKey(mac), fileFor(path)]));
+  }
+
+  /**
+   * Load every image (refusing, with the reason, one a sled could not boot),
+   * open the link, and start answering sleds.
+   */
+  static async start(options: BootServerOptions): Promise<BootServer> {
+    if (options.images.length === 0) throw new UserError("no image to serve", 2);
+    const server = new BootServer(options);
+    const files = [...new Set([...server.#rotation, ...server.#pinned.values()])];
+    const images = await Promise.all(
+      files.map(async (file) => {
+        try {
+          const image = await file.current();
+          server.#loaded.set(file, image);
+          return image;
+        } catch (error) {
+          throw new UserError(oneLine(error));
+        }
+      }),
+    );
+    await server.#startDispatcher();
+    server.#options.onEvent({ type: "listening", link: options.link, mac: formatMac(server.#serverMac), images });
+    for (const image of images) server.#watchLoad(image);
+    if (options.helloTimeoutSeconds !== undefined) {
+      const seconds = options.helloTimeoutSeconds;
+      server.#helloTimer = setTimeout(
+        () => server.#fail(`no sled said HELLO within ${seconds} second${seconds === 1 ? "" : "s"}`),
+        seconds * 1000,
+      );
+    }
+    server.#quietTimer = setInterval(() => server.#endQuietSessions(Date.now()), 1000);
+    return server;
+  }
+
+  /** The transfers under way, for a progress display. */
+  progress(now = Date.now()): SledProgress[] {
+    const transfers: SledProgress[] = [];
+    for (const sled of this.#sleds.values()) {
+      if (sled.session && sled.session.counters.get("reads") > 0)
+        transfers.push(this.#progressOf(sled, sled.session, now));
+    }
+    return transfers;
+  }
+
+  /** Every sled heard from, with its session's progress while it has one (for lib/netboot/metrics.ts). */
+  sleds(now = Date.now()): SledStatus[] {
+    return [...this.#sleds.values()].map((sled) => ({
+      sled: sled.name,
+      session: sled.session ? this.#progressOf(sled, sled.session, now) : null,
+      turnedAway: sled.deferred,
+    }));
+  }
+
+  /** What the dispatcher counted: frames seen, dropped by reason, RESETs sent. */
+  frameCounts(): Record<(typeof DISPATCH_COUNTERS)[number], number> {
+    return this.#frameCounters.snapshot();
+  }
+
+  /** Stop every thread and close the link handles. Safe to call more than once. */
+  async stop(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#helloTimer);
+    clearInterval(this.#quietTimer);
+    // Sessions first: when recording, their last batches reach the dispatcher before it closes the capture.
+    const sessions: Promise<void>[] = [];
+    for (const sled of this.#sleds.values()) {
+      if (sled.session) sessions.push(this.#stopWorker(sled.session.worker, sled.session.stopped));
+      sled.session = undefined;
+    }
+    await Promise.all(sessions);
+    for (const image of this.#loaded.values()) image.retire?.();
+    const grace = this.#options.pcap === undefined ? STOP_GRACE_MS : RECORDING_STOP_GRACE_MS;
+    await this.#stopWorker(this.#dispatcher, this.#dispatcherStopped, grace);
+  }
+
+  #emit(event: BootEvent) {
+    if (!this.#closed) this.#options.onEvent(event);
+  }
+
+  #fail(message: string) {
+    this.#rejectDone(new UserError(message));
+  }
+
+  /** A failure of one sled's boot: fatal with failuresFatal, else reported. */
+  #problem(message: string) {
+    if (this.#options.failuresFatal) this.#fail(message);
+    else this.#emit({ type: "problem", message });
+  }
+
+  /** Say how a raw image's load, which goes on while it is served, ends (ServedImage.filled). */
+  #watchLoad(image: ServedImage) {
+    image.filled?.then(
+      (seconds) => this.#emit({ type: "loaded", image, seconds }),
+      (error: Error) => {
+        // Their sessions see the failure in the image's shared memory and RESET their sleds themselves.
+        // Forgotten here, so its memory goes once they end (its file refuses it until the file changes).
+        for (const [file, loaded] of this.#loaded) if (loaded === image) this.#loaded.delete(file);
+        let resetSleds = 0;
+        for (const sled of this.#sleds.values()) if (sled.session?.image === image) resetSleds++;
+        const message = `refusing ${image.path} from now on, until the file changes: ${error.message}`;
+        if (this.#options.failuresFatal) this.#fail(message);
+        else this.#emit({ type: "refused", image, message, resetSleds });
+      },
+    );
+  }
+
+  #command(command: DispatcherCommand, transfer: Bun.Transferable[] = []) {
+    this.#dispatcher.postMessage(command, transfer);
+  }
+
+  async #startDispatcher(): Promise<void> {
+    const worker = new Worker(workerUrl("dispatcher").href);
+    this.#dispatcher = worker;
+    let stopped!: () => void;
+    this.#dispatcherStopped = new Promise((resolve) => (stopped = resolve));
+    const ready = new Promise<void>((resolve, reject) => {
+      worker.onmessage = (event: MessageEvent<DispatcherReport>) => {
+        const report = event.data;
+        switch (report.type) {
+          case "ready":
+            this.#serverMac = report.mac;
+            return resolve();
+          case "hello":
+            return void this.#hello(report.sled, report.text);
+          case "finished":
+            return this.#sledFinished(report.sled);
+          case "reset":
+            return this.#emit({ type: "reset", sled: formatMac(report.sled) });
+          case "stopped":
+            return stopped();
+          case "error":
+            reject(new UserError(report.message));
+            return this.#fail(report.message);
+        }
+      };
+      worker.onerror = (event) => {
+        reject(new UserError(event.message));
+        this.#fail(`dispatcher thread failed: ${event.message}`);
+      };
+    });
+    const allowed = this.#options.allowed && [...this.#options.allowed, ...this.#options.pinned.map(([mac]) => mac)];
+    this.#command({
+      type: "start",
+      link: this.#options.link,
+      allowed,
+      counters: this.#frameCounters.buffer,
+      pcap: this.#options.pcap,
+    });
+    try {
+      await ready;
+    } catch (error) {
+      worker.terminate();
+      throw error;
+    }
+  }
+
+  async #hello(mac: Mac, text: Uint8Array): Promise<void> {
+    if (this.#closed) return;
+    if (!this.#heardHello) {
+      this.#heardHello = true;
+      clearTimeout(this.#helloTimer);
+    }
+    const key = macKey(mac);
+    let sled = this.#sleds.get(key);
+    if (!sled) {
+      sled = { mac, name: formatMac(mac), offers: 0, answering: false, deferred: false };
+      this.#sleds.set(key, sled);
+    }
+    this.#emit({ type: "hello", sled: sled.name, text: decoder.decode(text) });
+    if (sled.answering) return;
+    const session = sled.session;
+    if (session) {
+      session.heardAt = Date.now();
+      const delivered = session.counters.get("deliveredBytes");
+      if (delivered > 0) this.#problem(`${sled.name} started over after ${delivered} bytes of ${session.image.name}`);
+    } else if (this.#atCapacity()) {
+      if (!sled.deferred) {
+        sled.deferred = true;
+        this.#emit({
+          type: "notice",
+          message: `not offering to ${sled.name}: ${this.#options.boots} sleds are already booting or done`,
+        });
+      }
+      return;
+    }
+    sled.answering = true;
+    try {
+      await this.#offer(sled, key);
+    } finally {
+      sled.answering = false;
+    }
+  }
+
+  async #offer(sled: Sled, key: number): Promise<void> {
+    const file = this.#pinned.get(key) ?? this.#rotation[sled.offers % this.#rotation.length]!;
+    sled.offers++;
+    let image: ServedImage;
+    try {
+      image = await file.current();
+    } catch (error) {
+      return this.#problem(`cannot offer ${file.path} to ${sled.name}: ${oneLine(error)}`);
+    }
+    if (this.#closed) return;
+    const previous = this.#loaded.get(file);
+    if (previous && previous !== image) this.#emit({ type: "reloaded", image });
+    if (previous !== image) this.#watchLoad(image);
+    this.#loaded.set(file, image);
+
+    const session = sled.session ?? this.#startSession(sled, image);
+    if (!sled.session) this.#emit({ type: "session-start", sled: sled.name, image });
+    sled.session = session;
+    session.image = image;
+    session.heardAt = Date.now();
+    // Offer only once the session thread can answer: a sled READs as soon as
+    // it accepts, and re-asks a whole batch if the answers take over a second
+    // (a thread starting among many on busy cores can take that long).
+    try {
+      await session.ready;
+    } catch {
+      return; // the session thread's failure is already reported
+    }
+    if (this.#closed || sled.session !== session) return;
+    const { header } = image;
+    const frame = encodeFrame(sled.mac, this.#serverMac, {
+      type: "offer",
+      ramdiskSize: BigInt(header.targetSize),
+      imageSize: BigInt(header.imageSize),
+      sha256: header.sha256,
+      dataset: datasetField(header.dataset),
+    });
+    const port = session.dispatcherPort;
+    session.dispatcherPort = undefined;
+    this.#command({ type: "offer", sled: sled.mac, frame, bytes: image.bytes, port }, port ? [port] : []);
+    this.#emit({ type: "offer", sled: sled.name, image });
+  }
+
+  #startSession(sled: Sled, image: ServedImage): SessionThread {
+    const worker = new Worker(workerUrl("session").href);
+    const counters = sessionCounters();
+    const channel = new MessageChannel();
+    let stopped!: () => void;
+    let ready!: () => void;
+    let failed!: (error: Error) => void;
+    const session: SessionThread = {
+      worker,
+      counters,
+      dispatcherPort: channel.port1,
+      ready: new Promise((resolve, reject) => {
+        ready = resolve;
+        failed = reject;
+      }),
+      stopped: new Promise((resolve) => (stopped = resolve)),
+      image,
+      heardAt: Date.now(),
+    };
+    const fail = (message: string) => {
+      failed(new Error(message));
+      this.#fail(message);
+    };
+    worker.onmessage = (event: MessageEvent<SessionReport>) => {
+      const report = event.data;
+      if (report.type === "ready") ready();
+      else if (report.type === "stopped") stopped();
+      else if (report.type === "problem") this.#problem(`${sled.name}: ${report.message}`);
+      else fail(`session for ${sled.name}: ${report.message}`);
+    };
+    worker.onerror = (event) => fail(`session thread for ${sled.name} failed: ${event.message}`);
+    const start: SessionCommand = {
+      type: "start",
+      link: this.#options.link,
+      sled: sled.mac,
+      counters: counters.buffer,
+      port: channel.port2,
+      record: this.#options.pcap !== undefined,
+    };
+    worker.postMessage(start, [channel.port2]);
+    return session;
+  }
+
+  #sledFinished(mac: Mac) {
+    const sled = this.#sleds.get(macKey(mac));
+    const session = sled?.session;
+    if (!sled || !session) return;
+    sled.session = undefined;
+    void this.#stopWorker(session.worker, session.stopped);
+    this.#finished++;
+    this.#emit({ type: "finished", progress: this.#progressOf(sled, session, Date.now()), boots: this.#finished });
+    if (this.#options.boots !== undefined && this.#finished >= this.#options.boots) this.#resolveDone();
+  }
+
+  #endQuietSessions(now: number) {
+    for (const sled of this.#sleds.values()) {
+      const session = sled.session;
+      if (!session) continue;
+      const heardAt = Math.max(session.heardAt, session.counters.get("lastReadAt"));
+      if (now - heardAt < SESSION_QUIET_MS) continue;
+      sled.session = undefined;
+      this.#command({ type: "end", sled: sled.mac });
+      void this.#stopWorker(session.worker, session.stopped);
+      const delivered = session.counters.get("deliveredBytes");
+      const seconds = Math.round(SESSION_QUIET_MS / 1000);
+      if (delivered > 0) {
+        this.#problem(
+          `${sled.name} went quiet for ${seconds} s after ${delivered} of ${session.image.header.imageSize} bytes of ${session.image.name}`,
+        );
+      } else {
+        this.#emit({
+          type: "notice",
+          message: `${sled.name} did not take the offer of ${session.image.name} and went quiet`,
+        });
+      }
+    }
+  }
+
+  /** With a boot count, sleds beyond it are not offered anything: the server would exit during their transfer. */
+  #atCapacity(): boolean {
+    const boots = this.#options.boots;
+    if (boots === undefined) return false;
+    let transferring = 0;
+    for (const sled of this.#sleds.values()) if (sled.session && sled.session.counters.get("reads") > 0) transferring++;
+    return this.#finished + transferring >= boots;
+  }
+
+  #progressOf(sled: Sled, session: SessionThread, now: number): SledProgress {
+    const counters = session.counters;
+    const firstReadAt = counters.get("firstReadAt");
+    const seconds = firstReadAt > 0 ? Math.max(now - firstReadAt, 1) / 1000 : 0;
+    const deliveredBytes = counters.get("deliveredBytes");
+    return {
+      sled: sled.name,
+      image: session.image,
+      deliveredBytes,
+      sentBytes: counters.get("sentBytes"),
+      reasked: counters.get("reasked"),
+      seconds,
+      bytesPerSecond: seconds > 0 ? deliveredBytes / seconds : 0,
+      sendFailures: counters.get("sendFailures"),
+      counters: counters.snapshot(),
+    };
+  }
+
+  async #stopWorker(worker: Worker, stopped: Promise<void>, graceMs = STOP_GRACE_MS): Promise<void> {
+    worker.postMessage({ type: "stop" } satisfies SessionCommand & DispatcherCommand);
+    await settledWithin(stopped, graceMs);
+    worker.terminate();
+  }
+}

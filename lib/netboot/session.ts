@@ -1,0 +1,371 @@
+/**
+ * One sled's session on the boot server: answering its READs from the image
+ * it was offered, and counting its progress where the main thread can see it.
+ *
+ * A READ names up to 128 offsets in its slots (lib/protocol/frames.ts,
+ * requestedOffsets). Each gets exactly one DATA: the 1024 image bytes at that
+ * offset, fewer at the end of the image, and none at or past the end, which
+ * is the only answer that frees such a slot in the sled (netboot.md, "End of
+ * image"). Offsets are whatever the frame says, so the bounds are checked as
+ * 64-bit integers before anything is read: an offset near 2^64 or one that is
+ * not a multiple of 1024 never reads outside the image.
+ *
+ * A zstd image is read through lib/netboot/block-cache.ts, which decompresses the
+ * block an offset falls in and checks its checksum. A block that fails its
+ * check is never sent: the sled gets a RESET instead (it gives up this boot
+ * rather than wait for bytes that will not come), the reason goes to
+ * `onProblem` once, and every later READ of the same offer draws a RESET too.
+ *
+ * A plain or zlib image is served while it is still being filled
+ * (lib/netboot/raw-image.ts). A READ asking past what is filled is held, not
+ * answered with bytes that are not there yet, and answered as soon as they
+ * are; the wait is asynchronous, so it holds up only this sled, and a later
+ * READ (the sled re-asks after a second) replaces the held one. Should the
+ * image fail its check once filled, the sled is sent a RESET at once.
+ *
+ * Progress lives in a few numbers in a SharedArrayBuffer (SharedCounters):
+ * the session thread writes them as it answers and the main thread reads them
+ * when it redraws, so reporting costs no message per frame.
+ *
+ * Re-asked offsets (asked more than once, because a DATA was lost) are told
+ * from new ones with a direct-mapped table of the offsets last asked, indexed
+ * by 1024-byte chunk number modulo 256. A sled keeps at most 128 offsets in
+ * flight, all in one 128 KiB batch, and batches follow each other, so a table
+ * of two batches recognises every repeat a sled makes, in the same small
+ * memory whatever the image size.
+ */
+
+import { ImageFormatError } from "@ramdisk-tools/image/format.ts";
+import {
+  CHUNK_SIZE,
+  DataFrameWriter,
+  encodeFrame,
+  type Mac,
+  READ_SLOTS,
+  type ReadRequest,
+  requestedOffsets,
+} from "@ramdisk-tools/protocol/frames.ts";
+import { SharedCounters } from "@ramdisk-tools/threads/shared-counters.ts";
+import { type ZstdImageMemory, ZstdImageReader } from "./block-cache.ts";
+import { RawImageView } from "./raw-image.ts";
+import type { ServedBytes } from "./served-image.ts";
+
+/** Slots in the re-ask table: two batches of 128 chunks. */
+const ASKED_TABLE_SIZE = 256;
+
+/**
+ * A session's progress, shared with the main thread:
+ * - imageSize: bytes of the image being served;
+ * - deliveredBytes: image bytes sent for offsets asked the first time (the image delivered);
+ * - sentBytes: all image bytes sent, repeats included;
+ * - reasked: offsets asked more than once;
+ * - reads: READ frames answered;
+ * - firstReadAt, lastReadAt: epoch milliseconds of the first and the latest READ, 0 before any;
+ * - sendFailures: batches of DATA frames the link refused to send (the sled asks again).
+ */
+export const SESSION_COUNTERS = [
+  "imageSize",
+  "deliveredBytes",
+  "sentBytes",
+  "reasked",
+  "reads",
+  "firstReadAt",
+  "lastReadAt",
+  "sendFailures",
+] as const;
+export type SessionCounters = SharedCounters<(typeof SESSION_COUNTERS)[number]>;
+
+/**
+ * Counters for one session, over a new buffer or the main thread's.
+ *
+ * @example const counters = sessionCounters(); worker.postMessage({ counters: counters.buffer });
+ */
+export function sessionCounters(buffer?: SharedArrayBuffer): SessionCounters {
+  return new SharedCounters(SESSION_COUNTERS, buffer);
+}
+
+/** Where a session takes the bytes that answer an offset from. */
+export interface ImageSource {
+  /** Bytes of the raw image. */
+  readonly size: number;
+  /** The DATA frame answering `offset`, by `writer` (DataFrameWriter.answer's bytes); throws ImageFormatError for a damaged block. */
+  answer(writer: DataFrameWriter, offset: bigint): Uint8Array;
+  /** Done with the bytes of the last answer (a shared cache may reuse them). */
+  release(): void;
+  /** null when every offset of `read` can be answered now; else resolves when they can (the image is being filled). */
+  until(read: ReadRequest): Promise<void> | null;
+  /**
+   * For an image still being filled: resolves when the fill ends, true when it failed its check after serving
+   * began (lib/netboot/raw-image.ts); the sled is then RESET.
+   */
+  readonly failed: Promise<boolean> | null;
+}
+
+/** A raw image in memory as an ImageSource, whole or still being filled (lib/netboot/raw-image.ts). */
+class RawImage implements ImageSource {
+  readonly bytes: Uint8Array;
+  readonly failed: Promise<boolean> | null;
+  readonly #filling: RawImageView | undefined;
+  constructor(image: Uint8Array | RawImageView) {
+    this.bytes = image instanceof Uint8Array ? image : image.bytes;
+    this.#filling = image instanceof Uint8Array ? undefined : image;
+    this.failed = this.#filling?.failed ?? null;
+  }
+  get size(): number {
+    return this.bytes.length;
+  }
+  answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
+    if (this.#filling?.broken) throw new ImageFormatError("the image failed its check after serving began");
+    return writer.answer(offset, this.bytes);
+  }
+  release(): void {}
+  until(read: ReadRequest): Promise<void> | null {
+    if (!this.#filling?.filling) return null;
+    // Filled in order from the start, so the furthest offset asked decides (an empty slot's 0 never does).
+    let furthest = 0n;
+    for (const offset of read.slots) if (offset > furthest) furthest = offset;
+    return this.#filling.until(furthest);
+  }
+}
+
+/**
+ * A zstd image in shared memory as an ImageSource. It has blocks read ahead
+ * off the READ path: whenever its sled enters a block, the image's
+ * read-ahead thread is told to decompress the next one (lib/netboot/block-cache.ts,
+ * hint), and before the first READ, the first.
+ */
+class ZstdImage implements ImageSource {
+  readonly #reader: ZstdImageReader;
+  /** Where the block last hinted at starts. */
+  #ahead = 0;
+  #furthest = 0;
+  readonly #end: bigint;
+  constructor(memory: ZstdImageMemory) {
+    this.#reader = new ZstdImageReader(memory);
+    this.#end = BigInt(this.#reader.size);
+    this.#reader.hint(0);
+  }
+  get size(): number {
+    return this.#reader.size;
+  }
+  answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
+    if (offset < this.#end && Number(offset) > this.#furthest) this.#furthest = Number(offset);
+    return writer.frame(offset, this.#reader.chunk(offset));
+  }
+  release(): void {
+    this.#reader.release();
+    const ahead = this.#reader.nextBlockOffset(this.#furthest);
+    if (ahead === this.#ahead) return;
+    this.#ahead = ahead;
+    this.#reader.hint(ahead);
+  }
+  until(): null {
+    return null;
+  }
+  readonly failed = null;
+}
+
+/**
+ * The source a session reads an image's shared bytes from: the raw pool
+ * (answered as far as it is filled), or a zstd payload through the shared
+ * block cache.
+ *
+ * @example session.serve(imageSource(message.bytes));
+ */
+export function imageSource(bytes: ServedBytes | Uint8Array): ImageSource {
+  if (bytes instanceof Uint8Array) return new RawImage(bytes);
+  if (bytes.kind === "raw") return new RawImage(new RawImageView(bytes));
+  return new ZstdImage(bytes);
+}
+
+/**
+ * Tells offsets asked before from new ones, for a sled's sliding window of
+ * requests, in fixed memory (see the module comment).
+ */
+class AskedOffsets {
+  readonly #table = new Float64Array(ASKED_TABLE_SIZE).fill(-1);
+
+  /** Record `offset`; true when it was asked before. */
+  repeat(offset: bigint): boolean {
+    // Offsets past 2^53 lose precision here; they are answered exactly all
+    // the same, and only the count of repeats of such nonsense is approximate.
+    const at = Number(offset);
+    const slot = Math.floor(at / CHUNK_SIZE) % ASKED_TABLE_SIZE;
+    if (this.#table[slot] === at) return true;
+    this.#table[slot] = at;
+    return false;
+  }
+
+  clear(): void {
+    this.#table.fill(-1);
+  }
+}
+
+/**
+ * Answers one sled's READs with DATA frames from the image last offered to
+ * it. The answers to one READ go out together through `send` (a link's
+ * injectBatch: one system call for the batch), built in frame buffers that
+ * are made once per session and reused, one per slot.
+ *
+ * @example
+ * const session = new SledSession(sledMac, link.mac, (frames) => link.injectBatch(frames), counters);
+ * session.serve(imageSource(image.bytes));
+ * session.answer(read);
+ */
+export class SledSession {
+  readonly #writers: DataFrameWriter[];
+  readonly #frames: Uint8Array[] = [];
+  readonly #asked = new AskedOffsets();
+  readonly #reset: Uint8Array[];
+  #image: ImageSource = new RawImage(new Uint8Array(0));
+  /** The image could not be read: every READ of this offer draws a RESET. */
+  #broken = false;
+  /** The latest READ held until the image is filled up to it. */
+  #held: ReadRequest | undefined;
+
+  constructor(
+    sled: Mac,
+    server: Mac,
+    private readonly send: (frames: readonly Uint8Array[]) => void,
+    readonly counters: SessionCounters = sessionCounters(),
+    /** Told, once per offer, why the sled was sent a RESET. */
+    private readonly onProblem: (message: string) => void = () => {},
+  ) {
+    this.#writers = Array.from({ length: READ_SLOTS }, () => new DataFrameWriter(sled, server));
+    this.#reset = [encodeFrame(sled, server, { type: "reset" })];
+  }
+
+  /** Serve `image` from now on (the sled was just offered it); counters start over. */
+  serve(image: ImageSource | Uint8Array): void {
+    this.#image.release();
+    this.#image = image instanceof Uint8Array ? new RawImage(image) : image;
+    this.#broken = false;
+    this.#held = undefined;
+    const served = this.#image;
+    served.failed?.then((failed) => {
+      if (!failed || this.#image !== served || this.#broken) return;
+      this.#broken = true;
+      this.onProblem("sent a RESET: the image it was being served failed its check after serving began");
+      this.#sendReset();
+    });
+    this.#asked.clear();
+    this.counters.clear();
+    this.counters.set("imageSize", this.#image.size);
+  }
+
+  /** Send one DATA for every offset `read` asks for, in slot order. */
+  answer(read: ReadRequest, now = Date.now()): void {
+    if (this.#hold(read, now)) return;
+    const counters = this.counters;
+    if (counters.get("reads") === 0) counters.set("firstReadAt", now);
+    counters.set("lastReadAt", now);
+    counters.add("reads");
+    const frames = this.#frames;
+    frames.length = 0;
+    let sentBytes = 0;
+    let deliveredBytes = 0;
+    let reasked = 0;
+    if (!this.#broken) {
+      try {
+        // requestedOffsets gives at most READ_SLOTS offsets: one per slot, 0 only in place of an empty one.
+        for (const offset of requestedOffsets(read)) {
+          const writer = this.#writers[frames.length]!;
+          frames.push(this.#image.answer(writer, offset));
+          sentBytes += writer.imageBytes;
+          if (this.#asked.repeat(offset)) reasked++;
+          else deliveredBytes += writer.imageBytes;
+        }
+      } catch (error) {
+        if (!(error instanceof ImageFormatError)) throw error;
+        this.#broken = true;
+        this.onProblem(`sent a RESET instead of bytes that failed their check: ${error.message}`);
+      } finally {
+        // The frames hold copies, so the cached block can go before they are sent.
+        this.#image.release();
+      }
+    }
+    if (this.#broken) {
+      this.#sendReset();
+      return;
+    }
+    try {
+      this.send(frames);
+    } catch {
+      // The link refused the batch (it waits for room when its queue is
+      // full, so this is a link going away, not load); the sled asks again.
+      counters.add("sendFailures");
+      return;
+    }
+    counters.add("sentBytes", sentBytes);
+    counters.add("deliveredBytes", deliveredBytes);
+    counters.add("reasked", reasked);
+  }
+
+  /**
+   * Hold `read` when its offsets are not filled yet (netboot.md: a READ
+   * answered wrongly stalls the boot) and answer it once they are; a later
+   * READ replaces it, as it asks for every slot still open. Only this
+   * session waits, and without blocking its thread.
+   */
+  #hold(read: ReadRequest, now: number): boolean {
+    if (this.#broken) return false;
+    const image = this.#image;
+    const filled = image.until(read);
+    if (!filled) return false;
+    // Heard from: a sled whose READs are held is not a quiet one.
+    this.counters.set("lastReadAt", now);
+    const waiting = this.#held === undefined;
+    this.#held = read;
+    if (waiting) {
+      void filled.then(() => {
+        const held = this.#held;
+        this.#held = undefined;
+        if (held && this.#image === image) this.answer(held);
+      });
+    }
+    return true;
+  }
+
+  #sendReset(): void {
+    try {
+      this.send(this.#reset);
+    } catch {
+      // The link is going away; the sled RESETs on its next READ, or the session ends.
+      this.counters.add("sendFailures");
+    }
+  }
+}
+
+/** What the main thread tells a session thread (workers/session.ts). */
+export type SessionCommand =
+  | {
+      type: "start";
+      link: string;
+      sled: Mac;
+      /** SESSION_COUNTERS, shared with the main thread. */
+      counters: SharedArrayBuffer;
+      /** The session's end of its channel to the dispatcher (SessionMessage). */
+      port: MessagePort;
+      /** Post a copy of each batch sent back on `port` (lib/netboot/dispatch.ts SentFrames), for `bootserver --pcap`. */
+      record?: boolean;
+    }
+  | { type: "stop" };
+
+/**
+ * What the dispatcher sends a session thread, in order on one channel: the
+ * image it is about to offer the sled, then the sled's READs. Serving the
+ * image before the OFFER goes out means no READ can reach the session first.
+ */
+export type SessionMessage =
+  | { type: "serve"; bytes: ServedBytes }
+  | { type: "read"; count: bigint; slots: BigUint64Array };
+
+/**
+ * What a session thread tells the main thread: "error" when the thread cannot
+ * work at all, "problem" when one sled's boot cannot go on (the server can).
+ */
+export type SessionReport =
+  | { type: "ready" }
+  | { type: "stopped" }
+  | { type: "error"; message: string }
+  | { type: "problem"; message: string };

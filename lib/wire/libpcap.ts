@@ -1,0 +1,572 @@
+/**
+ * The libpcap binding: the one place in the project that captures or sends
+ * Ethernet frames, reached through `bun:ffi` so no native addon is built.
+ *
+ * A `PcapLink` is one libpcap handle on one link. The netboot protocol is
+ * lock-step and latency-bound (the sled sends its next READ only after a whole
+ * batch of DATA arrived, and polls its queue at least every 50 ms), so the
+ * handle runs in immediate mode: each frame is handed over as soon as it
+ * arrives instead of waiting for a kernel buffer block to fill.
+ *
+ * Capture is narrowed in the kernel, so the ring buffer only ever holds
+ * netboot frames that came in from the wire. A BPF program "ether proto
+ * 0x1de0" keeps other traffic on the segment from costing a copy and a
+ * wake-up. The socket option PACKET_IGNORE_OUTGOING (Linux 4.20+) keeps the
+ * frames that other handles on the same link send out of this handle's ring:
+ * a boot server's sending threads emit DATA at line rate on the link its
+ * dispatcher listens on, and without the option every DATA frame would be
+ * copied into the dispatcher's ring, wake it, and could crowd out the READ
+ * frames it must see. `pcap_setdirection(PCAP_D_IN)` says the same to
+ * libpcap, which then drops outgoing frames itself where the kernel lacks the
+ * option. (The BPF `inbound` test is no substitute: libpcap runs the first
+ * frame after a filter change through its own interpreter, which cannot
+ * evaluate it, and drops that frame.) A handle never sees frames it sent.
+ *
+ * `next()` waits at most `timeoutMs`, which is what lets a worker thread sit
+ * in a capture loop and still look, that often, at whether it should stop.
+ * libpcap's own read timeout cannot give that on Linux: in immediate mode a
+ * blocking read polls again and again until a frame arrives. So the handle is
+ * put in non-blocking mode, `next()` first takes a frame already in the ring
+ * (no system call at all when one is there) and only when the ring is empty
+ * waits in poll(2) with the timeout. Sending shares the socket, so `inject`
+ * waits for room the same way when the send buffer is full, as a blocking
+ * send would have.
+ *
+ * At line rate every frame's cost counts (one sled is ~115k frames/s, and a
+ * system call alone costs about a microsecond on our machines). Reading a
+ * frame is one FFI call plus one copy out of libpcap's buffer, which is
+ * reused by the next call: `next()` copies into a new buffer, `nextInto()`
+ * into the caller's and allocates nothing. Sending is one send(2) per frame
+ * with `inject` (pcap_inject); `injectBatch` hands a whole batch, such as the
+ * 128 answers to one READ, to the same socket in one sendmmsg(2), which is
+ * what pcap_inject does frame by frame.
+ *
+ * A program that sends from several threads opens one handle per thread. A
+ * thread that only sends opens an injection-only handle (`capture: false`):
+ * its filter accepts nothing and its buffer is small, so it does not keep a
+ * second copy of the incoming traffic that nobody would read.
+ */
+
+import { dlopen, FFIType, type Pointer, ptr, read, toArrayBuffer } from "bun:ffi";
+import { readFileSync } from "node:fs";
+import { oneLine, systemReason } from "@ramdisk-tools/cli/errors.ts";
+
+/** An error from libpcap or about a link; the message carries libpcap's own text. */
+export class PcapError extends Error {
+  override name = "PcapError";
+}
+
+export interface PcapOpenOptions {
+  /** Bytes kept of each frame; default 2048 (a netboot frame is at most 1502). */
+  snaplen?: number;
+  /** How long `next()` waits for a frame before returning null; default 50 ms. */
+  timeoutMs?: number;
+  /** Kernel capture buffer; default 16 MiB. */
+  bufferBytes?: number;
+  /** Default true. False opens an injection-only handle that captures nothing. */
+  capture?: boolean;
+  /**
+   * Default false. True puts the link in promiscuous mode while the handle is
+   * open, so a physical NIC also delivers unicast frames for MAC addresses
+   * other than its own (the sled emulator answers for several MACs).
+   */
+  promiscuous?: boolean;
+}
+
+/** The netboot ethertype (docs/netboot.md); the only frames captured. */
+const CAPTURE_FILTER = "ether proto 0x1de0";
+const ETHERNET_HEADER_SIZE = 14;
+const DEFAULT_SNAPLEN = 2048;
+const DEFAULT_TIMEOUT_MS = 50;
+const DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024;
+/** An injection-only handle needs only a minimal ring; the kernel rounds up. */
+const INJECT_ONLY_SNAPLEN = 64;
+const INJECT_ONLY_BUFFER_BYTES = 64 * 1024;
+/** Frames per sendmmsg(2) call in injectBatch; the kernel takes at most 1024 (UIO_MAXIOV). */
+const SEND_BATCH_MAX = 256;
+const MMSGHDR_SIZE = 64;
+/** A send buffer that stays full this long means the link no longer transmits. */
+const SEND_PATIENCE_MS = 1000;
+
+/** From <pcap/dlt.h>, <pcap/pcap.h>, <linux/if_packet.h>, <poll.h>, <errno.h>. */
+const DLT_EN10MB = 1;
+const PCAP_D_IN = 1;
+const PCAP_ERRBUF_SIZE = 256;
+const PCAP_NETMASK_UNKNOWN = 0xffffffff;
+const SOL_PACKET = 263;
+const PACKET_IGNORE_OUTGOING = 23;
+const POLLIN = 0x1;
+const POLLOUT = 0x4;
+const EAGAIN = 11;
+/** In `struct pcap_pkthdr`, after the 16-byte `struct timeval` (LP64). */
+const PKTHDR_OFFSET_CAPLEN = 16;
+/** `struct bpf_program` is { u_int bf_len; struct bpf_insn *bf_insns; } (LP64). */
+const BPF_PROGRAM_SIZE = 16;
+/** The opcode of `ret #k`; with k = 0 a filter keeps nothing. */
+const BPF_RET_K = 0x06;
+
+const { ptr: P, i32, u32, u64, cstring, void: VOID } = FFIType;
+const LIBPCAP_SYMBOLS = {
+  pcap_lib_version: { args: [], returns: cstring },
+  pcap_create: { args: [P, P], returns: P },
+  pcap_set_snaplen: { args: [P, i32], returns: i32 },
+  pcap_set_immediate_mode: { args: [P, i32], returns: i32 },
+  pcap_set_promisc: { args: [P, i32], returns: i32 },
+  pcap_set_buffer_size: { args: [P, i32], returns: i32 },
+  pcap_activate: { args: [P], returns: i32 },
+  pcap_datalink: { args: [P], returns: i32 },
+  pcap_setnonblock: { args: [P, i32, P], returns: i32 },
+  pcap_setdirection: { args: [P, i32], returns: i32 },
+  pcap_compile: { args: [P, P, P, i32, u32], returns: i32 },
+  pcap_setfilter: { args: [P, P], returns: i32 },
+  pcap_freecode: { args: [P], returns: VOID },
+  pcap_fileno: { args: [P], returns: i32 },
+  pcap_snapshot: { args: [P], returns: i32 },
+  pcap_next_ex: { args: [P, P, P], returns: i32 },
+  pcap_inject: { args: [P, P, u64], returns: i32 },
+  pcap_stats: { args: [P, P], returns: i32 },
+  pcap_geterr: { args: [P], returns: cstring },
+  pcap_statustostr: { args: [i32], returns: cstring },
+  pcap_close: { args: [P], returns: VOID },
+} as const;
+const LIBC_SYMBOLS = {
+  poll: { args: [P, u64, i32], returns: i32 },
+  setsockopt: { args: [i32, i32, i32, P, u32], returns: i32 },
+  sendmmsg: { args: [i32, P, u32, i32], returns: i32 },
+  strerror: { args: [i32], returns: cstring },
+  __errno_location: { args: [], returns: P },
+} as const;
+
+/** Sonames to try: Debian's libpcap0.8 package ships libpcap.so.0.8, others ship .so.1. */
+const LIBPCAP_NAMES = ["libpcap.so.0.8", "libpcap.so.1", "libpcap.so"];
+
+type Libpcap = ReturnType<typeof dlopen<typeof LIBPCAP_SYMBOLS>>["symbols"];
+type Libc = ReturnType<typeof dlopen<typeof LIBC_SYMBOLS>>["symbols"];
+let libpcapLoaded: Libpcap | undefined;
+let libcLoaded: Libc | undefined;
+
+/** libpcap's functions, loaded on first use so that importing this module never fails. */
+function libpcap(): Libpcap {
+  if (libpcapLoaded) return libpcapLoaded;
+  const failures: string[] = [];
+  for (const name of LIBPCAP_NAMES) {
+    try {
+      libpcapLoaded = dlopen(name, LIBPCAP_SYMBOLS).symbols;
+      return libpcapLoaded;
+    } catch (error) {
+      failures.push(oneLine(error));
+    }
+  }
+  throw new PcapError(`cannot load libpcap (install the libpcap0.8 package): ${failures.join("; ")}`);
+}
+
+function libc(): Libc {
+  libcLoaded ??= dlopen("libc.so.6", LIBC_SYMBOLS).symbols;
+  return libcLoaded;
+}
+
+const encoder = new TextEncoder();
+function cString(text: string): Uint8Array {
+  return encoder.encode(`${text}\0`);
+}
+function fromCString(bytes: Uint8Array): string {
+  const end = bytes.indexOf(0);
+  return new TextDecoder().decode(end < 0 ? bytes : bytes.subarray(0, end));
+}
+
+/**
+ * The version string of the libpcap in use. Throws PcapError when libpcap
+ * cannot be loaded.
+ *
+ * @example libpcapVersion() // "libpcap version 1.10.3 (with TPACKET_V3)"
+ */
+export function libpcapVersion(): string {
+  return String(libpcap().pcap_lib_version());
+}
+
+/**
+ * One libpcap handle on one Ethernet link: captures incoming netboot frames
+ * (ethertype 0x1DE0) and sends frames. Use a handle from one thread only.
+ *
+ * @example
+ * const link = PcapLink.open("eth1");
+ * try {
+ *   const frame = link.next(); // null after 50 ms without a frame
+ *   if (frame) link.inject(reply(frame));
+ * } finally {
+ *   link.close();
+ * }
+ */
+export class PcapLink {
+  #handle: Pointer | null;
+  readonly #timeoutMs: number;
+  /** pcap_next_ex's out-parameters: struct pcap_pkthdr ** and const u_char **. */
+  readonly #outs = new BigUint64Array(2);
+  readonly #headerOut: Pointer;
+  readonly #dataOut: Pointer;
+  /** One struct pollfd { int fd; short events; short revents; } for waiting on the socket. */
+  readonly #pollfd = new Int32Array(2);
+  readonly #pollEvents = new Int16Array(this.#pollfd.buffer, 4, 2);
+  readonly #pollfdPointer: Pointer;
+  readonly #statsOut = new Uint32Array(3);
+  /** The most bytes libpcap keeps of a frame, and where its frame buffer was last seen. */
+  readonly #snapshot: number;
+  #bufferAddress = 0;
+  #buffer = new Uint8Array(0);
+  /** sendmmsg's arguments for injectBatch, made on its first use. */
+  #batch: SendBatch | undefined;
+
+  private constructor(
+    readonly link: string,
+    /** The link's own MAC address, 6 bytes. */
+    readonly mac: Uint8Array,
+    handle: Pointer,
+    timeoutMs: number,
+  ) {
+    this.#handle = handle;
+    this.#timeoutMs = timeoutMs;
+    this.#headerOut = ptr(this.#outs);
+    this.#dataOut = ptr(this.#outs, 8);
+    this.#pollfd[0] = libpcap().pcap_fileno(handle);
+    this.#pollfdPointer = ptr(this.#pollfd);
+    this.#snapshot = libpcap().pcap_snapshot(handle);
+  }
+
+  /**
+   * Open a link for capture and injection. Needs root (or CAP_NET_RAW).
+   * Throws PcapError naming the link and libpcap's reason.
+   *
+   * @example const sender = PcapLink.open("eth1", { capture: false });
+   */
+  static open(link: string, options: PcapOpenOptions = {}): PcapLink {
+    const capture = options.capture ?? true;
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 0) {
+      throw new PcapError(`cannot open link ${link}: timeout of ${timeoutMs} ms is not a whole number >= 0`);
+    }
+    const pcap = libpcap();
+    const errbuf = new Uint8Array(PCAP_ERRBUF_SIZE);
+    const handle = pcap.pcap_create(cString(link), errbuf) as Pointer | null;
+    if (!handle) throw new PcapError(`cannot open link ${link}: ${fromCString(errbuf)}`);
+    const check = (what: string, status: number) => {
+      if (status !== 0) throw new PcapError(`cannot open link ${link}: ${what}: ${describe(handle, status)}`);
+    };
+    try {
+      check(
+        "setting the snaplen",
+        pcap.pcap_set_snaplen(handle, capture ? (options.snaplen ?? DEFAULT_SNAPLEN) : INJECT_ONLY_SNAPLEN),
+      );
+      check("setting immediate mode", pcap.pcap_set_immediate_mode(handle, 1));
+      if (options.promiscuous) check("setting promiscuous mode", pcap.pcap_set_promisc(handle, 1));
+      const bufferBytes = capture ? (options.bufferBytes ?? DEFAULT_BUFFER_BYTES) : INJECT_ONLY_BUFFER_BYTES;
+      check("setting the buffer size", pcap.pcap_set_buffer_size(handle, bufferBytes));
+      const activated = pcap.pcap_activate(handle);
+      // A positive status is a warning about a feature we did not ask for (promiscuous mode, time stamps).
+      if (activated < 0) throw new PcapError(`cannot open link ${link}: ${describe(handle, activated)}`);
+      if (pcap.pcap_datalink(handle) !== DLT_EN10MB) {
+        throw new PcapError(`cannot open link ${link}: it is not an Ethernet link`);
+      }
+      if (pcap.pcap_setnonblock(handle, 1, errbuf) !== 0) {
+        throw new PcapError(`cannot open link ${link}: non-blocking mode: ${fromCString(errbuf)}`);
+      }
+      // Outgoing frames never reach any of our handles: without this the
+      // kernel hands each send-only handle every frame the other sessions
+      // send, only for the filter to discard it (measured: 20% of the boot
+      // server's CPU with 32 sleds).
+      ignoreOutgoingInKernel(handle);
+      if (capture) {
+        check("capturing incoming frames only", pcap.pcap_setdirection(handle, PCAP_D_IN));
+        check(`filter "${CAPTURE_FILTER}"`, setCaptureFilter(handle));
+      } else {
+        check("filter that keeps nothing", setRejectAllFilter(handle));
+      }
+      return new PcapLink(link, readLinkMac(link), handle, timeoutMs);
+    } catch (error) {
+      pcap.pcap_close(handle);
+      throw error;
+    }
+  }
+
+  /**
+   * The next captured frame as a copy, or null when none arrived within the
+   * timeout. Blocks the calling thread for at most that long (a thread that
+   * must also hear messages should yield to its event loop after a null). A
+   * frame longer than the snaplen comes back cut to it.
+   *
+   * @example for (let frame = link.next(); frame; frame = link.next()) handle(frame);
+   */
+  next(): Uint8Array<ArrayBuffer> | null {
+    if (this.#take() || (this.#wait(POLLIN) && this.#take())) return this.#frameInPlace().slice();
+    return null;
+  }
+
+  /**
+   * Like `next()`, but copies the frame into `buffer` instead of a new one and
+   * returns its length, or 0 when none arrived within the timeout. For a
+   * receiver at line rate, where allocating a buffer per frame is a real cost.
+   * A frame longer than `buffer` is cut to it.
+   *
+   * @example const buffer = new Uint8Array(2048); const length = link.nextInto(buffer);
+   */
+  nextInto(buffer: Uint8Array): number {
+    if (!(this.#take() || (this.#wait(POLLIN) && this.#take()))) return 0;
+    const frame = this.#frameInPlace();
+    const length = Math.min(frame.length, buffer.length);
+    buffer.set(length === frame.length ? frame : frame.subarray(0, length));
+    return length;
+  }
+
+  /**
+   * Wait up to the timeout for one frame like `next()`, then add the frames
+   * that are already captured without waiting again, up to `max` in all.
+   * Appends them to `out` and returns how many it appended.
+   *
+   * @example const frames: Uint8Array[] = []; const count = link.nextBatch(128, frames);
+   */
+  nextBatch(max: number, out: Uint8Array[]): number {
+    if (max < 1) return 0;
+    const first = this.next();
+    if (!first) return 0;
+    out.push(first);
+    let count = 1;
+    for (; count < max && this.#take(); count++) out.push(this.#frameInPlace().slice());
+    return count;
+  }
+
+  /**
+   * Send one whole Ethernet frame (header included, no FCS) as it is: a frame
+   * shorter than 60 bytes goes out short, and a real NIC pads it, veth does not.
+   * Waits while the socket's send buffer is full, as a blocking send would.
+   *
+   * @example link.inject(frame);
+   */
+  inject(frame: Uint8Array): void {
+    const handle = this.#open();
+    this.#checkLength(frame);
+    const pcap = libpcap();
+    for (let since = 0; pcap.pcap_inject(handle, frame, frame.length) !== frame.length; ) {
+      since ||= Date.now();
+      if (this.#waitForRoom(since) !== 0) throw this.#error(`cannot send a ${frame.length}-byte frame on`, -1);
+    }
+  }
+
+  /**
+   * Send frames in order, like `inject` on each, but with one sendmmsg(2) per
+   * up to 256 frames on the same socket instead of one system call per frame
+   * (on this project's machines the call itself costs more than the frame).
+   * Every frame is checked before any is sent; a frame the kernel refuses
+   * (one over the MTU, say) ends the batch with a PcapError naming it, after
+   * the frames before it went out.
+   *
+   * @example link.injectBatch(dataFrames); // the answers to one READ
+   */
+  injectBatch(frames: readonly Uint8Array[]): void {
+    this.#open();
+    for (const frame of frames) this.#checkLength(frame);
+    this.#batch ??= new SendBatch();
+    const batch = this.#batch;
+    for (let sent = 0, since = 0; sent < frames.length; ) {
+      const count = batch.fill(frames, sent);
+      const result = libc().sendmmsg(this.#pollfd[0]!, batch.messages, count, 0);
+      if (result > 0) {
+        sent += result;
+        since = 0;
+        continue;
+      }
+      since ||= Date.now();
+      const errno = this.#waitForRoom(since);
+      if (errno !== 0) {
+        const frame = frames[sent]!;
+        throw new PcapError(
+          `cannot send frame ${sent + 1} of ${frames.length} (${frame.length} bytes) on ${this.link}: sendmmsg: ${libc().strerror(errno)}`,
+        );
+      }
+    }
+  }
+
+  /**
+   * libpcap's counters since the handle was opened: frames that passed the
+   * filter, frames dropped because the buffer was full, and frames the
+   * interface dropped.
+   *
+   * @example const { dropped } = link.stats();
+   */
+  stats(): { received: number; dropped: number; ifDropped: number } {
+    const status = libpcap().pcap_stats(this.#open(), this.#statsOut);
+    if (status !== 0) throw this.#error("cannot read the statistics of", status);
+    const [received = 0, dropped = 0, ifDropped = 0] = this.#statsOut;
+    return { received, dropped, ifDropped };
+  }
+
+  /**
+   * Release the handle. Safe to call more than once.
+   *
+   * @example link.close();
+   */
+  close(): void {
+    if (this.#handle) libpcap().pcap_close(this.#handle);
+    this.#handle = null;
+  }
+
+  #open(): Pointer {
+    if (!this.#handle) throw new PcapError(`link ${this.link} is closed`);
+    return this.#handle;
+  }
+
+  #error(what: string, status: number): PcapError {
+    return new PcapError(`${what} ${this.link}: ${describe(this.#open(), status)}`);
+  }
+
+  /** Let libpcap take the next frame from the ring without waiting; false when there is none. */
+  #take(): boolean {
+    const status = libpcap().pcap_next_ex(this.#open(), this.#headerOut, this.#dataOut);
+    if (status < 0) throw this.#error("cannot read a frame from", status);
+    return status === 1;
+  }
+
+  /** Wait up to the timeout for the socket to be ready; false on timeout or interruption. */
+  #wait(events: number): boolean {
+    this.#pollEvents[0] = events;
+    this.#pollEvents[1] = 0;
+    return libc().poll(this.#pollfdPointer, 1, this.#timeoutMs) > 0;
+  }
+
+  #checkLength(frame: Uint8Array): void {
+    if (frame.length < ETHERNET_HEADER_SIZE) {
+      throw new PcapError(
+        `cannot send a ${frame.length}-byte frame on ${this.link}: shorter than the ${ETHERNET_HEADER_SIZE}-byte Ethernet header`,
+      );
+    }
+  }
+
+  /**
+   * After a failed send: while the socket's send buffer is full (EAGAIN, as
+   * the socket is non-blocking) wait for room, as a blocking send would, and
+   * return 0 to try again; otherwise, or once the buffer has stayed full since
+   * `since` for too long, return the errno that ends the attempt.
+   */
+  #waitForRoom(since: number): number {
+    // Read errno before anything else can change it.
+    const errno = read.i32(libc().__errno_location() as Pointer);
+    if (errno !== EAGAIN || Date.now() - since >= SEND_PATIENCE_MS) return errno;
+    this.#wait(POLLOUT);
+    return 0;
+  }
+
+  /**
+   * The frame libpcap just handed over, in libpcap's own buffer: valid only
+   * until the next call, so callers copy it. On Linux libpcap copies every
+   * frame into one buffer of `snapshot` bytes per handle, so the view of it is
+   * made once, not per frame; it is never read past the frame's length.
+   */
+  #frameInPlace(): Uint8Array {
+    const length = read.u32(read.ptr(this.#headerOut) as Pointer, PKTHDR_OFFSET_CAPLEN);
+    const address = read.ptr(this.#dataOut);
+    if (address !== this.#bufferAddress) {
+      this.#bufferAddress = address;
+      this.#buffer = new Uint8Array(toArrayBuffer(address as Pointer, 0, this.#snapshot));
+    }
+    return this.#buffer.subarray(0, length);
+  }
+}
+
+/**
+ * The arguments of sendmmsg(2) for up to SEND_BATCH_MAX frames, made once and
+ * reused: an array of struct mmsghdr (64 bytes on LP64: a struct msghdr of 56
+ * whose msg_iov at byte 16 points to the message's own struct iovec and whose
+ * msg_iovlen at byte 24 is 1, then the kernel's msg_len) and the array of
+ * struct iovec { void *iov_base; size_t iov_len; } that `fill` points at the
+ * frames. Pointers are below 2^53, so they are written as two 32-bit halves.
+ */
+class SendBatch {
+  readonly messages = new Uint8Array(SEND_BATCH_MAX * MMSGHDR_SIZE);
+  readonly #vectors = new Uint32Array(SEND_BATCH_MAX * 4);
+
+  constructor() {
+    const messages = new DataView(this.messages.buffer);
+    const vectors = ptr(this.#vectors);
+    for (let i = 0; i < SEND_BATCH_MAX; i++) {
+      messages.setBigUint64(i * MMSGHDR_SIZE + 16, BigInt(vectors + i * 16), true);
+      messages.setBigUint64(i * MMSGHDR_SIZE + 24, 1n, true);
+    }
+  }
+
+  /** Point the vectors at frames[first...], as many as fit; returns how many. */
+  fill(frames: readonly Uint8Array[], first: number): number {
+    const count = Math.min(frames.length - first, SEND_BATCH_MAX);
+    const vectors = this.#vectors;
+    for (let i = 0; i < count; i++) {
+      const frame = frames[first + i]!;
+      const address = ptr(frame);
+      vectors[i * 4] = address % 0x1_0000_0000;
+      vectors[i * 4 + 1] = Math.floor(address / 0x1_0000_0000);
+      vectors[i * 4 + 2] = frame.length;
+      vectors[i * 4 + 3] = 0;
+    }
+    return count;
+  }
+}
+
+/** libpcap's text for a failed call: its error buffer, else the meaning of the status code. */
+function describe(handle: Pointer, status: number): string {
+  const pcap = libpcap();
+  return String(pcap.pcap_geterr(handle) ?? "") || String(pcap.pcap_statustostr(status));
+}
+
+/**
+ * Ask the kernel not to queue frames going out of the link at all. Best
+ * effort: before Linux 4.20 the option is unknown, and libpcap's direction
+ * check drops those frames after the copy instead.
+ */
+function ignoreOutgoingInKernel(handle: Pointer): void {
+  const enable = new Int32Array([1]);
+  libc().setsockopt(libpcap().pcap_fileno(handle), SOL_PACKET, PACKET_IGNORE_OUTGOING, enable, enable.byteLength);
+}
+
+function setCaptureFilter(handle: Pointer): number {
+  const pcap = libpcap();
+  const program = new Uint8Array(BPF_PROGRAM_SIZE);
+  const compiled = pcap.pcap_compile(handle, program, cString(CAPTURE_FILTER), 1, PCAP_NETMASK_UNKNOWN);
+  if (compiled !== 0) return compiled;
+  try {
+    return pcap.pcap_setfilter(handle, program);
+  } finally {
+    pcap.pcap_freecode(program);
+  }
+}
+
+/**
+ * The one-instruction program `ret #0`: the kernel queues no frame for this
+ * socket. The struct bpf_program and its struct bpf_insn share one buffer, so
+ * the instruction lives as long as the argument does.
+ */
+function setRejectAllFilter(handle: Pointer): number {
+  const program = new Uint8Array(BPF_PROGRAM_SIZE + 8);
+  const fields = new DataView(program.buffer);
+  fields.setUint32(0, 1, true); // bf_len
+  fields.setBigUint64(8, BigInt(ptr(program, BPF_PROGRAM_SIZE)), true); // bf_insns
+  fields.setUint16(BPF_PROGRAM_SIZE, BPF_RET_K, true); // code; jt, jf and k stay 0
+  return libpcap().pcap_setfilter(handle, program);
+}
+
+/**
+ * A link's MAC address as the kernel reports it, without opening the link.
+ *
+ * @example formatMac(readLinkMac("veth0")) // "02:fc:00:00:00:01"
+ */
+export function readLinkMac(link: string): Uint8Array {
+  const path = `/sys/class/net/${link}/address`;
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8").trim();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT")
+      throw new PcapError(`there is no link named ${link} (see "ip link")`);
+    throw new PcapError(`cannot read the MAC address of link ${link} from ${path}: ${systemReason(error)}`);
+  }
+  const octets = text.split(":");
+  if (octets.length !== 6 || octets.some((octet) => !/^[0-9a-f]{2}$/i.test(octet))) {
+    throw new PcapError(`link ${link} has no Ethernet MAC address (${path} says "${text}")`);
+  }
+  return Uint8Array.from(octets, (octet) => parseInt(octet, 16));
+}
