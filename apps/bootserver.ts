@@ -8,9 +8,10 @@
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { BootProgressDisplay, JsonLogDisplay } from "../lib/boot-progress.ts";
-import { BootServer, type BootServerOptions } from "../lib/bootserver.ts";
+import { BootServer, type BootServerOptions, DEFAULT_MAX_SLEDS } from "../lib/bootserver.ts";
 import { EXIT_OK, EXIT_USAGE, oneLine, runMain, UserError, usageConventions } from "../lib/cli.ts";
 import type { DISPATCH_COUNTERS } from "../lib/dispatch.ts";
+import { parseRate } from "../lib/pacing.ts";
 import { type Mac, parseMac } from "../lib/protocol.ts";
 
 /** Conventional exit statuses for a program ended by a signal: 128 + its number. */
@@ -64,6 +65,34 @@ function parseArguments(argv: string[]) {
       describe: "record every frame received and sent to FILE (pcap; appears when the server exits)",
       requiresArg: true,
     })
+    .option("rate", {
+      type: "string",
+      default: "1g",
+      describe: "pace each sled's DATA at RATE bits/s on the wire (k, m, g suffixes; off: unpaced)",
+      requiresArg: true,
+    })
+    .option("link-rate", {
+      type: "string",
+      describe: "cap the DATA of all sleds together at RATE bits/s (for a server on a slow link)",
+      requiresArg: true,
+    })
+    .option("resend", {
+      type: "boolean",
+      default: true,
+      describe: "send a batch again when the sled's next READ is late (--no-resend: wait for its 1 s re-ask)",
+    })
+    .option("admission", {
+      type: "boolean",
+      default: true,
+      describe:
+        "rate-limit HELLOs, start a session only for a sled that READs an offer (--no-admission: a session per HELLO)",
+    })
+    .option("max-sleds", {
+      type: "number",
+      default: DEFAULT_MAX_SLEDS,
+      describe: "serve at most N sleds at once; more wait (with admission)",
+      requiresArg: true,
+    })
     .option("json-log", {
       type: "boolean",
       default: false,
@@ -75,7 +104,8 @@ function parseArguments(argv: string[]) {
     .example("$0 --sled 02:08:20:aa:bb:cc=test.img eth1 host.img any", "one sled gets test.img, the others host.img")
     .example("$0 --allow 02:08:20:aa:bb:01 --allow 02:08:20:aa:bb:02 eth1 host.img any", "serve only these two sleds")
     .example("$0 -s --pcap boot.pcap eth1 recovery.img any", "record one boot for Wireshark (docs/wireshark.md)")
-    .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line");
+    .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line")
+    .example("$0 --rate 100m eth1 host.img any", "sleds behind a 100 Mb/s port");
   return usageConventions(parser, "bootserver", {
     strict: "options",
     exitStatus:
@@ -112,6 +142,9 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
   }
   if (args.t !== undefined && !(args.t > 0))
     throw new UserError(`-t must be a positive number of seconds, not ${args.t}`, EXIT_USAGE);
+  if (!(Number.isInteger(args["max-sleds"]) && args["max-sleds"] >= 1)) {
+    throw new UserError(`--max-sleds must be a whole number of at least 1, not ${args["max-sleds"]}`, EXIT_USAGE);
+  }
   return {
     link,
     images,
@@ -121,17 +154,41 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
     failuresFatal: args.s,
     helloTimeoutSeconds: args.t,
     pcap: args.pcap,
+    rate: rateArgument(args.rate, "--rate"),
+    linkRate: args["link-rate"] === undefined ? null : rateArgument(args["link-rate"], "--link-rate"),
+    resend: args.resend,
+    admission: args.admission,
+    maxSleds: args["max-sleds"],
   };
 }
 
+function rateArgument(text: string, option: string): number | null {
+  try {
+    return parseRate(text);
+  } catch (error) {
+    throw new UserError(`${option}: ${(error as Error).message}`, EXIT_USAGE);
+  }
+}
+
+/** What the dispatcher counted, in words: frames dropped by reason, RESETs, HELLOs limited, sleds turned away. */
+const FRAME_SUMMARY: [(typeof DISPATCH_COUNTERS)[number], string][] = [
+  ["malformed", "malformed"],
+  ["ownFrames", "own frames"],
+  ["notForUs", "not for us"],
+  ["groupSource", "from a group or zero address"],
+  ["notAllowed", "not allowed"],
+  ["unexpected", "unexpected"],
+  ["sendFailures", "send failures"],
+  ["resets", "answered with RESET"],
+  ["resetsLimited", "READs without a session over the RESET rate limit"],
+  ["hellosLimited", "HELLOs over the rate limit"],
+  ["turnedAway", "sleds turned away by --max-sleds"],
+];
+
 /** The frames the dispatcher dropped or answered with RESET, when there were any. */
 function frameSummary(counts: Record<(typeof DISPATCH_COUNTERS)[number], number>): string | null {
-  const { frames, resets, ...dropped } = counts;
-  const parts = Object.entries(dropped)
-    .filter(([, count]) => count > 0)
-    .map(([reason, count]) => `${count} ${reason.replace(/[A-Z]/g, (letter) => ` ${letter.toLowerCase()}`)}`);
-  if (resets > 0) parts.push(`${resets} answered with RESET`);
-  return parts.length > 0 ? `of ${frames} frames received: ${parts.join(", ")}` : null;
+  const parts = FRAME_SUMMARY.filter(([name]) => counts[name] > 0).map(([name, words]) => `${counts[name]} ${words}`);
+  return parts.length > 0 ? `of ${counts.frames} frames received: ${parts.join(", ")}` : null;
 }
 
 async function bootserver(argv: string[]): Promise<number> {

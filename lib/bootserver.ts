@@ -19,10 +19,20 @@
  * from the image offered last. Images are loaded once (lib/served-image.ts)
  * and reloaded on a HELLO after their file changed.
  *
- * A session starts with the first OFFER to a sled and ends when the sled says
- * FINISHED, when it says HELLO again (it started over), or when it has been
- * silent for SESSION_QUIET_MS (a sled re-asks every second, so that silence
- * means it is gone).
+ * Admission (lib/admission.ts): the dispatcher answers HELLOs, within rate
+ * limits, with the OFFER this module builds; no thread starts for a HELLO. A
+ * session starts when an offered sled sends its first READ, unless
+ * `maxSleds` sessions are live: then the sled is turned away (said once in
+ * the log) and admitted on a later re-ask once there is room. Without
+ * admission (`--no-admission`, the old way) a session starts with the first
+ * OFFER to a sled. A session ends when the sled says FINISHED, when it says
+ * HELLO again (it started over), or when it has been silent for
+ * SESSION_QUIET_MS (a sled re-asks every second, so that silence means it is
+ * gone).
+ *
+ * Each session paces its DATA (`rate`, and the shared `linkRate` cap:
+ * lib/pacing.ts) and re-sends a batch whose next READ is late (`resend`:
+ * lib/resend-timer.ts).
  */
 
 import { UserError } from "./cli.ts";
@@ -32,15 +42,19 @@ import {
   type DispatcherCommand,
   type DispatcherReport,
   dispatchCounters,
-  macKey,
 } from "./dispatch.ts";
-import { datasetField, encodeFrame, formatMac, type Mac } from "./protocol.ts";
+import { LinkClock } from "./pacing.ts";
+import { datasetField, encodeFrame, formatMac, type Mac, macKey } from "./protocol.ts";
 import { type ServedImage, ServedImageFile } from "./served-image.ts";
 import { type SessionCommand, type SessionCounters, type SessionReport, sessionCounters } from "./session.ts";
 import { workerUrl } from "./workers.ts";
 
 /** A session with no READ or HELLO for this long has lost its sled. */
 export const SESSION_QUIET_MS = 20_000;
+/** Live sessions at most, by default: above a full rack of 32 sleds. */
+export const DEFAULT_MAX_SLEDS = 64;
+/** Pace each sled at its NIC's line rate by default (netboot.md: the sled's NIC is gigabit). */
+export const DEFAULT_RATE = 1e9;
 /** How long a stopping thread gets to close its link before it is terminated. */
 const STOP_GRACE_MS = 1000;
 /** The dispatcher may also have a capture file to flush, sync and rename. */
@@ -63,6 +77,16 @@ export interface BootServerOptions {
   helloTimeoutSeconds?: number;
   /** Record every frame received and sent to this pcap file, which appears when the server stops. */
   pcap?: string;
+  /** Send a batch again when the sled's next READ is late (default true; `--no-resend`). */
+  resend?: boolean;
+  /** Pace each sled's DATA at this many bits per second on the wire; null: unpaced (default DEFAULT_RATE). */
+  rate?: number | null;
+  /** Cap the DATA of all sessions together at this many bits per second; null or absent: no cap. */
+  linkRate?: number | null;
+  /** Rate-limit HELLOs and start sessions only for sleds that READ an offer (default true; `--no-admission`). */
+  admission?: boolean;
+  /** Live sessions at most, with admission (default DEFAULT_MAX_SLEDS). */
+  maxSleds?: number;
   /** Where to report what happens. */
   onEvent: (event: BootEvent) => void;
 }
@@ -84,6 +108,14 @@ export interface SledProgress {
   bytesPerSecond: number;
   /** Batches of DATA frames the link refused to send. */
   sendFailures: number;
+  /** DATA frames sent, re-sent copies included. */
+  dataFrames: number;
+  /** DATA frames sent again by fast re-send. */
+  resentFrames: number;
+  /** Seconds spent waiting for the pacing clock. */
+  pacedSeconds: number;
+  /** The smoothed READ round trip in milliseconds, 0 before it is measured. */
+  roundTripMs: number;
 }
 
 export type BootEvent =
@@ -94,6 +126,8 @@ export type BootEvent =
   | { type: "session-start"; sled: string; image: ServedImage }
   /** The sled READ without a session (the server restarted, or its session ended) and was told to start over. */
   | { type: "reset"; sled: string }
+  /** The sled READ an offer while `maxSleds` sessions were live: no session for now (said once per sled). */
+  | { type: "turned-away"; sled: string; maxSleds: number }
   | { type: "reloaded"; image: ServedImage }
   | { type: "finished"; progress: SledProgress; boots: number }
   /** Something worth knowing that is not a failure. */
@@ -123,6 +157,12 @@ interface Sled {
   answering: boolean;
   /** Told once that it waits for capacity. */
   deferred: boolean;
+  /** Told once that `maxSleds` turned it away. */
+  turnedAway: boolean;
+  /** The image offered last, for the session that starts on its first READ. */
+  offered?: ServedImage;
+  /** Epoch milliseconds of its last HELLO, to forget sleds that went away. */
+  heardAt: number;
   session?: SessionThread;
 }
 
@@ -155,6 +195,7 @@ export class BootServer {
   readonly #loaded = new Map<ServedImageFile, ServedImage>();
   readonly #sleds = new Map<number, Sled>();
   readonly #frameCounters: DispatchCounters = dispatchCounters();
+  readonly #linkClock: LinkClock | null;
   #dispatcher!: Worker;
   #dispatcherStopped!: Promise<void>;
   #serverMac!: Mac;
@@ -175,6 +216,11 @@ export class BootServer {
     const fileFor = (path: string) => files.get(path) ?? files.set(path, new ServedImageFile(path)).get(path)!;
     this.#rotation = options.images.map(fileFor);
     this.#pinned = new Map(options.pinned.map(([mac, path]) => [macKey(mac), fileFor(path)]));
+    this.#linkClock = options.linkRate ? new LinkClock(options.linkRate) : null;
+  }
+
+  get #admission(): boolean {
+    return this.#options.admission ?? true;
   }
 
   /**
@@ -273,6 +319,8 @@ export class BootServer {
             return resolve();
           case "hello":
             return void this.#hello(report.sled, report.text);
+          case "admit":
+            return void this.#admit(report.sled);
           case "finished":
             return this.#sledFinished(report.sled);
           case "reset":
@@ -296,6 +344,7 @@ export class BootServer {
       allowed,
       counters: this.#frameCounters.buffer,
       pcap: this.#options.pcap,
+      admission: this.#admission,
     });
     try {
       await ready;
@@ -314,9 +363,10 @@ export class BootServer {
     const key = macKey(mac);
     let sled = this.#sleds.get(key);
     if (!sled) {
-      sled = { mac, name: formatMac(mac), offers: 0, answering: false, deferred: false };
+      sled = { mac, name: formatMac(mac), offers: 0, answering: false, deferred: false, turnedAway: false, heardAt: 0 };
       this.#sleds.set(key, sled);
     }
+    sled.heardAt = Date.now();
     this.#emit({ type: "hello", sled: sled.name, text: decoder.decode(text) });
     if (sled.answering) return;
     const session = sled.session;
@@ -356,11 +406,28 @@ export class BootServer {
     if (previous && previous !== image) this.#emit({ type: "reloaded", image });
     this.#loaded.set(file, image);
 
+    const { header } = image;
+    const frame = () =>
+      encodeFrame(sled.mac, this.#serverMac, {
+        type: "offer",
+        ramdiskSize: BigInt(header.targetSize),
+        imageSize: BigInt(header.imageSize),
+        sha256: header.sha256,
+        dataset: datasetField(header.dataset),
+      });
+    sled.offered = image;
+    if (sled.session) {
+      sled.session.image = image;
+      sled.session.heardAt = Date.now();
+    } else if (this.#admission) {
+      // No thread for a HELLO: the session starts when the sled READs (#admit).
+      this.#command({ type: "offer", sled: sled.mac, frame: frame(), bytes: image.bytes });
+      this.#emit({ type: "offer", sled: sled.name, image });
+      return;
+    }
     const session = sled.session ?? this.#startSession(sled, image);
     if (!sled.session) this.#emit({ type: "session-start", sled: sled.name, image });
     sled.session = session;
-    session.image = image;
-    session.heardAt = Date.now();
     // Offer only once the session thread can answer: a sled READs as soon as
     // it accepts, and re-asks a whole batch if the answers take over a second
     // (a thread starting among many on busy cores can take that long).
@@ -370,18 +437,40 @@ export class BootServer {
       return; // the session thread's failure is already reported
     }
     if (this.#closed || sled.session !== session) return;
-    const { header } = image;
-    const frame = encodeFrame(sled.mac, this.#serverMac, {
-      type: "offer",
-      ramdiskSize: BigInt(header.targetSize),
-      imageSize: BigInt(header.imageSize),
-      sha256: header.sha256,
-      dataset: datasetField(header.dataset),
-    });
     const port = session.dispatcherPort;
     session.dispatcherPort = undefined;
-    this.#command({ type: "offer", sled: sled.mac, frame, bytes: image.bytes, port }, port ? [port] : []);
+    this.#command({ type: "offer", sled: sled.mac, frame: frame(), bytes: image.bytes, port }, port ? [port] : []);
     this.#emit({ type: "offer", sled: sled.name, image });
+  }
+
+  /** An offered sled READ for the first time: start its session, unless `maxSleds` are live. */
+  async #admit(mac: Mac): Promise<void> {
+    const sled = this.#sleds.get(macKey(mac));
+    const image = sled?.offered;
+    if (this.#closed || sled?.session) return;
+    // Forgotten here (quiet too long): the dispatcher forgets the offer too, and RESETs the next READ.
+    if (!sled || !image) return this.#command({ type: "end", sled: mac });
+    const maxSleds = this.#options.maxSleds ?? DEFAULT_MAX_SLEDS;
+    let live = 0;
+    for (const other of this.#sleds.values()) if (other.session) live++;
+    if (live >= maxSleds) {
+      this.#command({ type: "refuse", sled: mac });
+      if (!sled.turnedAway) this.#emit({ type: "turned-away", sled: sled.name, maxSleds });
+      sled.turnedAway = true;
+      return;
+    }
+    const session = this.#startSession(sled, image);
+    sled.session = session;
+    this.#emit({ type: "session-start", sled: sled.name, image });
+    try {
+      await session.ready;
+    } catch {
+      return; // the session thread's failure is already reported
+    }
+    if (this.#closed || sled.session !== session) return;
+    const port = session.dispatcherPort!;
+    session.dispatcherPort = undefined;
+    this.#command({ type: "attach", sled: mac, port }, [port]);
   }
 
   #startSession(sled: Sled, image: ServedImage): SessionThread {
@@ -422,6 +511,11 @@ export class BootServer {
       counters: counters.buffer,
       port: channel.port2,
       record: this.#options.pcap !== undefined,
+      resend: this.#options.resend ?? true,
+      rate: this.#options.rate === undefined ? DEFAULT_RATE : this.#options.rate,
+      linkClock: this.#linkClock
+        ? { buffer: this.#linkClock.buffer, bitsPerSecond: this.#linkClock.bitsPerSecond }
+        : undefined,
     };
     worker.postMessage(start, [channel.port2]);
     return session;
@@ -439,9 +533,13 @@ export class BootServer {
   }
 
   #endQuietSessions(now: number) {
-    for (const sled of this.#sleds.values()) {
+    for (const [key, sled] of this.#sleds) {
       const session = sled.session;
-      if (!session) continue;
+      if (!session) {
+        // A flood of HELLOs from made-up MACs must not leave a record each behind.
+        if (!sled.answering && now - sled.heardAt > SESSION_QUIET_MS) this.#sleds.delete(key);
+        continue;
+      }
       const heardAt = Math.max(session.heardAt, session.counters.get("lastReadAt"));
       if (now - heardAt < SESSION_QUIET_MS) continue;
       sled.session = undefined;
@@ -485,6 +583,10 @@ export class BootServer {
       seconds,
       bytesPerSecond: seconds > 0 ? deliveredBytes / seconds : 0,
       sendFailures: counters.get("sendFailures"),
+      dataFrames: counters.get("dataFrames"),
+      resentFrames: counters.get("resentFrames"),
+      pacedSeconds: counters.get("pacedMs") / 1000,
+      roundTripMs: counters.get("roundTripMs"),
     };
   }
 

@@ -11,6 +11,7 @@
  * channel stays open a moment after the session ends so that batches still
  * on their way are recorded too.
  */
+import { AdmissionLimits } from "../lib/admission.ts";
 import { oneLine } from "../lib/cli.ts";
 import {
   type DispatcherCommand,
@@ -21,6 +22,7 @@ import {
   type SessionInbox,
   unpackSentFrames,
 } from "../lib/dispatch.ts";
+import { sharedNowMs } from "../lib/pacing.ts";
 import { PcapLink } from "../lib/pcap.ts";
 import { nowMs, PcapFileWriter } from "../lib/pcap-file.ts";
 import type { SessionMessage } from "../lib/session.ts";
@@ -35,6 +37,8 @@ const READ_TIMEOUT_MS = 10;
 const RECEIVE_BUFFER_BYTES = 2048;
 /** How long a recording session's channel stays open after it ends, for its last batches. */
 const RECORD_DRAIN_MS = 500;
+/** How often offers never taken up are forgotten. */
+const EXPIRE_EVERY_MS = 1000;
 
 let dispatcher: FrameDispatcher | undefined;
 let capture: PcapFileWriter | undefined;
@@ -58,10 +62,14 @@ function inboxOf(port: MessagePort): SessionInbox {
   return {
     serve: (bytes) => post({ type: "serve", bytes }),
     read: (read) => {
-      if (!closed) post({ type: "read", count: read.count, slots: read.slots }, [read.slots.buffer as ArrayBuffer]);
+      if (closed) return;
+      const message: SessionMessage = { type: "read", count: read.count, slots: read.slots, receivedAt: sharedNowMs() };
+      post(message, [read.slots.buffer as ArrayBuffer]);
     },
     close: () => {
       closed = true;
+      // Stops the session's re-sends before its thread is told to stop.
+      post({ type: "end" });
       if (recording) setTimeout(() => port.close(), RECORD_DRAIN_MS);
       else port.close();
     },
@@ -76,6 +84,7 @@ function record(frame: Uint8Array) {
 async function captureLoop(link: PcapLink, frames: FrameDispatcher) {
   // Decoding copies what it keeps, so one receive buffer serves every frame.
   const buffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
+  const expiring = setInterval(() => frames.expire(), EXPIRE_EVERY_MS);
   try {
     while (!stopping) {
       for (let handled = 0; handled < FRAMES_PER_TURN && !stopping; handled++) {
@@ -86,10 +95,12 @@ async function captureLoop(link: PcapLink, frames: FrameDispatcher) {
       }
       await new Promise((resolve) => setImmediate(resolve));
     }
+    clearInterval(expiring);
     link.close();
     capture?.close();
     report({ type: "stopped" });
   } catch (error) {
+    clearInterval(expiring);
     link.close();
     // Keep what was recorded: a capture of a failing boot is the one worth reading.
     try {
@@ -120,10 +131,12 @@ self.onmessage = (event: MessageEvent<DispatcherCommand>) => {
               record(frame);
             },
             hello: (sled, text) => report({ type: "hello", sled, text }),
+            admit: command.admission ? (sled) => report({ type: "admit", sled }) : undefined,
             finished: (sled) => report({ type: "finished", sled }),
             reset: (sled) => report({ type: "reset", sled }),
           },
           dispatchCounters(command.counters),
+          command.admission ? new AdmissionLimits() : null,
         );
         report({ type: "ready", mac: link.mac });
         void captureLoop(link, dispatcher);
@@ -131,6 +144,10 @@ self.onmessage = (event: MessageEvent<DispatcherCommand>) => {
       }
       case "offer":
         return dispatcher?.offer(command.sled, command.frame, command.bytes, command.port && inboxOf(command.port));
+      case "attach":
+        return dispatcher?.attach(command.sled, inboxOf(command.port));
+      case "refuse":
+        return dispatcher?.refuse(command.sled);
       case "end":
         return dispatcher?.end(command.sled);
       case "stop":

@@ -1,11 +1,13 @@
 /**
  * Thread entry point for one sled's session: open an injection-only handle
  * on the link, then answer the READs the dispatcher passes on with DATA
- * frames from the shared image (lib/session.ts, SledSession), and tell the
- * main thread when a sled was RESET because its image failed a check.
+ * frames from the shared image (lib/session.ts, SledSession), paced
+ * (lib/pacing.ts), and tell the main thread when a sled was RESET because its
+ * image failed a check.
  */
 import { oneLine } from "../lib/cli.ts";
 import { packSentFrames } from "../lib/dispatch.ts";
+import { LinkClock, Pacer } from "../lib/pacing.ts";
 import { PcapLink } from "../lib/pcap.ts";
 import { nowMs } from "../lib/pcap-file.ts";
 import {
@@ -39,21 +41,28 @@ self.onmessage = (event: MessageEvent<SessionCommand>) => {
     link = opened;
     const channel = command.port;
     // Recording copies each batch for the dispatcher's capture file; without it the hot path is untouched.
-    const send = command.record
+    const inject = command.record
       ? (frames: readonly Uint8Array[]) => {
           opened.injectBatch(frames);
           const sent = packSentFrames(frames, nowMs());
           channel.postMessage(sent, [sent.bytes.buffer as ArrayBuffer, sent.lengths.buffer as ArrayBuffer]);
         }
       : (frames: readonly Uint8Array[]) => opened.injectBatch(frames);
-    const session = new SledSession(command.sled, opened.mac, send, sessionCounters(command.counters), (message) =>
-      report({ type: "problem", message }),
-    );
+    const shared = command.linkClock;
+    const pacer = new Pacer(command.rate, shared ? new LinkClock(shared.bitsPerSecond, shared.buffer) : null);
+    const counters = sessionCounters(command.counters);
+    const send = (frames: readonly Uint8Array[]) => counters.add("pacedMs", pacer.send(frames, inject));
+    const session = new SledSession(command.sled, opened.mac, send, counters, {
+      resend: command.resend,
+      onProblem: (message) => report({ type: "problem", message }),
+    });
     port = channel;
     port.onmessage = (message) => {
       const data = message.data as SessionMessage;
       if (data.type === "serve") session.serve(imageSource(data.bytes));
-      else session.answer({ type: "read", count: data.count, slots: data.slots });
+      else if (data.type === "read")
+        session.answer({ type: "read", count: data.count, slots: data.slots }, Date.now(), data.receivedAt);
+      else session.end();
     };
     report({ type: "ready" });
   } catch (error) {
