@@ -6,9 +6,11 @@
  * of a gigabit sled far quicker than it drains, and a port with a small
  * buffer (64 KiB is common) drops the tail of every batch; the sled then
  * waits a second before it asks again (netboot.md, "What the sled does").
- * So a session sends each batch in chunks of PACING_CHUNK_FRAMES frames (one
- * sendmmsg each, about 32 KiB, which any port buffers) and waits between
- * chunks until a pacing clock says the wire has carried the previous one.
+ * So a session sends each batch in equal chunks of at most
+ * PACING_CHUNK_FRAMES frames (one sendmmsg each, under 48 KB, which a 64 KiB
+ * port buffer holds whole) and waits between chunks until a pacing clock
+ * says the wire has carried the previous one. Fewer, larger chunks mean
+ * fewer waits: each costs a futex wait and a wake-up, about 25 us of CPU.
  *
  * The clock counts what each frame really costs on the wire: its bytes
  * padded to the 60-byte minimum, then FCS, preamble and inter-frame gap. A
@@ -27,8 +29,8 @@
 
 import { MIN_FRAME_SIZE } from "./protocol.ts";
 
-/** Frames per sendmmsg when pacing: 32 DATA frames are about 34 KB, well inside a 64 KiB port buffer. */
-export const PACING_CHUNK_FRAMES = 32;
+/** Frames per sendmmsg at most when pacing: 44 DATA frames are 46.5 KB, inside a 64 KiB port buffer. */
+export const PACING_CHUNK_FRAMES = 44;
 /** FCS, preamble with start delimiter, inter-frame gap: bytes a frame costs on the wire besides its own. */
 const WIRE_OVERHEAD_BYTES = 4 + 8 + 12;
 /** A wait shorter than this is not worth a system call; the next chunk makes it up. */
@@ -133,8 +135,10 @@ export class Pacer {
       return 0;
     }
     let waited = 0;
-    for (let from = 0; from < frames.length; from += PACING_CHUNK_FRAMES) {
-      const chunk = frames.slice(from, from + PACING_CHUNK_FRAMES);
+    // A batch of 128 goes as 43 + 43 + 42 rather than 44 + 44 + 40: the same waits, the smallest largest burst.
+    const chunkFrames = Math.ceil(frames.length / Math.ceil(frames.length / PACING_CHUNK_FRAMES));
+    for (let from = 0; from < frames.length; from += chunkFrames) {
+      const chunk = frames.slice(from, from + chunkFrames);
       let bits = 0;
       for (const frame of chunk) bits += wireBits(frame.length);
       const now = sharedNowMs();
