@@ -40,7 +40,7 @@ import {
   sameMac,
 } from "./protocol.ts";
 import type { ServedBytes } from "./served-image.ts";
-import { SharedCounters } from "./shared-counters.ts";
+import { type CountersOf, countersOf } from "./shared-counters.ts";
 
 /** An offer not followed by a READ within this long is forgotten (a sled READs within milliseconds). */
 export const OFFER_TTL_MS = 30_000;
@@ -78,16 +78,9 @@ export const DISPATCH_COUNTERS = [
   "admitted",
   "turnedAway",
 ] as const;
-export type DispatchCounters = SharedCounters<(typeof DISPATCH_COUNTERS)[number]>;
-
-/**
- * Counters for the dispatcher, over a new buffer or the main thread's.
- *
- * @example const counters = dispatchCounters(); counters.get("resets"); // 0
- */
-export function dispatchCounters(buffer?: SharedArrayBuffer): DispatchCounters {
-  return new SharedCounters(DISPATCH_COUNTERS, buffer);
-}
+export type DispatchCounters = CountersOf<typeof DISPATCH_COUNTERS>;
+/** Counters for the dispatcher, over a new buffer or the main thread's. */
+export const dispatchCounters = countersOf(DISPATCH_COUNTERS);
 
 /** Where a sled's frames go once it has a session (its thread's channel). */
 export interface SessionInbox {

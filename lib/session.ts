@@ -49,7 +49,7 @@ import {
 } from "./protocol.ts";
 import { ResendTimeout } from "./resend-timer.ts";
 import type { ServedBytes } from "./served-image.ts";
-import { SharedCounters } from "./shared-counters.ts";
+import { type CountersOf, countersOf } from "./shared-counters.ts";
 
 /**
  * Re-sends of one READ's answer before the session leaves it to the sled's
@@ -91,16 +91,9 @@ export const SESSION_COUNTERS = [
   "pacedMs",
   "roundTripMs",
 ] as const;
-export type SessionCounters = SharedCounters<(typeof SESSION_COUNTERS)[number]>;
-
-/**
- * Counters for one session, over a new buffer or the main thread's.
- *
- * @example const counters = sessionCounters(); worker.postMessage({ counters: counters.buffer });
- */
-export function sessionCounters(buffer?: SharedArrayBuffer): SessionCounters {
-  return new SharedCounters(SESSION_COUNTERS, buffer);
-}
+export type SessionCounters = CountersOf<typeof SESSION_COUNTERS>;
+/** Counters for one session, over a new buffer or the main thread's. */
+export const sessionCounters = countersOf(SESSION_COUNTERS);
 
 /** Where a session takes the bytes that answer an offset from. */
 export interface ImageSource {

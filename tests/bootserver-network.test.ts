@@ -555,7 +555,7 @@ network("bootserver under loss, pacing and admission, on a veth pair", () => {
         const frames = framesRecord(server);
         expect(frames.hellosLimited).toBeGreaterThan(4000);
         expect(frames.resetsLimited).toBeGreaterThan(4000);
-        expect(frames.resets).toBeLessThan(frames.resetsLimited / 4);
+        expect(frames.resets).toBeLessThan(frames.resetsLimited! / 4);
         expect(frames.admitted).toBe(2);
       });
     }, "rns");
