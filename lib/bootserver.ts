@@ -21,7 +21,8 @@
  *
  * Admission (lib/admission.ts): the dispatcher answers HELLOs, within rate
  * limits, with the OFFER this module builds; no thread starts for a HELLO. A
- * session starts when an offered sled sends its first READ, unless
+ * session starts when an offered sled sends its first READ, on a session
+ * thread started ahead (one is always kept spare, its link open), unless
  * `maxSleds` sessions are live: then the sled is turned away (said once in
  * the log) and admitted on a later re-ask once there is room. Without
  * admission (`--no-admission`, the old way) a session starts with the first
@@ -135,7 +136,8 @@ export type BootEvent =
   /** A failure that does not stop the server (unless failuresFatal). */
   | { type: "problem"; message: string };
 
-interface SessionThread {
+/** A session thread, started before it has a sled so that admitting one costs no thread start. */
+interface SessionWorker {
   worker: Worker;
   counters: SessionCounters;
   /** The dispatcher's end of the session's channel, until handed over. */
@@ -143,6 +145,11 @@ interface SessionThread {
   /** Settles when the thread can answer READs (or failed to start). */
   ready: Promise<void>;
   stopped: Promise<void>;
+  /** The sled it serves, formatted, for its messages. */
+  name: string;
+}
+
+interface SessionThread extends SessionWorker {
   image: ServedImage;
   /** Epoch milliseconds of the last OFFER or HELLO, for the quiet check. */
   heardAt: number;
@@ -202,6 +209,12 @@ export class BootServer {
   #finished = 0;
   #heardHello = false;
   #helloTimer: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * One session thread started ahead, link open, waiting for a sled: a
+   * thread takes tens of milliseconds to start, and more than the sled's
+   * one-second re-ask on a busy host, which a sled's first READ would wait.
+   */
+  #spare: SessionWorker | undefined;
   #quietTimer: ReturnType<typeof setInterval> | undefined;
 
   private constructor(options: BootServerOptions) {
@@ -243,6 +256,7 @@ export class BootServer {
       }),
     );
     await server.#startDispatcher();
+    server.#spare = server.#spawnSessionWorker();
     server.#options.onEvent({ type: "listening", link: options.link, mac: formatMac(server.#serverMac), images });
     if (options.helloTimeoutSeconds !== undefined) {
       const seconds = options.helloTimeoutSeconds;
@@ -282,6 +296,9 @@ export class BootServer {
       if (sled.session) sessions.push(this.#stopWorker(sled.session.worker, sled.session.stopped));
       sled.session = undefined;
     }
+    const spare = this.#spare;
+    this.#spare = undefined;
+    if (spare) sessions.push(this.#stopWorker(spare.worker, spare.stopped));
     await Promise.all(sessions);
     const grace = this.#options.pcap === undefined ? STOP_GRACE_MS : RECORDING_STOP_GRACE_MS;
     await this.#stopWorker(this.#dispatcher, this.#dispatcherStopped, grace);
@@ -453,6 +470,9 @@ export class BootServer {
     const maxSleds = this.#options.maxSleds ?? DEFAULT_MAX_SLEDS;
     let live = 0;
     for (const other of this.#sleds.values()) if (other.session) live++;
+    // Sleds offered at once may READ at once: with a boot count, one beyond it would be cut off when the server exits.
+    const boots = this.#options.boots;
+    if (boots !== undefined && this.#finished + live >= boots) return this.#command({ type: "refuse", sled: mac });
     if (live >= maxSleds) {
       this.#command({ type: "refuse", sled: mac });
       if (!sled.turnedAway) this.#emit({ type: "turned-away", sled: sled.name, maxSleds });
@@ -473,14 +493,23 @@ export class BootServer {
     this.#command({ type: "attach", sled: mac, port }, [port]);
   }
 
+  /** A session for `sled` on the spare thread, and a new spare. */
   #startSession(sled: Sled, image: ServedImage): SessionThread {
+    const thread = this.#spare ?? this.#spawnSessionWorker();
+    this.#spare = this.#closed ? undefined : this.#spawnSessionWorker();
+    thread.name = sled.name;
+    thread.worker.postMessage({ type: "sled", sled: sled.mac } satisfies SessionCommand);
+    return Object.assign(thread, { image, heardAt: Date.now() });
+  }
+
+  #spawnSessionWorker(): SessionWorker {
     const worker = new Worker(workerUrl("session").href);
     const counters = sessionCounters();
     const channel = new MessageChannel();
     let stopped!: () => void;
     let ready!: () => void;
     let failed!: (error: Error) => void;
-    const session: SessionThread = {
+    const thread: SessionWorker = {
       worker,
       counters,
       dispatcherPort: channel.port1,
@@ -489,9 +518,10 @@ export class BootServer {
         failed = reject;
       }),
       stopped: new Promise((resolve) => (stopped = resolve)),
-      image,
-      heardAt: Date.now(),
+      name: "a spare session",
     };
+    // Handled where a session waits for it; this keeps a spare's failure from being "unhandled".
+    thread.ready.catch(() => {});
     const fail = (message: string) => {
       failed(new Error(message));
       this.#fail(message);
@@ -500,14 +530,13 @@ export class BootServer {
       const report = event.data;
       if (report.type === "ready") ready();
       else if (report.type === "stopped") stopped();
-      else if (report.type === "problem") this.#problem(`${sled.name}: ${report.message}`);
-      else fail(`session for ${sled.name}: ${report.message}`);
+      else if (report.type === "problem") this.#problem(`${thread.name}: ${report.message}`);
+      else fail(`session for ${thread.name}: ${report.message}`);
     };
-    worker.onerror = (event) => fail(`session thread for ${sled.name} failed: ${event.message}`);
+    worker.onerror = (event) => fail(`session thread for ${thread.name} failed: ${event.message}`);
     const start: SessionCommand = {
       type: "start",
       link: this.#options.link,
-      sled: sled.mac,
       counters: counters.buffer,
       port: channel.port2,
       record: this.#options.pcap !== undefined,
@@ -518,7 +547,7 @@ export class BootServer {
         : undefined,
     };
     worker.postMessage(start, [channel.port2]);
-    return session;
+    return thread;
   }
 
   #sledFinished(mac: Mac) {

@@ -60,7 +60,8 @@ export const OFFER_TTL_MS = 30_000;
  * - hellosAnswered: OFFERs sent;
  * - hellosLimited: HELLOs not passed on because of the rate limits;
  * - admitted: sleds given a session after READing an offer;
- * - turnedAway: offered sleds that READ while `--max-sleds` sessions were live (each counted once).
+ * - turnedAway: offered sleds that READ while `--max-sleds` sessions were live, or `--boots` sleds were
+ *   booting or done (each counted once).
  */
 export const DISPATCH_COUNTERS = [
   "frames",

@@ -358,9 +358,9 @@ export class SledSession {
 /** What the main thread tells a session thread (workers/session.ts). */
 export type SessionCommand =
   | {
+      /** Open the link and say "ready"; the sled comes later ("sled"), so a thread can be started ahead. */
       type: "start";
       link: string;
-      sled: Mac;
       /** SESSION_COUNTERS, shared with the main thread. */
       counters: SharedArrayBuffer;
       /** The session's end of its channel to the dispatcher (SessionMessage). */
@@ -374,6 +374,8 @@ export type SessionCommand =
       /** The server-wide pacing clock (lib/pacing.ts LinkClock), with its rate, when `--link-rate` caps the total. */
       linkClock?: { buffer: SharedArrayBuffer; bitsPerSecond: number };
     }
+  /** Serve this sled from now on: what the dispatcher sends on the channel goes to its session. */
+  | { type: "sled"; sled: Mac }
   | { type: "stop" };
 
 /**

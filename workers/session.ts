@@ -1,6 +1,7 @@
 /**
  * Thread entry point for one sled's session: open an injection-only handle
- * on the link, then answer the READs the dispatcher passes on with DATA
+ * on the link and say it is ready (the main thread keeps one such thread
+ * spare), then, once told its sled, answer the READs the dispatcher passes on with DATA
  * frames from the shared image (lib/session.ts, SledSession), paced
  * (lib/pacing.ts), and tell the main thread when a sled was RESET because its
  * image failed a check.
@@ -28,6 +29,9 @@ function report(message: SessionReport) {
   self.postMessage(message);
 }
 
+/** How to make the session once it is given its sled. */
+let startSession: ((sled: SessionCommand & { type: "sled" }) => void) | undefined;
+
 self.onmessage = (event: MessageEvent<SessionCommand>) => {
   const command = event.data;
   if (command.type === "stop") {
@@ -37,6 +41,7 @@ self.onmessage = (event: MessageEvent<SessionCommand>) => {
     return;
   }
   try {
+    if (command.type === "sled") return startSession?.(command);
     const opened = PcapLink.open(command.link, { capture: false });
     link = opened;
     const channel = command.port;
@@ -52,17 +57,20 @@ self.onmessage = (event: MessageEvent<SessionCommand>) => {
     const pacer = new Pacer(command.rate, shared ? new LinkClock(shared.bitsPerSecond, shared.buffer) : null);
     const counters = sessionCounters(command.counters);
     const send = (frames: readonly Uint8Array[]) => counters.add("pacedMs", pacer.send(frames, inject));
-    const session = new SledSession(command.sled, opened.mac, send, counters, {
-      resend: command.resend,
-      onProblem: (message) => report({ type: "problem", message }),
-    });
-    port = channel;
-    port.onmessage = (message) => {
-      const data = message.data as SessionMessage;
-      if (data.type === "serve") session.serve(imageSource(data.bytes));
-      else if (data.type === "read")
-        session.answer({ type: "read", count: data.count, slots: data.slots }, Date.now(), data.receivedAt);
-      else session.end();
+    startSession = ({ sled }) => {
+      const session = new SledSession(sled, opened.mac, send, counters, {
+        resend: command.resend,
+        onProblem: (message) => report({ type: "problem", message }),
+      });
+      port = channel;
+      // The channel queues what the dispatcher sends until this handler is set.
+      port.onmessage = (message) => {
+        const data = message.data as SessionMessage;
+        if (data.type === "serve") session.serve(imageSource(data.bytes));
+        else if (data.type === "read")
+          session.answer({ type: "read", count: data.count, slots: data.slots }, Date.now(), data.receivedAt);
+        else session.end();
+      };
     };
     report({ type: "ready" });
   } catch (error) {
