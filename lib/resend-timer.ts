@@ -15,25 +15,32 @@
  * granularity G is here a floor of RESEND_FLOOR_MS (a busy host's event loops
  * make a few milliseconds of jitter ordinary, and a timeout that fires on
  * jitter costs a whole batch of copies), and the whole is capped far below
- * the sled's own second. Samples come
- * only from a READ of a new batch, and not when the answer before it was
- * re-sent (Karn's rule: which copy the READ answers is unknown), unless the
- * READ reached the server before the re-send began: then the re-send was
- * spurious (the sled was only slower than the timeout), and the time since
- * the first send is a true, longer round trip. A READ's time is when the
- * dispatcher captured it, not when its session got round to it. A sled that
- * takes its time over each batch therefore teaches the timer its pace, and
- * is not flooded with copies. Repeated re-sends of one answer wait twice as
- * long each time (backoff), up to the cap; the next READ starts again from
- * the estimate.
+ * the sled's own second.
+ *
+ * Samples come only from a READ of a new batch. When the answer before it
+ * was re-sent, which copy the READ answers is unknown (Karn's rule), with two
+ * exceptions: a READ that reached the server before the re-send began proves
+ * the re-send spurious, and the time since the first send is a true round
+ * trip; a READ that came later after the last copy than the timeout itself
+ * shows the sled slower than the timeout whichever copy it answers, and the
+ * time since that copy is a round trip (too short, if anything: a sled that
+ * lost a frame answers its copy within about one round trip). A READ's time
+ * is when the dispatcher captured it, not when its session got round to it.
+ *
+ * Repeated re-sends of one answer wait twice as long each time (backoff), up
+ * to the cap. As in TCP, the backoff also carries over to the next answers
+ * until a READ comes in time again, but by two doublings at most, so that a
+ * lossy link, where answers needing a re-send often follow one another, does
+ * not push the timeout up to the cap. Before any sample the timeout is the
+ * cap, so a sled of any pace up to it is measured on its first batch and
+ * never flooded with copies.
  */
-
 /** Margin over the smoothed round trip below which the timeout would fire on ordinary scheduling jitter. */
 export const RESEND_FLOOR_MS = 5;
 /** Far below the sled's one-second re-ask, so a re-send always beats it. */
 export const RESEND_CAP_MS = 250;
-/** Before any sample: no faster than the cap, so an unknown slow sled is not flooded. */
-const INITIAL_TIMEOUT_MS = 100;
+/** Doublings of the timeout that carry over from one answer to the next (see the module comment). */
+const MAX_CARRIED_BACKOFF = 2;
 /** RFC 6298's gains and multiple. */
 const ALPHA = 1 / 8;
 const BETA = 1 / 4;
@@ -50,11 +57,12 @@ const K = 4;
 export class ResendTimeout {
   #srtt: number | null = null;
   #rttvar = 0;
-  #timeout = INITIAL_TIMEOUT_MS;
+  #timeout = RESEND_CAP_MS;
+  #backoff = 0;
 
-  /** Milliseconds to wait for the next READ before sending again. */
+  /** Milliseconds to wait for the next READ before sending again, backoff carried over included. */
   get timeoutMs(): number {
-    return this.#timeout;
+    return this.timeoutAfter(0);
   }
 
   /** The smoothed round trip, or null before the first sample. */
@@ -73,11 +81,28 @@ export class ResendTimeout {
       this.#srtt = (1 - ALPHA) * this.#srtt + ALPHA * rtt;
     }
     this.#timeout = clamp(this.#srtt + Math.max(RESEND_FLOOR_MS, K * this.#rttvar));
+    this.#backoff = 0;
+  }
+
+  /**
+   * A READ of a new batch came after its answer was re-sent, so many
+   * milliseconds after the first send, the first copy and the last copy
+   * (negative: it was captured before): a sample when it says something
+   * (see the module comment).
+   */
+  afterResend(sinceSentMs: number, sinceFirstCopyMs: number, sinceLastCopyMs: number): void {
+    if (sinceFirstCopyMs < 0) this.sample(sinceSentMs);
+    else if (sinceLastCopyMs > this.#timeout) this.sample(sinceLastCopyMs);
+  }
+
+  /** An answer needed a re-send: wait longer for the next answers too, until a READ comes in time. */
+  backOff(): void {
+    this.#backoff = Math.min(MAX_CARRIED_BACKOFF, this.#backoff + 1);
   }
 
   /** Milliseconds to wait before re-send number `resent` + 1 of one answer (backoff). */
   timeoutAfter(resent: number): number {
-    return clamp(this.#timeout * 2 ** resent);
+    return clamp(this.#timeout * 2 ** (this.#backoff + resent));
   }
 }
 

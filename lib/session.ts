@@ -221,8 +221,9 @@ export class SledSession {
   #timeout = new ResendTimeout();
   /** When the last DATA of the last answer first left (clock ms). */
   #sentAt: number | null = null;
-  /** When it was first re-sent, if it was. */
-  #resentAt: number | null = null;
+  /** When it was first and last re-sent, if it was. */
+  #firstCopyAt: number | null = null;
+  #lastCopyAt = 0;
   #resentTimes = 0;
   #cancelResend: (() => void) | null = null;
 
@@ -257,7 +258,7 @@ export class SledSession {
     this.#cancelResend?.();
     this.#cancelResend = null;
     this.#sentAt = null;
-    this.#resentAt = null;
+    this.#firstCopyAt = null;
   }
 
   /**
@@ -267,7 +268,8 @@ export class SledSession {
    */
   answer(read: ReadRequest, now = Date.now(), receivedAt = this.#clock.now()): void {
     const sentAt = this.#sentAt;
-    const resentAt = this.#resentAt;
+    const firstCopyAt = this.#firstCopyAt;
+    const lastCopyAt = this.#lastCopyAt;
     this.end();
     const counters = this.counters;
     if (counters.get("reads") === 0) counters.set("firstReadAt", now);
@@ -303,9 +305,10 @@ export class SledSession {
     }
     // A READ of a new batch (nothing asked again) measures the round trip
     // from the answer before it (lib/resend-timer.ts); a re-ask would mislead it.
-    if (sentAt !== null && reasked === 0 && frames.length > 0 && (resentAt === null || receivedAt < resentAt)) {
-      this.#timeout.sample(receivedAt - sentAt);
-      counters.set("roundTripMs", this.#timeout.smoothedMs!);
+    if (sentAt !== null && reasked === 0 && frames.length > 0) {
+      if (firstCopyAt === null) this.#timeout.sample(receivedAt - sentAt);
+      else this.#timeout.afterResend(receivedAt - sentAt, receivedAt - firstCopyAt, receivedAt - lastCopyAt);
+      counters.set("roundTripMs", this.#timeout.smoothedMs ?? 0);
     }
     if (!this.#sendData(frames)) return;
     counters.add("sentBytes", sentBytes);
@@ -325,10 +328,11 @@ export class SledSession {
   /** The next READ is late: some DATA was lost, send the last answer again. */
   #resendLast(): void {
     this.#cancelResend = null;
-    this.#resentTimes++;
+    if (this.#resentTimes++ === 0) this.#timeout.backOff();
     this.counters.add("resends");
-    this.#resentAt ??= this.#clock.now();
+    this.#firstCopyAt ??= this.#clock.now();
     if (this.#sendData(this.#frames)) this.counters.add("resentFrames", this.#frames.length);
+    this.#lastCopyAt = this.#clock.now();
     this.#armResend();
   }
 
