@@ -22,25 +22,25 @@
  * exceptions: a READ that reached the server before the re-send began proves
  * the re-send spurious, and the time since the first send is a true round
  * trip; a READ that came later after the last copy than the timeout itself
- * shows the sled slower than the timeout whichever copy it answers, and the
- * time since that copy is a round trip (too short, if anything: a sled that
- * lost a frame answers its copy within about one round trip). A READ's time
- * is when the dispatcher captured it, not when its session got round to it.
+ * shows the sled slower than the timeout whichever copy it answers (a sled
+ * that lost a frame answers its copy within about one round trip), and the
+ * time since the first send is taken as its round trip: too long, if
+ * anything, which costs a little speed until the next samples correct it,
+ * where too short would cost a copy of every batch. A READ's time is when the
+ * dispatcher captured it, not when its session got round to it.
  *
  * Repeated re-sends of one answer wait twice as long each time (backoff), up
- * to the cap. As in TCP, the backoff also carries over to the next answers
- * until a READ comes in time again, but by two doublings at most, so that a
- * lossy link, where answers needing a re-send often follow one another, does
- * not push the timeout up to the cap. Before any sample the timeout is the
- * cap, so a sled of any pace up to it is measured on its first batch and
- * never flooded with copies.
+ * to the cap; the next answer starts again from the estimate. (TCP carries
+ * the backoff over to the next segments; here that would make every loss
+ * that follows another loss, most of them on a lossy link, wait longer, and
+ * the two exceptions above already teach the timer a slower sled's pace.)
+ * Before any sample the timeout is the cap, so a sled of any pace up to it
+ * is measured on its first batch and never flooded with copies.
  */
 /** Margin over the smoothed round trip below which the timeout would fire on ordinary scheduling jitter. */
 export const RESEND_FLOOR_MS = 5;
 /** Far below the sled's one-second re-ask, so a re-send always beats it. */
 export const RESEND_CAP_MS = 250;
-/** Doublings of the timeout that carry over from one answer to the next (see the module comment). */
-const MAX_CARRIED_BACKOFF = 2;
 /** RFC 6298's gains and multiple. */
 const ALPHA = 1 / 8;
 const BETA = 1 / 4;
@@ -58,9 +58,8 @@ export class ResendTimeout {
   #srtt: number | null = null;
   #rttvar = 0;
   #timeout = RESEND_CAP_MS;
-  #backoff = 0;
 
-  /** Milliseconds to wait for the next READ before sending again, backoff carried over included. */
+  /** Milliseconds to wait for the next READ before sending again. */
   get timeoutMs(): number {
     return this.timeoutAfter(0);
   }
@@ -81,7 +80,6 @@ export class ResendTimeout {
       this.#srtt = (1 - ALPHA) * this.#srtt + ALPHA * rtt;
     }
     this.#timeout = clamp(this.#srtt + Math.max(RESEND_FLOOR_MS, K * this.#rttvar));
-    this.#backoff = 0;
   }
 
   /**
@@ -91,18 +89,13 @@ export class ResendTimeout {
    * (see the module comment).
    */
   afterResend(sinceSentMs: number, sinceFirstCopyMs: number, sinceLastCopyMs: number): void {
-    if (sinceFirstCopyMs < 0) this.sample(sinceSentMs);
-    else if (sinceLastCopyMs > this.#timeout) this.sample(sinceLastCopyMs);
+    if (sinceFirstCopyMs < 0 || sinceLastCopyMs > this.#timeout) this.sample(sinceSentMs);
   }
 
-  /** An answer needed a re-send: wait longer for the next answers too, until a READ comes in time. */
-  backOff(): void {
-    this.#backoff = Math.min(MAX_CARRIED_BACKOFF, this.#backoff + 1);
-  }
 
   /** Milliseconds to wait before re-send number `resent` + 1 of one answer (backoff). */
   timeoutAfter(resent: number): number {
-    return clamp(this.#timeout * 2 ** (this.#backoff + resent));
+    return clamp(this.#timeout * 2 ** resent);
   }
 }
 

@@ -328,7 +328,7 @@ export class SledSession {
   /** The next READ is late: some DATA was lost, send the last answer again. */
   #resendLast(): void {
     this.#cancelResend = null;
-    if (this.#resentTimes++ === 0) this.#timeout.backOff();
+    this.#resentTimes++;
     this.counters.add("resends");
     this.#firstCopyAt ??= this.#clock.now();
     if (this.#sendData(this.#frames)) this.counters.add("resentFrames", this.#frames.length);
