@@ -92,7 +92,6 @@ export class ResendTimeout {
     if (sinceFirstCopyMs < 0 || sinceLastCopyMs > this.#timeout) this.sample(sinceSentMs);
   }
 
-
   /** Milliseconds to wait before re-send number `resent` + 1 of one answer (backoff). */
   timeoutAfter(resent: number): number {
     return clamp(this.#timeout * 2 ** resent);
