@@ -470,6 +470,24 @@ network("bootserver under loss, pacing and admission, on a veth pair", () => {
     }, "rns");
   });
 
+  test("--link-rate 100m holds two sleds together under 1.3 times 100 Mb/s of DATA", async () => {
+    await withVethPair(async ({ a, b }) => {
+      await withJsonServer(
+        ["--rate", "off", "--link-rate", "100m", "--boots", "2", a, "a.img", "any"],
+        async (server) => {
+          const sleds = await runSleds(dir, b, ["--checksum", sha256, "--sleds", "2", "--json"]);
+          expect(sleds.exitCode).toBe(0);
+          expect(await server.exited()).toBe(0);
+          // Both emulated sleds start together; the later one's time covers both transfers.
+          const seconds = Math.max(...sleds.reports.map((report) => report.elapsedMs)) / 1000;
+          const paced = (100e6 / wireBits(14 + 12 + 8 + CHUNK_SIZE)) * CHUNK_SIZE;
+          expect((2 * IMAGE_SIZE) / seconds).toBeLessThan(1.3 * paced);
+          expect(finishedRecords(server).every((finished) => finished.paced_seconds > 0)).toBe(true);
+        },
+      );
+    }, "rns");
+  });
+
   test("--max-sleds 1 turns the second sled away, says so, and serves it once the first is done", async () => {
     await withVethPair(async ({ a, b }) => {
       await withJsonServer(["--max-sleds", "1", "--boots", "2", a, "a.img", "any"], async (server) => {
