@@ -487,8 +487,9 @@ export class BootServer {
     } catch {
       return; // the session thread's failure is already reported
     }
-    if (this.#closed || sled.session !== session) return;
-    const port = session.dispatcherPort!;
+    // A HELLO answered meanwhile may have handed the channel over with its OFFER already.
+    const port = session.dispatcherPort;
+    if (this.#closed || sled.session !== session || !port) return;
     session.dispatcherPort = undefined;
     this.#command({ type: "attach", sled: mac, port }, [port]);
   }

@@ -153,6 +153,7 @@ export class FrameDispatcher {
     if (inbox) {
       this.#sessions.get(key)?.close();
       this.#sessions.set(key, inbox);
+      this.#offered.delete(key);
     }
     const session = this.#sessions.get(key);
     if (session) session.serve(bytes);
