@@ -182,7 +182,7 @@ const FRAME_SUMMARY: [(typeof DISPATCH_COUNTERS)[number], string][] = [
   ["resets", "answered with RESET"],
   ["resetsLimited", "READs without a session over the RESET rate limit"],
   ["hellosLimited", "HELLOs over the rate limit"],
-  ["turnedAway", "sleds turned away (--max-sleds, --boots)"],
+  ["turnedAway", "sled(s) turned away (--max-sleds, --boots)"],
 ];
 
 /** The frames the dispatcher dropped or answered with RESET, when there were any. */

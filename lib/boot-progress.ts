@@ -104,8 +104,8 @@ export function eventLines(event: BootEvent): string[] {
       ];
     case "turned-away":
       return [
-        `turned ${event.sled} away: ${event.maxSleds} sleds are being served (--max-sleds); ` +
-          "it is admitted on a later re-ask once one finishes",
+        `turned ${event.sled} away: all ${event.maxSleds} sessions --max-sleds allows are in use; ` +
+          "it is served on a later re-ask once one ends",
       ];
     case "notice":
       return [event.message];
