@@ -10,6 +10,11 @@
  * says HELLO every 4 s, so a few in a row is already more than one sled
  * sends) and in all; RESETs in all. A session thread starts only for a sled
  * that READs after an OFFER, and there are at most `--max-sleds` of them.
+ *
+ * The limit in all has two pools: one for MACs heard for the first time, one
+ * for MACs heard before (within REMEMBER_MAC_MS). A flood of made-up MACs,
+ * each new, drains only the first; a real sled whose first HELLO it crowded
+ * out says HELLO again four seconds later and is answered from the second.
  */
 
 /** A sled says HELLO every 4 s; three in a row and one a second after that is plenty for one MAC. */
@@ -21,8 +26,8 @@ const HELLOS_PER_SECOND = 200;
 /** RESETs in all: enough for every sled of a rack after a server restart, never a flood's worth. */
 const RESET_BURST = 64;
 const RESETS_PER_SECOND = 100;
-/** Per-MAC buckets untouched this long are full again and can be forgotten. */
-const FORGET_MAC_MS = HELLO_BURST_PER_MAC * (1000 / HELLOS_PER_SECOND_PER_MAC);
+/** How long a MAC counts as heard before: two of a sled's HELLO intervals (4 s) and then some. */
+const REMEMBER_MAC_MS = 10_000;
 
 /**
  * A token bucket: `burst` tokens at most, refilled at `perSecond`.
@@ -66,23 +71,26 @@ export class TokenBucket {
  */
 export class AdmissionLimits {
   readonly #perMac = new Map<number, TokenBucket>();
-  readonly #hellos: TokenBucket;
+  readonly #newHellos: TokenBucket;
+  readonly #returningHellos: TokenBucket;
   readonly #resets: TokenBucket;
 
   constructor(now = Date.now()) {
-    this.#hellos = new TokenBucket(HELLO_BURST, HELLOS_PER_SECOND, now);
+    this.#newHellos = new TokenBucket(HELLO_BURST, HELLOS_PER_SECOND, now);
+    this.#returningHellos = new TokenBucket(HELLO_BURST, HELLOS_PER_SECOND, now);
     this.#resets = new TokenBucket(RESET_BURST, RESETS_PER_SECOND, now);
   }
 
   /** May the sled `key` (lib/protocol.ts macKey) be answered a HELLO now? */
   hello(key: number, now: number): boolean {
     let bucket = this.#perMac.get(key);
+    const pool = bucket ? this.#returningHellos : this.#newHellos;
     if (!bucket) {
       bucket = new TokenBucket(HELLO_BURST_PER_MAC, HELLOS_PER_SECOND_PER_MAC, now);
       this.#perMac.set(key, bucket);
     }
     // The MAC's own bucket first: a chatty MAC does not use up everyone's tokens.
-    return bucket.take(now) && this.#hellos.take(now);
+    return bucket.take(now) && pool.take(now);
   }
 
   /** May a RESET be sent now? */
@@ -90,9 +98,9 @@ export class AdmissionLimits {
     return this.#resets.take(now);
   }
 
-  /** Forget per-MAC buckets that have refilled, so a flood of MACs leaves no memory behind. */
+  /** Forget MACs not heard for a while, so a flood of MACs leaves no memory behind. */
   forget(now: number): void {
-    for (const [key, bucket] of this.#perMac) if (now - bucket.usedAt > FORGET_MAC_MS) this.#perMac.delete(key);
+    for (const [key, bucket] of this.#perMac) if (now - bucket.usedAt > REMEMBER_MAC_MS) this.#perMac.delete(key);
   }
 
   /** MACs with a bucket now. */

@@ -245,6 +245,19 @@ describe("admission", () => {
     expect(limits.tracked).toBe(0);
   });
 
+  test("a MAC heard before is answered from a pool that a flood of new MACs cannot drain", () => {
+    const limits = new AdmissionLimits(0);
+    expect(limits.hello(1, 0)).toBe(true);
+    let floodAnswered = 0;
+    for (let key = 100; key < 10_100; key++) if (limits.hello(key, 1000 + key / 10)) floodAnswered++;
+    expect(limits.hello(2, 2000)).toBe(false); // a new sled, crowded out by the flood
+    // Four seconds later both say HELLO again, amid the flood, and are answered.
+    for (let key = 20_000; key < 21_000; key++) limits.hello(key, 4000);
+    expect(limits.hello(1, 4000)).toBe(true);
+    expect(limits.hello(2, 4000)).toBe(true);
+    expect(floodAnswered).toBeLessThan(1000);
+  });
+
   test("only unicast, non-zero sources are sleds", () => {
     expect(isUnicastSource(SLED)).toBe(true);
     expect(isUnicastSource(BROADCAST_MAC)).toBe(false);
