@@ -1,12 +1,4 @@
 #!/usr/bin/env bun
-import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
-import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
-import { BootProgressDisplay, JsonLogDisplay } from "@ramdisk-tools/netboot/boot-progress.ts";
-import type { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
-import { MetricsCollector } from "@ramdisk-tools/netboot/metrics.ts";
-import { type MetricsAddress, MetricsEndpoint, parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
-import { BootServer, type BootServerOptions } from "@ramdisk-tools/netboot/server.ts";
-import { type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 /**
  * bootserver: serve boot images to sleds booting from the network over raw
  * Ethernet (docs/netboot.md), many sleds at once.
@@ -14,6 +6,16 @@ import { type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
  * Compatible with the existing `bootserver [-s] [-t SECONDS] LINK IMAGE MAC|any`,
  * extended to several images, pinned images, allow lists and a boot count.
  */
+
+import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
+import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { BootProgressDisplay, JsonLogDisplay } from "@ramdisk-tools/netboot/boot-progress.ts";
+import type { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
+import { MetricsCollector } from "@ramdisk-tools/netboot/metrics.ts";
+import { type MetricsAddress, MetricsEndpoint, parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
+import { parseRate } from "@ramdisk-tools/netboot/pacing.ts";
+import { BootServer, type BootServerOptions, DEFAULT_MAX_SLEDS } from "@ramdisk-tools/netboot/server.ts";
+import { type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 
@@ -74,6 +76,34 @@ function parseArguments(argv: string[]) {
         "serve Prometheus metrics on http://ADDR:PORT/metrics and the same as JSON on /status (port 0: any free one)",
       requiresArg: true,
     })
+    .option("rate", {
+      type: "string",
+      default: "1g",
+      describe: "pace each sled's DATA at RATE bits/s on the wire (k, m, g suffixes; off: unpaced)",
+      requiresArg: true,
+    })
+    .option("link-rate", {
+      type: "string",
+      describe: "cap the DATA of all sleds together at RATE bits/s (for a server on a slow link)",
+      requiresArg: true,
+    })
+    .option("resend", {
+      type: "boolean",
+      default: true,
+      describe: "send a batch again when the sled's next READ is late (--no-resend: wait for its 1 s re-ask)",
+    })
+    .option("admission", {
+      type: "boolean",
+      default: true,
+      describe:
+        "rate-limit HELLOs, start a session only for a sled that READs an offer (--no-admission: a session per HELLO)",
+    })
+    .option("max-sleds", {
+      type: "number",
+      default: DEFAULT_MAX_SLEDS,
+      describe: "serve at most N sleds at once; more wait (with admission)",
+      requiresArg: true,
+    })
     .option("json-log", {
       type: "boolean",
       default: false,
@@ -86,7 +116,8 @@ function parseArguments(argv: string[]) {
     .example("$0 --allow 02:08:20:aa:bb:01 --allow 02:08:20:aa:bb:02 eth1 host.img any", "serve only these two sleds")
     .example("$0 -s --pcap boot.pcap eth1 recovery.img any", "record one boot for Wireshark (docs/wireshark.md)")
     .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line")
-    .example("$0 --metrics 127.0.0.1:9100 eth1 host.img any", "also serve metrics to Prometheus on port 9100");
+    .example("$0 --metrics 127.0.0.1:9100 eth1 host.img any", "also serve metrics to Prometheus on port 9100")
+    .example("$0 --rate 100m eth1 host.img any", "sleds behind a 100 Mb/s port");
   return usageConventions(parser, "bootserver", {
     strict: "options",
     exitStatus:
@@ -123,6 +154,9 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
   }
   if (args.t !== undefined && !(args.t > 0))
     throw new UserError(`-t must be a positive number of seconds, not ${args.t}`, EXIT_USAGE);
+  if (!(Number.isInteger(args["max-sleds"]) && args["max-sleds"] >= 1)) {
+    throw new UserError(`--max-sleds must be a whole number of at least 1, not ${args["max-sleds"]}`, EXIT_USAGE);
+  }
   return {
     link,
     images,
@@ -132,6 +166,11 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
     failuresFatal: args.s,
     helloTimeoutSeconds: args.t,
     pcap: args.pcap,
+    rate: rateArgument(args.rate, "--rate"),
+    linkRate: args["link-rate"] === undefined ? null : rateArgument(args["link-rate"], "--link-rate"),
+    resend: args.resend,
+    admission: args.admission,
+    maxSleds: args["max-sleds"],
   };
 }
 
@@ -144,14 +183,34 @@ function metricsAddress(args: ReturnType<typeof parseArguments>): MetricsAddress
   return address;
 }
 
+function rateArgument(text: string, option: string): number | null {
+  try {
+    return parseRate(text);
+  } catch (error) {
+    throw new UserError(`${option}: ${oneLine(error)}`, EXIT_USAGE);
+  }
+}
+
+/** What the dispatcher counted, in words: frames dropped by reason, RESETs, HELLOs limited, sleds turned away. */
+const FRAME_SUMMARY: [(typeof DISPATCH_COUNTERS)[number], string][] = [
+  ["malformed", "malformed"],
+  ["ownFrames", "own frames"],
+  ["notForUs", "not for us"],
+  ["groupSource", "from a group or zero address"],
+  ["notAllowed", "not allowed"],
+  ["unexpected", "unexpected"],
+  ["sendFailures", "send failures"],
+  ["resets", "answered with RESET"],
+  ["resetsLimited", "READs without a session over the RESET rate limit"],
+  ["hellosLimited", "HELLOs over the rate limit"],
+  ["turnedAway", "sled(s) turned away (--max-sleds, --boots)"],
+  ["droppedByCapture", "dropped by the capture (kernel buffer full)"],
+];
+
 /** The frames the dispatcher dropped or answered with RESET, when there were any. */
 function frameSummary(counts: Record<(typeof DISPATCH_COUNTERS)[number], number>): string | null {
-  const { frames, resets, helloFrames, readFrames, finishedFrames, ...dropped } = counts;
-  const parts = Object.entries(dropped)
-    .filter(([, count]) => count > 0)
-    .map(([reason, count]) => `${count} ${reason.replace(/[A-Z]/g, (letter) => ` ${letter.toLowerCase()}`)}`);
-  if (resets > 0) parts.push(`${resets} answered with RESET`);
-  return parts.length > 0 ? `of ${frames} frames received: ${parts.join(", ")}` : null;
+  const parts = FRAME_SUMMARY.filter(([name]) => counts[name] > 0).map(([name, words]) => `${counts[name]} ${words}`);
+  return parts.length > 0 ? `of ${counts.frames} frames received: ${parts.join(", ")}` : null;
 }
 
 async function bootserver(argv: string[]): Promise<number> {

@@ -13,6 +13,7 @@
  */
 
 import { oneLine } from "@ramdisk-tools/cli/errors.ts";
+import { AdmissionLimits } from "@ramdisk-tools/netboot/admission.ts";
 import {
   type DispatcherCommand,
   type DispatcherReport,
@@ -22,6 +23,7 @@ import {
   type SessionInbox,
   unpackSentFrames,
 } from "@ramdisk-tools/netboot/dispatch.ts";
+import { sharedNowMs } from "@ramdisk-tools/netboot/pacing.ts";
 import type { SessionMessage } from "@ramdisk-tools/netboot/session.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { nowMs, PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
@@ -38,6 +40,8 @@ const RECEIVE_BUFFER_BYTES = 2048;
 const RECORD_DRAIN_MS = 500;
 /** How often the capture's own drop count is copied out for the metrics (one system call each time). */
 const CAPTURE_STATS_MS = 1000;
+/** How often offers never taken up are forgotten. */
+const EXPIRE_EVERY_MS = 1000;
 
 let dispatcher: FrameDispatcher | undefined;
 let capture: PcapFileWriter | undefined;
@@ -61,10 +65,14 @@ function inboxOf(port: MessagePort): SessionInbox {
   return {
     serve: (bytes) => post({ type: "serve", bytes }),
     read: (read) => {
-      if (!closed) post({ type: "read", count: read.count, slots: read.slots }, [read.slots.buffer as ArrayBuffer]);
+      if (closed) return;
+      const message: SessionMessage = { type: "read", count: read.count, slots: read.slots, receivedAt: sharedNowMs() };
+      post(message, [read.slots.buffer as ArrayBuffer]);
     },
     close: () => {
       closed = true;
+      // Stops the session's re-sends before its thread is told to stop.
+      post({ type: "end" });
       if (recording) setTimeout(() => port.close(), RECORD_DRAIN_MS);
       else port.close();
     },
@@ -81,6 +89,7 @@ async function captureLoop(link: PcapLink, frames: FrameDispatcher) {
   const buffer = new Uint8Array(RECEIVE_BUFFER_BYTES);
   const copyCaptureStats = () => frames.counters.set("droppedByCapture", link.stats().dropped);
   let statsAt = 0;
+  const expiring = setInterval(() => frames.expire(), EXPIRE_EVERY_MS);
   try {
     while (!stopping) {
       if (Date.now() - statsAt >= CAPTURE_STATS_MS) {
@@ -96,10 +105,12 @@ async function captureLoop(link: PcapLink, frames: FrameDispatcher) {
       await new Promise((resolve) => setImmediate(resolve));
     }
     copyCaptureStats();
+    clearInterval(expiring);
     link.close();
     capture?.close();
     report({ type: "stopped" });
   } catch (error) {
+    clearInterval(expiring);
     link.close();
     // Keep what was recorded: a capture of a failing boot is the one worth reading.
     try {
@@ -130,10 +141,12 @@ self.onmessage = (event: MessageEvent<DispatcherCommand>) => {
               record(frame);
             },
             hello: (sled, text) => report({ type: "hello", sled, text }),
+            admit: command.admission ? (sled) => report({ type: "admit", sled }) : undefined,
             finished: (sled) => report({ type: "finished", sled }),
             reset: (sled) => report({ type: "reset", sled }),
           },
           dispatchCounters(command.counters),
+          command.admission ? new AdmissionLimits() : null,
         );
         report({ type: "ready", mac: link.mac });
         void captureLoop(link, dispatcher);
@@ -141,6 +154,10 @@ self.onmessage = (event: MessageEvent<DispatcherCommand>) => {
       }
       case "offer":
         return dispatcher?.offer(command.sled, command.frame, command.bytes, command.port && inboxOf(command.port));
+      case "attach":
+        return dispatcher?.attach(command.sled, inboxOf(command.port));
+      case "refuse":
+        return dispatcher?.refuse(command.sled);
       case "end":
         return dispatcher?.end(command.sled);
       case "stop":

@@ -1,12 +1,15 @@
 /**
  * Thread entry point for one sled's session: open an injection-only handle
- * on the link, then answer the READs the dispatcher passes on with DATA
- * frames from the shared image (lib/netboot/session.ts, SledSession), and tell the
- * main thread when a sled was RESET because its image failed a check.
+ * on the link and say it is ready (the main thread keeps one such thread
+ * spare), then, once told its sled, answer the READs the dispatcher passes on
+ * with DATA frames from the shared image (lib/netboot/session.ts,
+ * SledSession), paced (lib/netboot/pacing.ts), and tell the main thread when
+ * a sled was RESET because its image failed a check.
  */
 
 import { oneLine } from "@ramdisk-tools/cli/errors.ts";
 import { packSentFrames } from "@ramdisk-tools/netboot/dispatch.ts";
+import { LinkClock, Pacer } from "@ramdisk-tools/netboot/pacing.ts";
 import {
   imageSource,
   type SessionCommand,
@@ -27,6 +30,9 @@ function report(message: SessionReport) {
   self.postMessage(message);
 }
 
+/** How to make the session once it is given its sled. */
+let startSession: ((sled: SessionCommand & { type: "sled" }) => void) | undefined;
+
 self.onmessage = (event: MessageEvent<SessionCommand>) => {
   const command = event.data;
   if (command.type === "stop") {
@@ -36,25 +42,36 @@ self.onmessage = (event: MessageEvent<SessionCommand>) => {
     return;
   }
   try {
+    if (command.type === "sled") return startSession?.(command);
     const opened = PcapLink.open(command.link, { capture: false });
     link = opened;
     const channel = command.port;
     // Recording copies each batch for the dispatcher's capture file; without it the hot path is untouched.
-    const send = command.record
+    const inject = command.record
       ? (frames: readonly Uint8Array[]) => {
           opened.injectBatch(frames);
           const sent = packSentFrames(frames, nowMs());
           channel.postMessage(sent, [sent.bytes.buffer as ArrayBuffer, sent.lengths.buffer as ArrayBuffer]);
         }
       : (frames: readonly Uint8Array[]) => opened.injectBatch(frames);
-    const session = new SledSession(command.sled, opened.mac, send, sessionCounters(command.counters), (message) =>
-      report({ type: "problem", message }),
-    );
-    port = channel;
-    port.onmessage = (message) => {
-      const data = message.data as SessionMessage;
-      if (data.type === "serve") session.serve(imageSource(data.bytes));
-      else session.answer({ type: "read", count: data.count, slots: data.slots });
+    const shared = command.linkClock;
+    const pacer = new Pacer(command.rate, shared ? new LinkClock(shared.bitsPerSecond, shared.buffer) : null);
+    const counters = sessionCounters(command.counters);
+    const send = (frames: readonly Uint8Array[]) => counters.add("pacedMs", pacer.send(frames, inject));
+    startSession = ({ sled }) => {
+      const session = new SledSession(sled, opened.mac, send, counters, {
+        resend: command.resend,
+        onProblem: (message) => report({ type: "problem", message }),
+      });
+      port = channel;
+      // The channel queues what the dispatcher sends until this handler is set.
+      port.onmessage = (message) => {
+        const data = message.data as SessionMessage;
+        if (data.type === "serve") session.serve(imageSource(data.bytes));
+        else if (data.type === "read")
+          session.answer({ type: "read", count: data.count, slots: data.slots }, Date.now(), data.receivedAt);
+        else session.end();
+      };
     };
     report({ type: "ready" });
   } catch (error) {

@@ -27,18 +27,32 @@ export interface ProgressSink {
 }
 
 /**
+ * How the sled's link fared: re-asked offsets, re-sent frames, time waiting
+ * for the pacing clock, batches the link refused (the last three only when
+ * there were any).
+ *
+ * @example linkFigures(progress) // "3 re-asked offsets, 256 re-sent frames, paced 0.41 s"
+ */
+export function linkFigures(progress: SledProgress): string {
+  const parts = [`${progress.reasked} re-asked offsets`];
+  if (progress.resentFrames > 0) parts.push(`${progress.resentFrames} re-sent frames`);
+  if (progress.pacedSeconds >= 0.005) parts.push(`paced ${progress.pacedSeconds.toFixed(2)} s`);
+  if (progress.sendFailures > 0) parts.push(`${progress.sendFailures} batches refused by the link`);
+  return parts.join(", ");
+}
+
+/**
  * One sled's transfer on one line: MAC, image, percent, rate (by default the
- * average since its first READ), re-asked offsets.
+ * average since its first READ), then linkFigures.
  *
  * @example progressLine(progress) // "02:00:00:00:00:01 pool.img  45% 112.3 MB/s, 3 re-asked offsets"
  */
 export function progressLine(progress: SledProgress, bytesPerSecond = progress.bytesPerSecond): string {
   const size = progress.image.header.imageSize;
   const percent = Math.min(100, Math.floor((100 * progress.deliveredBytes) / size));
-  const failures = progress.sendFailures > 0 ? `, ${progress.sendFailures} batches refused by the link` : "";
   return (
     `${progress.sled} ${progress.image.name} ${String(percent).padStart(3)}% ` +
-    `${(bytesPerSecond / MB).toFixed(1)} MB/s, ${progress.reasked} re-asked offsets${failures}`
+    `${(bytesPerSecond / MB).toFixed(1)} MB/s, ${linkFigures(progress)}`
   );
 }
 
@@ -88,7 +102,7 @@ export function eventLines(event: BootEvent): string[] {
       return [
         `${progress.sled} finished ${progress.image.name}: ${formatBytes(progress.deliveredBytes)} in ` +
           `${progress.seconds.toFixed(2)} s (${(progress.bytesPerSecond / MB).toFixed(1)} MB/s), ` +
-          `${progress.reasked} re-asked offsets; ${event.boots} finished so far`,
+          `${progress.dataFrames} DATA frames, ${linkFigures(progress)}; ${event.boots} finished so far`,
       ];
     }
     case "session-start":
@@ -96,6 +110,11 @@ export function eventLines(event: BootEvent): string[] {
     case "reset":
       return [
         `RESET to ${event.sled}: it asked for data without a session (the server restarted or its session ended)`,
+      ];
+    case "turned-away":
+      return [
+        `turned ${event.sled} away: all ${event.maxSleds} sessions --max-sleds allows are in use; ` +
+          "it is served on a later re-ask once one ends",
       ];
     case "notice":
       return [event.message];
@@ -194,6 +213,10 @@ function transferFields(progress: SledProgress) {
     mb_per_second: Number((progress.bytesPerSecond / MB).toFixed(3)),
     reasked: progress.reasked,
     send_failures: progress.sendFailures,
+    data_frames: progress.dataFrames,
+    resent_frames: progress.resentFrames,
+    paced_seconds: Number(progress.pacedSeconds.toFixed(3)),
+    round_trip_ms: Number(progress.roundTripMs.toFixed(3)),
   };
 }
 
@@ -238,6 +261,8 @@ export function jsonLogRecord(event: BootEvent): Omit<JsonLogRecord, "time"> {
       return { event: "finished", ...transferFields(event.progress), boots: event.boots };
     case "reset":
       return { event: "reset", sled: event.sled };
+    case "turned-away":
+      return { event: "turned-away", sled: event.sled, max_sleds: event.maxSleds };
     case "notice":
       return { event: "notice", message: event.message };
     case "problem":

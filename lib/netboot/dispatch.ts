@@ -4,20 +4,27 @@
  * deals with it.
  *
  * - Frames that are malformed or of an unknown type, that we sent, that are
- *   addressed to another station, or that come from a sled we were told not
- *   to serve are dropped and counted; no frame can make it throw (netboot.md,
- *   "What a boot server owes the sled").
- * - A HELLO goes to the main thread, which chooses the image to offer.
- * - A READ goes to the session of the sled that sent it. A sled that READs
- *   without a session (the server restarted mid-transfer, or the session
- *   ended) gets a RESET, so it starts over instead of stalling.
+ *   addressed to another station, that come from a group or all-zero
+ *   address (lib/protocol/frames.ts isUnicastSource), or that come from a sled we
+ *   were told not to serve are dropped and counted; no frame can make it
+ *   throw (netboot.md, "What a boot server owes the sled").
+ * - A HELLO goes to the main thread, which chooses the image to offer, if
+ *   the HELLO rate limits allow (lib/netboot/admission.ts).
+ * - A READ goes to the session of the sled that sent it. A sled that was
+ *   offered an image but has no session yet is admitted: the main thread is
+ *   asked to start one (or turns the sled away at `--max-sleds`), and the
+ *   latest READ waits for it. A sled that READs without either (the server
+ *   restarted mid-transfer, or the session ended) gets a RESET, so it starts
+ *   over instead of stalling; RESETs are rate-limited too.
  * - A FINISHED ends the sled's session here at once, then goes to the main
  *   thread for the summary.
  *
- * The main thread offers an image through offer(), which attaches the sled's
- * session, tells it the image, and only then sends the OFFER: the sled's
- * first READ can follow the OFFER within microseconds, and must find its
- * session already there rather than draw a RESET.
+ * The main thread offers an image through offer(). With admission (the
+ * default) that sends the OFFER at once and remembers the image, and
+ * attach() later hands the sled's first READ to its new session. Without
+ * admission (`--no-admission`, the old way) offer() brings the session along:
+ * it attaches it, tells it the image, and only then sends the OFFER, since
+ * the sled's first READ can follow within microseconds.
  */
 
 import {
@@ -25,13 +32,18 @@ import {
   decodeFrame,
   encodeFrame,
   formatMac,
-  MAC_SIZE,
+  isUnicastSource,
   type Mac,
+  macKey,
   type ReadRequest,
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { SharedCounters } from "@ramdisk-tools/threads/shared-counters.ts";
+import { type CountersOf, countersOf } from "@ramdisk-tools/threads/shared-counters.ts";
+import type { AdmissionLimits } from "./admission.ts";
 import type { ServedBytes } from "./served-image.ts";
+
+/** An offer not followed by a READ within this long is forgotten (a sled READs within milliseconds). */
+export const OFFER_TTL_MS = 30_000;
 
 /**
  * What the dispatcher counts:
@@ -40,10 +52,17 @@ import type { ServedBytes } from "./served-image.ts";
  * - malformed: not a well-formed frame of the protocol (magic, type, lengths, count);
  * - ownFrames: sent from the server's own MAC;
  * - notForUs: addressed to another station (a sled talking to another boot server);
+ * - groupSource: from a group (multicast, broadcast) or all-zero address, which no sled has;
  * - notAllowed: from a sled this server was told not to serve;
  * - unexpected: well formed but not for a server to receive (OFFER, DATA, RESET), or a FINISHED without a session;
  * - resets: RESETs sent to sleds that READ without a session;
+ * - resetsLimited: RESETs not sent because of the rate limit;
  * - sendFailures: OFFER or RESET frames the link refused;
+ * - hellosAnswered: OFFERs sent;
+ * - hellosLimited: HELLOs not passed on because of the rate limits;
+ * - admitted: sleds given a session after READing an offer;
+ * - turnedAway: offered sleds that READ while `--max-sleds` sessions were live, or `--boots` sleds were
+ *   booting or done (each counted once);
  * - droppedByCapture: frames the capture itself lost, its buffer full (libpcap's ps_drop; copied, not counted here).
  */
 export const DISPATCH_COUNTERS = [
@@ -54,22 +73,21 @@ export const DISPATCH_COUNTERS = [
   "malformed",
   "ownFrames",
   "notForUs",
+  "groupSource",
   "notAllowed",
   "unexpected",
   "resets",
+  "resetsLimited",
   "sendFailures",
+  "hellosAnswered",
+  "hellosLimited",
+  "admitted",
+  "turnedAway",
   "droppedByCapture",
 ] as const;
-export type DispatchCounters = SharedCounters<(typeof DISPATCH_COUNTERS)[number]>;
-
-/**
- * Counters for the dispatcher, over a new buffer or the main thread's.
- *
- * @example const counters = dispatchCounters(); counters.get("resets"); // 0
- */
-export function dispatchCounters(buffer?: SharedArrayBuffer): DispatchCounters {
-  return new SharedCounters(DISPATCH_COUNTERS, buffer);
-}
+export type DispatchCounters = CountersOf<typeof DISPATCH_COUNTERS>;
+/** Counters for the dispatcher, over a new buffer or the main thread's. */
+export const dispatchCounters = countersOf(DISPATCH_COUNTERS);
 
 /** Where a sled's frames go once it has a session (its thread's channel). */
 export interface SessionInbox {
@@ -85,22 +103,22 @@ export interface DispatchEvents {
   /** Put a frame on the link. */
   send(frame: Uint8Array): void;
   hello(sled: Mac, text: Uint8Array): void;
+  /** A sled offered an image READ for the first time: start its session (attach) or turn it away (refuse). */
+  admit?(sled: Mac): void;
   /** The sled said FINISHED; its session is already detached. */
   finished(sled: Mac): void;
   /** The sled READ without a session and was sent a RESET. */
   reset?(sled: Mac): void;
 }
 
-/**
- * A MAC address as one number (48 bits fit a float64 exactly), for map keys
- * that cost no string per frame.
- *
- * @example macKey(new Uint8Array([0, 0, 0, 0, 1, 2])) // 258
- */
-export function macKey(mac: Mac): number {
-  let key = 0;
-  for (let i = 0; i < MAC_SIZE; i++) key = key * 256 + mac[i]!;
-  return key;
+/** A sled offered an image, without a session yet. */
+interface Offered {
+  bytes: ServedBytes;
+  at: number;
+  /** The main thread was asked to admit it; its latest READ waits here. */
+  waiting: ReadRequest | null;
+  /** Turned away at least once (counted once). */
+  turnedAway: boolean;
 }
 
 /**
@@ -112,6 +130,7 @@ export function macKey(mac: Mac): number {
  */
 export class FrameDispatcher {
   readonly #sessions = new Map<number, SessionInbox>();
+  readonly #offered = new Map<number, Offered>();
   readonly #allowed: Set<number> | null;
   readonly #reset: (sled: Mac) => Uint8Array;
 
@@ -121,6 +140,9 @@ export class FrameDispatcher {
     allowed: readonly Mac[] | null,
     private readonly events: DispatchEvents,
     readonly counters: DispatchCounters = dispatchCounters(),
+    /** Rate limits on HELLOs and RESETs; null answers every one (`--no-admission`). */
+    private readonly limits: AdmissionLimits | null = null,
+    private readonly now: () => number = Date.now,
   ) {
     this.#allowed = allowed ? new Set(allowed.map(macKey)) : null;
     this.#reset = (sled) => encodeFrame(sled, server, { type: "reset" });
@@ -128,29 +150,68 @@ export class FrameDispatcher {
 
   /**
    * Serve `bytes` to `sled` and send it `offerFrame`. `inbox` attaches a new
-   * session; without it the sled's existing session serves the new image.
+   * session at once (without admission); without it the sled's session, if
+   * it has one, serves the new image, else the sled is admitted on its first
+   * READ.
    */
   offer(sled: Mac, offerFrame: Uint8Array, bytes: ServedBytes, inbox?: SessionInbox): void {
     const key = macKey(sled);
     if (inbox) {
       this.#sessions.get(key)?.close();
       this.#sessions.set(key, inbox);
+      this.#offered.delete(key);
     }
     const session = this.#sessions.get(key);
-    if (!session) throw new Error(`no session for ${formatMac(sled)} to serve the offered image`);
-    session.serve(bytes);
-    this.#send(offerFrame);
+    if (session) session.serve(bytes);
+    else this.#offered.set(key, { bytes, at: this.now(), waiting: null, turnedAway: false });
+    if (this.#send(offerFrame)) this.counters.add("hellosAnswered");
   }
 
-  /** End the sled's session, if it has one; its READs draw RESETs from now on. */
+  /** Give the admitted `sled` its session, with the image it was offered and its waiting READ. */
+  attach(sled: Mac, inbox: SessionInbox): void {
+    const key = macKey(sled);
+    const offered = this.#offered.get(key);
+    if (!offered) throw new Error(`${formatMac(sled)} was admitted without an offer`);
+    this.#offered.delete(key);
+    this.#sessions.get(key)?.close();
+    this.#sessions.set(key, inbox);
+    this.counters.add("admitted");
+    inbox.serve(offered.bytes);
+    if (offered.waiting) inbox.read(offered.waiting);
+  }
+
+  /** The main thread turned `sled` away: drop its waiting READ; its next re-ask asks again. */
+  refuse(sled: Mac): void {
+    const offered = this.#offered.get(macKey(sled));
+    if (!offered) return;
+    offered.waiting = null;
+    if (!offered.turnedAway) this.counters.add("turnedAway");
+    offered.turnedAway = true;
+  }
+
+  /** End the sled's session or offer, if it has one; its READs draw RESETs from now on. */
   end(sled: Mac): void {
     const key = macKey(sled);
     this.#sessions.get(key)?.close();
     this.#sessions.delete(key);
+    this.#offered.delete(key);
   }
 
-  /** Handle one captured frame; never throws on what the frame holds. */
-  dispatch(bytes: Uint8Array): void {
+  /** Forget offers never taken up and rate-limit state that has settled; call about once a second. */
+  expire(now = this.now()): void {
+    for (const [key, offered] of this.#offered) {
+      if (offered.waiting === null && now - offered.at > OFFER_TTL_MS) this.#offered.delete(key);
+    }
+    this.limits?.forget(now);
+  }
+
+  /** Sleds offered an image and not yet admitted. */
+  get offeredCount(): number {
+    return this.#offered.size;
+  }
+
+  /** Handle one captured frame; never throws on what the frame holds. (Each branch returns its last step.) */
+  dispatch(bytes: Uint8Array) {
     const counters = this.counters;
     counters.add("frames");
     const decoded = decodeFrame(bytes);
@@ -158,22 +219,17 @@ export class FrameDispatcher {
     const { source, destination, message } = decoded.frame;
     if (sameMac(source, this.server)) return counters.add("ownFrames");
     if (!sameMac(destination, this.server) && !sameMac(destination, BROADCAST_MAC)) return counters.add("notForUs");
+    if (!isUnicastSource(source)) return counters.add("groupSource");
     const key = macKey(source);
     if (this.#allowed && !this.#allowed.has(key)) return counters.add("notAllowed");
     switch (message.type) {
       case "hello":
         counters.add("helloFrames");
+        if (this.limits && !this.limits.hello(key, this.now())) return counters.add("hellosLimited");
         return this.events.hello(source, message.text);
-      case "read": {
+      case "read":
         counters.add("readFrames");
-        const session = this.#sessions.get(key);
-        if (session) return session.read(message);
-        if (this.#send(this.#reset(source))) {
-          counters.add("resets");
-          this.events.reset?.(source);
-        }
-        return;
-      }
+        return this.#read(source, key, message);
       case "finished": {
         const session = this.#sessions.get(key);
         if (!session) return counters.add("unexpected");
@@ -184,6 +240,23 @@ export class FrameDispatcher {
       }
       default:
         return counters.add("unexpected");
+    }
+  }
+
+  #read(source: Mac, key: number, read: ReadRequest) {
+    const session = this.#sessions.get(key);
+    if (session) return session.read(read);
+    const offered = this.#offered.get(key);
+    if (offered && this.events.admit) {
+      const asked = offered.waiting !== null;
+      offered.waiting = read;
+      if (!asked) this.events.admit(source);
+      return;
+    }
+    if (this.limits && !this.limits.reset(this.now())) return this.counters.add("resetsLimited");
+    if (this.#send(this.#reset(source))) {
+      this.counters.add("resets");
+      this.events.reset?.(source);
     }
   }
 
@@ -257,8 +330,12 @@ export type DispatcherCommand =
       counters: SharedArrayBuffer;
       /** Record every frame received and sent to this pcap file (sessions post theirs as SentFrames). */
       pcap?: string;
+      /** Rate-limit HELLOs and RESETs and admit sleds on their first READ (false: `--no-admission`). */
+      admission: boolean;
     }
   | { type: "offer"; sled: Mac; frame: Uint8Array; bytes: ServedBytes; port?: MessagePort }
+  | { type: "attach"; sled: Mac; port: MessagePort }
+  | { type: "refuse"; sled: Mac }
   | { type: "end"; sled: Mac }
   | { type: "stop" };
 
@@ -266,6 +343,7 @@ export type DispatcherCommand =
 export type DispatcherReport =
   | { type: "ready"; mac: Mac }
   | { type: "hello"; sled: Mac; text: Uint8Array }
+  | { type: "admit"; sled: Mac }
   | { type: "finished"; sled: Mac }
   | { type: "reset"; sled: Mac }
   | { type: "stopped" }

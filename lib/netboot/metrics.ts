@@ -96,13 +96,31 @@ const DISPATCH_METRICS: Record<DispatchCounterName, CounterRow> = {
   malformed: { family: FRAMES_IGNORED, labels: { reason: "malformed" } },
   ownFrames: { family: FRAMES_IGNORED, labels: { reason: "own_frame" } },
   notForUs: { family: FRAMES_IGNORED, labels: { reason: "not_for_us" } },
+  groupSource: { family: FRAMES_IGNORED, labels: { reason: "group_source" } },
   notAllowed: { family: FRAMES_IGNORED, labels: { reason: "not_allowed" } },
   unexpected: { family: FRAMES_IGNORED, labels: { reason: "unexpected" } },
   resets: {
     family: { name: "resets_sent_total", type: "counter", help: "RESETs sent to sleds that READ without a session." },
   },
+  resetsLimited: {
+    family: { name: "resets_limited_total", type: "counter", help: "RESETs not sent: over the RESET rate limit." },
+  },
   sendFailures: {
     family: { name: "send_failures_total", type: "counter", help: "OFFER or RESET frames the link refused to send." },
+  },
+  hellosAnswered: { family: { name: "offers_sent_total", type: "counter", help: "HELLOs answered with an OFFER." } },
+  hellosLimited: {
+    family: { name: "hellos_limited_total", type: "counter", help: "HELLOs not answered: over the rate limits." },
+  },
+  admitted: {
+    family: { name: "sleds_admitted_total", type: "counter", help: "Sleds given a session after READing an offer." },
+  },
+  turnedAway: {
+    family: {
+      name: "sleds_turned_away_total",
+      type: "counter",
+      help: "Offered sleds that READ while --max-sleds sessions were live, or beyond --boots (once each).",
+    },
   },
   droppedByCapture: {
     family: {
@@ -128,6 +146,15 @@ const SESSION_METRICS: Record<SessionCounterName, Family | null> = {
   reasked: { name: "sled_reasked_offsets", type: "gauge", help: "Offsets the sled asked for more than once." },
   reads: { name: "sled_reads", type: "gauge", help: "READ frames answered." },
   sendFailures: { name: "sled_send_failures", type: "gauge", help: "Batches of DATA frames the link refused." },
+  dataFrames: {
+    name: "sled_data_frames",
+    type: "gauge",
+    help: "DATA frames sent to the sled, re-sent copies included.",
+  },
+  resentFrames: { name: "sled_resent_frames", type: "gauge", help: "DATA frames sent again by fast re-send." },
+  resends: { name: "sled_resends", type: "gauge", help: "Batches sent again by fast re-send." },
+  pacedMs: { name: "sled_paced_milliseconds", type: "gauge", help: "Time spent waiting for the pacing clock." },
+  roundTripMs: { name: "sled_round_trip_milliseconds", type: "gauge", help: "Smoothed READ round trip (0: not yet)." },
   // Times, not amounts: /status has them.
   firstReadAt: null,
   lastReadAt: null,

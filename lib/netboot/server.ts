@@ -19,14 +19,25 @@
  * from the image offered last. Images are loaded once (lib/netboot/served-image.ts)
  * and reloaded on a HELLO after their file changed.
  *
- * A session starts with the first OFFER to a sled and ends when the sled says
- * FINISHED, when it says HELLO again (it started over), or when it has been
- * silent for SESSION_QUIET_MS (a sled re-asks every second, so that silence
- * means it is gone).
+ * Admission (lib/netboot/admission.ts): the dispatcher answers HELLOs, within rate
+ * limits, with the OFFER this module builds; no thread starts for a HELLO. A
+ * session starts when an offered sled sends its first READ, on a session
+ * thread started ahead (one is always kept spare, its link open), unless
+ * `maxSleds` sessions are live: then the sled is turned away (said once in
+ * the log) and admitted on a later re-ask once there is room. Without
+ * admission (`--no-admission`, the old way) a session starts with the first
+ * OFFER to a sled. A session ends when the sled says FINISHED, when it says
+ * HELLO again (it started over), or when it has been silent for
+ * SESSION_QUIET_MS (a sled re-asks every second, so that silence means it is
+ * gone).
+ *
+ * Each session paces its DATA (`rate`, and the shared `linkRate` cap:
+ * lib/netboot/pacing.ts) and re-sends a batch whose next READ is late (`resend`:
+ * lib/netboot/resend-timer.ts).
  */
 
 import { oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
-import { datasetField, encodeFrame, formatMac, type Mac } from "@ramdisk-tools/protocol/frames.ts";
+import { datasetField, encodeFrame, formatMac, type Mac, macKey } from "@ramdisk-tools/protocol/frames.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import {
   type DISPATCH_COUNTERS,
@@ -34,8 +45,8 @@ import {
   type DispatcherCommand,
   type DispatcherReport,
   dispatchCounters,
-  macKey,
 } from "./dispatch.ts";
+import { LinkClock } from "./pacing.ts";
 import { type ServedImage, ServedImageFile } from "./served-image.ts";
 import {
   type SESSION_COUNTERS,
@@ -47,6 +58,10 @@ import {
 
 /** A session with no READ or HELLO for this long has lost its sled. */
 export const SESSION_QUIET_MS = 20_000;
+/** Live sessions at most, by default: above a full rack of 32 sleds. */
+export const DEFAULT_MAX_SLEDS = 64;
+/** Pace each sled at its NIC's line rate by default (netboot.md: the sled's NIC is gigabit). */
+export const DEFAULT_RATE = 1e9;
 /** How long a stopping thread gets to close its link before it is terminated. */
 const STOP_GRACE_MS = 1000;
 /** The dispatcher may also have a capture file to flush, sync and rename. */
@@ -69,6 +84,16 @@ export interface BootServerOptions {
   helloTimeoutSeconds?: number;
   /** Record every frame received and sent to this pcap file, which appears when the server stops. */
   pcap?: string;
+  /** Send a batch again when the sled's next READ is late (default true; `--no-resend`). */
+  resend?: boolean;
+  /** Pace each sled's DATA at this many bits per second on the wire; null: unpaced (default DEFAULT_RATE). */
+  rate?: number | null;
+  /** Cap the DATA of all sessions together at this many bits per second; null or absent: no cap. */
+  linkRate?: number | null;
+  /** Rate-limit HELLOs and start sessions only for sleds that READ an offer (default true; `--no-admission`). */
+  admission?: boolean;
+  /** Live sessions at most, with admission (default DEFAULT_MAX_SLEDS). */
+  maxSleds?: number;
   /** Where to report what happens. */
   onEvent: (event: BootEvent) => void;
 }
@@ -90,6 +115,14 @@ export interface SledProgress {
   bytesPerSecond: number;
   /** Batches of DATA frames the link refused to send. */
   sendFailures: number;
+  /** DATA frames sent, re-sent copies included. */
+  dataFrames: number;
+  /** DATA frames sent again by fast re-send. */
+  resentFrames: number;
+  /** Seconds spent waiting for the pacing clock. */
+  pacedSeconds: number;
+  /** The smoothed READ round trip in milliseconds, 0 before it is measured. */
+  roundTripMs: number;
   /** Every counter of the session as it stands (the figures above come from these), for the metrics. */
   counters: Record<(typeof SESSION_COUNTERS)[number], number>;
 }
@@ -112,6 +145,8 @@ export type BootEvent =
   | { type: "session-start"; sled: string; image: ServedImage }
   /** The sled READ without a session (the server restarted, or its session ended) and was told to start over. */
   | { type: "reset"; sled: string }
+  /** The sled READ an offer while `maxSleds` sessions were live: no session for now (said once per sled). */
+  | { type: "turned-away"; sled: string; maxSleds: number }
   | { type: "reloaded"; image: ServedImage }
   /** A raw image is all in memory and its SHA-256 matched, `seconds` after its load began (it was served meanwhile). */
   | { type: "loaded"; image: ServedImage; seconds: number }
@@ -126,7 +161,8 @@ export type BootEvent =
   /** A failure that does not stop the server (unless failuresFatal). */
   | { type: "problem"; message: string };
 
-interface SessionThread {
+/** A session thread, started before it has a sled so that admitting one costs no thread start. */
+interface SessionWorker {
   worker: Worker;
   counters: SessionCounters;
   /** The dispatcher's end of the session's channel, until handed over. */
@@ -134,6 +170,11 @@ interface SessionThread {
   /** Settles when the thread can answer READs (or failed to start). */
   ready: Promise<void>;
   stopped: Promise<void>;
+  /** The sled it serves, formatted, for its messages. */
+  name: string;
+}
+
+interface SessionThread extends SessionWorker {
   image: ServedImage;
   /** Epoch milliseconds of the last OFFER or HELLO, for the quiet check. */
   heardAt: number;
@@ -148,6 +189,12 @@ interface Sled {
   answering: boolean;
   /** Told once that it waits for capacity. */
   deferred: boolean;
+  /** Told once that `maxSleds` turned it away. */
+  turnedAway: boolean;
+  /** The image offered last, for the session that starts on its first READ. */
+  offered?: ServedImage;
+  /** Epoch milliseconds of its last HELLO, to forget sleds that went away. */
+  heardAt: number;
   session?: SessionThread;
 }
 
@@ -180,12 +227,19 @@ export class BootServer {
   readonly #loaded = new Map<ServedImageFile, ServedImage>();
   readonly #sleds = new Map<number, Sled>();
   readonly #frameCounters: DispatchCounters = dispatchCounters();
+  readonly #linkClock: LinkClock | null;
   #dispatcher!: Worker;
   #dispatcherStopped!: Promise<void>;
   #serverMac!: Mac;
   #finished = 0;
   #heardHello = false;
   #helloTimer: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * One session thread started ahead, link open, waiting for a sled: a
+   * thread takes tens of milliseconds to start, and more than the sled's
+   * one-second re-ask on a busy host, which a sled's first READ would wait.
+   */
+  #spare: SessionWorker | undefined;
   #quietTimer: ReturnType<typeof setInterval> | undefined;
 
   private constructor(options: BootServerOptions) {
@@ -200,6 +254,11 @@ export class BootServer {
     const fileFor = (path: string) => files.get(path) ?? files.set(path, new ServedImageFile(path)).get(path)!;
     this.#rotation = options.images.map(fileFor);
     this.#pinned = new Map(options.pinned.map(([mac, path]) => [macKey(mac), fileFor(path)]));
+    this.#linkClock = options.linkRate ? new LinkClock(options.linkRate) : null;
+  }
+
+  get #admission(): boolean {
+    return this.#options.admission ?? true;
   }
 
   /**
@@ -222,6 +281,7 @@ export class BootServer {
       }),
     );
     await server.#startDispatcher();
+    server.#spare = server.#spawnSessionWorker();
     server.#options.onEvent({ type: "listening", link: options.link, mac: formatMac(server.#serverMac), images });
     for (const image of images) server.#watchLoad(image);
     if (options.helloTimeoutSeconds !== undefined) {
@@ -271,6 +331,9 @@ export class BootServer {
       if (sled.session) sessions.push(this.#stopWorker(sled.session.worker, sled.session.stopped));
       sled.session = undefined;
     }
+    const spare = this.#spare;
+    this.#spare = undefined;
+    if (spare) sessions.push(this.#stopWorker(spare.worker, spare.stopped));
     await Promise.all(sessions);
     for (const image of this.#loaded.values()) image.retire?.();
     const grace = this.#options.pcap === undefined ? STOP_GRACE_MS : RECORDING_STOP_GRACE_MS;
@@ -326,6 +389,8 @@ export class BootServer {
             return resolve();
           case "hello":
             return void this.#hello(report.sled, report.text);
+          case "admit":
+            return void this.#admit(report.sled);
           case "finished":
             return this.#sledFinished(report.sled);
           case "reset":
@@ -349,6 +414,7 @@ export class BootServer {
       allowed,
       counters: this.#frameCounters.buffer,
       pcap: this.#options.pcap,
+      admission: this.#admission,
     });
     try {
       await ready;
@@ -367,9 +433,10 @@ export class BootServer {
     const key = macKey(mac);
     let sled = this.#sleds.get(key);
     if (!sled) {
-      sled = { mac, name: formatMac(mac), offers: 0, answering: false, deferred: false };
+      sled = { mac, name: formatMac(mac), offers: 0, answering: false, deferred: false, turnedAway: false, heardAt: 0 };
       this.#sleds.set(key, sled);
     }
+    sled.heardAt = Date.now();
     this.#emit({ type: "hello", sled: sled.name, text: decoder.decode(text) });
     if (sled.answering) return;
     const session = sled.session;
@@ -410,11 +477,28 @@ export class BootServer {
     if (previous !== image) this.#watchLoad(image);
     this.#loaded.set(file, image);
 
+    const { header } = image;
+    const frame = () =>
+      encodeFrame(sled.mac, this.#serverMac, {
+        type: "offer",
+        ramdiskSize: BigInt(header.targetSize),
+        imageSize: BigInt(header.imageSize),
+        sha256: header.sha256,
+        dataset: datasetField(header.dataset),
+      });
+    sled.offered = image;
+    if (sled.session) {
+      sled.session.image = image;
+      sled.session.heardAt = Date.now();
+    } else if (this.#admission) {
+      // No thread for a HELLO: the session starts when the sled READs (#admit).
+      this.#command({ type: "offer", sled: sled.mac, frame: frame(), bytes: image.bytes });
+      this.#emit({ type: "offer", sled: sled.name, image });
+      return;
+    }
     const session = sled.session ?? this.#startSession(sled, image);
     if (!sled.session) this.#emit({ type: "session-start", sled: sled.name, image });
     sled.session = session;
-    session.image = image;
-    session.heardAt = Date.now();
     // Offer only once the session thread can answer: a sled READs as soon as
     // it accepts, and re-asks a whole batch if the answers take over a second
     // (a thread starting among many on busy cores can take that long).
@@ -424,28 +508,63 @@ export class BootServer {
       return; // the session thread's failure is already reported
     }
     if (this.#closed || sled.session !== session) return;
-    const { header } = image;
-    const frame = encodeFrame(sled.mac, this.#serverMac, {
-      type: "offer",
-      ramdiskSize: BigInt(header.targetSize),
-      imageSize: BigInt(header.imageSize),
-      sha256: header.sha256,
-      dataset: datasetField(header.dataset),
-    });
     const port = session.dispatcherPort;
     session.dispatcherPort = undefined;
-    this.#command({ type: "offer", sled: sled.mac, frame, bytes: image.bytes, port }, port ? [port] : []);
+    this.#command({ type: "offer", sled: sled.mac, frame: frame(), bytes: image.bytes, port }, port ? [port] : []);
     this.#emit({ type: "offer", sled: sled.name, image });
   }
 
+  /** An offered sled READ for the first time: start its session, unless `maxSleds` are live. */
+  async #admit(mac: Mac): Promise<void> {
+    const sled = this.#sleds.get(macKey(mac));
+    const image = sled?.offered;
+    if (this.#closed || sled?.session) return;
+    // Forgotten here (quiet too long): the dispatcher forgets the offer too, and RESETs the next READ.
+    if (!sled || !image) return this.#command({ type: "end", sled: mac });
+    const maxSleds = this.#options.maxSleds ?? DEFAULT_MAX_SLEDS;
+    let live = 0;
+    for (const other of this.#sleds.values()) if (other.session) live++;
+    // Sleds offered at once may READ at once: with a boot count, one beyond it would be cut off when the server exits.
+    const boots = this.#options.boots;
+    if (boots !== undefined && this.#finished + live >= boots) return this.#command({ type: "refuse", sled: mac });
+    if (live >= maxSleds) {
+      this.#command({ type: "refuse", sled: mac });
+      if (!sled.turnedAway) this.#emit({ type: "turned-away", sled: sled.name, maxSleds });
+      sled.turnedAway = true;
+      return;
+    }
+    const session = this.#startSession(sled, image);
+    sled.session = session;
+    this.#emit({ type: "session-start", sled: sled.name, image });
+    try {
+      await session.ready;
+    } catch {
+      return; // the session thread's failure is already reported
+    }
+    // A HELLO answered meanwhile may have handed the channel over with its OFFER already.
+    const port = session.dispatcherPort;
+    if (this.#closed || sled.session !== session || !port) return;
+    session.dispatcherPort = undefined;
+    this.#command({ type: "attach", sled: mac, port }, [port]);
+  }
+
+  /** A session for `sled` on the spare thread, and a new spare. */
   #startSession(sled: Sled, image: ServedImage): SessionThread {
+    const thread = this.#spare ?? this.#spawnSessionWorker();
+    this.#spare = this.#closed ? undefined : this.#spawnSessionWorker();
+    thread.name = sled.name;
+    thread.worker.postMessage({ type: "sled", sled: sled.mac } satisfies SessionCommand);
+    return Object.assign(thread, { image, heardAt: Date.now() });
+  }
+
+  #spawnSessionWorker(): SessionWorker {
     const worker = new Worker(workerUrl("session").href);
     const counters = sessionCounters();
     const channel = new MessageChannel();
     let stopped!: () => void;
     let ready!: () => void;
     let failed!: (error: Error) => void;
-    const session: SessionThread = {
+    const thread: SessionWorker = {
       worker,
       counters,
       dispatcherPort: channel.port1,
@@ -454,9 +573,10 @@ export class BootServer {
         failed = reject;
       }),
       stopped: new Promise((resolve) => (stopped = resolve)),
-      image,
-      heardAt: Date.now(),
+      name: "a spare session",
     };
+    // Handled where a session waits for it; this keeps a spare's failure from being "unhandled".
+    thread.ready.catch(() => {});
     const fail = (message: string) => {
       failed(new Error(message));
       this.#fail(message);
@@ -465,20 +585,24 @@ export class BootServer {
       const report = event.data;
       if (report.type === "ready") ready();
       else if (report.type === "stopped") stopped();
-      else if (report.type === "problem") this.#problem(`${sled.name}: ${report.message}`);
-      else fail(`session for ${sled.name}: ${report.message}`);
+      else if (report.type === "problem") this.#problem(`${thread.name}: ${report.message}`);
+      else fail(`session for ${thread.name}: ${report.message}`);
     };
-    worker.onerror = (event) => fail(`session thread for ${sled.name} failed: ${event.message}`);
+    worker.onerror = (event) => fail(`session thread for ${thread.name} failed: ${event.message}`);
     const start: SessionCommand = {
       type: "start",
       link: this.#options.link,
-      sled: sled.mac,
       counters: counters.buffer,
       port: channel.port2,
       record: this.#options.pcap !== undefined,
+      resend: this.#options.resend ?? true,
+      rate: this.#options.rate === undefined ? DEFAULT_RATE : this.#options.rate,
+      linkClock: this.#linkClock
+        ? { buffer: this.#linkClock.buffer, bitsPerSecond: this.#linkClock.bitsPerSecond }
+        : undefined,
     };
     worker.postMessage(start, [channel.port2]);
-    return session;
+    return thread;
   }
 
   #sledFinished(mac: Mac) {
@@ -493,9 +617,13 @@ export class BootServer {
   }
 
   #endQuietSessions(now: number) {
-    for (const sled of this.#sleds.values()) {
+    for (const [key, sled] of this.#sleds) {
       const session = sled.session;
-      if (!session) continue;
+      if (!session) {
+        // A flood of HELLOs from made-up MACs must not leave a record each behind.
+        if (!sled.answering && now - sled.heardAt > SESSION_QUIET_MS) this.#sleds.delete(key);
+        continue;
+      }
       const heardAt = Math.max(session.heardAt, session.counters.get("lastReadAt"));
       if (now - heardAt < SESSION_QUIET_MS) continue;
       sled.session = undefined;
@@ -540,6 +668,10 @@ export class BootServer {
       bytesPerSecond: seconds > 0 ? deliveredBytes / seconds : 0,
       sendFailures: counters.get("sendFailures"),
       counters: counters.snapshot(),
+      dataFrames: counters.get("dataFrames"),
+      resentFrames: counters.get("resentFrames"),
+      pacedSeconds: counters.get("pacedMs") / 1000,
+      roundTripMs: counters.get("roundTripMs"),
     };
   }
 

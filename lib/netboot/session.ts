@@ -22,6 +22,12 @@
  * are; the wait is asynchronous, so it holds up only this sled, and a later
  * READ (the sled re-asks after a second) replaces the held one. Should the
  * image fail its check once filled, the sled is sent a RESET at once.
+ * Fast re-send (lib/netboot/resend-timer.ts): after answering a READ the session
+ * expects the sled's next READ within about one round trip; when it does not
+ * come within the sled's re-send timeout, the session sends the DATA of the
+ * last READ again, a few times at most with backoff, so a lost frame costs
+ * milliseconds instead of the sled's one-second re-ask. The sled keeps only
+ * DATA for offsets still in a slot, so the copies it has are dropped.
  *
  * Progress lives in a few numbers in a SharedArrayBuffer (SharedCounters):
  * the session thread writes them as it answers and the main thread reads them
@@ -45,10 +51,19 @@ import {
   type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { SharedCounters } from "@ramdisk-tools/threads/shared-counters.ts";
+import { type CountersOf, countersOf } from "@ramdisk-tools/threads/shared-counters.ts";
 import { type ZstdImageMemory, ZstdImageReader } from "./block-cache.ts";
+import { sharedNowMs } from "./pacing.ts";
 import { RawImageView } from "./raw-image.ts";
+import { ResendTimeout } from "./resend-timer.ts";
 import type { ServedBytes } from "./served-image.ts";
+
+/**
+ * Re-sends of one READ's answer before the session leaves it to the sled's
+ * own re-ask: with backoff from the floor that spans about a quarter of a
+ * second, and a sled that is gone costs no more than this many batches.
+ */
+const MAX_RESENDS_PER_READ = 5;
 
 /** Slots in the re-ask table: two batches of 128 chunks. */
 const ASKED_TABLE_SIZE = 256;
@@ -61,7 +76,12 @@ const ASKED_TABLE_SIZE = 256;
  * - reasked: offsets asked more than once;
  * - reads: READ frames answered;
  * - firstReadAt, lastReadAt: epoch milliseconds of the first and the latest READ, 0 before any;
- * - sendFailures: batches of DATA frames the link refused to send (the sled asks again).
+ * - sendFailures: batches of DATA frames the link refused to send (the sled asks again);
+ * - dataFrames: DATA frames sent, re-sent copies included;
+ * - resentFrames: DATA frames sent again by fast re-send (a subset of dataFrames);
+ * - resends: re-send timeouts that fired;
+ * - pacedMs: milliseconds spent waiting for the pacing clock (lib/netboot/pacing.ts);
+ * - roundTripMs: the smoothed READ round trip, 0 before the first sample.
  */
 export const SESSION_COUNTERS = [
   "imageSize",
@@ -72,17 +92,15 @@ export const SESSION_COUNTERS = [
   "firstReadAt",
   "lastReadAt",
   "sendFailures",
+  "dataFrames",
+  "resentFrames",
+  "resends",
+  "pacedMs",
+  "roundTripMs",
 ] as const;
-export type SessionCounters = SharedCounters<(typeof SESSION_COUNTERS)[number]>;
-
-/**
- * Counters for one session, over a new buffer or the main thread's.
- *
- * @example const counters = sessionCounters(); worker.postMessage({ counters: counters.buffer });
- */
-export function sessionCounters(buffer?: SharedArrayBuffer): SessionCounters {
-  return new SharedCounters(SESSION_COUNTERS, buffer);
-}
+export type SessionCounters = CountersOf<typeof SESSION_COUNTERS>;
+/** Counters for one session, over a new buffer or the main thread's. */
+export const sessionCounters = countersOf(SESSION_COUNTERS);
 
 /** Where a session takes the bytes that answer an offset from. */
 export interface ImageSource {
@@ -201,11 +219,38 @@ class AskedOffsets {
   }
 }
 
+/** The clock and timer a session's fast re-send runs on; tests pass their own. */
+export interface ResendClock {
+  /** Milliseconds on the clock the dispatcher stamps READs with (lib/netboot/pacing.ts sharedNowMs). */
+  now(): number;
+  /** Call `action` after `ms`; the function returned cancels it. */
+  after(ms: number, action: () => void): () => void;
+}
+
+/** The event loop's timers and the clock threads share. */
+export const EVENT_LOOP_CLOCK: ResendClock = {
+  now: sharedNowMs,
+  after: (ms, action) => {
+    const timer = setTimeout(action, ms);
+    return () => clearTimeout(timer);
+  },
+};
+
+/** How a session sends. */
+export interface SledSessionOptions {
+  /** Send the last READ's DATA again when the next READ is late (default true). */
+  resend?: boolean;
+  clock?: ResendClock;
+  /** Told, once per offer, why the sled was sent a RESET. */
+  onProblem?: (message: string) => void;
+}
+
 /**
  * Answers one sled's READs with DATA frames from the image last offered to
- * it. The answers to one READ go out together through `send` (a link's
- * injectBatch: one system call for the batch), built in frame buffers that
- * are made once per session and reused, one per slot.
+ * it, and sends them again when the next READ is late (see the module
+ * comment). The answers to one READ go out together through `send` (a link's
+ * injectBatch, paced by lib/netboot/pacing.ts), built in frame buffers that are made
+ * once per session and reused, one per slot.
  *
  * @example
  * const session = new SledSession(sledMac, link.mac, (frames) => link.injectBatch(frames), counters);
@@ -217,22 +262,35 @@ export class SledSession {
   readonly #frames: Uint8Array[] = [];
   readonly #asked = new AskedOffsets();
   readonly #reset: Uint8Array[];
+  readonly #resend: boolean;
+  readonly #clock: ResendClock;
+  readonly #onProblem: (message: string) => void;
   #image: ImageSource = new RawImage(new Uint8Array(0));
   /** The image could not be read: every READ of this offer draws a RESET. */
   #broken = false;
   /** The latest READ held until the image is filled up to it. */
   #held: ReadRequest | undefined;
+  #timeout = new ResendTimeout();
+  /** When the last DATA of the last answer first left (clock ms). */
+  #sentAt: number | null = null;
+  /** When it was first and last re-sent, if it was. */
+  #firstCopyAt: number | null = null;
+  #lastCopyAt = 0;
+  #resentTimes = 0;
+  #cancelResend: (() => void) | null = null;
 
   constructor(
     sled: Mac,
     server: Mac,
     private readonly send: (frames: readonly Uint8Array[]) => void,
     readonly counters: SessionCounters = sessionCounters(),
-    /** Told, once per offer, why the sled was sent a RESET. */
-    private readonly onProblem: (message: string) => void = () => {},
+    options: SledSessionOptions = {},
   ) {
     this.#writers = Array.from({ length: READ_SLOTS }, () => new DataFrameWriter(sled, server));
     this.#reset = [encodeFrame(sled, server, { type: "reset" })];
+    this.#resend = options.resend ?? true;
+    this.#clock = options.clock ?? EVENT_LOOP_CLOCK;
+    this.#onProblem = options.onProblem ?? (() => {});
   }
 
   /** Serve `image` from now on (the sled was just offered it); counters start over. */
@@ -245,16 +303,35 @@ export class SledSession {
     served.failed?.then((failed) => {
       if (!failed || this.#image !== served || this.#broken) return;
       this.#broken = true;
-      this.onProblem("sent a RESET: the image it was being served failed its check after serving began");
+      this.#onProblem("sent a RESET: the image it was being served failed its check after serving began");
       this.#sendReset();
     });
     this.#asked.clear();
+    this.end();
+    this.#timeout = new ResendTimeout();
     this.counters.clear();
     this.counters.set("imageSize", this.#image.size);
   }
 
-  /** Send one DATA for every offset `read` asks for, in slot order. */
-  answer(read: ReadRequest, now = Date.now()): void {
+  /** The sled finished or was reset: send nothing more until the next READ. */
+  end(): void {
+    this.#cancelResend?.();
+    this.#cancelResend = null;
+    this.#sentAt = null;
+    this.#firstCopyAt = null;
+  }
+
+  /**
+   * Send one DATA for every offset `read` asks for, in slot order. `now` is
+   * for the progress counters (epoch ms), `receivedAt` when the READ was
+   * captured (the clock's ms). A READ past what a loading image holds waits
+   * (#hold); its answer then takes no round-trip sample.
+   */
+  answer(read: ReadRequest, now = Date.now(), receivedAt = this.#clock.now()): void {
+    const sentAt = this.#sentAt;
+    const firstCopyAt = this.#firstCopyAt;
+    const lastCopyAt = this.#lastCopyAt;
+    this.end();
     if (this.#hold(read, now)) return;
     const counters = this.counters;
     if (counters.get("reads") === 0) counters.set("firstReadAt", now);
@@ -278,7 +355,7 @@ export class SledSession {
       } catch (error) {
         if (!(error instanceof ImageFormatError)) throw error;
         this.#broken = true;
-        this.onProblem(`sent a RESET instead of bytes that failed their check: ${error.message}`);
+        this.#onProblem(`sent a RESET instead of bytes that failed their check: ${error.message}`);
       } finally {
         // The frames hold copies, so the cached block can go before they are sent.
         this.#image.release();
@@ -288,17 +365,50 @@ export class SledSession {
       this.#sendReset();
       return;
     }
+    // A READ of a new batch (nothing asked again) measures the round trip
+    // from the answer before it (lib/netboot/resend-timer.ts); a re-ask would mislead it.
+    if (sentAt !== null && reasked === 0 && frames.length > 0) {
+      if (firstCopyAt === null) this.#timeout.sample(receivedAt - sentAt);
+      else this.#timeout.afterResend(receivedAt - sentAt, receivedAt - firstCopyAt, receivedAt - lastCopyAt);
+      counters.set("roundTripMs", this.#timeout.smoothedMs ?? 0);
+    }
+    if (!this.#sendData(frames)) return;
+    counters.add("sentBytes", sentBytes);
+    counters.add("deliveredBytes", deliveredBytes);
+    counters.add("reasked", reasked);
+    this.#sentAt = this.#clock.now();
+    this.#resentTimes = 0;
+    this.#armResend();
+  }
+
+  /** Expect the next READ within the re-send timeout. */
+  #armResend(): void {
+    if (!this.#resend || this.#frames.length === 0 || this.#resentTimes >= MAX_RESENDS_PER_READ) return;
+    this.#cancelResend = this.#clock.after(this.#timeout.timeoutAfter(this.#resentTimes), () => this.#resendLast());
+  }
+
+  /** The next READ is late: some DATA was lost, send the last answer again. */
+  #resendLast(): void {
+    this.#cancelResend = null;
+    this.#resentTimes++;
+    this.counters.add("resends");
+    this.#firstCopyAt ??= this.#clock.now();
+    if (this.#sendData(this.#frames)) this.counters.add("resentFrames", this.#frames.length);
+    this.#lastCopyAt = this.#clock.now();
+    this.#armResend();
+  }
+
+  #sendData(frames: readonly Uint8Array[]): boolean {
     try {
       this.send(frames);
     } catch {
       // The link refused the batch (it waits for room when its queue is
       // full, so this is a link going away, not load); the sled asks again.
-      counters.add("sendFailures");
-      return;
+      this.counters.add("sendFailures");
+      return false;
     }
-    counters.add("sentBytes", sentBytes);
-    counters.add("deliveredBytes", deliveredBytes);
-    counters.add("reasked", reasked);
+    this.counters.add("dataFrames", frames.length);
+    return true;
   }
 
   /**
@@ -339,16 +449,24 @@ export class SledSession {
 /** What the main thread tells a session thread (workers/session.ts). */
 export type SessionCommand =
   | {
+      /** Open the link and say "ready"; the sled comes later ("sled"), so a thread can be started ahead. */
       type: "start";
       link: string;
-      sled: Mac;
       /** SESSION_COUNTERS, shared with the main thread. */
       counters: SharedArrayBuffer;
       /** The session's end of its channel to the dispatcher (SessionMessage). */
       port: MessagePort;
       /** Post a copy of each batch sent back on `port` (lib/netboot/dispatch.ts SentFrames), for `bootserver --pcap`. */
       record?: boolean;
+      /** Fast re-send (`bootserver --no-resend` turns it off). */
+      resend: boolean;
+      /** Pace this sled's DATA at this many bits per second; null: unpaced (lib/netboot/pacing.ts). */
+      rate: number | null;
+      /** The server-wide pacing clock (lib/netboot/pacing.ts LinkClock), with its rate, when `--link-rate` caps the total. */
+      linkClock?: { buffer: SharedArrayBuffer; bitsPerSecond: number };
     }
+  /** Serve this sled from now on: what the dispatcher sends on the channel goes to its session. */
+  | { type: "sled"; sled: Mac }
   | { type: "stop" };
 
 /**
@@ -358,7 +476,10 @@ export type SessionCommand =
  */
 export type SessionMessage =
   | { type: "serve"; bytes: ServedBytes }
-  | { type: "read"; count: bigint; slots: BigUint64Array };
+  /** `receivedAt`: when the dispatcher captured it (lib/netboot/pacing.ts sharedNowMs). */
+  | { type: "read"; count: bigint; slots: BigUint64Array; receivedAt: number }
+  /** The sled finished or was reset: stop re-sending. */
+  | { type: "end" };
 
 /**
  * What a session thread tells the main thread: "error" when the thread cannot

@@ -362,3 +362,27 @@ export function sameMac(a: Mac, b: Mac): boolean {
   for (let i = 0; i < MAC_SIZE; i++) if (a[i] !== b[i]) return false;
   return true;
 }
+
+/**
+ * A MAC address as one number (48 bits fit a float64 exactly), for map keys
+ * that cost no string per frame.
+ *
+ * @example macKey(new Uint8Array([0, 0, 0, 0, 1, 2])) // 258
+ */
+export function macKey(mac: Mac): number {
+  let key = 0;
+  for (let i = 0; i < MAC_SIZE; i++) key = key * 256 + mac[i]!;
+  return key;
+}
+
+/**
+ * True for an address no station sends from: a group address (multicast or
+ * broadcast: the low bit of the first byte, IEEE 802) or all zeros. A frame
+ * from one is forged or broken, and an answer to it would go to every
+ * station of the group, or nowhere.
+ *
+ * @example isUnicastSource(BROADCAST_MAC) // false
+ */
+export function isUnicastSource(mac: Mac): boolean {
+  return (mac[0]! & 1) === 0 && macKey(mac) !== 0;
+}

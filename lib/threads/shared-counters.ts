@@ -51,3 +51,20 @@ export class SharedCounters<Name extends string> {
     return Object.fromEntries(this.names.map((name) => [name, this.get(name)])) as Record<Name, number>;
   }
 }
+
+/** The counters of a table of names (`as const`). */
+export type CountersOf<Names extends readonly string[]> = SharedCounters<Names[number]>;
+
+/**
+ * A maker of counters for one table of names, over a new buffer or one made
+ * by another thread: each thread that counts or reads wraps the same memory.
+ *
+ * @example
+ * const NAMES = ["frames", "resets"] as const;
+ * const makeCounters = countersOf(NAMES);
+ * const counters = makeCounters(); // in the main thread
+ * const same = makeCounters(counters.buffer); // in a worker, over the buffer posted to it
+ */
+export function countersOf<Name extends string>(names: readonly Name[]) {
+  return (buffer?: SharedArrayBuffer): SharedCounters<Name> => new SharedCounters(names, buffer);
+}
