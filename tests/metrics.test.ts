@@ -127,7 +127,7 @@ describe("the formatter", () => {
       [],
     );
     // Every dispatcher counter is published, so the frames add up.
-    const dispatched = samples.filter((s) => /^bootserver_(frames|resets|send|capture)/.test(s.name));
+    const dispatched = samples.filter((s) => /^bootserver_(frames|resets|send|capture|offers|hellos|sleds_admitted|sleds_turned_away_total)/.test(s.name));
     expect(dispatched).toHaveLength(DISPATCH_COUNTERS.length);
   });
 
@@ -197,7 +197,7 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
           ]);
           expect(before.status.sleds).toEqual([]);
 
-          // Scrape all through the boot; each lost DATA frame stalls its sled a second, so some scrape sees a transfer.
+          // Scrape all through the boot (0.3% of DATA lost costs re-sends), so some scrape sees a transfer.
           const sleds = runSleds(dir, b, [
             "--checksum",
             sha256,
@@ -252,8 +252,10 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
             expect(sampleValue(samples, "bootserver_sled_reasked_offsets", labels)).toBe(report.reasked);
             expect(sampleValue(samples, "bootserver_sled_state", { sled: report.mac, state: "finished" })).toBe(1);
           }
-          // The faults were real: the sleds lost frames and asked again, and the server saw each re-ask.
-          expect(reasked).toBeGreaterThan(0);
+          // The faults were real: the sleds lost frames, and the server sent them again, on its own (fast
+          // re-send) or when the sleds asked again.
+          const resent = status.sleds.reduce((sum, sled) => sum + sled.counters!.resentFrames, 0);
+          expect(resent + reasked).toBeGreaterThan(0);
 
           const { frames } = status;
           expect(frames.helloFrames).toBe(hellos);
