@@ -44,7 +44,7 @@ import { DEFAULT_DATASET, encodeHeader, HEADER_SIZE, MIB, toHex, VERSION } from 
 import { PcapLink } from "../lib/pcap.ts";
 import { BROADCAST_MAC, CHUNK_SIZE, decodeFrame, encodeFrame, parseMac, READ_SLOTS, sameMac } from "../lib/protocol.ts";
 import { samplePoolChunks, writeSamplePool } from "../lib/sample-pool.ts";
-import type { EmulatedSledReport } from "../lib/sled.ts";
+import type { EmulatedSledReport } from "../lib/sled-runner.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 
 const ROOT = join(import.meta.dir, "..");

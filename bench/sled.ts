@@ -32,7 +32,7 @@ import {
   READ_SLOTS,
   requestedOffsets,
 } from "../lib/protocol.ts";
-import { consecutiveMacs, type EmulatedSledReport, emulateSleds, type SledLink } from "../lib/sled.ts";
+import { consecutiveMacs, type EmulatedSledReport, emulateSleds, type SledLink } from "../lib/sled-runner.ts";
 import { canUseRawNetwork, withVethPair } from "../lib/veth.ts";
 
 const SERVER_MAC = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x00, 0x01]);
