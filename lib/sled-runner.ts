@@ -144,7 +144,8 @@ export function emulateSleds(link: SledLink, options: EmulationOptions): Emulate
   let lastTick = started;
   let soonest = Number.POSITIVE_INFINITY;
   while (remaining > 0) {
-    const waitMs = soonest === Number.POSITIVE_INFINITY ? undefined : Math.max(0, Math.ceil(soonest - clock()));
+    // Rounded down: a frame due in 9 us (one frame time at 1 Gbit/s) must not wait for a 1 ms poll.
+    const waitMs = soonest === Number.POSITIVE_INFINITY ? undefined : Math.max(0, Math.floor(soonest - clock()));
     const frame = nextFrame(waitMs === undefined ? undefined : Math.min(waitMs, TICK_MS));
     const now = clock();
     // The NIC's filter: a sled sees only frames addressed to it; broadcasts carry nothing for a sled.
@@ -202,7 +203,9 @@ export function describeSledReport(report: EmulatedSledReport): string {
   if (report.firstDataMs !== null) parts.push(`first DATA after ${report.firstDataMs.toFixed(1)} ms`);
   parts.push(`${(report.elapsedMs / 1000).toFixed(2)} s`);
   let line = `${report.mac} ${report.outcome}: ${parts.join(", ")}`;
-  line += `; DATA ${report.dataReceived} received, ${report.dataAccepted} accepted, ${report.dataDropped} not in a slot`;
+  line +=
+    `; ${report.framesReceived} frames received, DATA: ${report.dataReceived} received, ` +
+    `${report.dataAccepted} accepted, ${report.dataDropped} not in a slot`;
   const { faults } = report;
   if (Object.values(faults).some((count) => count > 0)) {
     line +=

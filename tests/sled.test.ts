@@ -651,7 +651,7 @@ describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (sk
         expect(result.stdout).toMatch(
           new RegExp(
             `^${mac} booted: 1048576 bytes, [0-9.]+ MB/s, \\d+ re-asks, \\d+ dropped, first DATA after [0-9.]+ ms, [0-9.]+ s; ` +
-              "DATA 1024 received, 1024 accepted, 0 not in a slot$",
+              "\\d+ frames received, DATA: 1024 received, 1024 accepted, 0 not in a slot$",
             "m",
           ),
         );
