@@ -72,6 +72,8 @@ const TICKS_PER_SECOND = 100;
 const LINE_RATE_MB_PER_S = ((1e9 / 8 / 1082) * CHUNK_SIZE) / MB;
 /** An emulator busy this share of the wall time may be what limits a row. */
 const EMULATOR_BUSY = 0.9;
+/** Link time of one DATA frame at gigabit: an emulator needing more CPU per frame cannot absorb line rate. */
+const GIGABIT_FRAME_US = (1082 * 8) / 1e3;
 const FLOOD_HELLOS = 5000;
 const FLOOD_READS = 5000;
 const FLOOD_SLEDS = 2;
@@ -174,6 +176,14 @@ function watchLines(
   };
 }
 
+/** CPU seconds the sled program spends starting and exiting, taken off its CPU per frame. */
+const emulatorStartCpuSeconds = (async () => {
+  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), "--version"], { stdout: "ignore" });
+  await child.exited;
+  const usage = child.resourceUsage();
+  return usage ? Number(usage.cpuTime.total) / 1e6 : 0;
+})();
+
 /** One network condition: the sled program's model flags, for a number of sleds. */
 interface Condition {
   group: string;
@@ -197,6 +207,8 @@ interface Run {
   cpuPerGib: number;
   peakBytes: number;
   threads: number;
+  /** The emulator's CPU per DATA frame received, less what starting it costs; NaN for a row with stalls. */
+  emulatorUsPerFrame: number;
   /** Why the emulator may have set the pace, or "". */
   emulatorNote: string;
 }
@@ -320,9 +332,18 @@ async function run(
   const received = reports.reduce((sum, report) => sum + report.dataReceived, 0);
   const accepted = reports.reduce((sum, report) => sum + report.dataAccepted, 0);
   const sledUsage = sled.resourceUsage();
-  const sledBusy = sledUsage ? Number(sledUsage.cpuTime.total) / 1e6 / sledWallSeconds : 0;
+  const sledCpuSeconds = sledUsage ? Number(sledUsage.cpuTime.total) / 1e6 : 0;
+  const sledBusy = sledCpuSeconds / sledWallSeconds;
+  // Only for rows where the sleds never wait (no 1 s re-asks, no slow sled): a waiting emulator burns CPU polling.
+  const stalled =
+    booted.length < condition.sleds ||
+    reports.some((report) => report.reasked > 0) ||
+    condition.model.includes("--batch-delay");
+  const emulatorUsPerFrame = stalled ? NaN : ((sledCpuSeconds - (await emulatorStartCpuSeconds)) * 1e6) / received;
   const notes: string[] = [];
   if (sledBusy >= EMULATOR_BUSY) notes.push(`emulator busy ${(100 * sledBusy).toFixed(0)}% of the time`);
+  if (condition.sleds === 1 && emulatorUsPerFrame > GIGABIT_FRAME_US)
+    notes.push(`emulator ${emulatorUsPerFrame.toFixed(1)} us CPU per frame, more than a gigabit frame time`);
   const lost = /lost (\d+) frames/.exec(sledErrors);
   if (lost) notes.push(`emulator's capture buffer lost ${lost[1]} frames`);
   return {
@@ -336,12 +357,13 @@ async function run(
     cpuPerGib: cpuSeconds / (delivered / GIB),
     peakBytes: usage?.maxRSS ?? NaN,
     threads,
+    emulatorUsPerFrame,
     emulatorNote: notes.join("; "),
   };
 }
 
 const HEADER =
-  "condition                                server  booted   time s  slowest MB/s  mean MB/s  all MB/s  sent/image  CPU s/GiB  peak MiB  threads";
+  "condition                                server  booted   time s  slowest MB/s  mean MB/s  all MB/s  sent/image  CPU s/GiB  peak MiB  threads  emulator us/frame";
 
 function line(label: string, server: string, result: Run): string {
   const time = result.booted === result.sleds ? result.seconds.toFixed(2) : `not booted in ${capSeconds} s`.padStart(8);
@@ -357,6 +379,7 @@ function line(label: string, server: string, result: Run): string {
     (Number.isFinite(result.cpuPerGib) ? result.cpuPerGib.toFixed(2) : "-").padStart(9),
     (result.peakBytes / MIB).toFixed(0).padStart(8),
     String(result.threads).padStart(7),
+    (Number.isNaN(result.emulatorUsPerFrame) ? "-" : result.emulatorUsPerFrame.toFixed(1)).padStart(17),
   ];
   return cells.join("  ") + (result.emulatorNote ? `  (${result.emulatorNote})` : "");
 }
@@ -494,8 +517,9 @@ async function networkRows(dir: string): Promise<void> {
       `1 sled: ${values["mib-one"]} MiB image, more: ${values["mib-many"]} MiB each; rows capped at ${capSeconds} s`,
   );
   console.log(
-    `the emulator shares the cores with the server: a row says when it was busy >= ${100 * EMULATOR_BUSY}% of its time or its capture ` +
-      "buffer overflowed, i.e. when it may have set the pace (a modelled port delivers no faster than the emulator reads; " +
+    `the emulator shares the cores with the server: a row says when it was busy >= ${100 * EMULATOR_BUSY}% of its time, its capture ` +
+      `buffer overflowed, or (1 sled) it spent more CPU per frame than a gigabit frame lasts (${GIGABIT_FRAME_US.toFixed(2)} us), ` +
+      "i.e. when it may have set the pace (a modelled port delivers no faster than the emulator reads; " +
       "`bun run bench:sled` measures its receive rate alone)",
   );
   console.log(HEADER);
