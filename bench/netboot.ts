@@ -542,21 +542,6 @@ async function networkRows(dir: string): Promise<void> {
   for (const image of sizes.values()) await rm(image.path);
 }
 
-const raw = canUseRawNetwork();
-if (!raw.ok) {
-  console.error(`bench:netboot skipped: ${raw.why}`);
-  process.exit(0);
-}
-const dir = await mkdtemp(join(tmpdir(), "bench-netboot-"));
-try {
-  await networkRows(dir);
-  if (rowGroups.includes("first-data")) {
-    await withVethPair(({ a, b }) => firstDataRows(dir, a, b, Number(values["first-data-mib"])), values["veth-prefix"]);
-  }
-} finally {
-  await rm(dir, { recursive: true, force: true });
-}
-
 /** The MAC of the sled this script plays for the first-DATA rows. */
 const SCRIPTED_SLED = parseMac("02:5e:b5:00:0f:01")!;
 /** How often the scripted sled says HELLO until it is offered an image. */
@@ -679,4 +664,19 @@ async function firstDataRows(dir: string, serverLink: string, sledLink: string, 
       `goal, zstd's first DATA within 1000 ms of a HELLO to a ready server: ${zstd.firstDataMs - zstd.readyMs <= 1000 ? "yes" : "NO"} ` +
       `(${(zstd.firstDataMs - zstd.readyMs).toFixed(0)} ms, HELLOs ${SCRIPTED_HELLO_MS} ms apart)`,
   );
+}
+
+const raw = canUseRawNetwork();
+if (!raw.ok) {
+  console.error(`bench:netboot skipped: ${raw.why}`);
+  process.exit(0);
+}
+const dir = await mkdtemp(join(tmpdir(), "bench-netboot-"));
+try {
+  await networkRows(dir);
+  if (rowGroups.includes("first-data")) {
+    await withVethPair(({ a, b }) => firstDataRows(dir, a, b, Number(values["first-data-mib"])), values["veth-prefix"]);
+  }
+} finally {
+  await rm(dir, { recursive: true, force: true });
 }
