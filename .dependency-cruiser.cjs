@@ -1,10 +1,10 @@
 /**
  * The picture of the code, checked in CI (`bun run lint`): no import circle,
- * imports flow one way (programs -> server / sled -> image -> codecs,
- * protocol, threads, wire -> program conventions and bytes), and every
+ * imports flow one way (programs -> server / sled -> image, wire (libpcap) ->
+ * protocol frames, threads -> program conventions and bytes), and every
  * package imports only what its package.json names.
  */
-const FLOORS = { bytes: 0, cli: 0, threads: 1, wire: 1, protocol: 1, image: 2, netboot: 3, sled: 3, lab: 4 };
+const FLOORS = { bytes: 0, cli: 0, threads: 1, protocol: 1, wire: 2, image: 2, netboot: 3, sled: 3, lab: 4 };
 const home = (pkg) => (pkg === "lab" ? "^lab/" : `^lib/${pkg}/`);
 
 const climbing = Object.entries(FLOORS).map(([pkg, floor]) => {

@@ -7,10 +7,12 @@ import { readFileSync } from "node:fs";
 import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, systemReason, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { formatMac, parseMac, SHA256_SIZE, sameMac } from "@ramdisk-tools/protocol/frames.ts";
+import { DEFAULT_PORT_BUFFER_BYTES } from "@ramdisk-tools/sled/faults.ts";
+import { consecutiveMacs, describeSledReport, emulateSleds, sledMacFor } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
+import { parseBitRate } from "@ramdisk-tools/wire/rate.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { consecutiveMacs, type EmulatedSledReport, emulateSleds, sledMacFor } from "../lib/sled.ts";
 
 /** The link is polled this often when idle, well inside the kernel's 50 ms. */
 const POLL_MS = 10;
@@ -36,7 +38,26 @@ function parseArguments(argv: string[]) {
       default: false,
       describe: "on RESET start discovery again instead of failing",
     })
-    .option("drop-rate", { type: "number", default: 0, describe: "fraction of incoming DATA frames to drop" })
+    .option("drop-rate", { type: "number", default: 0, describe: "fraction of incoming DATA frames to drop at random" })
+    .option("burst-rate", {
+      type: "number",
+      default: 0,
+      describe: "chance per DATA frame that a loss of --burst-length frames starts there",
+    })
+    .option("burst-length", { type: "number", default: 4, describe: "DATA frames lost in a row per burst" })
+    .option("port-rate", {
+      type: "string",
+      describe: "model a switch port in front of each sled draining at this rate (bits/s, k/m/g suffix: 1g)",
+    })
+    .option("port-buffer", {
+      type: "number",
+      describe: `bytes the modelled port can queue (default ${DEFAULT_PORT_BUFFER_BYTES} with --port-rate)`,
+    })
+    .option("batch-delay", {
+      type: "number",
+      default: 0,
+      describe: "ms a slow sled waits after each complete batch before its next READ",
+    })
     .option("duplicate-rate", {
       type: "number",
       default: 0,
@@ -64,15 +85,29 @@ function parseArguments(argv: string[]) {
       if (!Number.isInteger(args.sleds) || args.sleds < 1 || args.sleds > 4096)
         throw new Error("--sleds must be a whole number from 1 to 4096");
       if (!(args.timeout > 0)) throw new Error("--timeout must be a positive number of seconds");
-      for (const name of ["drop-rate", "duplicate-rate", "reorder-rate", "delay-rate"] as const) {
+      for (const name of ["drop-rate", "burst-rate", "duplicate-rate", "reorder-rate", "delay-rate"] as const) {
         if (!(args[name] >= 0 && args[name] <= 1)) throw new Error(`--${name} must be between 0 and 1`);
       }
       if (!(args["delay-ms"] >= 0)) throw new Error("--delay-ms must not be negative");
+      if (!(Number.isInteger(args["burst-length"]) && args["burst-length"] >= 1))
+        throw new Error("--burst-length must be a whole number of frames, at least 1");
+      if (args["port-rate"] !== undefined && parseBitRate(args["port-rate"]) === null)
+        throw new Error(`--port-rate "${args["port-rate"]}" is not a rate like 1g, 100m or 2.5g (bits per second)`);
+      if (args["port-buffer"] !== undefined) {
+        if (args["port-rate"] === undefined) throw new Error("--port-buffer needs --port-rate");
+        if (!(Number.isInteger(args["port-buffer"]) && args["port-buffer"] >= 0))
+          throw new Error("--port-buffer must be a whole number of bytes");
+      }
+      if (!(args["batch-delay"] >= 0)) throw new Error("--batch-delay must not be negative");
       if (!Number.isInteger(args.seed)) throw new Error("--seed must be a whole number");
       return true;
     })
     .example("$0 eth1 --checksum-file boot_image_csum --sleds 4", "boot four emulated sleds from the server on eth1")
-    .example("$0 veth1 --checksum-file csum --drop-rate 0.01 --seed 7", "boot one sled losing 1% of DATA frames");
+    .example("$0 veth1 --checksum-file csum --drop-rate 0.01 --seed 7", "boot one sled losing 1% of DATA frames")
+    .example(
+      "$0 veth1 --checksum-file csum --port-rate 1g",
+      "boot one sled behind a gigabit port with 64 KiB of buffer",
+    );
   return usageConventions(parser, "sled").parseSync();
 }
 
@@ -94,24 +129,6 @@ function readChecksum(args: { checksum?: string; "checksum-file"?: string }): Ui
     throw new UserError(`checksum file ${path} is ${bytes.length} bytes, not the ${SHA256_SIZE} bytes of a SHA-256`);
   }
   return Uint8Array.from(bytes);
-}
-
-function describe(report: EmulatedSledReport): string {
-  const parts = [
-    `${report.bytes} bytes`,
-    `${report.megabytesPerSecond.toFixed(1)} MB/s`,
-    `${report.reasked} re-asks`,
-    `${report.dataDropped + report.invalid} dropped`,
-  ];
-  if (report.firstDataMs !== null) parts.push(`first DATA after ${report.firstDataMs.toFixed(1)} ms`);
-  parts.push(`${(report.elapsedMs / 1000).toFixed(2)} s`);
-  const { faults } = report;
-  if (faults) {
-    parts.push(
-      `faults: ${faults.dropped} dropped, ${faults.duplicated} duplicated, ${faults.reordered} reordered, ${faults.delayed} delayed`,
-    );
-  }
-  return `${report.mac} ${report.outcome}: ${parts.join(", ")}${report.detail ? `; ${report.detail}` : ""}`;
 }
 
 async function sled(argv: string[]): Promise<number> {
@@ -144,8 +161,13 @@ async function sled(argv: string[]): Promise<number> {
       checksum,
       timeoutMs: args.timeout * 1000,
       restartOnReset: args["restart-on-reset"],
+      batchDelayMs: args["batch-delay"],
       faults: {
         dropRate: args["drop-rate"],
+        burstRate: args["burst-rate"],
+        burstLength: args["burst-length"],
+        portRate: args["port-rate"] === undefined ? undefined : parseBitRate(args["port-rate"])!,
+        portBufferBytes: args["port-buffer"],
         duplicateRate: args["duplicate-rate"],
         reorderRate: args["reorder-rate"],
         delayRate: args["delay-rate"],
@@ -153,7 +175,7 @@ async function sled(argv: string[]): Promise<number> {
         seed: args.seed,
       },
       log: args.verbose ? (line) => console.error(`sled: ${line}`) : undefined,
-      onDone: (report) => console.log(args.json ? JSON.stringify(report) : describe(report)),
+      onDone: (report) => console.log(args.json ? JSON.stringify(report) : describeSledReport(report)),
     });
     const booted = reports.filter((report) => report.outcome === "booted").length;
     const { dropped } = link.stats();

@@ -39,8 +39,8 @@ import {
   READ_SLOTS,
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
+import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import type { EmulatedSledReport } from "../lib/sled.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
 
 const ROOT = join(import.meta.dir, "..");

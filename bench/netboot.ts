@@ -1,46 +1,47 @@
 /**
- * How fast the boot server serves emulated sleds over a veth pair, and what
- * it costs in CPU. Needs root; run with `bun run bench:netboot`.
+ * The boot server under the conditions of a real lab network (issue 9), and
+ * what it costs: over a veth pair, the real programs run as processes, as a
+ * lab would run them: `bun apps/bootserver.ts --boots N LINK IMAGE any` on one
+ * end and `bun apps/sled.ts LINK --sleds N --json` with one of the emulator's
+ * network models (lib/sled/faults.ts) on the other. Needs root; run with
+ * `bun run bench:netboot`.
  *
- *   bun bench/netboot.ts [--sleds 1,8,32] [--image-mib 256] [--first-data-only] [--veth-prefix rbn]
+ *   bun bench/netboot.ts [--rows loss,burst,port,slow,flood] [--sleds 1,32] [--mib-one 64] [--mib-many 16]
+ *                        [--cap 45] [--ours-flags "..."] [--peer-flags "..."] [--first-data-mib 256]
  *
- * For each row the real programs run as processes, as a lab would run them:
- * `bun apps/bootserver.ts --boots N LINK IMAGE any` on one end of the pair
- * and `bun apps/sled.ts LINK --sleds N --json` on the other. Per row it
- * prints:
- * - aggregate MB/s: the image bytes of all sleds over the time until the
- *   last sled booted (MB = 10^6 bytes);
- * - slowest and fastest sled: each sled's own rate, from accepting the OFFER
- *   to FINISHED, as the emulator reports it;
- * - re-asks: slots the sleds had to ask for again (a stall shows here first);
- * - server CPU s per GiB delivered: user + system time of the server process
- *   (all its threads) spent after it was ready to serve, i.e. without loading
- *   the image, from /proc/PID/stat before and the process's own resource
- *   usage after it exits.
- * and one sled's rate against gigabit line rate with 1024-byte chunks.
+ * Every row runs twice in the same run: "ours" is the server with its
+ * defaults (fast re-send, pacing at gigabit per sled, admission: OURS_FLAGS),
+ * the peer is the same server with those turned off, which is today's
+ * behaviour (PEER_FLAGS). Rows (`--rows`, comma-separated):
+ * - loss: 0, 0.1%, 0.5% and 1% of DATA frames lost at random;
+ * - burst: 0.2% lost in bursts of 4 frames (--burst-rate 0.0005 --burst-length 4);
+ * - port: each sled behind a gigabit switch port with 64 KiB of buffer;
+ * - slow: a lossless sled that waits 20 ms after each batch;
+ * - flood: 2 sleds boot quietly, then again while this script injects 5,000
+ *   HELLOs from distinct MACs and 5,000 READs from MACs never offered anything;
+ * - first-data: issue 4's time to first DATA, zstd against zlib (not by default).
+ * each for 1 sled (`--mib-one` MiB image) and for 32 (`--mib-many` MiB each).
  *
- * Then time to first DATA for a zstd image against a zlib image of the same
- * sample pool (both made by `bun apps/mkimage.ts`, `--zstd` and `-z`), one
- * sled each: the server is started, and a sled played by this script says
- * HELLO every 50 ms from that moment (a real sled says it every 4 s, which
- * would round the figures to 4 s), takes the OFFER and READs the first
- * 128 KiB batch. Measured from the server's start, so the zlib server's
- * inflating the whole pool before it listens counts, as it would for a sled
- * powered on with the server. Then `bun apps/sled.ts` boots the whole image
- * from the same server, which checks the bytes and gives the transfer rate.
- * The goal for zstd images: the first DATA within a second of the HELLO whatever the
- * image size.
+ * Figures per row and server: time until the last sled booted (or "not
+ * booted in N s": `--cap` bounds every row, since today's server stalls a
+ * second per damaged batch), MB/s per sled (slowest, and mean) and in all
+ * (image bytes of all booted sleds over that time; MB = 10^6 bytes), DATA
+ * frames the server sent per image frame (what reached the sleds' capture
+ * before the models, over the frames they took), server CPU seconds per GiB
+ * delivered (user + system after it was ready to serve), its peak resident
+ * memory and, sampled every 100 ms, its most threads.
  *
- * Goals: 32 sleds at once with no stall, one sled at or above line rate, at
- * most 2 CPU seconds per GiB in the server. The machine has 2 cores shared by
- * the server, every emulated sled and whatever else runs: the figures are a
- * floor, and noisy.
+ * The emulator shares the machine's 2 cores with the server. A modelled port
+ * can deliver no faster than the emulator reads, so each row says when the
+ * emulator was busy most of the time or its capture buffer overflowed: then
+ * it, not the server, set the pace (`bun run bench:sled` measures its
+ * receive rate alone). Figures on this shared machine are indicative only.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { DEFAULT_DATASET, encodeHeader, HEADER_SIZE, MIB, toHex, VERSION } from "@ramdisk-tools/image/format.ts";
+import { DEFAULT_DATASET, encodeHeader, MIB, toHex, VERSION } from "@ramdisk-tools/image/format.ts";
 import { samplePoolChunks, writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
@@ -48,34 +49,66 @@ import {
   CHUNK_SIZE,
   decodeFrame,
   encodeFrame,
+  type Mac,
   parseMac,
   READ_SLOTS,
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import type { EmulatedSledReport } from "../lib/sled.ts";
+import { consecutiveMacs, type EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
+import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
+import { goal } from "./measure.ts";
+
+/** The server as issue 9 builds it: its defaults are fast re-send, pacing at 1g per sled and admission. */
+const OURS_FLAGS: readonly string[] = [];
+/** Today's behaviour: the same server with re-send, pacing and admission turned off. */
+const PEER_FLAGS: readonly string[] = ["--no-resend", "--rate", "off", "--no-admission"];
 
 const ROOT = join(import.meta.dir, "..");
-/** Gigabit Ethernet carries about 117 MB/s of image data in 1024-byte chunks (netboot.md). */
-const LINE_RATE_MB_PER_S = 117;
-const GOAL_CPU_SECONDS_PER_GIB = 2;
 const GIB = 1024 * MIB;
 const MB = 1_000_000;
 /** Linux reports process times in clock ticks of 1/100 s (USER_HZ). */
 const TICKS_PER_SECOND = 100;
+/** Gigabit line rate in image bytes with 1024-byte chunks (1082 bytes of link time each: lib/wire/rate.ts). */
+const LINE_RATE_MB_PER_S = ((1e9 / 8 / 1082) * CHUNK_SIZE) / MB;
+/** An emulator busy this share of the wall time may be what limits a row. */
+const EMULATOR_BUSY = 0.9;
+/** Link time of one DATA frame at gigabit: an emulator needing more CPU per frame cannot absorb line rate. */
+const GIGABIT_FRAME_US = (1082 * 8) / 1e3;
+const FLOOD_HELLOS = 5000;
+const FLOOD_READS = 5000;
+const FLOOD_SLEDS = 2;
 
 const { values } = parseArgs({
   options: {
-    sleds: { type: "string", default: "1,8,32" },
-    "image-mib": { type: "string", default: "256" },
-    /** Only the time to first DATA rows (zstd against zlib). */
-    "first-data-only": { type: "boolean", default: false },
+    rows: { type: "string", default: "loss,burst,port,slow,flood" },
+    sleds: { type: "string", default: "1,32" },
+    "mib-one": { type: "string", default: "64" },
+    "mib-many": { type: "string", default: "16" },
+    /** Seconds a row may take before its sleds give up. */
+    cap: { type: "string", default: "45" },
+    "ours-flags": { type: "string" },
+    "peer-flags": { type: "string" },
+    "first-data-mib": { type: "string", default: "256" },
     /** Names of the veth pair made for the run start with this. */
     "veth-prefix": { type: "string", default: "rbn" },
   },
 });
+const ROW_GROUPS = ["loss", "burst", "port", "slow", "flood", "first-data"];
+const rowGroups = values.rows.split(",").filter(Boolean);
+for (const group of rowGroups) {
+  if (!ROW_GROUPS.includes(group)) {
+    console.error(`bench:netboot: unknown row group "${group}"; choose from ${ROW_GROUPS.join(", ")}`);
+    process.exit(2);
+  }
+}
 const sledCounts = values.sleds.split(",").map(Number);
-const imageSize = Number(values["image-mib"]) * MIB;
+const capSeconds = Number(values.cap);
+const flagsOf = (text: string | undefined, fallback: readonly string[]) =>
+  text === undefined ? [...fallback] : text.split(/\s+/).filter(Boolean);
+const SERVERS = [
+  { name: "ours", flags: flagsOf(values["ours-flags"], OURS_FLAGS) },
+  { name: "peer", flags: flagsOf(values["peer-flags"], PEER_FLAGS) },
+] as const;
 
 /** Write a plain (uncompressed) boot image of sample pool data; returns its SHA-256. */
 async function writeImage(path: string, size: number): Promise<Uint8Array> {
@@ -143,79 +176,370 @@ function watchLines(
   };
 }
 
-interface Row {
+/** CPU seconds the sled program spends starting and exiting, taken off its CPU per frame. */
+const emulatorStartCpuSeconds = (async () => {
+  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), "--version"], { stdout: "ignore" });
+  await child.exited;
+  const usage = child.resourceUsage();
+  return usage ? Number(usage.cpuTime.total) / 1e6 : 0;
+})();
+
+/** One network condition: the sled program's model flags, for a number of sleds. */
+interface Condition {
+  group: string;
+  label: string;
   sleds: number;
-  booted: number;
-  aggregate: number;
-  slowest: number;
-  fastest: number;
-  reasked: number;
-  cpuSeconds: number;
-  cpuPerGib: number;
+  model: string[];
+  /** Inject the HELLO and READ flood while the sleds boot. */
+  flood?: boolean;
 }
 
-async function measure(
+/** What one server did under one condition. */
+interface Run {
+  sleds: number;
+  booted: number;
+  /** Until the last sled booted (or gave up). */
+  seconds: number;
+  slowest: number;
+  mean: number;
+  aggregate: number;
+  framesPerImageFrame: number;
+  cpuPerGib: number;
+  peakBytes: number;
+  threads: number;
+  /** The emulator's CPU per DATA frame received, less what starting it costs; NaN for a row with stalls. */
+  emulatorUsPerFrame: number;
+  /** Why the emulator may have set the pace, or "". */
+  emulatorNote: string;
+}
+
+/** Threads and resident memory of a process, sampled until stopped; the most seen. */
+function sampleProcess(pid: number): { stop(): { threads: number } } {
+  let threads = 0;
+  const timer = setInterval(async () => {
+    try {
+      const status = await Bun.file(`/proc/${pid}/status`).text();
+      threads = Math.max(threads, Number(/^Threads:\s+(\d+)/m.exec(status)?.[1] ?? 0));
+    } catch {
+      // The process has exited.
+    }
+  }, 100);
+  return {
+    stop() {
+      clearInterval(timer);
+      return { threads };
+    },
+  };
+}
+
+/**
+ * The flood of issue 9: HELLOs from FLOOD_HELLOS distinct MACs and READs of a
+ * first batch from FLOOD_READS other MACs never offered anything, built with
+ * lib/protocol/frames.ts and sent from the sleds' end of the link in bursts of 250
+ * spread over about two seconds, so they overlap the sleds' start and boot.
+ */
+async function flood(link: string, server: Mac): Promise<void> {
+  const injector = PcapLink.open(link, { capture: false });
+  try {
+    const hello = new TextEncoder().encode("flood");
+    const slots = new BigUint64Array(READ_SLOTS).map((_, slot) => BigInt(slot * CHUNK_SIZE));
+    const hellos = consecutiveMacs(parseMac("02:f1:00:00:00:00")!, FLOOD_HELLOS).map((mac) =>
+      encodeFrame(BROADCAST_MAC, mac, { type: "hello", text: hello }),
+    );
+    const reads = consecutiveMacs(parseMac("02:f2:00:00:00:00")!, FLOOD_READS).map((mac) =>
+      encodeFrame(server, mac, { type: "read", count: BigInt(READ_SLOTS), slots }),
+    );
+    const frames = [...hellos, ...reads];
+    for (let at = 0; at < frames.length; at += 250) {
+      injector.injectBatch(frames.slice(at, at + 250));
+      await Bun.sleep(50);
+    }
+  } finally {
+    injector.close();
+  }
+}
+
+/** Boot `condition.sleds` sleds from a server started with `flags`; the figures of the run. */
+async function run(
   serverLink: string,
   sledLink: string,
-  image: string,
-  sha256: Uint8Array,
-  sleds: number,
-): Promise<Row> {
+  image: { path: string; sha256: Uint8Array; size: number },
+  flags: string[],
+  condition: Condition,
+): Promise<Run> {
   const server = Bun.spawn(
-    ["bun", join(ROOT, "apps/bootserver.ts"), "--boots", String(sleds), serverLink, image, "any"],
-    {
-      stdout: "pipe",
-      stderr: "pipe",
-    },
+    [
+      "bun",
+      join(ROOT, "apps/bootserver.ts"),
+      ...flags,
+      "--boots",
+      String(condition.sleds),
+      serverLink,
+      image.path,
+      "any",
+    ],
+    { stdout: "pipe", stderr: "pipe" },
   );
+  const stderr = new Response(server.stderr).text();
   const output = watchLines(server.stdout, /^serving on /);
   await output.ready;
   const cpuBefore = await cpuSecondsOf(server.pid);
+  const sampler = sampleProcess(server.pid);
   const sled = Bun.spawn(
     [
       "bun",
       join(ROOT, "apps/sled.ts"),
       sledLink,
       "--checksum",
-      toHex(sha256),
+      toHex(image.sha256),
       "--sleds",
-      String(sleds),
+      String(condition.sleds),
       "--json",
       "--timeout",
-      "600",
+      String(capSeconds),
+      ...condition.model,
     ],
-    { stdout: "pipe", stderr: "inherit" },
+    { stdout: "pipe", stderr: "pipe" },
   );
-  const sledOutput = await new Response(sled.stdout).text();
-  await sled.exited;
-  const serverExit = await Promise.race([server.exited, Bun.sleep(30_000).then(() => null)]);
-  if (serverExit === null) server.kill();
-  await server.exited;
-  await output.lines;
-  if (serverExit !== 0)
-    console.error(`bootserver exited with ${serverExit}: ${await new Response(server.stderr).text()}`);
-  const usage = server.resourceUsage();
-  const cpuTotal = usage ? Number(usage.cpuTime.total) / 1e6 : NaN;
-  const cpuSeconds = cpuTotal - cpuBefore;
-
+  const started = performance.now();
+  const flooded = condition.flood ? flood(sledLink, readLinkMac(serverLink)) : Promise.resolve();
+  const [sledOutput, sledErrors] = await Promise.all([
+    new Response(sled.stdout).text(),
+    new Response(sled.stderr).text(),
+    sled.exited,
+    flooded,
+  ]);
+  const sledWallSeconds = (performance.now() - started) / 1000;
   const reports = sledOutput
     .split("\n")
     .filter((line) => line.startsWith("{"))
     .map((line) => JSON.parse(line) as EmulatedSledReport);
   const booted = reports.filter((report) => report.outcome === "booted");
+  // A server whose sleds did not all boot never reaches its boot count: stop it at once.
+  const serverExit =
+    booted.length === condition.sleds ? await Promise.race([server.exited, Bun.sleep(10_000).then(() => null)]) : null;
+  if (serverExit === null) server.kill();
+  await server.exited;
+  await output.lines;
+  const { threads } = sampler.stop();
+  if (serverExit !== 0 && serverExit !== null) console.error(`bootserver exited with ${serverExit}: ${await stderr}`);
+  const usage = server.resourceUsage();
+  const cpuSeconds = (usage ? Number(usage.cpuTime.total) / 1e6 : NaN) - cpuBefore;
+
   const rates = booted.map((report) => report.megabytesPerSecond);
-  const lastBootSeconds = Math.max(...reports.map((report) => report.elapsedMs)) / 1000;
-  const delivered = booted.length * imageSize;
+  const seconds = Math.max(...reports.map((report) => report.elapsedMs)) / 1000;
+  const delivered = booted.length * image.size;
+  const received = reports.reduce((sum, report) => sum + report.dataReceived, 0);
+  const accepted = reports.reduce((sum, report) => sum + report.dataAccepted, 0);
+  const sledUsage = sled.resourceUsage();
+  const sledCpuSeconds = sledUsage ? Number(sledUsage.cpuTime.total) / 1e6 : 0;
+  const sledBusy = sledCpuSeconds / sledWallSeconds;
+  // Only for rows where the sleds never wait (no 1 s re-asks, no slow sled): a waiting emulator burns CPU polling.
+  const stalled =
+    booted.length < condition.sleds ||
+    reports.some((report) => report.reasked > 0) ||
+    condition.model.includes("--batch-delay");
+  const emulatorUsPerFrame = stalled ? NaN : ((sledCpuSeconds - (await emulatorStartCpuSeconds)) * 1e6) / received;
+  const notes: string[] = [];
+  if (sledBusy >= EMULATOR_BUSY) notes.push(`emulator busy ${(100 * sledBusy).toFixed(0)}% of the time`);
+  if (condition.sleds === 1 && emulatorUsPerFrame > GIGABIT_FRAME_US)
+    notes.push(`emulator ${emulatorUsPerFrame.toFixed(1)} us CPU per frame, more than a gigabit frame time`);
+  const lost = /lost (\d+) frames/.exec(sledErrors);
+  if (lost) notes.push(`emulator's capture buffer lost ${lost[1]} frames`);
   return {
-    sleds,
+    sleds: condition.sleds,
     booted: booted.length,
-    aggregate: delivered / MB / lastBootSeconds,
-    slowest: Math.min(...rates),
-    fastest: Math.max(...rates),
-    reasked: reports.reduce((sum, report) => sum + report.reasked, 0),
-    cpuSeconds,
+    seconds,
+    slowest: rates.length > 0 ? Math.min(...rates) : 0,
+    mean: rates.length > 0 ? rates.reduce((sum, rate) => sum + rate, 0) / rates.length : 0,
+    aggregate: delivered / MB / seconds,
+    framesPerImageFrame: received / accepted,
     cpuPerGib: cpuSeconds / (delivered / GIB),
+    peakBytes: usage?.maxRSS ?? NaN,
+    threads,
+    emulatorUsPerFrame,
+    emulatorNote: notes.join("; "),
   };
+}
+
+const HEADER =
+  "condition                                server  booted   time s  slowest MB/s  mean MB/s  all MB/s  sent/image  CPU s/GiB  peak MiB  threads  emulator us/frame";
+
+function line(label: string, server: string, result: Run): string {
+  const time = result.booted === result.sleds ? result.seconds.toFixed(2) : `not booted in ${capSeconds} s`.padStart(8);
+  const cells = [
+    label.padEnd(40),
+    server.padEnd(6),
+    `${result.booted}/${result.sleds}`.padStart(6),
+    time.padStart(8),
+    result.slowest.toFixed(1).padStart(12),
+    result.mean.toFixed(1).padStart(9),
+    result.aggregate.toFixed(1).padStart(8),
+    result.framesPerImageFrame.toFixed(3).padStart(10),
+    (Number.isFinite(result.cpuPerGib) ? result.cpuPerGib.toFixed(2) : "-").padStart(9),
+    (result.peakBytes / MIB).toFixed(0).padStart(8),
+    String(result.threads).padStart(7),
+    (Number.isNaN(result.emulatorUsPerFrame) ? "-" : result.emulatorUsPerFrame.toFixed(1)).padStart(17),
+  ];
+  return cells.join("  ") + (result.emulatorNote ? `  (${result.emulatorNote})` : "");
+}
+
+/** Ours over the peer: time (how many times faster) and aggregate rate. */
+function ratio(ours: Run, peer: Run): string {
+  const peerDone = peer.booted === peer.sleds;
+  const oursDone = ours.booted === ours.sleds;
+  const speed =
+    oursDone && peerDone
+      ? `${(peer.seconds / ours.seconds).toFixed(2)}x as fast`
+      : `${oursDone ? "" : "ours"}${oursDone || peerDone ? "" : " and "}${peerDone ? "" : "the peer"} did not boot all sleds in ${capSeconds} s`;
+  const times = (a: number, b: number) => (Number.isFinite(a / b) ? `${(a / b).toFixed(2)}x` : "-");
+  return (
+    `${"".padEnd(40)}  ours/peer: ${speed}; aggregate ${times(ours.aggregate, peer.aggregate)}; ` +
+    `sent/image ${times(ours.framesPerImageFrame, peer.framesPerImageFrame)}; CPU/GiB ${times(ours.cpuPerGib, peer.cpuPerGib)}`
+  );
+}
+
+function conditions(): Condition[] {
+  const list: Condition[] = [];
+  const add = (group: string, label: string, model: string[], flood = false) => {
+    if (!rowGroups.includes(group)) return;
+    for (const sleds of group === "flood" ? [FLOOD_SLEDS] : sledCounts)
+      list.push({ group, label, sleds, model, flood });
+  };
+  add("loss", "loss 0", []);
+  add("loss", "loss 0.1%", ["--drop-rate", "0.001", "--seed", "1"]);
+  add("loss", "loss 0.5%", ["--drop-rate", "0.005", "--seed", "1"]);
+  add("loss", "loss 1%", ["--drop-rate", "0.01", "--seed", "1"]);
+  add("burst", "0.2% lost in bursts of 4", ["--burst-rate", "0.0005", "--burst-length", "4", "--seed", "1"]);
+  add("port", "1g port, 64 KiB buffer", ["--port-rate", "1g", "--port-buffer", "65536"]);
+  add("slow", "slow sled, 20 ms per batch", ["--batch-delay", "20"]);
+  add("flood", "quiet", []);
+  add("flood", "HELLO and READ flood", [], true);
+  return list;
+}
+
+/** The figures of every condition, for both servers; keyed by `${label}/${sleds}`. */
+type Results = Map<string, { ours: Run; peer: Run }>;
+
+function printGoals(results: Results): void {
+  const get = (label: string, sleds: number) => results.get(`${label}/${sleds}`);
+  const lines: string[] = [];
+  const clean = get("loss 0", 1);
+  for (const [label, share] of [
+    ["loss 0.5%", 0.5],
+    ["loss 1%", 0.3],
+  ] as const) {
+    const lossy = get(label, 1);
+    if (clean && lossy) {
+      const kept = lossy.ours.booted === 1 ? lossy.ours.mean / clean.ours.mean : 0;
+      lines.push(
+        goal(
+          kept >= share,
+          `1 sled at ${label}: ${(100 * kept).toFixed(0)}% of its loss-free rate, goal >= ${100 * share}%`,
+        ),
+      );
+    }
+  }
+  const clean32 = get("loss 0", 32);
+  const lossy32 = get("loss 0.5%", 32);
+  if (clean32 && lossy32) {
+    const all = lossy32.ours.booted === 32;
+    const times = lossy32.ours.seconds / clean32.ours.seconds;
+    lines.push(
+      goal(
+        all && times <= 2,
+        `32 sleds at 0.5% loss: ${lossy32.ours.booted}/32 booted in ${times.toFixed(2)}x the loss-free time, goal all within 2x`,
+      ),
+    );
+  }
+  const port = get("1g port, 64 KiB buffer", 1);
+  if (port) {
+    const share = port.ours.mean / LINE_RATE_MB_PER_S;
+    lines.push(
+      goal(
+        port.ours.booted === 1 && share >= 0.8,
+        `1 sled behind a 1g port with 64 KiB: ${port.ours.mean.toFixed(1)} MB/s = ${(100 * share).toFixed(0)}% of line rate (${LINE_RATE_MB_PER_S.toFixed(1)} MB/s), goal >= 80%` +
+          (port.ours.emulatorNote ? ` (${port.ours.emulatorNote}: the emulator may be the limit)` : ""),
+      ),
+    );
+  }
+  for (const sleds of sledCounts) {
+    const lossy = get("loss 0.5%", sleds);
+    if (lossy)
+      lines.push(
+        goal(
+          lossy.ours.framesPerImageFrame <= 1.6,
+          `frames sent per image frame at 0.5% loss, ${sleds} sled(s): ${lossy.ours.framesPerImageFrame.toFixed(3)}, goal <= 1.6`,
+        ),
+      );
+    const slow = get("slow sled, 20 ms per batch", sleds);
+    if (slow)
+      lines.push(
+        goal(
+          slow.ours.framesPerImageFrame <= 1.05,
+          `frames sent per image frame to a lossless sled taking 20 ms per batch, ${sleds} sled(s): ${slow.ours.framesPerImageFrame.toFixed(3)}, goal <= 1.05`,
+        ),
+      );
+  }
+  const quiet = get("quiet", FLOOD_SLEDS);
+  const flooded = get("HELLO and READ flood", FLOOD_SLEDS);
+  if (quiet && flooded) {
+    const extra = flooded.ours.seconds - quiet.ours.seconds;
+    lines.push(
+      goal(
+        flooded.ours.booted === FLOOD_SLEDS && extra <= 3,
+        `flood: ${FLOOD_SLEDS} sleds booted ${extra.toFixed(2)} s after their quiet time, goal within a few (3) seconds`,
+      ),
+      goal(
+        flooded.ours.peakBytes < 400 * MIB,
+        `flood: server peak ${(flooded.ours.peakBytes / MIB).toFixed(0)} MiB, goal < 400 MiB`,
+      ),
+      goal(flooded.ours.threads < 64, `flood: server at most ${flooded.ours.threads} threads, goal < 64`),
+    );
+  }
+  if (lines.length > 0) console.log(`\ngoals (issue 9), ours:\n${lines.map((text) => `  ${text}`).join("\n")}`);
+}
+
+async function networkRows(dir: string): Promise<void> {
+  const list = conditions();
+  if (list.length === 0) return;
+  const sizes = new Map<number, { path: string; sha256: Uint8Array; size: number }>();
+  const sizeFor = (sleds: number) => Number(sleds === 1 ? values["mib-one"] : values["mib-many"]) * MIB;
+  for (const condition of list) {
+    const size = sizeFor(condition.sleds);
+    if (!sizes.has(size)) {
+      const path = join(dir, `bench-${size / MIB}.img`);
+      sizes.set(size, { path, sha256: await writeImage(path, size), size });
+    }
+  }
+  console.log(
+    `boot server over veth: ours = bootserver ${SERVERS[0].flags.join(" ") || "(defaults)"}, peer = bootserver ${SERVERS[1].flags.join(" ") || "(defaults)"}; ` +
+      `1 sled: ${values["mib-one"]} MiB image, more: ${values["mib-many"]} MiB each; rows capped at ${capSeconds} s`,
+  );
+  console.log(
+    `the emulator shares the cores with the server: a row says when it was busy >= ${100 * EMULATOR_BUSY}% of its time, its capture ` +
+      `buffer overflowed, or (1 sled) it spent more CPU per frame than a gigabit frame lasts (${GIGABIT_FRAME_US.toFixed(2)} us), ` +
+      "i.e. when it may have set the pace (a modelled port delivers no faster than the emulator reads; " +
+      "`bun run bench:sled` measures its receive rate alone)",
+  );
+  console.log(HEADER);
+  const results: Results = new Map();
+  await withVethPair(async ({ a, b }) => {
+    for (const condition of list) {
+      const image = sizes.get(sizeFor(condition.sleds))!;
+      const label = `${condition.label}, ${condition.sleds} sled${condition.sleds > 1 ? "s" : ""}`;
+      const [ours, peer] = [
+        await run(a, b, image, SERVERS[0].flags, condition),
+        await run(a, b, image, SERVERS[1].flags, condition),
+      ];
+      console.log(line(label, "ours", ours));
+      console.log(line("", "peer", peer));
+      console.log(ratio(ours, peer));
+      results.set(`${condition.label}/${condition.sleds}`, { ours, peer });
+    }
+  }, values["veth-prefix"]);
+  printGoals(results);
+  for (const image of sizes.values()) await rm(image.path);
 }
 
 /** The MAC of the sled this script plays for the first-DATA rows. */
@@ -266,12 +590,7 @@ async function firstData(
       }
       const frame = link.next();
       const decoded = frame && decodeFrame(frame);
-      if (
-        decoded &&
-        decoded.ok &&
-        decoded.frame.message.type === "offer" &&
-        sameMac(decoded.frame.destination, SCRIPTED_SLED)
-      ) {
+      if (decoded?.ok && decoded.frame.message.type === "offer" && sameMac(decoded.frame.destination, SCRIPTED_SLED)) {
         offerMs = performance.now() - started;
         serverMac = decoded.frame.source;
       } else if (!frame) await Bun.sleep(0);
@@ -283,12 +602,7 @@ async function firstData(
     while (Number.isNaN(firstDataMs)) {
       const frame = link.next();
       const decoded = frame && decodeFrame(frame);
-      if (
-        decoded &&
-        decoded.ok &&
-        decoded.frame.message.type === "data" &&
-        sameMac(decoded.frame.destination, SCRIPTED_SLED)
-      ) {
+      if (decoded?.ok && decoded.frame.message.type === "data" && sameMac(decoded.frame.destination, SCRIPTED_SLED)) {
         firstDataMs = performance.now() - started;
       } else if (!frame) await Bun.sleep(0);
     }
@@ -317,16 +631,16 @@ async function firstData(
 }
 
 /** The first-DATA rows: a zlib and a zstd image of the same sample pool, made by mkimage. */
-async function firstDataRows(dir: string, serverLink: string, sledLink: string): Promise<void> {
+async function firstDataRows(dir: string, serverLink: string, sledLink: string, mib: number): Promise<void> {
   const pool = join(dir, "first-data.raw");
-  await writeSamplePool(pool, imageSize);
+  await writeSamplePool(pool, mib * MIB);
   const kinds = [
     { name: "zlib", flag: "-z" },
     { name: "zstd", flag: "--zstd" },
   ];
   const results: Record<string, FirstData> = {};
   console.log(
-    `\ntime to first DATA, ${values["image-mib"]} MiB sample pool, one sled, from the server's start (HELLO every ${SCRIPTED_HELLO_MS} ms)`,
+    `\ntime to first DATA, ${mib} MiB sample pool, one sled, from the server's start (HELLO every ${SCRIPTED_HELLO_MS} ms)`,
   );
   console.log("image  file MiB  ready ms  OFFER ms  first DATA ms  first DATA after ready ms  whole boot MB/s  booted");
   for (const { name, flag } of kinds) {
@@ -357,44 +671,12 @@ if (!raw.ok) {
   console.error(`bench:netboot skipped: ${raw.why}`);
   process.exit(0);
 }
-/** The throughput rows: a plain image served to each count of sleds. */
-async function throughputRows(dir: string): Promise<void> {
-  const image = join(dir, "bench.img");
-  const sha256 = await writeImage(image, imageSize);
-  console.log(
-    `boot server over veth, ${values["image-mib"]} MiB plain image (${HEADER_SIZE + imageSize} bytes file), emulated sleds in one process`,
-  );
-  console.log("sleds  booted  aggregate MB/s  slowest MB/s  fastest MB/s  re-asks  server CPU s  CPU s/GiB");
-  const rows: Row[] = [];
-  await withVethPair(async ({ a, b }) => {
-    for (const sleds of sledCounts) {
-      const row = await measure(a, b, image, sha256, sleds);
-      rows.push(row);
-      console.log(
-        `${String(row.sleds).padStart(5)}  ${`${row.booted}/${row.sleds}`.padStart(6)}  ${row.aggregate.toFixed(1).padStart(14)}  ` +
-          `${row.slowest.toFixed(1).padStart(12)}  ${row.fastest.toFixed(1).padStart(12)}  ${String(row.reasked).padStart(7)}  ` +
-          `${row.cpuSeconds.toFixed(2).padStart(12)}  ${row.cpuPerGib.toFixed(2).padStart(9)}`,
-      );
-    }
-  }, values["veth-prefix"]);
-  const single = rows.find((row) => row.sleds === 1);
-  if (single) {
-    console.log(
-      `one sled: ${single.fastest.toFixed(1)} MB/s = ${(single.fastest / LINE_RATE_MB_PER_S).toFixed(2)} x gigabit line rate (${LINE_RATE_MB_PER_S} MB/s with 1024-byte chunks)`,
-    );
-  }
-  const worst = Math.max(...rows.map((row) => row.cpuPerGib));
-  console.log(
-    `goals: every sled booted: ${rows.every((row) => row.booted === row.sleds) ? "yes" : "NO"}; ` +
-      `server CPU <= ${GOAL_CPU_SECONDS_PER_GIB} s/GiB: ${worst <= GOAL_CPU_SECONDS_PER_GIB ? "yes" : "NO"} (worst ${worst.toFixed(2)})`,
-  );
-  await rm(image);
-}
-
 const dir = await mkdtemp(join(tmpdir(), "bench-netboot-"));
 try {
-  if (!values["first-data-only"]) await throughputRows(dir);
-  await withVethPair(({ a, b }) => firstDataRows(dir, a, b), values["veth-prefix"]);
+  await networkRows(dir);
+  if (rowGroups.includes("first-data")) {
+    await withVethPair(({ a, b }) => firstDataRows(dir, a, b, Number(values["first-data-mib"])), values["veth-prefix"]);
+  }
 } finally {
   await rm(dir, { recursive: true, force: true });
 }

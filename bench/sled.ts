@@ -32,8 +32,8 @@ import {
   READ_SLOTS,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
+import { consecutiveMacs, type EmulatedSledReport, emulateSleds, type SledLink } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { consecutiveMacs, type EmulatedSledReport, emulateSleds, type SledLink } from "../lib/sled.ts";
 
 const SERVER_MAC = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x00, 0x01]);
 const FIRST_SLED = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x10, 0x00]);

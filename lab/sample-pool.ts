@@ -11,31 +11,14 @@
  * No downloads: everything is made here.
  */
 
+import { Xorshift32 } from "@ramdisk-tools/sled/random.ts";
+
 const WORDS = (
   "zfs pool dataset ramdisk kernel sled oxide boot image root mount device driver " +
   "service manifest property network link address interface firmware process thread " +
   "memory page block checksum compress archive system library header payload target " +
   "the of and to in is for with on by from at as that this be are or it not"
 ).split(" ");
-
-/** A small, fast, seedable generator (xorshift32); good enough for test data. */
-class Xorshift32 {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0 || 0x9e3779b9;
-  }
-  next(): number {
-    let x = this.state;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.state = x >>> 0;
-    return this.state;
-  }
-  below(n: number): number {
-    return this.next() % n;
-  }
-}
 
 const RECORD_UNIT = 4096;
 

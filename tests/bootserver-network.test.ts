@@ -20,7 +20,11 @@ import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { AdmissionLimits, TokenBucket } from "@ramdisk-tools/netboot/admission.ts";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "@ramdisk-tools/netboot/dispatch.ts";
-import { Pacer, parseRate, wireBits } from "@ramdisk-tools/netboot/pacing.ts";
+import { Pacer, parseRate } from "@ramdisk-tools/netboot/pacing.ts";
+import { wireBytes } from "@ramdisk-tools/wire/rate.ts";
+
+const wireBits = (length: number) => wireBytes(length) * 8;
+
 import { rawImageMemory } from "@ramdisk-tools/netboot/raw-image.ts";
 import { RESEND_CAP_MS, RESEND_FLOOR_MS, ResendTimeout } from "@ramdisk-tools/netboot/resend-timer.ts";
 import { type ResendClock, SledSession } from "@ramdisk-tools/netboot/session.ts";

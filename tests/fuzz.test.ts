@@ -71,8 +71,8 @@ import {
   type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
+import { SledClient, type SledReport } from "@ramdisk-tools/sled/client.ts";
 import { PieceSender } from "@ramdisk-tools/threads/link.ts";
-import { type SledReport, SledSession } from "../lib/sled.ts";
 import { python, VECTORS } from "./helpers/common.ts";
 
 /** `bun run fuzz` multiplies every case count by this. */
@@ -951,7 +951,7 @@ function bigints(_key: string, value: unknown): unknown {
 }
 
 // ---------------------------------------------------------------------------
-// The sled emulator's input (lib/sled.ts): it must take any frame.
+// The sled emulator's input (lib/sled/client.ts): it must take any frame.
 
 const COUNTED: (keyof SledReport)[] = ["invalid", "ignored", "dataDropped", "offersRefused", "resets"];
 
@@ -991,12 +991,12 @@ function checkSent(tally: Tally, label: string, frame: Uint8Array): void {
 describe("fuzz: sled emulator input", () => {
   test("any frame in any phase: no exception, and only what decodeFrame refuses counts as invalid", () => {
     const random = new Random(0x51ed0001);
-    const tally = new Tally("SledSession.receive");
+    const tally = new Tally("SledClient.receive");
     const checksum = random.bytes(32);
     for (let run = 0; run < scaled(60); run++) {
       let now = 0;
       const sent: Uint8Array[] = [];
-      const sled = new SledSession({
+      const sled = new SledClient({
         mac: SLED_MAC,
         checksum,
         send: (frame) => sent.push(frame.slice()),
@@ -1068,7 +1068,7 @@ describe("fuzz: sled emulator input", () => {
 
   test("a sled boots through hostile frames from other MACs and malformed frames from its server", () => {
     const random = new Random(0x51ed0002);
-    const tally = new Tally("SledSession under hostile frames");
+    const tally = new Tally("SledClient under hostile frames");
     const image = imageLike(random, MIB);
     const checksum = new Uint8Array(new Bun.CryptoHasher("sha256").update(image).digest());
     const wanted = pythonJson(
@@ -1079,7 +1079,7 @@ describe("fuzz: sled emulator input", () => {
     let hostile = 0;
     for (let run = 0; run < scaled(2); run++) {
       const queue: Uint8Array[] = [];
-      const sled = new SledSession({ mac: SLED_MAC, checksum, send: (frame) => queue.push(frame.slice()) });
+      const sled = new SledClient({ mac: SLED_MAC, checksum, send: (frame) => queue.push(frame.slice()) });
       let now = 0;
       sled.start(now);
       sled.receive(offerFrame(image.length, checksum), now);

@@ -21,8 +21,9 @@ import {
   type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
+import { SledClient, type SledConfig } from "@ramdisk-tools/sled/client.ts";
+import { DataFaults, REORDER_HOLD_MS } from "@ramdisk-tools/sled/faults.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { DataFaults, REORDER_HOLD_MS, type SledConfig, SledSession } from "../lib/sled.ts";
 import { pythonWithInput, ROOT } from "./helpers/common.ts";
 
 const SLED = parseMac("02:5e:00:00:00:a0")!;
@@ -65,7 +66,7 @@ function padded(image: Uint8Array, length: number): Uint8Array {
 /** A sled under test: its session, the frames it sent (decoded), and a clock the test moves. */
 function testSled(checksum: Uint8Array, options: Partial<SledConfig> = {}) {
   const sent: Frame[] = [];
-  const session = new SledSession({
+  const session = new SledClient({
     mac: SLED,
     checksum,
     send: (bytes) => {
@@ -488,7 +489,7 @@ describe("DataFaults", () => {
   test("drop rate 0.1 loses about a tenth, nothing else changes", () => {
     const faults = new DataFaults({ dropRate: 0.1, seed: 3 });
     const out = run({ dropRate: 0.1, seed: 3 });
-    frames.forEach((frame) => faults.admit(frame, 0));
+    for (const frame of frames) faults.admit(frame, 0);
     expect(faults.counters.dropped).toBe(2000 - out.length);
     expect(out.length).toBeGreaterThan(1700);
     expect(out.length).toBeLessThan(1900);
@@ -649,7 +650,8 @@ describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (sk
       for (const mac of macs) {
         expect(result.stdout).toMatch(
           new RegExp(
-            `^${mac} booted: 1048576 bytes, [0-9.]+ MB/s, \\d+ re-asks, \\d+ dropped, first DATA after [0-9.]+ ms, [0-9.]+ s$`,
+            `^${mac} booted: 1048576 bytes, [0-9.]+ MB/s, \\d+ re-asks, \\d+ dropped, first DATA after [0-9.]+ ms, [0-9.]+ s; ` +
+              "\\d+ frames received, DATA: 1024 received, 1024 accepted, 0 not in a slot$",
             "m",
           ),
         );
@@ -679,6 +681,8 @@ describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (sk
       expect(report.bytes).toBe(MIB);
       expect(report.faults.dropped).toBeGreaterThan(0);
       expect(report.reasked).toBeGreaterThanOrEqual(report.faults.dropped);
+      expect(report.dataAccepted).toBe(MIB / 1024);
+      expect(report.dataReceived).toBe(report.dataAccepted + report.faults.dropped + report.dataDropped);
       expect(result.seen.finished).toEqual([report.mac]);
     },
     E2E_TIMEOUT_MS,

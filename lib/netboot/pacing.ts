@@ -27,37 +27,25 @@
  * all sessions stays under it.
  */
 
-import { MIN_FRAME_SIZE } from "@ramdisk-tools/protocol/frames.ts";
+import { parseBitRate, wireBytes } from "@ramdisk-tools/wire/rate.ts";
 
 /** Frames per sendmmsg at most when pacing: 44 DATA frames are 46.5 KB, inside a 64 KiB port buffer. */
 export const PACING_CHUNK_FRAMES = 44;
-/** FCS, preamble with start delimiter, inter-frame gap: bytes a frame costs on the wire besides its own. */
-const WIRE_OVERHEAD_BYTES = 4 + 8 + 12;
 /** A wait shorter than this is not worth a system call; the next chunk makes it up. */
 const MIN_WAIT_MS = 0.05;
 
 /**
- * A rate in bits per second from `1g`, `200m`, `500k`, `1000000` (decimal
- * suffixes), or null for `off` or 0 (no pacing). Throws on anything else.
+ * A `--rate` or `--link-rate` value in bits per second (lib/wire/rate.ts
+ * parseBitRate: `1g`, `200m`, `500k`, `1000000`), or null for `off` or 0
+ * (no pacing). Throws on anything else.
  *
  * @example parseRate("1g") // 1_000_000_000
  */
 export function parseRate(text: string): number | null {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*([kmg]?)\s*$/i.exec(text);
-  if (text.trim().toLowerCase() === "off") return null;
-  if (!match) throw new Error(`"${text}" is not a rate like 1g, 200m, 500k or off`);
-  const scale = { "": 1, k: 1e3, m: 1e6, g: 1e9 }[match[2]!.toLowerCase() as "" | "k" | "m" | "g"];
-  const bits = Number(match[1]) * scale;
-  return bits === 0 ? null : bits;
-}
-
-/**
- * Bits a frame of `length` bytes (Ethernet header and payload, no FCS) costs on the wire.
- *
- * @example wireBits(1058) // 8656: a 1024-byte DATA
- */
-export function wireBits(length: number): number {
-  return (Math.max(length, MIN_FRAME_SIZE) + WIRE_OVERHEAD_BYTES) * 8;
+  if (text.trim().toLowerCase() === "off" || /^\s*0+(\.0+)?\s*[kmg]?\s*$/i.test(text)) return null;
+  const bits = parseBitRate(text);
+  if (bits === null) throw new Error(`"${text}" is not a rate like 1g, 200m, 500k or off`);
+  return bits;
 }
 
 /**
@@ -140,7 +128,7 @@ export class Pacer {
     for (let from = 0; from < frames.length; from += chunkFrames) {
       const chunk = frames.slice(from, from + chunkFrames);
       let bits = 0;
-      for (const frame of chunk) bits += wireBits(frame.length);
+      for (const frame of chunk) bits += wireBytes(frame.length) * 8;
       const now = sharedNowMs();
       let start = Math.max(this.#nextFree, now);
       if (this.link) start = this.link.reserve(bits, start);

@@ -199,6 +199,52 @@ function decodeBody(type: Message["type"], body: Uint8Array, view: DataView): Me
 }
 
 /**
+ * The type field of a frame of this protocol (long enough for its headers,
+ * ethertype 0x1DE0, the magic), or 0 for any other bytes. Reads in place and
+ * allocates nothing: for the paths that sort every frame at line rate before
+ * (or instead of) decoding it.
+ *
+ * @example peekFrameType(frame) === FrameType.Data
+ */
+export function peekFrameType(bytes: Uint8Array): number {
+  if (bytes.length < BODY_OFFSET || bytes[12] !== ETHERTYPE >> 8 || bytes[13] !== (ETHERTYPE & 0xff)) return 0;
+  if (readUint32(bytes, ETHER_HEADER_SIZE) !== PROTOCOL_MAGIC) return 0;
+  return readUint32(bytes, ETHER_HEADER_SIZE + 4);
+}
+
+/**
+ * A DATA frame read in place, for a receiver at line rate (about 115k frames
+ * a second per gigabit sled): decodeFrame's rules for DATA (8 <= len <= 1476,
+ * within the frame) without its copies and objects. After `read` returns
+ * true, `offset` is the frame's offset and the image bytes are
+ * `frame.subarray(start, end)`. The offset is a number: exact below 2^53, and
+ * above it rounded but never below 2^53, so it can never equal an offset a
+ * sled asks for.
+ *
+ * @example const reader = new DataFrameReader(); if (reader.read(frame)) ramdisk.set(frame.subarray(reader.start, reader.end), reader.offset);
+ */
+export class DataFrameReader {
+  offset = 0;
+  start = 0;
+  end = 0;
+
+  /** True for a well-formed DATA frame (then the fields describe it), false for anything else. */
+  read(bytes: Uint8Array): boolean {
+    if (peekFrameType(bytes) !== FrameType.Data) return false;
+    const len = readUint32(bytes, ETHER_HEADER_SIZE + 8);
+    if (len < DATA_MIN_BODY || len > DATA_MAX_BODY || BODY_OFFSET + len > bytes.length) return false;
+    this.offset = readUint32(bytes, BODY_OFFSET) * 2 ** 32 + readUint32(bytes, BODY_OFFSET + 4);
+    this.start = BODY_OFFSET + 8;
+    this.end = BODY_OFFSET + len;
+    return true;
+  }
+}
+
+function readUint32(bytes: Uint8Array, at: number): number {
+  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+}
+
+/**
  * The offsets a READ asks for, in slot order: every non-zero slot, and offset
  * 0 when fewer than `count` slots are non-zero (docs/netboot.md, point 3: offset 0
  * is a real request only then). Answering only the first `count` slots would

@@ -100,6 +100,9 @@ const POLLOUT = 0x4;
 const EAGAIN = 11;
 /** In `struct pcap_pkthdr`, after the 16-byte `struct timeval` (LP64). */
 const PKTHDR_OFFSET_CAPLEN = 16;
+/** `struct timeval` in the header: tv_sec, then tv_usec, which holds nanoseconds at nanosecond precision. */
+const PKTHDR_OFFSET_FRACTION = 8;
+const PCAP_TSTAMP_PRECISION_NANO = 1;
 /** `struct bpf_program` is { u_int bf_len; struct bpf_insn *bf_insns; } (LP64). */
 const BPF_PROGRAM_SIZE = 16;
 /** The opcode of `ret #k`; with k = 0 a filter keeps nothing. */
@@ -113,6 +116,8 @@ const LIBPCAP_SYMBOLS = {
   pcap_set_immediate_mode: { args: [P, i32], returns: i32 },
   pcap_set_promisc: { args: [P, i32], returns: i32 },
   pcap_set_buffer_size: { args: [P, i32], returns: i32 },
+  pcap_set_tstamp_precision: { args: [P, i32], returns: i32 },
+  pcap_get_tstamp_precision: { args: [P], returns: i32 },
   pcap_activate: { args: [P], returns: i32 },
   pcap_datalink: { args: [P], returns: i32 },
   pcap_setnonblock: { args: [P, i32, P], returns: i32 },
@@ -215,6 +220,11 @@ export class PcapLink {
   #buffer = new Uint8Array(0);
   /** sendmmsg's arguments for injectBatch, made on its first use. */
   #batch: SendBatch | undefined;
+  /** Nanoseconds per unit of the header's fraction field: 1, or 1000 where libpcap gives microseconds. */
+  readonly #fractionNs: number;
+  /** A whole second near the time of opening, and performance.now() at that second (so stamps stay small numbers). */
+  readonly #baseSecond: number;
+  readonly #baseMs: number;
 
   private constructor(
     readonly link: string,
@@ -230,6 +240,9 @@ export class PcapLink {
     this.#pollfd[0] = libpcap().pcap_fileno(handle);
     this.#pollfdPointer = ptr(this.#pollfd);
     this.#snapshot = libpcap().pcap_snapshot(handle);
+    this.#fractionNs = libpcap().pcap_get_tstamp_precision(handle) === PCAP_TSTAMP_PRECISION_NANO ? 1 : 1000;
+    this.#baseSecond = Math.floor((performance.timeOrigin + performance.now()) / 1000);
+    this.#baseMs = this.#baseSecond * 1000 - performance.timeOrigin;
   }
 
   /**
@@ -260,6 +273,8 @@ export class PcapLink {
       if (options.promiscuous) check("setting promiscuous mode", pcap.pcap_set_promisc(handle, 1));
       const bufferBytes = capture ? (options.bufferBytes ?? DEFAULT_BUFFER_BYTES) : INJECT_ONLY_BUFFER_BYTES;
       check("setting the buffer size", pcap.pcap_set_buffer_size(handle, bufferBytes));
+      // Best effort: where nanosecond stamps are not offered, libpcap keeps microseconds (see receivedAt).
+      pcap.pcap_set_tstamp_precision(handle, PCAP_TSTAMP_PRECISION_NANO);
       const activated = pcap.pcap_activate(handle);
       // A positive status is a warning about a feature we did not ask for (promiscuous mode, time stamps).
       if (activated < 0) throw new PcapError(`cannot open link ${link}: ${describe(handle, activated)}`);
@@ -289,14 +304,14 @@ export class PcapLink {
 
   /**
    * The next captured frame as a copy, or null when none arrived within the
-   * timeout. Blocks the calling thread for at most that long (a thread that
+   * timeout (the handle's, or `timeoutMs` for this call; 0 does not wait). Blocks the calling thread for at most that long (a thread that
    * must also hear messages should yield to its event loop after a null). A
    * frame longer than the snaplen comes back cut to it.
    *
    * @example for (let frame = link.next(); frame; frame = link.next()) handle(frame);
    */
-  next(): Uint8Array<ArrayBuffer> | null {
-    if (this.#take() || (this.#wait(POLLIN) && this.#take())) return this.#frameInPlace().slice();
+  next(timeoutMs = this.#timeoutMs): Uint8Array<ArrayBuffer> | null {
+    if (this.#take() || (this.#wait(POLLIN, timeoutMs) && this.#take())) return this.#frameInPlace().slice();
     return null;
   }
 
@@ -308,12 +323,32 @@ export class PcapLink {
    *
    * @example const buffer = new Uint8Array(2048); const length = link.nextInto(buffer);
    */
-  nextInto(buffer: Uint8Array): number {
-    if (!(this.#take() || (this.#wait(POLLIN) && this.#take()))) return 0;
+  nextInto(buffer: Uint8Array, timeoutMs = this.#timeoutMs): number {
+    if (!(this.#take() || (this.#wait(POLLIN, timeoutMs) && this.#take()))) return 0;
     const frame = this.#frameInPlace();
     const length = Math.min(frame.length, buffer.length);
     buffer.set(length === frame.length ? frame : frame.subarray(0, length));
     return length;
+  }
+
+  /**
+   * When the kernel received the frame `next()` or `nextInto()` returned
+   * last, in milliseconds on the performance.now() clock. This is the stamp
+   * the kernel puts on the frame as it arrives (the SO_TIMESTAMPNS clock,
+   * with nanosecond precision where libpcap offers it), not the time this
+   * process read it, so a reader that falls behind still sees when frames
+   * really came. The kernel stamps wall-clock time; it is moved onto
+   * performance.now() with the offset taken at opening, so a wall-clock step
+   * during the handle's life shifts it.
+   *
+   * @example const frame = link.next(); const arrivedAt = link.receivedAt();
+   */
+  receivedAt(): number {
+    const header = read.ptr(this.#headerOut) as Pointer;
+    // Both fields are 64-bit; their low words (little-endian) hold them until the year 2106.
+    const seconds = read.u32(header, 0);
+    const fraction = read.u32(header, PKTHDR_OFFSET_FRACTION);
+    return (seconds - this.#baseSecond) * 1000 + (fraction * this.#fractionNs) / 1e6 + this.#baseMs;
   }
 
   /**
@@ -425,10 +460,10 @@ export class PcapLink {
   }
 
   /** Wait up to the timeout for the socket to be ready; false on timeout or interruption. */
-  #wait(events: number): boolean {
+  #wait(events: number, timeoutMs = this.#timeoutMs): boolean {
     this.#pollEvents[0] = events;
     this.#pollEvents[1] = 0;
-    return libc().poll(this.#pollfdPointer, 1, this.#timeoutMs) > 0;
+    return libc().poll(this.#pollfdPointer, 1, timeoutMs) > 0;
   }
 
   #checkLength(frame: Uint8Array): void {

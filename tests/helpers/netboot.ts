@@ -110,13 +110,14 @@ export class ServerProcess {
 }
 
 /**
- * Run `bun apps/sled.ts LINK --timeout 60 ARGS...` in `cwd` to its end; its
- * output, and the JSON reports among its lines (with --json).
+ * Run `bun apps/sled.ts LINK --timeout SECONDS ARGS...` in `cwd` to its end
+ * (SECONDS 60 unless given); its output, and the JSON reports among its lines
+ * (with --json).
  *
  * @example const sled = await runSleds(dir, b, ["--json", "--sleds", "4"]);
  */
-export async function runSleds(cwd: string, link: string, args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", "60", ...args], {
+export async function runSleds(cwd: string, link: string, args: string[], timeoutSeconds = 60) {
+  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", String(timeoutSeconds), ...args], {
     cwd,
     stdout: "pipe",
     stderr: "pipe",
