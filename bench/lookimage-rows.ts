@@ -9,7 +9,7 @@
  * - The same pool stored: `lookimage STORED` vs `sha256sum RAW`.
  * - A zstd image (lookimageZstdRows): `lookimage IMAGE` vs `tail -c +4097
  *   IMAGE | zstd -d -c | sha256sum` (Debian's zstd decompresses on one
- *   thread, sha256sum hashes on another); issue 11's goal: at least 2x as
+ *   thread, sha256sum hashes on another); the goal: at least 2x as
  *   fast. And vs the floor (bench/verify-floor.ts): at most 1.5x its time.
  *
  * Each command runs ROUNDS times, ours and the peer's alternating, after one
@@ -31,7 +31,7 @@ import { verifyFloor } from "./verify-floor.ts";
 
 /** The goal: verifying a compressed image at least 1.5 times as fast as `pigz -dz | sha256sum`. */
 export const GOAL_SPEEDUP = 1.5;
-/** Issue 11: a zstd image at least 2x as fast as `zstd -d | sha256sum`, and within 1.5x of Bun's own floor. */
+/** Goals: a zstd image at least 2x as fast as `zstd -d | sha256sum`, and within 1.5x of Bun's own floor. */
 const GOALS = { zstdVsCli: 2, zstdVsFloor: 1.5 };
 const ROUNDS = 3;
 const LOOKIMAGE = ["bun", join(import.meta.dir, "..", "apps", "lookimage.ts")];

@@ -13,7 +13,7 @@
  * checks its SHA-256; its rate (MB = 10^6 bytes per second, from the OFFER
  * to FINISHED) is the boot rate. Medians over the runs.
  *
- * Rows, ours against the named peer in the same run (issue 11):
+ * Rows, ours against the named peer in the same run:
  * - zstd boot rate against the same pool served plain: goal at least 90%;
  *   and the server's CPU time during that boot (user + system, all threads,
  *   from /proc), since on a busy machine the rate follows the CPU it costs;
@@ -53,7 +53,7 @@ const { values } = parseArgs({
 });
 const imageSize = Number(values["image-mib"]) * MIB;
 const runs = Number(values.runs);
-/** Issue 11's goals. */
+/** The goals for serving compressed images. */
 const GOAL_ZSTD_SHARE = 0.9;
 const GOAL_FIRST_DATA_MS = 300;
 /** The sled this script plays until the first DATA. */

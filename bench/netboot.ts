@@ -1,5 +1,5 @@
 /**
- * The boot server under the conditions of a real lab network (issue 9), and
+ * The boot server under the conditions of a real lab network, and
  * what it costs: over a veth pair, the real programs run as processes, as a
  * lab would run them: `bun apps/bootserver.ts --boots N LINK IMAGE any` on one
  * end and `bun apps/sled.ts LINK --sleds N --json` with one of the emulator's
@@ -19,7 +19,7 @@
  * - slow: a lossless sled that waits 20 ms after each batch;
  * - flood: 2 sleds boot quietly, then again while this script injects 5,000
  *   HELLOs from distinct MACs and 5,000 READs from MACs never offered anything;
- * - first-data: issue 4's time to first DATA, zstd against zlib (not by default).
+ * - first-data: time to first DATA, zstd against zlib (not by default).
  * each for 1 sled (`--mib-one` MiB image) and for 32 (`--mib-many` MiB each).
  *
  * Figures per row and server: time until the last sled booted (or "not
@@ -58,7 +58,7 @@ import { consecutiveMacs, type EmulatedSledReport } from "@ramdisk-tools/sled/ru
 import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
 import { goal } from "./measure.ts";
 
-/** The server as issue 9 builds it: its defaults are fast re-send, pacing at 1g per sled and admission. */
+/** The server as it ships: its defaults are fast re-send, pacing at 1g per sled and admission. */
 const OURS_FLAGS: readonly string[] = [];
 /** Today's behaviour: the same server with re-send, pacing and admission turned off. */
 const PEER_FLAGS: readonly string[] = ["--no-resend", "--rate", "off", "--no-admission"];
@@ -233,7 +233,7 @@ function sampleProcess(pid: number): { stop(): { threads: number } } {
 }
 
 /**
- * The flood of issue 9: HELLOs from FLOOD_HELLOS distinct MACs and READs of a
+ * The flood: HELLOs from FLOOD_HELLOS distinct MACs and READs of a
  * first batch from FLOOD_READS other MACs never offered anything, built with
  * lib/protocol/frames.ts and sent from the sleds' end of the link in bursts of 250
  * spread over about two seconds, so they overlap the sleds' start and boot.
@@ -497,7 +497,7 @@ function printGoals(results: Results): void {
       goal(flooded.ours.threads < 64, `flood: server at most ${flooded.ours.threads} threads, goal < 64`),
     );
   }
-  if (lines.length > 0) console.log(`\ngoals (issue 9), ours:\n${lines.map((text) => `  ${text}`).join("\n")}`);
+  if (lines.length > 0) console.log(`\ngoals, ours:\n${lines.map((text) => `  ${text}`).join("\n")}`);
 }
 
 async function networkRows(dir: string): Promise<void> {

@@ -1,5 +1,5 @@
 /**
- * The floor under lookimage on a zstd image (issue 11): how fast Bun itself
+ * The floor under lookimage on a zstd image: how fast Bun itself
  * decompresses and hashes that payload on this machine, with the payload
  * already in memory, no program or thread to start, and no bytes moving
  * between threads.

@@ -54,7 +54,7 @@ interface Engine {
  * Debian's libzstd over bun:ffi, one compression context reused for every
  * frame (ZSTD_compressCCtx), as a C program would call it; undefined where
  * the library is missing. Measured against the others to see whether a
- * system library beats Bun's own zstd (issue 11); mkimage does not use it.
+ * system library beats Bun's own zstd; mkimage does not use it.
  */
 function libzstdEngine(): Engine | undefined {
   const open = () =>

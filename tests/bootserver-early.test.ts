@@ -1,6 +1,6 @@
 /**
  * The boot server answers a zlib image's READs while it is still inflating
- * it (issue 11, item 4), and RESETs the sleds of an image whose SHA-256
+ * it, and RESETs the sleds of an image whose SHA-256
  * turns out wrong at the end, refusing it from then on.
  *
  * The pool and its SHA-256 come from python3 (random, hashlib), the image

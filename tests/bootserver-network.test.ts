@@ -1,5 +1,5 @@
 /**
- * The boot server under real network conditions (issue 9): fast re-send of a
+ * The boot server under real network conditions: fast re-send of a
  * batch whose next READ is late, pacing of each sled's DATA, and admission
  * (HELLOs answered without a thread, rate limits, `--max-sleds`, frames from
  * group or zero addresses dropped).
