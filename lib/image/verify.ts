@@ -43,7 +43,7 @@
  */
 
 import { open, realpath, stat } from "node:fs/promises";
-import { UserError } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
 import {
   discardOnSignal,
   isSameFile,
@@ -227,7 +227,7 @@ async function runPipeline(
 
     const reading = plan
       ? readPayload(path, header.dataSize, plan, options).catch((error: unknown) => {
-          stages.fail(error instanceof Error ? error.message : String(error));
+          stages.fail(oneLine(error));
         })
       : null;
     const inflateReport = inflated ? await stages.settle(inflated) : null;

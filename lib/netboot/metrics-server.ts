@@ -7,7 +7,7 @@
  * listens only on the address given: there is no default address.
  */
 
-import { UserError } from "@ramdisk-tools/cli/errors.ts";
+import { systemReason, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { type MetricsSnapshot, prometheusText } from "./metrics.ts";
 
 /** Where to listen. */
@@ -72,7 +72,7 @@ export class MetricsEndpoint {
       );
     } catch (error) {
       const where = address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname;
-      throw new UserError(`cannot serve metrics on ${where}:${address.port}: ${(error as Error).message}`);
+      throw new UserError(`cannot serve metrics on ${where}:${address.port}: ${systemReason(error)}`);
     }
   }
 

@@ -37,6 +37,7 @@
 
 import { type FileHandle, open, stat } from "node:fs/promises";
 import { basename } from "node:path";
+import { oneLine, systemReason } from "@ramdisk-tools/cli/errors.ts";
 import {
   decodeHeader,
   HEADER_SIZE,
@@ -111,7 +112,7 @@ export async function readServableHeader(path: string): Promise<{ header: Header
   try {
     file = await open(path, "r");
   } catch (error) {
-    throw new ImageFormatError(`cannot open ${path}: ${(error as Error).message}`);
+    throw new ImageFormatError(`cannot open ${path}: ${systemReason(error)}`);
   }
   try {
     const stats = await file.stat();
@@ -122,7 +123,7 @@ export async function readServableHeader(path: string): Promise<{ header: Header
       header = decodeHeader(bytes.subarray(0, bytesRead), { fileSize: stats.size, versions: IMAGE_VERSIONS });
       payloadCodec(header);
     } catch (error) {
-      throw new ImageFormatError(`${path}: ${(error as Error).message}`);
+      throw new ImageFormatError(`${path}: ${oneLine(error)}`);
     }
     const refusals = [...kernelRefusals(header), ...netbootRefusals(header)];
     if (refusals.length > 0) throw new ImageFormatError(`cannot serve ${path}: ${refusals.join("; ")}`);
@@ -216,7 +217,7 @@ async function inflateInto(
   inflater.postMessage(order, [toInflater.port2, fromInflater.port1]);
   try {
     const feeding = sendPayload(path, header.dataSize, input).catch((error: unknown) => {
-      throw new ImageFormatError(`${path}: ${(error as Error).message}`);
+      throw new ImageFormatError(`${path}: ${oneLine(error)}`);
     });
     // A failed inflate stops taking input; its report says why, so the feeder's own error adds nothing.
     feeding.catch(() => {});
@@ -306,7 +307,7 @@ export async function loadZstdPayload(path: string, header: Header): Promise<Zst
   try {
     table = await readSeekTable(Bun.file(path), header);
   } catch (error) {
-    throw new ImageFormatError(`${path}: ${(error as Error).message}`);
+    throw new ImageFormatError(`${path}: ${oneLine(error)}`);
   }
   const payload = new SharedArrayBuffer(header.dataSize);
   const target = new Uint8Array(payload);
@@ -370,7 +371,7 @@ export class ServedImageFile {
     try {
       stamp = stampOf(await stat(this.path));
     } catch (error) {
-      throw new ImageFormatError(`cannot read ${this.path}: ${(error as Error).message}`);
+      throw new ImageFormatError(`cannot read ${this.path}: ${systemReason(error)}`);
     }
     if (this.#image && sameStamp(this.#image.stamp, stamp)) return this.#image;
     if (this.#failure && sameStamp(this.#failure.stamp, stamp)) throw this.#failure.error;
