@@ -16,7 +16,7 @@ import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { buildRelease, EXECUTABLE, type Release } from "../scripts/build.ts";
-import { ROOT, VALID_ARGUMENTS } from "./helpers/common.ts";
+import { ROOT, runProgram, VALID_ARGUMENTS } from "./helpers/common.ts";
 
 // Compiling a ~100 MiB binary and packing it on a shared 2-core machine: generous room, no assertion on time.
 const BUILD_TIMEOUT_MS = 300_000;
@@ -158,18 +158,9 @@ test(
     for (const codec of ["-z", "--zstd"]) {
       const args = (name: string) => ["-i", "pool.raw", "-o", `${name}.img`, "-O", `${name}.csum`, "-N", "same", codec];
       const compiled = await run(EXECUTABLE, ["mkimage", ...args("compiled")]);
-      const child = Bun.spawn(["bun", join(ROOT, "apps", "mkimage.ts"), ...args("source")], {
-        cwd: dir,
-        stdout: "pipe",
-        stderr: "pipe",
-      });
-      const [stdout, stderr, exitCode] = await Promise.all([
-        new Response(child.stdout).text(),
-        new Response(child.stderr).text(),
-        child.exited,
-      ]);
-      expect(compiled).toEqual({ exitCode, stdout, stderr });
-      expect(exitCode).toBe(0);
+      const source = await runProgram("mkimage", args("source"), { cwd: dir });
+      expect(compiled).toEqual(source);
+      expect(source.exitCode).toBe(0);
       for (const suffix of [".img", ".csum"]) {
         const made = await readFile(join(dir, `compiled${suffix}`));
         expect(made.length).toBeGreaterThan(0);

@@ -6,7 +6,7 @@
  */
 
 import { join } from "node:path";
-import { python, ROOT } from "./common.ts";
+import { python, ROOT, runProgram } from "./common.ts";
 
 /** A pool-like raw file: random records, zeros and text, from a fixed seed; prints its SHA-256. */
 const WRITE_POOL = `
@@ -117,16 +117,9 @@ export class ServerProcess {
  * @example const sled = await runSleds(dir, b, ["--json", "--sleds", "4"]);
  */
 export async function runSleds(cwd: string, link: string, args: string[], timeoutSeconds = 60) {
-  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", String(timeoutSeconds), ...args], {
+  const { exitCode, stdout, stderr } = await runProgram("sled", [link, "--timeout", String(timeoutSeconds), ...args], {
     cwd,
-    stdout: "pipe",
-    stderr: "pipe",
   });
-  const [stdout, stderr, exitCode] = await Promise.all([
-    new Response(child.stdout).text(),
-    new Response(child.stderr).text(),
-    child.exited,
-  ]);
   return {
     exitCode,
     stdout,
