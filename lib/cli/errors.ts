@@ -43,6 +43,12 @@ export function oneLine(error: unknown): string {
  */
 export function systemReason(error: unknown): string {
   const errno = (error as NodeJS.ErrnoException | undefined)?.errno;
-  if (typeof errno === "number") return getSystemErrorMessage(errno < 0 ? errno : -errno);
+  if (typeof errno === "number" && errno !== 0) {
+    try {
+      return getSystemErrorMessage(errno < 0 ? errno : -errno);
+    } catch {
+      // Not a number the system knows: the error's own words then.
+    }
+  }
   return oneLine(error);
 }
