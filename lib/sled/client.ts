@@ -244,11 +244,7 @@ export class SledClient {
    * destination). Anything malformed or unexpected is counted and dropped.
    */
   receive(frame: Uint8Array, now: number): void {
-    if (this.#phase === "done") {
-      // Copies still on their way when the sled finished: dropped, and counted as such.
-      if (this.#data.read(frame)) this.#dataDropped++;
-      return;
-    }
+    if (this.#phase === "done") return;
     if (this.#data.read(frame)) {
       this.#receiveData(frame, now);
       return;

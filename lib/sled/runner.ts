@@ -54,7 +54,7 @@ export interface EmulationOptions {
 export interface EmulatedSledReport extends SledReport {
   /** Frames addressed to this sled, as they came off the wire (before any model). */
   framesReceived: number;
-  /** Of those, DATA frames: what the server sent this sled (less what the capture buffer lost). */
+  /** Of those, DATA frames until the sled was done: what the server sent it (less what the capture buffer lost). */
   dataReceived: number;
   faults: FaultCounters;
 }
@@ -152,7 +152,8 @@ export function emulateSleds(link: SledLink, options: EmulationOptions): Emulate
     const sled = frame && frame.length >= MAC_SIZE ? byMac.get(macKey(frame)) : undefined;
     if (sled && frame) {
       sled.framesReceived++;
-      if (peekFrameType(frame) === FrameType.Data) sled.dataReceived++;
+      // Copies still arriving once the sled is done (fast re-send's, racing its FINISHED) reach no sled.
+      if (peekFrameType(frame) === FrameType.Data && sled.client.phase !== "done") sled.dataReceived++;
       if (sled.faults) {
         sled.faults.admit(frame, now, link.receivedAt?.() ?? now);
         deliver(sled, now);
