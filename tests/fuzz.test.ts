@@ -72,6 +72,7 @@ import {
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { SledClient, type SledReport } from "@ramdisk-tools/sled/client.ts";
+import { Xorshift32 } from "@ramdisk-tools/sled/random.ts";
 import { PieceSender } from "@ramdisk-tools/threads/link.ts";
 import { python, VECTORS } from "./helpers/common.ts";
 
@@ -104,32 +105,21 @@ const SIZE_EDGES: readonly bigint[] = [
 ];
 
 /**
- * xorshift32 with the draws the fuzz targets need. Not lib/sled/random.ts:
- * its `below` is a modulo, this one scales, and the fixed case sets below
- * (and the counts robustness.md gives) were drawn with this one.
+ * The project's generator (lib/sled/random.ts) with the draws the fuzz targets
+ * need. `scaled` scales a draw into 0..n-1 where the generator's `below` takes
+ * it modulo n: the fixed case sets here (and the counts robustness.md gives)
+ * were drawn that way.
  */
-class Random {
-  #state: number;
-  constructor(seed: number) {
-    this.#state = seed >>> 0 || 0x9e3779b9;
-  }
-  next(): number {
-    let x = this.#state;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.#state = x >>> 0;
-    return this.#state;
-  }
+class Random extends Xorshift32 {
   /** Uniform in 0..n-1 (n up to 2^32). */
-  below(n: number): number {
-    return Math.floor((this.next() / 2 ** 32) * n);
+  scaled(n: number): number {
+    return Math.floor(this.fraction() * n);
   }
   chance(probability: number): boolean {
-    return this.next() / 2 ** 32 < probability;
+    return this.fraction() < probability;
   }
   pick<T>(items: readonly T[]): T {
-    return items[this.below(items.length)]!;
+    return items[this.scaled(items.length)]!;
   }
   u64(): bigint {
     return (BigInt(this.next()) << 32n) | BigInt(this.next());
@@ -149,9 +139,9 @@ function imageLike(random: Random, length: number): Uint8Array {
   const out = new Uint8Array(length);
   let at = 0;
   while (at < length) {
-    const run = Math.min(length - at, 1 + random.below(2048));
-    const kind = random.below(3);
-    if (kind === 1) for (let i = 0; i < run; i++) out[at + i] = 97 + random.below(8);
+    const run = Math.min(length - at, 1 + random.scaled(2048));
+    const kind = random.scaled(3);
+    if (kind === 1) for (let i = 0; i < run; i++) out[at + i] = 97 + random.scaled(8);
     else if (kind === 2) out.set(random.bytes(run), at);
     at += run;
   }
@@ -176,7 +166,7 @@ function flipBits(random: Random, bytes: Uint8Array, count: number, from = 0, to
   // new Uint8Array, not slice(): compressBlock returns a Buffer, whose slice() is a view.
   const out = new Uint8Array(bytes);
   if (to <= from) return out;
-  for (let i = 0; i < count; i++) out[from + random.below(to - from)]! ^= 1 << random.below(8);
+  for (let i = 0; i < count; i++) out[from + random.scaled(to - from)]! ^= 1 << random.scaled(8);
   return out;
 }
 
@@ -323,15 +313,15 @@ function nameField(text: string): Uint8Array {
 }
 
 function validHeaderFields(random: Random): HeaderFields {
-  const imageSize = BigInt(4096 + random.below(64 * MIB));
+  const imageSize = BigInt(4096 + random.scaled(64 * MIB));
   const compressed = random.chance(0.5);
   return {
     magic: MAGIC,
     version: VERSION,
     flags: compressed ? FLAG_COMPRESSED : 0n,
-    dataSize: compressed ? BigInt(1 + random.below(Number(imageSize))) : imageSize,
+    dataSize: compressed ? BigInt(1 + random.scaled(Number(imageSize))) : imageSize,
     imageSize,
-    targetSize: imageSize + BigInt(random.below(MIB)),
+    targetSize: imageSize + BigInt(random.scaled(MIB)),
     sha256: random.bytes(32),
     dataset: nameField(random.chance(0.5) ? "rpool/ROOT/ramdisk" : ""),
     imageName: nameField(random.pick(["testing", "recovery-testing", "", "x".repeat(127)])),
@@ -457,11 +447,11 @@ describe("fuzz: image header", () => {
 
     // Bit flips, mostly in the 328 bytes of fields; flips in the padding must change nothing.
     for (let i = 0; i < scaled(6000); i++) {
-      const which = random.below(bases.length);
+      const which = random.scaled(bases.length);
       const inPadding = random.chance(0.15);
       const mutated = inPadding
-        ? flipBits(random, bases[which]!, 1 + random.below(8), 328, HEADER_SIZE)
-        : flipBits(random, bases[which]!, 1 + random.below(4), 0, 328);
+        ? flipBits(random, bases[which]!, 1 + random.scaled(8), 328, HEADER_SIZE)
+        : flipBits(random, bases[which]!, 1 + random.scaled(4), 0, 328);
       const header = checkHeader(
         tally,
         `flip case ${i}`,
@@ -487,9 +477,9 @@ describe("fuzz: image header", () => {
     }
     // Extensions, and a header inside a larger buffer at an odd offset: bytes after 4096 do not matter.
     for (let i = 0; i < scaled(600); i++) {
-      const which = random.below(bases.length);
-      const lead = random.below(8);
-      const buffer = concat(random.bytes(lead), bases[which]!, random.bytes(1 + random.below(5000)));
+      const which = random.scaled(bases.length);
+      const lead = random.scaled(8);
+      const buffer = concat(random.bytes(lead), bases[which]!, random.bytes(1 + random.scaled(5000)));
       const header = checkHeader(tally, `extension case ${i}`, buffer.subarray(lead));
       if ((header !== null) !== baseResults[which]!.ok)
         tally.fail(`extension case ${i}`, "trailing bytes changed the verdict");
@@ -546,10 +536,10 @@ describe("fuzz: image header", () => {
     for (let i = 0; i < scaled(3000); i++) {
       const fields = validHeaderFields(random);
       const field = new Uint8Array(128);
-      const length = random.below(129);
+      const length = random.scaled(129);
       for (let at = 0; at < length; at++) {
         // High bytes make invalid UTF-8 (lone continuations, truncated sequences, overlongs, surrogates).
-        field[at] = random.chance(0.6) ? 0x80 + random.below(128) : random.chance(0.05) ? 0 : 1 + random.below(127);
+        field[at] = random.chance(0.6) ? 0x80 + random.scaled(128) : random.chance(0.05) ? 0 : 1 + random.scaled(127);
       }
       const which = random.chance(0.5) ? "dataset" : "imageName";
       fields[which] = field;
@@ -572,14 +562,15 @@ describe("fuzz: image header", () => {
     for (let i = 0; i < scaled(400); i++) {
       const base = random.pick(bases);
       let bytes: Uint8Array = base.header.slice();
-      const kind = random.below(5);
-      if (kind === 0) bytes = flipBits(random, bytes, 1 + random.below(3), 0, 328);
+      const kind = random.scaled(5);
+      if (kind === 0) bytes = flipBits(random, bytes, 1 + random.scaled(3), 0, 328);
       else if (kind === 1)
         new DataView(bytes.buffer).setBigUint64(random.pick([16, 24, 32]), random.pick(SIZE_EDGES), true);
       else if (kind === 2) {
         // Non-UTF-8 bytes in a name, sometimes unterminated.
         const at = random.pick([72, 200]);
-        for (let j = 0; j < 128; j++) bytes[at + j] = random.chance(0.5) ? 0x80 + random.below(128) : random.below(128);
+        for (let j = 0; j < 128; j++)
+          bytes[at + j] = random.chance(0.5) ? 0x80 + random.scaled(128) : random.scaled(128);
         if (random.chance(0.8)) bytes[at + 127] = 0;
       } else if (kind === 3) new DataView(bytes.buffer).setBigUint64(8, random.u64(), true);
       else new DataView(bytes.buffer).setUint32(4, random.pick([VERSION, ZSTD_VERSION, 1, 3]), true);
@@ -715,9 +706,9 @@ const OFFSET_EDGES: readonly bigint[] = [
 ];
 
 function randomMessage(random: Random): Message {
-  switch (random.below(6)) {
+  switch (random.scaled(6)) {
     case 0:
-      return { type: "hello", text: random.bytes(random.below(random.chance(0.9) ? 40 : 1500)) };
+      return { type: "hello", text: random.bytes(random.scaled(random.chance(0.9) ? 40 : 1500)) };
     case 1:
       return {
         type: "offer",
@@ -727,12 +718,12 @@ function randomMessage(random: Random): Message {
         dataset: random.chance(0.7) ? nameField("rpool/ROOT/ramdisk") : random.bytes(128),
       };
     case 2:
-      return randomRead(random, random.below(READ_SLOTS + 1));
+      return randomRead(random, random.scaled(READ_SLOTS + 1));
     case 3:
       return {
         type: "data",
-        offset: random.chance(0.5) ? random.pick(OFFSET_EDGES) : BigInt(random.below(4096)) * 1024n,
-        bytes: random.bytes(random.chance(0.3) ? 0 : random.below(1469)),
+        offset: random.chance(0.5) ? random.pick(OFFSET_EDGES) : BigInt(random.scaled(4096)) * 1024n,
+        bytes: random.bytes(random.chance(0.3) ? 0 : random.scaled(1469)),
       };
     case 4:
       return { type: "finished" };
@@ -743,10 +734,10 @@ function randomMessage(random: Random): Message {
 
 function randomRead(random: Random, count: number): ReadRequest {
   const slots = new BigUint64Array(READ_SLOTS);
-  const fill = random.below(3);
+  const fill = random.scaled(3);
   for (let slot = 0; slot < READ_SLOTS; slot++) {
     if (fill === 0 || (fill === 1 && random.chance(0.1))) {
-      slots[slot] = random.chance(0.3) ? random.pick(OFFSET_EDGES) : BigInt(random.below(2 ** 20)) * 1024n;
+      slots[slot] = random.chance(0.3) ? random.pick(OFFSET_EDGES) : BigInt(random.scaled(2 ** 20)) * 1024n;
     }
   }
   return { type: "read", count: BigInt(count), slots };
@@ -763,13 +754,13 @@ function setU32(bytes: Uint8Array, offset: number, value: number): void {
 
 /** One random damage of a frame: bit flips, a cut, an extension, a new len or type, overwritten bytes. */
 function mutateFrame(random: Random, frame: Uint8Array): Uint8Array {
-  switch (random.below(6)) {
+  switch (random.scaled(6)) {
     case 0:
-      return flipBits(random, frame, 1 + random.below(6), 0, Math.min(frame.length, BODY_OFFSET + 24));
+      return flipBits(random, frame, 1 + random.scaled(6), 0, Math.min(frame.length, BODY_OFFSET + 24));
     case 1:
-      return frame.slice(0, random.below(frame.length + 1));
+      return frame.slice(0, random.scaled(frame.length + 1));
     case 2:
-      return concat(frame, random.bytes(1 + random.below(1600)));
+      return concat(frame, random.bytes(1 + random.scaled(1600)));
     case 3: {
       const out = frame.slice();
       setU32(out, 22, random.chance(0.7) ? random.pick(LEN_EDGES) : random.next());
@@ -777,13 +768,13 @@ function mutateFrame(random: Random, frame: Uint8Array): Uint8Array {
     }
     case 4: {
       const out = frame.slice();
-      setU32(out, 18, random.chance(0.5) ? 0x9000 + random.below(0x200) : random.next());
+      setU32(out, 18, random.chance(0.5) ? 0x9000 + random.scaled(0x200) : random.next());
       return out;
     }
     default: {
       const out = frame.slice();
-      const at = random.below(out.length);
-      out.set(random.bytes(Math.min(out.length - at, 1 + random.below(16))), at);
+      const at = random.scaled(out.length);
+      out.set(random.bytes(Math.min(out.length - at, 1 + random.scaled(16))), at);
       return out;
     }
   }
@@ -849,11 +840,11 @@ describe("fuzz: netboot frames", () => {
     }
     // Random bytes, sometimes with the ethertype, magic and a known type in place so the body checks run.
     for (let i = 0; i < scaled(3000); i++) {
-      const bytes = random.bytes(random.below(1600));
+      const bytes = random.bytes(random.scaled(1600));
       if (bytes.length >= BODY_OFFSET && random.chance(0.7)) {
         bytes.set([0x1d, 0xe0, 0x1d, 0xe1, 0x23, 0x45], 12);
         if (random.chance(0.8)) setU32(bytes, 18, random.pick(TYPE_VALUES));
-        if (random.chance(0.5)) setU32(bytes, 22, random.below(bytes.length - BODY_OFFSET + 2));
+        if (random.chance(0.5)) setU32(bytes, 22, random.scaled(bytes.length - BODY_OFFSET + 2));
       }
       checkFrame(tally, `random case ${i}`, bytes);
     }
@@ -876,8 +867,8 @@ describe("fuzz: netboot frames", () => {
       if (!whole?.ok) continue;
       for (let j = 0; j < scaled(100); j++) {
         const padding = random.chance(0.5)
-          ? new Uint8Array(1 + random.below(64))
-          : random.bytes(1 + random.below(1600));
+          ? new Uint8Array(1 + random.scaled(64))
+          : random.bytes(1 + random.scaled(1600));
         const padded = checkFrame(tally, `base ${i} padded ${j}`, concat(frame, padding));
         if (!padded?.ok || JSON.stringify(padded.frame, bigints) !== JSON.stringify(whole.frame, bigints)) {
           tally.fail(`base ${i} padded ${j}`, "padding changed the decoded frame");
@@ -1001,25 +992,25 @@ describe("fuzz: sled emulator input", () => {
         mac: SLED_MAC,
         checksum,
         send: (frame) => sent.push(frame.slice()),
-        timeoutMs: random.chance(0.3) ? 5_000 + random.below(60_000) : undefined,
+        timeoutMs: random.chance(0.3) ? 5_000 + random.scaled(60_000) : undefined,
         restartOnReset: random.chance(0.5),
       });
       sled.start(now);
       // Most runs accept an OFFER first, so DATA and RESET reach the transfer state.
-      const imageSize = (8 + random.below(64)) * 128 * 1024 + (random.chance(0.2) ? random.below(1024) : 0);
+      const imageSize = (8 + random.scaled(64)) * 128 * 1024 + (random.chance(0.2) ? random.scaled(1024) : 0);
       if (random.chance(0.8)) sled.receive(offerFrame(imageSize, checksum), now);
       for (let i = 0; i < 200; i++) {
         const label = `run ${run} frame ${i}`;
         let frame: Uint8Array;
-        const kind = random.below(4);
+        const kind = random.scaled(4);
         if (kind === 0) {
           // DATA for an offset near the current batch, from the server: some fill slots.
           const offset =
-            BigInt(random.below(Math.ceil(imageSize / 1024) + 256)) * 1024n + (random.chance(0.1) ? 1n : 0n);
+            BigInt(random.scaled(Math.ceil(imageSize / 1024) + 256)) * 1024n + (random.chance(0.1) ? 1n : 0n);
           frame = encodeFrame(SLED_MAC, random.chance(0.8) ? SERVER_MAC : OTHER_MAC, {
             type: "data",
             offset: random.chance(0.1) ? random.pick(OFFSET_EDGES) : offset,
-            bytes: random.bytes(random.chance(0.05) ? 0 : random.pick([1024, 1468, random.below(1469)])),
+            bytes: random.bytes(random.chance(0.05) ? 0 : random.pick([1024, 1468, random.scaled(1469)])),
           });
           if (random.chance(0.3)) frame = mutateFrame(random, frame);
         } else if (kind === 1) {
@@ -1032,7 +1023,7 @@ describe("fuzz: sled emulator input", () => {
         } else if (kind === 2) {
           frame = randomFrame(random);
         } else {
-          frame = random.bytes(random.below(1600));
+          frame = random.bytes(random.scaled(1600));
         }
         const before = sled.report(now);
         const phase = sled.phase;
@@ -1058,7 +1049,7 @@ describe("fuzz: sled emulator input", () => {
           }
           if (counted(after) - counted(before) > 1) tally.fail(label, "one frame counted twice");
         }
-        if (random.chance(0.05)) now += random.below(5_000);
+        if (random.chance(0.05)) now += random.scaled(5_000);
         const ticked = outcome(() => sled.tick(now));
         if (!ticked.ok) tally.fail(label, `tick threw ${ticked.error}`);
       }
@@ -1099,7 +1090,7 @@ describe("fuzz: sled emulator input", () => {
           const at = Number(offset);
           const bytes = at < image.length ? image.subarray(at, at + 1024) : new Uint8Array(0);
           // Noise before each answer: well-formed frames from another MAC, malformed ones from the server.
-          for (let n = random.below(3); n > 0; n--) {
+          for (let n = random.scaled(3); n > 0; n--) {
             const noise = mutateFrame(random, randomFrame(random));
             if (noise.length >= 12)
               noise.set(decodeFrame(noise).ok ? OTHER_MAC : random.pick([SERVER_MAC, OTHER_MAC]), 6);
@@ -1132,8 +1123,8 @@ interface ZstdPayload {
 
 /** A seekable payload the way the format describes it: one frame per block, then the table. */
 function zstdPayload(random: Random): ZstdPayload {
-  const blocks = Array.from({ length: 1 + random.below(6) }, () => imageLike(random, 1 + random.below(6000)));
-  const frames = blocks.map((block) => compressBlock(block, 1 + random.below(3)));
+  const blocks = Array.from({ length: 1 + random.scaled(6) }, () => imageLike(random, 1 + random.scaled(6000)));
+  const frames = blocks.map((block) => compressBlock(block, 1 + random.scaled(3)));
   const entries = blocks.map((block, i) => ({
     compressedSize: frames[i]!.length,
     decompressedSize: block.length,
@@ -1240,7 +1231,7 @@ describe("fuzz: zstd seekable payload", () => {
     for (let i = 0; i < scaled(4000); i++) {
       const base = random.pick(bases);
       const from = random.chance(0.8) ? base.payload.length - base.tableSize : 0;
-      attempt(`flip case ${i}`, flipBits(random, base.payload, 1 + random.below(4), from), base.raw.length);
+      attempt(`flip case ${i}`, flipBits(random, base.payload, 1 + random.scaled(4), from), base.raw.length);
     }
     // Truncation at every length, as the whole payload or as a tail of a longer one.
     const cut = bases[0]!;
@@ -1251,7 +1242,7 @@ describe("fuzz: zstd seekable payload", () => {
     // Extensions, and junk between the frames and the table.
     for (let i = 0; i < scaled(500); i++) {
       const base = random.pick(bases);
-      const junk = random.bytes(1 + random.below(100));
+      const junk = random.bytes(1 + random.scaled(100));
       const framesEnd = base.payload.length - base.tableSize;
       const payload = random.chance(0.5)
         ? concat(base.payload, junk)
@@ -1323,21 +1314,21 @@ describe("fuzz: zstd seekable payload", () => {
     const agreement = new Tally("decompressBlock into a recycled buffer");
     // verifyPayload's zstd threads decompress into recycled buffers, stale bytes and all.
     const out = random.bytes(2 * MIB);
-    const sources = Array.from({ length: 16 }, () => imageLike(random, 1 + random.below(20_000)));
-    const frames = sources.map((raw) => compressBlock(raw, 1 + random.below(3)));
+    const sources = Array.from({ length: 16 }, () => imageLike(random, 1 + random.scaled(20_000)));
+    const frames = sources.map((raw) => compressBlock(raw, 1 + random.scaled(3)));
     const skippable = Uint8Array.of(0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4);
     for (let i = 0; i < scaled(3000); i++) {
-      const which = random.below(sources.length);
+      const which = random.scaled(sources.length);
       const raw = sources[which]!;
       let frame = frames[which]!;
-      const kind = random.below(5);
-      if (kind === 0) frame = flipBits(random, frame, 1 + random.below(4));
-      else if (kind === 1) frame = frame.subarray(0, random.below(frame.length));
-      else if (kind === 2) frame = concat(frame, random.bytes(1 + random.below(64)));
+      const kind = random.scaled(5);
+      if (kind === 0) frame = flipBits(random, frame, 1 + random.scaled(4));
+      else if (kind === 1) frame = frame.subarray(0, random.scaled(frame.length));
+      else if (kind === 2) frame = concat(frame, random.bytes(1 + random.scaled(64)));
       else if (kind === 3) frame = concat(frame, random.chance(0.5) ? skippable : compressBlock(new Uint8Array(0), 1));
       const decompressedSize = random.chance(0.6)
         ? raw.length
-        : random.pick([1, 4095, 4096, raw.length - 1, raw.length + 1, 1 + random.below(MIB)]);
+        : random.pick([1, 4095, 4096, raw.length - 1, raw.length + 1, 1 + random.scaled(MIB)]);
       const block = {
         index: which,
         compressedSize: frame.length,
@@ -1496,12 +1487,12 @@ describe("fuzz: zstd seekable payload", () => {
     const bases = Array.from({ length: 4 }, () => zstdPayload(random));
     for (let i = 0; i < scaled(150); i++) {
       const base = random.pick(bases);
-      const kind = random.below(3);
+      const kind = random.scaled(3);
       const payload =
         kind === 0
-          ? flipBits(random, base.payload, 1 + random.below(3), base.payload.length - base.tableSize)
+          ? flipBits(random, base.payload, 1 + random.scaled(3), base.payload.length - base.tableSize)
           : kind === 1
-            ? base.payload.subarray(0, random.below(base.payload.length))
+            ? base.payload.subarray(0, random.scaled(base.payload.length))
             : base.payload;
       const path = join(dir, `read-seek-table-${i}.img`);
       writeFileSync(path, concat(new Uint8Array(HEADER_SIZE), payload));
@@ -1619,9 +1610,9 @@ const ONE_BYTE_OUTPUT = 4 * 258;
 
 /** A zlib stream of `raw` as node:zlib (zlib itself) writes it, sometimes with sync flushes inside. */
 function zlibStream(random: Random, raw: Uint8Array): Uint8Array {
-  const level = random.below(10);
+  const level = random.scaled(10);
   if (random.chance(0.7) || raw.length < 2) return new Uint8Array(deflateSync(raw, { level }));
-  const split = 1 + random.below(raw.length - 1);
+  const split = 1 + random.scaled(raw.length - 1);
   const first = deflateRawSync(raw.subarray(0, split), { level, finishFlush: zlibConstants.Z_SYNC_FLUSH });
   const second = deflateRawSync(raw.subarray(split), { level });
   const trailer = new Uint8Array(4);
@@ -1718,21 +1709,21 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
     const tally = new Tally("inflateStage vs python3 zlib");
     const cases: InflateCase[] = [];
     for (let i = 0; i < scaled(1000); i++) {
-      const raw = imageLike(random, random.chance(0.1) ? 0 : random.below(random.chance(0.05) ? 100_000 : 8_000));
+      const raw = imageLike(random, random.chance(0.1) ? 0 : random.scaled(random.chance(0.05) ? 100_000 : 8_000));
       let stream = zlibStream(random, raw);
-      const kind = random.below(7);
-      if (kind === 0) stream = flipBits(random, stream, 1 + random.below(3));
-      else if (kind === 1) stream = stream.subarray(0, random.below(stream.length));
+      const kind = random.scaled(7);
+      if (kind === 0) stream = flipBits(random, stream, 1 + random.scaled(3));
+      else if (kind === 1) stream = stream.subarray(0, random.scaled(stream.length));
       else if (kind === 2)
-        stream = concat(stream, random.chance(0.5) ? random.bytes(1 + random.below(64)) : zlibStream(random, raw));
+        stream = concat(stream, random.chance(0.5) ? random.bytes(1 + random.scaled(64)) : zlibStream(random, raw));
       else if (kind === 3) {
         stream = new Uint8Array(stream);
-        const at = random.below(stream.length);
-        stream.set(random.bytes(Math.min(stream.length - at, 1 + random.below(8))), at);
+        const at = random.scaled(stream.length);
+        stream.set(random.bytes(Math.min(stream.length - at, 1 + random.scaled(8))), at);
       }
       const imageSize = random.chance(0.6)
         ? raw.length
-        : random.pick([0, 1, raw.length - 1, raw.length + 1, random.below(raw.length + 1), Number.MAX_SAFE_INTEGER]);
+        : random.pick([0, 1, raw.length - 1, raw.length + 1, random.scaled(raw.length + 1), Number.MAX_SAFE_INTEGER]);
       // Pieces of 1 byte up to 1 MiB, but at most 256 of them per stream.
       const pieceSize = Math.max(random.pick([1, 7, 512, 4096, 65536, 1 << 20]), Math.ceil(stream.length / 256));
       cases.push({ stream, imageSize: Math.max(0, imageSize), pieceSize });
@@ -1755,7 +1746,7 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
         if (((cmf << 8) | flg) % 31 !== 0) continue;
         // With FDICT a 4-byte dictionary id follows, which the inflater must refuse to guess.
         const stream = concat(Uint8Array.of(cmf, flg), flg & 0x20 ? random.bytes(4) : new Uint8Array(0), body);
-        cases.push({ stream, imageSize: raw.length, pieceSize: random.chance(0.1) ? 1 + random.below(3) : 4096 });
+        cases.push({ stream, imageSize: raw.length, pieceSize: random.chance(0.1) ? 1 + random.scaled(3) : 4096 });
       }
     }
     // The stream's end, and trailing bytes, falling exactly on, before and after a piece boundary.
@@ -1804,14 +1795,14 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
     const tally = new Tally("verifyPayload (files)");
     const cases: { stream: Uint8Array; raw: Uint8Array; imageSize: number; sha256: Uint8Array }[] = [];
     for (let i = 0; i < Math.max(10, scaled(10)); i++) {
-      const raw = imageLike(random, 4096 + random.below(300_000));
+      const raw = imageLike(random, 4096 + random.scaled(300_000));
       let stream = zlibStream(random, raw);
-      const kind = random.below(5);
+      const kind = random.scaled(5);
       if (kind === 0) stream = flipBits(random, stream, 1);
-      else if (kind === 1) stream = stream.subarray(0, random.below(stream.length));
-      else if (kind === 2) stream = concat(stream, random.bytes(1 + random.below(16)));
+      else if (kind === 1) stream = stream.subarray(0, random.scaled(stream.length));
+      else if (kind === 2) stream = concat(stream, random.bytes(1 + random.scaled(16)));
       const sha256 = new Uint8Array(new Bun.CryptoHasher("sha256").update(raw).digest());
-      if (kind === 3) sha256[random.below(32)]! ^= 1 << random.below(8);
+      if (kind === 3) sha256[random.scaled(32)]! ^= 1 << random.scaled(8);
       cases.push({
         stream,
         raw,
@@ -1870,14 +1861,14 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
     const files: { path: string; raw: Uint8Array; intact: boolean; accepted: boolean }[] = [];
     for (let i = 0; i < Math.max(8, scaled(8)); i++) {
       const base = zstdPayload(random);
-      const kind = random.below(4);
+      const kind = random.scaled(4);
       const payload =
         kind === 0
-          ? flipBits(random, base.payload, 1 + random.below(3))
+          ? flipBits(random, base.payload, 1 + random.scaled(3))
           : kind === 1
             ? flipBits(random, base.payload, 1, base.payload.length - base.tableSize)
             : kind === 2
-              ? base.payload.subarray(0, random.below(base.payload.length))
+              ? base.payload.subarray(0, random.scaled(base.payload.length))
               : base.payload;
       const header: Header = {
         version: ZSTD_VERSION,
