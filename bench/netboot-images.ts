@@ -42,6 +42,7 @@ import {
 import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
+import { processCpuSeconds, watchLines } from "./server-process.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const { values } = parseArgs({
@@ -69,17 +70,6 @@ interface Run {
   bootCpuSeconds: number;
 }
 
-/** Linux reports process times in clock ticks of 1/100 s (USER_HZ). */
-const TICKS_PER_SECOND = 100;
-
-/** User + system CPU seconds of a running process so far, all threads. */
-async function cpuSecondsOf(pid: number): Promise<number> {
-  const stat = await Bun.file(`/proc/${pid}/stat`).text();
-  // Fields after the command name (which may hold spaces) start after the last ')'.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
-}
-
 /** The first frame of `type` addressed to the scripted sled, waiting at most `ms`. */
 async function frameFor(link: PcapLink, type: string, ms: number) {
   const deadline = performance.now() + ms;
@@ -93,25 +83,6 @@ async function frameFor(link: PcapLink, type: string, ms: number) {
   return null;
 }
 
-/**
- * Resolves at the first line of the server's output that matches `wanted`
- * (rejects if its output ends first), and reads the output to its end
- * either way, so the server never blocks on a full pipe.
- */
-function lineOf(stream: ReadableStream<Uint8Array>, wanted: RegExp): Promise<void> {
-  return new Promise((resolve, reject) => {
-    void (async () => {
-      const decoder = new TextDecoder();
-      let text = "";
-      for await (const chunk of stream) {
-        text += decoder.decode(chunk, { stream: true });
-        if (text.split("\n").some((line) => wanted.test(line))) resolve();
-      }
-      reject(new Error(`bootserver ended before printing ${wanted}: ${text}`));
-    })();
-  });
-}
-
 async function serveOnce(serverLink: string, sledLink: string, image: string, checksumFile: string): Promise<Run> {
   const link = PcapLink.open(sledLink, { timeoutMs: 1 });
   const server = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), serverLink, image, "any"], {
@@ -119,7 +90,7 @@ async function serveOnce(serverLink: string, sledLink: string, image: string, ch
     stderr: "inherit",
   });
   try {
-    await lineOf(server.stdout, /^serving on /);
+    await watchLines(server.stdout, /^serving on /).ready;
     const ready = performance.now();
     const hello = encodeFrame(BROADCAST_MAC, SCRIPTED_SLED, { type: "hello", text: new TextEncoder().encode("bench") });
     let offer = null;
@@ -133,7 +104,7 @@ async function serveOnce(serverLink: string, sledLink: string, image: string, ch
     if (!(await frameFor(link, "data", 30_000))) throw new Error("no DATA within 30 s");
     const firstDataMs = performance.now() - ready;
     link.inject(encodeFrame(offer.source, SCRIPTED_SLED, { type: "finished" }));
-    const cpuBefore = await cpuSecondsOf(server.pid);
+    const cpuBefore = await processCpuSeconds(server.pid);
     const sled = Bun.spawn(
       ["bun", join(ROOT, "apps/sled.ts"), sledLink, "--checksum-file", checksumFile, "--json", "--timeout", "600"],
       { stdout: "pipe", stderr: "inherit" },
@@ -143,7 +114,7 @@ async function serveOnce(serverLink: string, sledLink: string, image: string, ch
       .filter((line) => line.startsWith("{"))
       .map((line) => JSON.parse(line) as EmulatedSledReport);
     await sled.exited;
-    const bootCpuSeconds = (await cpuSecondsOf(server.pid)) - cpuBefore;
+    const bootCpuSeconds = (await processCpuSeconds(server.pid)) - cpuBefore;
     const booted = reports.length === 1 && reports[0]!.outcome === "booted";
     return { firstDataMs, megabytesPerSecond: booted ? reports[0]!.megabytesPerSecond : NaN, bootCpuSeconds };
   } finally {

@@ -57,6 +57,7 @@ import {
 import { consecutiveMacs, type EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
 import { goal } from "./measure.ts";
+import { processCpuSeconds, watchLines } from "./server-process.ts";
 
 /** The server as it ships: its defaults are fast re-send, pacing at 1g per sled and admission. */
 const OURS_FLAGS: readonly string[] = [];
@@ -66,8 +67,6 @@ const PEER_FLAGS: readonly string[] = ["--no-resend", "--rate", "off", "--no-adm
 const ROOT = join(import.meta.dir, "..");
 const GIB = 1024 * MIB;
 const MB = 1_000_000;
-/** Linux reports process times in clock ticks of 1/100 s (USER_HZ). */
-const TICKS_PER_SECOND = 100;
 /** Gigabit line rate in image bytes with 1024-byte chunks (1082 bytes of link time each: lib/wire/rate.ts). */
 const LINE_RATE_MB_PER_S = ((1e9 / 8 / 1082) * CHUNK_SIZE) / MB;
 /** An emulator busy this share of the wall time may be what limits a row. */
@@ -134,46 +133,6 @@ async function writeImage(path: string, size: number): Promise<Uint8Array> {
   }
   await writer.end();
   return sha256;
-}
-
-/** User + system CPU seconds of a running process so far, all threads. */
-async function cpuSecondsOf(pid: number): Promise<number> {
-  const stat = await Bun.file(`/proc/${pid}/stat`).text();
-  // Fields after the command name (which may hold spaces) start after the last ')'.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
-}
-
-/**
- * Read a child's output to its end, line by line; `ready` resolves at the
- * first line matching `wanted` (and rejects if the output ends before one).
- */
-function watchLines(
-  stream: ReadableStream<Uint8Array>,
-  wanted: RegExp,
-): { ready: Promise<void>; lines: Promise<string[]> } {
-  let seen!: () => void;
-  const ready = new Promise<void>((resolve) => (seen = resolve));
-  const lines = (async () => {
-    const all: string[] = [];
-    const decoder = new TextDecoder();
-    let pending = "";
-    for await (const chunk of stream) {
-      pending += decoder.decode(chunk, { stream: true });
-      const complete = pending.split("\n");
-      pending = complete.pop()!;
-      all.push(...complete);
-      if (complete.some((line) => wanted.test(line))) seen();
-    }
-    return all;
-  })();
-  return {
-    ready: Promise.race([
-      ready,
-      lines.then((all) => Promise.reject(new Error(`bootserver ended before printing ${wanted}: ${all.join(" | ")}`))),
-    ]),
-    lines,
-  };
 }
 
 /** CPU seconds the sled program spends starting and exiting, taken off its CPU per frame. */
@@ -283,7 +242,7 @@ async function run(
   const stderr = new Response(server.stderr).text();
   const output = watchLines(server.stdout, /^serving on /);
   await output.ready;
-  const cpuBefore = await cpuSecondsOf(server.pid);
+  const cpuBefore = await processCpuSeconds(server.pid);
   const sampler = sampleProcess(server.pid);
   const sled = Bun.spawn(
     [
