@@ -78,6 +78,16 @@ export interface FaultCounters {
   delayed: number;
 }
 
+/** Counters of a sled with no network model, and where every DataFaults starts. */
+export const NO_FAULTS: Readonly<FaultCounters> = Object.freeze({
+  dropped: 0,
+  burstDropped: 0,
+  portDropped: 0,
+  duplicated: 0,
+  reordered: 0,
+  delayed: 0,
+});
+
 /**
  * A switch egress port: a FIFO of `bufferBytes` drained at `rate` bits per
  * second (see the module comment). Pure: it only sees frame lengths and
@@ -136,14 +146,7 @@ interface InFlight {
  * for (let out = faults.take(now); out; out = faults.take(now)) sled.receive(out, now);
  */
 export class DataFaults {
-  readonly counters: FaultCounters = {
-    dropped: 0,
-    burstDropped: 0,
-    portDropped: 0,
-    duplicated: 0,
-    reordered: 0,
-    delayed: 0,
-  };
+  readonly counters: FaultCounters = { ...NO_FAULTS };
   readonly #options: Required<Omit<FaultOptions, "portRate">>;
   readonly #random: Xorshift32;
   readonly #port: SwitchPort | null;

@@ -15,7 +15,7 @@
 
 import { FrameType, formatMac, MAC_SIZE, type Mac, peekFrameType } from "@ramdisk-tools/protocol/frames.ts";
 import { SledClient, type SledReport } from "./client.ts";
-import { DataFaults, type FaultCounters, type FaultOptions } from "./faults.ts";
+import { DataFaults, type FaultCounters, type FaultOptions, NO_FAULTS } from "./faults.ts";
 
 /** What emulateSleds needs of a link; a PcapLink fits. */
 export interface SledLink {
@@ -64,15 +64,6 @@ const RECEIVE_BUFFER_BYTES = 2048;
 
 /** How often sessions are ticked while frames keep coming (re-asks and HELLOs need no finer grain). */
 const TICK_MS = 5;
-
-const NO_FAULTS: FaultCounters = Object.freeze({
-  dropped: 0,
-  burstDropped: 0,
-  portDropped: 0,
-  duplicated: 0,
-  reordered: 0,
-  delayed: 0,
-});
 
 interface EmulatedSled {
   client: SledClient;
