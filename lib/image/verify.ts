@@ -13,22 +13,23 @@
  * reader straight to the SHA-256 stage.
  *
  * A zlib stream is one long chain of back-references, so it is inflated on
- * one thread. A zstd payload is a row of independent frames, one per block
- * (docs/format.md), so several decompressing threads share them: thread k of
- * N reads frames k, k + N, ... from the file itself, decompresses them in
- * order, and the SHA-256 stage takes the raw blocks from the threads in the
- * same turn, which puts them back in image order without any sorting. The
- * seek table is read and checked against the header before any of that
- * (lib/image/zstd-image.ts), and each thread checks its blocks' sizes and
- * checksums against it (lib/image/verify-zstd.ts). The main thread only waits.
+ * one thread. Those stages are linked by bounded queues whose buffers travel
+ * back to be filled again (lib/threads/link.ts), so memory in use is a few
+ * pieces per link whatever the image size, and nothing is copied between
+ * threads.
  *
- * Stages are linked by bounded queues whose buffers travel back to be filled
- * again (lib/threads/link.ts), so memory in use is a few pieces per link
- * whatever the image size, and nothing is copied between threads.
+ * A zstd payload is a row of independent frames, one per block
+ * (docs/format.md), so a few threads share them through a ring of slots in
+ * shared memory, each reading the frames it takes from the file itself, and
+ * one of them hashes the blocks in order, decompressing frames too whenever
+ * the next block is not ready (lib/image/verify-zstd.ts). The seek table is
+ * read and checked against the header before any of that
+ * (lib/image/zstd-image.ts), and every block is checked against its entry.
+ * The main thread only waits.
  *
- * The raw image, when asked for, is written by the SHA-256 stage: it sees
- * every raw byte once, in order, and writes each piece to the output's
- * temporary file before acknowledging it. The file is renamed over the
+ * The raw image, when asked for, is written by the thread that hashes: it
+ * sees every raw byte once, in order, and writes each piece to the output's
+ * temporary file before going on. The file is renamed over the
  * output only when the verdict is that the payload matches its header, so
  * a raw file exists only for an image that verified.
  *
@@ -56,32 +57,27 @@ import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { HEADER_SIZE, type Header, ImageFormatError, payloadSizeRefusal, toHex } from "./format.ts";
 import type { HashOrder, HashReport, RawSink } from "./hash-stage.ts";
 import type { InflateOrder, InflateReport } from "./inflate-stage.ts";
-import type { ZstdDecodeOrder, ZstdDecodeReport } from "./verify-zstd.ts";
+import { type ZstdVerifyOrder, type ZstdVerifyReport, zstdRing } from "./verify-zstd.ts";
 import { payloadCodec, readSeekTable } from "./zstd-image.ts";
 import type { SeekTable } from "./zstd-seekable.ts";
 
 /** Payload bytes read from the file per piece, for a stored or zlib payload (a zstd thread reads whole frames). */
 export const PAYLOAD_PIECE = 1024 * 1024;
 /**
- * Threads decompressing zstd frames. Decompressing into recycled buffers
- * runs at 1.7-1.9 GB/s per thread, about as fast as SHA-256 (1.7 GB/s with
- * the SHA extensions), which cannot be split over threads: two decompressing
- * threads keep the hash stage busy, more only take cores from it.
+ * Threads verifying a zstd payload, the one that hashes included: one per
+ * CPU, at most three. SHA-256 (about 1.6 GB/s here) cannot be split, and a
+ * thread decompresses at 1.3-1.9 GB/s, so with two others decompressing the
+ * hasher only hashes; with two threads on two cores (measured on a 256 MiB
+ * image) the hasher decompresses the share the other leaves it, and a third
+ * thread would only take turns with them.
  */
-export const ZSTD_DECODE_JOBS = 2;
-/**
- * Bytes one zstd link may hold in flight. With the usual 1 MiB blocks it
- * allows QUEUE_DEPTH pieces; with large blocks, fewer (but always 2, so a
- * thread can decompress its next block while one is being hashed), which bounds memory whatever block
- * size an image chose.
- */
-const ZSTD_LINK_BYTES = 4 * 1024 * 1024;
+export const ZSTD_VERIFY_THREADS = Math.max(1, Math.min(navigator.hardwareConcurrency, 3));
 /** How often the payload bytes the zstd threads have read are passed to onProgress. */
 const PROGRESS_INTERVAL_MS = 100;
 
 const SHA256_WORKER = workerUrl("sha256");
 const INFLATE_WORKER = workerUrl("inflate");
-const ZSTD_DECODE_WORKER = workerUrl("zstd-decode");
+const ZSTD_VERIFY_WORKER = workerUrl("zstd-verify");
 
 /** The outcome of verifying one payload. */
 export interface PayloadVerdict {
@@ -102,8 +98,8 @@ export interface PayloadVerdict {
 export interface VerifyOptions {
   /** Called as payload bytes are read, with the total read so far. */
   onProgress?: (payloadBytesRead: number) => void;
-  /** Threads decompressing a zstd payload; ZSTD_DECODE_JOBS by default. */
-  zstdJobs?: number;
+  /** Threads verifying a zstd payload, the one that hashes included; ZSTD_VERIFY_THREADS by default. */
+  zstdThreads?: number;
 }
 
 /**
@@ -203,16 +199,15 @@ async function runPipeline(
   const stages = new StageThreads();
   let stopProgress = () => {};
   try {
-    let hashInputs: MessagePort[];
+    let hashed: Promise<HashReport>;
     let plan: PlannedReads | null = null;
     let inflated: Promise<InflateReport> | null = null;
     if (codec === "zstd" && seekTable) {
       const progress = new SharedArrayBuffer(BigInt64Array.BYTES_PER_ELEMENT);
-      hashInputs = startZstdStages(stages, path, seekTable, options.zstdJobs ?? ZSTD_DECODE_JOBS, progress);
+      hashed = startZstdThreads(stages, path, seekTable, options.zstdThreads ?? ZSTD_VERIFY_THREADS, progress, sink);
       if (options.onProgress) stopProgress = pollProgress(progress, options.onProgress);
     } else {
       const toHash = new MessageChannel();
-      hashInputs = [toHash.port2];
       if (codec === "zlib") {
         const toInflate = new MessageChannel();
         const order: InflateOrder = { input: toInflate.port2, output: toHash.port1, imageSize: header.imageSize };
@@ -221,9 +216,9 @@ async function runPipeline(
       } else {
         plan = chunked(header.dataSize, stages.sender(toHash.port1));
       }
+      const hashOrder: HashOrder = { input: toHash.port2, ...(sink ? { sink } : {}) };
+      hashed = stages.start<HashReport>(SHA256_WORKER, "SHA-256", hashOrder, [toHash.port2]);
     }
-    const hashOrder: HashOrder = { input: hashInputs, ...(sink ? { sink } : {}) };
-    const hashed = stages.start<HashReport>(SHA256_WORKER, "SHA-256", hashOrder, hashInputs);
 
     const reading = plan
       ? readPayload(path, header.dataSize, plan, options).catch((error: unknown) => {
@@ -252,38 +247,39 @@ async function runPipeline(
 }
 
 /**
- * Start N zstd decompressing threads (N at most the number of frames), each
- * reading its own share of the frames from the image at `path`: frame n goes
- * to thread n mod N. Returns the links their blocks arrive on, in that turn.
+ * Start N threads verifying a zstd payload (N at most the number of frames)
+ * over one ring in shared memory; the first hashes, and writes the raw image
+ * to `sink` when there is one. Resolves with the hasher's report.
  */
-function startZstdStages(
+function startZstdThreads(
   stages: StageThreads,
   path: string,
   table: SeekTable,
-  jobs: number,
+  threads: number,
   progress: SharedArrayBuffer,
-): MessagePort[] {
-  const threads = Math.max(1, Math.min(jobs, table.blocks.length));
-  const largestBlock = table.blocks.reduce((largest, block) => Math.max(largest, block.decompressedSize), 0);
-  const depth = Math.max(2, Math.min(QUEUE_DEPTH, Math.floor(ZSTD_LINK_BYTES / Math.max(largestBlock, 1))));
-  const hashInputs: MessagePort[] = [];
-  for (let thread = 0; thread < threads; thread++) {
-    const toHash = new MessageChannel();
-    const order: ZstdDecodeOrder = {
+  sink: RawSink | null,
+): Promise<HashReport> {
+  const ring = zstdRing(table.blocks);
+  const blocks = [...table.blocks];
+  let hashed: Promise<ZstdVerifyReport> | undefined;
+  for (let thread = 0; thread < Math.max(1, Math.min(threads, blocks.length)); thread++) {
+    const hasher = thread === 0;
+    const order: ZstdVerifyOrder = {
       path,
       payloadStart: HEADER_SIZE,
-      output: toHash.port1,
-      blocks: table.blocks.filter((block) => block.index % threads === thread),
-      capacity: largestBlock,
-      depth,
+      blocks,
+      ring,
+      hasher,
+      ...(hasher && sink ? { sink } : {}),
       progress,
     };
-    // A block that fails is reported down the thread's link, where the SHA-256 stage meets it in image
-    // order: the verdict names the first bad block whichever thread finds its own first.
-    stages.start<ZstdDecodeReport>(ZSTD_DECODE_WORKER, "zstd", order, [toHash.port1]);
-    hashInputs.push(toHash.port2);
+    const report = stages.start<ZstdVerifyReport>(ZSTD_VERIFY_WORKER, "zstd", order, []);
+    if (hasher) hashed = report;
   }
-  return hashInputs;
+  return hashed!.then((report) => {
+    if (report.kind !== "hashed") throw new Error("the zstd hasher thread reported no hash");
+    return report.report;
+  });
 }
 
 /** Pass the count in `progress` (BigInt64Array element 0) to `onProgress` every so often; returns the stop. */

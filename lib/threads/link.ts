@@ -12,8 +12,8 @@
  * megabyte, and several times as much as decompressing it with zstd.
  *
  * A stage that fails says so in its link, in the place of the piece it could
- * not make (PieceSender.fail), so the receiver meets failures of parallel
- * stages in stream order (receiveInTurn). lookimage's verify pipeline
+ * not make (PieceSender.fail), so the receiver meets the failure where the
+ * piece would have been. lookimage's verify pipeline
  * (lib/image/verify.ts) and the bootserver's fill of shared memory
  * (lib/netboot/served-image.ts) both run on these links.
  */
@@ -89,8 +89,8 @@ export class PieceSender {
 
   /**
    * Tell the receiver no more pieces follow because this stage failed, and
-   * why: the receiver meets the reason in its place among the pieces, so
-   * parallel stages' failures reach it in image order (receivePieces).
+   * why: the receiver meets the reason in its place among the pieces
+   * (receivePieces).
    */
   fail(reason: string): void {
     this.port.postMessage({ kind: "failed", reason } satisfies LinkMessage);
@@ -137,26 +137,4 @@ export async function* receivePieces(port: MessagePort): AsyncGenerator<Uint8Arr
 /** The stage before this one failed, for this reason; thrown by receivePieces where its next piece would be. */
 export class UpstreamFailure extends Error {
   override name = "UpstreamFailure";
-}
-
-/**
- * Pieces from several links taken in turn, piece n from `ports[n % length]`,
- * until the link whose turn it is ends. Parallel stages that were dealt
- * their work in the same turn give it back in order this way. Acknowledging
- * works as in receivePieces: a piece is done with when its link's next one
- * is asked for.
- *
- * @example for await (const piece of receiveInTurn([fromThread0, fromThread1])) hasher.update(piece);
- */
-export async function* receiveInTurn(ports: readonly MessagePort[]): AsyncGenerator<Uint8Array> {
-  const links = ports.map((port) => receivePieces(port));
-  try {
-    for (let turn = 0; ; turn = (turn + 1) % links.length) {
-      const next = await links[turn]!.next();
-      if (next.done) return;
-      yield next.value;
-    }
-  } finally {
-    for (const link of links) await link.return(undefined);
-  }
 }
