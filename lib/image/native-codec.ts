@@ -24,12 +24,28 @@
  * tests/image/zstd-seekable.test.ts go through every path (whole, corrupt, cut
  * short, trailing bytes, bomb).
  *
+ * A zstd compressor is started over for each frame with `restartZstd`: the
+ * handle's reset (ZSTD_CCtx_reset) keeps the context and its tables, which
+ * spares allocating and clearing them for every block, but in Bun 1.4.5 it
+ * also drops the parameters (every frame after the first came out at zstd's
+ * default level 3, whatever was asked), so they are set again with the
+ * handle's `init`, the call node:zlib's constructor makes. Measured in
+ * bench/zstd-engines.ts ("node:zlib handle, restarted").
+ *
  * Users: lib/image/verify.ts inflates zlib payloads with it, lib/image/zstd-seekable.ts
  * compresses blocks and decompresses frames with it (compressBlock,
  * decompressBlock).
  */
 
 import { type Inflate, type ZstdCompress, type ZstdDecompress, constants as zlibConstants } from "node:zlib";
+
+/** One more than the highest ZSTD_c_ parameter number: the length of the array a zstd handle's init takes. */
+const ZSTD_C_PARAMETERS =
+  Math.max(
+    ...Object.entries(zlibConstants)
+      .filter(([name]) => name.startsWith("ZSTD_c_"))
+      .map(([, value]) => value),
+  ) + 1;
 
 /** The library refused its input; the message is its own, with its code: "invalid distance too far back (Z_DATA_ERROR)". */
 export class CodecError extends Error {
@@ -48,6 +64,12 @@ interface NativeZlibHandle {
     outputLength: number,
   ): void;
   reset(): void;
+  init(
+    params: Uint32Array,
+    pledgedSrcSize: number | undefined,
+    writeState: Uint32Array,
+    onAsyncWrite: () => void,
+  ): boolean;
   onerror: (message: string, errno: number, code: string) => void;
 }
 
@@ -132,6 +154,23 @@ export class NativeCodec {
     this.#handle.reset();
     this.#error = null;
     this.#consumed = 0;
+  }
+
+  /**
+   * Start a zstd compressor over for the next frame, at `level`, keeping its
+   * context (see the top of this module). `pledgedSrcSize` goes into the
+   * frame header as its content size.
+   *
+   * @example encoder.restartZstd(3, block.length); encoder.step(block, out, true);
+   */
+  restartZstd(level: number, pledgedSrcSize: number): void {
+    this.reset();
+    // Unset parameters are -1 (all ones), as node:zlib's constructor fills them.
+    const params = new Uint32Array(ZSTD_C_PARAMETERS).fill(0xffff_ffff);
+    params[zlibConstants.ZSTD_c_compressionLevel] = level;
+    if (!this.#handle.init(params, pledgedSrcSize, this.#state, () => {})) {
+      throw new CodecError("zstd refused its parameters on restart");
+    }
   }
 
   /**

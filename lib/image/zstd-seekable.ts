@@ -30,7 +30,7 @@
  * from an image file is lib/image/zstd-image.ts's.
  */
 
-import { createZstdCompress, createZstdDecompress, constants as zlibConstants } from "node:zlib";
+import { createZstdCompress, createZstdDecompress } from "node:zlib";
 import { ImageFormatError, MIB } from "./format.ts";
 import { CodecError, NativeCodec } from "./native-codec.ts";
 
@@ -315,10 +315,8 @@ export function frameCapacity(rawSize: number): number {
  * which spares a fresh buffer per block (lib/image/native-codec.ts says why); else
  * into a buffer of its own.
  *
- * Each frame gets an encoder of its own. One encoder reset for every frame
- * would spare re-making its tables (about 6% of the CPU at level 3), but
- * Bun 1.4.5's reset of a zstd handle also drops its parameters: every frame
- * after the first came out at zstd's default level 3, whatever was asked.
+ * The encoder is made once per thread and started over for each frame
+ * (NativeCodec.restartZstd), which keeps its tables.
  *
  * @example const frame = compressBlock(raw, 3);
  */
@@ -330,21 +328,19 @@ export function compressBlock(raw: Uint8Array, level: number, out?: Uint8Array):
   if (out && out.length < capacity)
     throw new RangeError(`a frame of ${raw.length} bytes needs ${capacity} bytes of room, got ${out.length}`);
   const room = out ?? new Uint8Array(capacity);
+  frameEncoder ??= new NativeCodec(createZstdCompress());
   // The size pledged up front goes into the frame header, and lets zstd size its tables to the block.
-  const encoder = new NativeCodec(
-    createZstdCompress({ pledgedSrcSize: raw.length, params: { [zlibConstants.ZSTD_c_compressionLevel]: level } }),
-  );
-  try {
-    // One call: a second one with the finishing flag would begin another, empty frame.
-    const { consumed, produced } = encoder.step(raw, room, true);
-    if (consumed !== raw.length || produced === room.length) {
-      throw new Error(`zstd left a block of ${raw.length} bytes unfinished (${consumed} taken, ${produced} written)`);
-    }
-    return room.subarray(0, produced);
-  } finally {
-    encoder.close();
+  frameEncoder.restartZstd(level, raw.length);
+  // One call: a second one with the finishing flag would begin another, empty frame.
+  const { consumed, produced } = frameEncoder.step(raw, room, true);
+  if (consumed !== raw.length || produced === room.length) {
+    throw new Error(`zstd left a block of ${raw.length} bytes unfinished (${consumed} taken, ${produced} written)`);
   }
+  return room.subarray(0, produced);
 }
+
+/** The zstd encoder compressBlock restarts for every frame on this thread, made on first use. */
+let frameEncoder: NativeCodec | undefined;
 
 /** The zstd decoder decompressBlock reuses on this thread, made on first use. */
 let frameDecoder: NativeCodec | undefined;
