@@ -8,12 +8,22 @@
  *
  * mkimage writes images and checksum files this way, lookimage --extract the
  * raw pool.
+ *
+ * Written bytes are flushed to disk behind the writer: every WRITE_BEHIND
+ * bytes, unless a flush is still under way, one `fdatasync` starts on Bun's
+ * file thread pool while the writing goes on, so the sync before the
+ * rename only waits for the last few megabytes. Without it, mkimage --zstd
+ * of a 256 MiB pool spent its last 0.11-0.14 s (a tenth of its time) in that
+ * sync, writing out the whole 75 MiB image at once; with it, about 5 ms.
  */
 
 import { unlinkSync } from "node:fs";
 import { type FileHandle, lstat, open, readlink, realpath, rename, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { systemReason, UserError } from "./errors.ts";
+
+/** Bytes written between two flushes behind the writer. */
+const WRITE_BEHIND = 8 * 1024 * 1024;
 
 /** Longest file name (one path component) Linux file systems take, in bytes. */
 const NAME_MAX = 255;
@@ -95,6 +105,12 @@ function tempName(name: string): string {
  */
 export class PendingFile {
   #handle: FileHandle | null = null;
+  /** Bytes written since the last flush behind the writer started. */
+  #unflushed = 0;
+  /** The flush behind the writer under way, if any. */
+  #flushing: Promise<void> | null = null;
+  /** Why a flush behind the writer failed, if one did. */
+  #flushFailure: unknown;
 
   private constructor(
     readonly target: Target,
@@ -137,11 +153,27 @@ export class PendingFile {
         done += bytesWritten;
       }
     });
+    this.#unflushed += bytes.length;
+    if (this.#unflushed >= WRITE_BEHIND && this.#flushing === null) {
+      this.#unflushed = 0;
+      // A failure is kept for finish() to report, as its own sync would.
+      this.#flushing = this.handle.datasync().then(
+        () => {
+          this.#flushing = null;
+        },
+        (error: unknown) => {
+          this.#flushFailure ??= error;
+          this.#flushing = null;
+        },
+      );
+    }
   }
 
   /** Make the contents durable and close; the file keeps its temporary name. */
   async finish(): Promise<void> {
     await this.failingAsUser(async () => {
+      await this.#flushing;
+      if (this.#flushFailure !== undefined) throw this.#flushFailure;
       await this.handle.sync();
       await this.handle.close();
     });
