@@ -9,6 +9,8 @@
 
 import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
 import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { MIB } from "@ramdisk-tools/image/format.ts";
+import { DEFAULT_CACHE_BYTES, MAX_CACHE_BYTES } from "@ramdisk-tools/netboot/block-cache.ts";
 import { BootProgressDisplay, JsonLogDisplay } from "@ramdisk-tools/netboot/boot-progress.ts";
 import type { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
 import { MetricsCollector } from "@ramdisk-tools/netboot/metrics.ts";
@@ -104,6 +106,12 @@ function parseArguments(argv: string[]) {
       describe: "serve at most N sleds at once; more wait (with admission)",
       requiresArg: true,
     })
+    .option("zstd-cache", {
+      type: "number",
+      default: DEFAULT_CACHE_BYTES / MIB,
+      describe: "MiB of decompressed blocks kept for each zstd image, shared by its sleds",
+      requiresArg: true,
+    })
     .option("json-log", {
       type: "boolean",
       default: false,
@@ -157,6 +165,13 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
   if (!(Number.isInteger(args["max-sleds"]) && args["max-sleds"] >= 1)) {
     throw new UserError(`--max-sleds must be a whole number of at least 1, not ${args["max-sleds"]}`, EXIT_USAGE);
   }
+  const cacheMib = args["zstd-cache"];
+  if (!(Number.isInteger(cacheMib) && cacheMib >= 1 && cacheMib <= MAX_CACHE_BYTES / MIB)) {
+    throw new UserError(
+      `--zstd-cache must be a whole number of MiB from 1 to ${MAX_CACHE_BYTES / MIB}, not ${cacheMib}`,
+      EXIT_USAGE,
+    );
+  }
   return {
     link,
     images,
@@ -171,6 +186,7 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
     resend: args.resend,
     admission: args.admission,
     maxSleds: args["max-sleds"],
+    zstdCacheBytes: cacheMib * MIB,
   };
 }
 

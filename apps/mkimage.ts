@@ -14,8 +14,12 @@ import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "@ramdisk-tools/image/
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { type Compression, DEFAULT_JOBS, MAX_JOBS } from "@ramdisk-tools/image/payload-encoders.ts";
 import type { ZlibLevel } from "@ramdisk-tools/image/zlib-stream.ts";
-import { ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-image.ts";
-import { MAX_LEVEL as ZSTD_MAX_LEVEL, MIN_LEVEL as ZSTD_MIN_LEVEL } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-image.ts";
+import {
+  MAX_BLOCK_SIZE as ZSTD_MAX_BLOCK_SIZE,
+  MAX_LEVEL as ZSTD_MAX_LEVEL,
+  MIN_LEVEL as ZSTD_MIN_LEVEL,
+} from "@ramdisk-tools/image/zstd-seekable.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 
@@ -88,6 +92,14 @@ async function main(): Promise<void> {
       describe: `compression level: with -z ${ZLIB_LEVELS.min} (fastest) to ${ZLIB_LEVELS.max} (smallest), default ${ZLIB_LEVELS.default}; with --zstd ${ZSTD_LEVELS.min} to ${ZSTD_LEVELS.max}, default ${ZSTD_LEVELS.default}`,
       requiresArg: true,
     })
+    .option("block-size", {
+      type: "string",
+      describe:
+        `with --zstd: MiB of the raw pool in each frame, 1 to ${ZSTD_MAX_BLOCK_SIZE / MIB} ` +
+        `(default ${ZSTD_BLOCK_SIZE / MIB}); larger frames compress a little better, ` +
+        "smaller ones let the bootserver cache blocks at a finer grain",
+      requiresArg: true,
+    })
     .option("jobs", {
       type: "string",
       default: String(DEFAULT_JOBS),
@@ -111,8 +123,14 @@ async function main(): Promise<void> {
       ? levels.default
       : wholeNumber(args.zstd ? "--level with --zstd" : "--level", args.level, levels.min, levels.max);
   const jobs = wholeNumber("--jobs", args.jobs, 1, MAX_JOBS);
+  if (args.blockSize !== undefined && !args.zstd)
+    throw new UserError(`--block-size is for --zstd images only; see ${PROGRAM} --help`, EXIT_USAGE);
+  const blockSize =
+    args.blockSize === undefined
+      ? ZSTD_BLOCK_SIZE
+      : wholeNumber("--block-size", args.blockSize, 1, ZSTD_MAX_BLOCK_SIZE / MIB) * MIB;
   const compression: Compression = args.zstd
-    ? { codec: "zstd", level, jobs }
+    ? { codec: "zstd", level, jobs, blockSize }
     : args.compress
       ? { codec: "zlib", level: level as ZlibLevel, jobs }
       : { codec: "stored" };

@@ -53,7 +53,22 @@ beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "bootserver-zstd-test-"));
   poolSha256 = writePool(join(dir, "pool.raw"), POOL_SIZE, 7);
   pool = new Uint8Array(readFileSync(join(dir, "pool.raw")));
-  mkimage(dir, ["-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "zstd-test", "-s", "8", "--zstd"]);
+  // 1 MiB frames (not the default 4 MiB), so this small pool makes six blocks for the cache to juggle.
+  mkimage(dir, [
+    "-i",
+    "pool.raw",
+    "-o",
+    "pool.img",
+    "-O",
+    "pool.csum",
+    "-N",
+    "zstd-test",
+    "-s",
+    "8",
+    "--zstd",
+    "--block-size",
+    "1",
+  ]);
   python(DAMAGE_FRAME, join(dir, "pool.img"), join(dir, "bad.img"), String(BAD_BLOCK));
 });
 
@@ -242,12 +257,12 @@ network("bootserver serving a zstd image on a veth pair", () => {
   }
 
   test("boots 2 sleds from an image larger than the block cache, reading ahead through evicted slots", async () => {
-    // 96 one-MiB blocks through the server's 64 MiB cache: blocks are read ahead, evicted and decompressed again.
+    // 96 one-MiB blocks through a 64 MiB cache (--zstd-cache): blocks are read ahead, evicted and decompressed again.
     const bigSha256 = writePool(join(dir, "big.raw"), 96 * MIB, 8);
-    mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-N", "zstd-big", "-s", "128", "--zstd"]);
+    mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-N", "zstd-big", "-s", "128", "--zstd", "--block-size", "1"]);
     rmSync(join(dir, "big.raw"));
     await withVethPair(async ({ a, b }) => {
-      const server = new ServerProcess(["--boots", "2", a, "big.img", "any"], dir);
+      const server = new ServerProcess(["--boots", "2", "--zstd-cache", "64", a, "big.img", "any"], dir);
       try {
         await server.waitFor(/^serving on /);
         const sled = await runSleds(dir, b, ["--checksum", bigSha256, "--json", "--sleds", "2"]);

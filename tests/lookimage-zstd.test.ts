@@ -103,7 +103,7 @@ async function writeDamaged(name: string, change: (copy: ZstdImage) => Uint8Arra
 
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "lookimage-zstd-test-"));
-  // 6 whole blocks and a short one, several frames for each decompressing thread; a whole number
+  // 6 whole blocks and a short one, several frames for each verifying thread; a whole number
   // of 128 KiB netboot batches, so the only warning is that it boots only through our bootserver.
   raw = new Uint8Array(Buffer.concat([...samplePoolChunks(6 * ZSTD_BLOCK_SIZE + 256 * 1024, 5)]));
   rawPath = path("pool.raw");
@@ -202,7 +202,7 @@ describe("a zstd image", () => {
       ratio: raw.length / payloadSize,
       compressed: false,
       codec: "zstd",
-      zstd: { frames: 7, blockSize: 1024 * 1024 },
+      zstd: { frames: 7, blockSize: ZSTD_BLOCK_SIZE },
       warnings: [expect.stringMatching(/^a zstd image boots only through this project's bootserver/)],
       verification: { checked: true, ok: true, bytes: raw.length, sha256: sum, error: null },
     });

@@ -110,15 +110,19 @@ function zstdCounts(payload: Uint8Array, dir: string): [number, number, number] 
 }
 
 describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
-  // A whole number of netboot batches, a size that is not, one block exactly, the least the kernel takes.
-  const cases: [size: number, jobs: number][] = [
-    [3 * MIB + 256 * 1024, 2],
-    [5 * MIB + 12345, 3],
-    [MIB, 1],
-    [4096, 2],
+  // A whole number of netboot batches, a size that is not, one block exactly, the least the kernel takes;
+  // blocks of the default size (ZSTD_BLOCK_SIZE) and of the sizes --block-size asks for.
+  const cases: [size: number, jobs: number, blockMib: number | null][] = [
+    [9 * MIB + 256 * 1024, 2, null],
+    [3 * MIB + 256 * 1024, 2, 1],
+    [5 * MIB + 12345, 3, 2],
+    [MIB, 1, null],
+    [4096, 2, 1],
   ];
-  for (const [size, jobs] of cases) {
-    test(`${size} bytes, --jobs ${jobs}: zstd -d gives the input, a frame per MiB, every field as python3 reads it`, async () => {
+  for (const [size, jobs, blockMib] of cases) {
+    const blockSize = blockMib === null ? ZSTD_BLOCK_SIZE : blockMib * MIB;
+    const blockArgs = blockMib === null ? [] : ["--block-size", String(blockMib)];
+    test(`${size} bytes, --jobs ${jobs}, blocks of ${blockSize} bytes: zstd -d gives the input, a frame per block, every field as python3 reads it`, async () => {
       const dir = await freshDir();
       const raw = await writeRaw(join(dir, "in.raw"), size, size);
       const made = run([
@@ -136,6 +140,7 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
         "--zstd",
         "--jobs",
         String(jobs),
+        ...blockArgs,
       ]);
       expect(made.exitCode).toBe(0);
       expect(made.stdout.toString()).toBe("ok, image written!\nok, boot_image_csum file written!\n");
@@ -147,7 +152,7 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
       const decompressed = run(["zstd", "-d", "-q", "-c"], payload);
       expect(decompressed.exitCode).toBe(0);
       expect(Buffer.compare(decompressed.stdout, raw)).toBe(0);
-      expect(zstdCounts(payload, dir)).toEqual([blockSizes(size).length, 1, size]);
+      expect(zstdCounts(payload, dir)).toEqual([blockSizes(size, blockSize).length, 1, size]);
 
       const sha256 = new Bun.CryptoHasher("sha256").update(raw).digest("hex");
       expect(pythonReads(join(dir, "z.img"))).toEqual({
@@ -164,10 +169,10 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
         paddingZero: true,
         payloadBytes: payload.length,
         skippable: 0x184d2a5e,
-        frameSize: 12 * blockSizes(size).length + 9,
+        frameSize: 12 * blockSizes(size, blockSize).length + 9,
         descriptor: 0x80,
         seekable: 0x8f92eab1,
-        decompressedSizes: blockSizes(size),
+        decompressedSizes: blockSizes(size, blockSize),
         framesEnd: payload.length,
       });
       const sum = run(["sha256sum", join(dir, "in.raw")])
@@ -307,7 +312,7 @@ describe("refusals and usage errors leave no file", () => {
     expect((await readdir(dir)).sort()).toEqual(["in.raw", "small.raw"]);
   });
 
-  test("-z with --zstd, and levels zstd does not have: exit 2", async () => {
+  test("-z with --zstd, levels zstd does not have, block sizes out of range or without --zstd: exit 2", async () => {
     const dir = await freshDir();
     await writeRaw(join(dir, "in.raw"), MIB, 3);
     const image = ["-i", join(dir, "in.raw"), "-o", join(dir, "z.img")];
@@ -316,6 +321,11 @@ describe("refusals and usage errors leave no file", () => {
       [[...image, "--zstd", "--level", "0"], /--level with --zstd must be a whole number from 1 to 22, not "0"/],
       [[...image, "--zstd", "--level", "23"], /--level with --zstd must be a whole number from 1 to 22, not "23"/],
       [[...image, "--zstd", "--jobs", "0"], /--jobs must be a whole number from 1/],
+      [[...image, "--zstd", "--block-size", "0"], /--block-size must be a whole number from 1 to 64, not "0"/],
+      [[...image, "--zstd", "--block-size", "65"], /--block-size must be a whole number from 1 to 64, not "65"/],
+      [[...image, "--zstd", "--block-size", "1.5"], /--block-size must be a whole number from 1 to 64, not "1.5"/],
+      [[...image, "-z", "--block-size", "2"], /--block-size is for --zstd images only/],
+      [[...image, "--block-size", "2"], /--block-size is for --zstd images only/],
     ];
     for (const [args, message] of usage) expectOneLine(run(["mkimage", ...args]), 2, message);
     expect(await readdir(dir)).toEqual(["in.raw"]);

@@ -81,6 +81,14 @@ export const DEFAULT_JOBS = Math.min(navigator.hardwareConcurrency, 32);
 export const MAX_JOBS = 256;
 /** Blocks queued or being compressed per worker: enough that none waits for the reader. */
 const BLOCKS_IN_FLIGHT_PER_JOB = 4;
+/**
+ * Raw bytes queued or being compressed at once, whatever the threads and
+ * block size (each such block also has a frame buffer of about its size):
+ * 32 threads with 4 MiB zstd blocks would otherwise hold 1 GiB. Fewer
+ * blocks than threads leaves threads idle rather than passing the memory
+ * this tool aims at.
+ */
+const IN_FLIGHT_BYTES = 128 * 1024 * 1024;
 
 /** A block of the raw image as read, in shared memory; `last` is true for the block that ends it. */
 export interface RawBlock {
@@ -138,17 +146,22 @@ const storedEncoder: PayloadEncoder = {
   },
 };
 
-/** Run `blocks` through a pool of `jobs` threads running workers/`script`.ts, results in block order. */
+/**
+ * Run `blocks` (of up to `blockSize` bytes) through a pool of `jobs` threads
+ * running workers/`script`.ts, results in block order.
+ */
 async function onPool<Job, Result>(
   script: string,
   jobs: number,
+  blockSize: number,
   blocks: AsyncIterable<RawBlock>,
   toJob: (block: RawBlock) => { job: Job; transfer?: Bun.Transferable[] },
   take: (result: Result, block: RawBlock) => Promise<void>,
 ): Promise<void> {
   const pool = new WorkerPool<Job, Result>(workerUrl(script).href, jobs);
   try {
-    await runInOrder(pool, blocks, jobs * BLOCKS_IN_FLIGHT_PER_JOB, toJob, take);
+    const inFlight = Math.max(2, Math.min(jobs * BLOCKS_IN_FLIGHT_PER_JOB, Math.floor(IN_FLIGHT_BYTES / blockSize)));
+    await runInOrder(pool, blocks, inFlight, toJob, take);
   } finally {
     pool.close();
   }
@@ -167,6 +180,7 @@ function zlibEncoder(level: ZlibLevel, jobs: number, blockSize: number): Payload
       await onPool<DeflateJob, DeflatedBlock>(
         "deflate",
         jobs,
+        blockSize,
         blocks,
         ({ bytes, last }) => {
           const job: DeflateJob = { block: bytes, window, level, last };
@@ -203,6 +217,7 @@ function zstdEncoder(level: number, jobs: number, blockSize: number): PayloadEnc
       await onPool<ZstdBlockJob, CompressedBlock>(
         "zstd-block",
         jobs,
+        blockSize,
         blocks,
         ({ bytes }) => {
           const out = frameBuffers.take();

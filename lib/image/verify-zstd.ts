@@ -38,7 +38,7 @@ import { ImageFormatError } from "./format.ts";
 import { type HashReport, type RawSink, writeRaw } from "./hash-stage.ts";
 import { type Block, decompressBlock } from "./zstd-seekable.ts";
 
-/** Bytes of decompressed blocks the ring may hold: a few 1 MiB blocks per thread, and never fewer slots than MIN_SLOTS. */
+/** Bytes of decompressed blocks the ring may hold; never fewer slots than MIN_SLOTS (4 of mkimage's 4 MiB blocks). */
 const RING_BYTES = 8 * 1024 * 1024;
 /** Slots however large the blocks: one being hashed, and one for each of up to three other threads to fill. */
 const MIN_SLOTS = 4;

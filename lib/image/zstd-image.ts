@@ -36,12 +36,18 @@ export const IMAGE_VERSIONS: readonly number[] = [VERSION, ZSTD_VERSION];
 
 /**
  * Raw bytes per frame. A multiple of the sled's 128 KiB batch, so a batch of
- * READs never straddles two blocks. On bench/zstd-engines.ts's sample, 1 MiB
- * blocks compress 10-15% faster than 4 MiB ones (smaller match tables) for a
- * payload 0.3% larger, and the bootserver decompresses less before a sled's
- * first DATA and caches blocks at a finer grain.
+ * READs never straddles two blocks. Every frame starts with no history, so
+ * smaller frames give a larger payload: on a tar of /usr/bin and
+ * /usr/lib/x86_64-linux-gnu (256 MiB, level 3) 1 MiB frames came out 1.7%
+ * larger than `zstd -3` compressing the whole file as one stream, 2 MiB
+ * frames 0.4% larger, 4 MiB frames 0.5% smaller; on the generated sample all
+ * three are smaller than the CLI's. mkimage's time was the same for the three
+ * (bench/mkimage.ts, ten alternating runs each). What larger blocks cost is
+ * at the bootserver: a sled's first DATA waits for 4 MiB to be decompressed
+ * (about 3 ms), and its cache holds fewer blocks for its budget
+ * (lib/netboot/block-cache.ts, DEFAULT_CACHE_BYTES).
  */
-export const ZSTD_BLOCK_SIZE = 1 * MIB;
+export const ZSTD_BLOCK_SIZE = 4 * MIB;
 /**
  * mkimage's default level, chosen by measurement (bench/mkimage.ts, 256 MiB
  * in 1 MiB frames): level 3, zstd's own default. Level 2 was 20-25% cheaper

@@ -1,7 +1,7 @@
 /**
  * Serving a zstd image (docs/format.md, "The zstd variant") block by block:
  * the bootserver keeps the compressed payload in memory once and decompresses
- * only the 1 MiB block a READ touches, into a bounded cache of decompressed
+ * only the block a READ touches, into a bounded cache of decompressed
  * blocks that every session thread shares.
  *
  * The cache is one SharedArrayBuffer: a small table of Int32 words, then N
@@ -56,8 +56,15 @@ import {
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { CHUNK_SIZE } from "@ramdisk-tools/protocol/frames.ts";
 
-/** Decompressed blocks kept for all sessions of one image, whatever its size. */
-export const DEFAULT_CACHE_BYTES = 64 * MIB;
+/**
+ * Decompressed blocks kept for all sessions of one image, whatever its size:
+ * 32 of mkimage's 4 MiB blocks, a current one and the next for each of 16
+ * sleds at different places in the image. The memory is taken only as slots
+ * are first filled.
+ */
+export const DEFAULT_CACHE_BYTES = 128 * MIB;
+/** The largest cache an operator may ask for (bootserver --zstd-cache): what one SharedArrayBuffer can be in Bun 1.4.5. */
+export const MAX_CACHE_BYTES = 4096 * MIB;
 
 /** The shared memory of one zstd image being served, as sent to session threads. */
 export interface ZstdImageMemory {

@@ -262,16 +262,17 @@ export type FillResult = { ok: true } | { ok: false; message: string };
  * Load an image for serving: check its header, then start reading or
  * inflating it into shared memory on a worker thread, which verifies it as
  * it goes. Returns as soon as the image can be offered; `filled` says how
- * the load ended.
+ * the load ended. A zstd image gets a block cache of `zstdCacheBytes`
+ * (DEFAULT_CACHE_BYTES when absent).
  *
  * @example
  * const image = await loadServedImage("recovery.img"); // image.bytes: the raw pool, filling
  * await image.filled; // every byte in, SHA-256 checked
  */
-export async function loadServedImage(path: string): Promise<ServedImage> {
+export async function loadServedImage(path: string, zstdCacheBytes?: number): Promise<ServedImage> {
   const { header, stamp } = await readServableHeader(path);
   if (payloadCodec(header) === "zstd") {
-    const memory = await loadZstdPayload(path, header);
+    const memory = await loadZstdPayload(path, header, zstdCacheBytes);
     return { path, name: basename(path), header, bytes: memory, stamp, retire: startReadAhead(memory) };
   }
   const memory = rawImageMemory(header.imageSize);
@@ -297,12 +298,13 @@ export async function loadServedImage(path: string): Promise<ServedImage> {
 
 /**
  * Check a zstd image's seek table against its header and read its payload
- * into shared memory, with an empty block cache beside it: two small reads
- * and one of the compressed payload, however large the pool.
+ * into shared memory, with an empty block cache of `cacheBytes` beside it
+ * (DEFAULT_CACHE_BYTES when absent): two small reads and one of the
+ * compressed payload, however large the pool.
  *
  * @example const memory = await loadZstdPayload("dev.img", header);
  */
-export async function loadZstdPayload(path: string, header: Header): Promise<ZstdImageMemory> {
+export async function loadZstdPayload(path: string, header: Header, cacheBytes?: number): Promise<ZstdImageMemory> {
   let table: SeekTable;
   try {
     table = await readSeekTable(Bun.file(path), header);
@@ -327,7 +329,7 @@ export async function loadZstdPayload(path: string, header: Header): Promise<Zst
   } finally {
     await file.close();
   }
-  return zstdImageMemory(payload, table);
+  return zstdImageMemory(payload, table, cacheBytes);
 }
 
 /**
@@ -362,7 +364,11 @@ export class ServedImageFile {
   #loading: Promise<ServedImage> | undefined;
   #failure: { stamp: FileStamp; error: Error } | undefined;
 
-  constructor(readonly path: string) {}
+  /** `zstdCacheBytes`: the block cache of a zstd image (DEFAULT_CACHE_BYTES when absent). */
+  constructor(
+    readonly path: string,
+    readonly zstdCacheBytes?: number,
+  ) {}
 
   /** The image as the file is now. */
   async current(): Promise<ServedImage> {
@@ -375,7 +381,7 @@ export class ServedImageFile {
     }
     if (this.#image && sameStamp(this.#image.stamp, stamp)) return this.#image;
     if (this.#failure && sameStamp(this.#failure.stamp, stamp)) throw this.#failure.error;
-    this.#loading = loadServedImage(this.path);
+    this.#loading = loadServedImage(this.path, this.zstdCacheBytes);
     try {
       const image = await this.#loading;
       this.#image?.retire?.();

@@ -94,6 +94,8 @@ export interface BootServerOptions {
   admission?: boolean;
   /** Live sessions at most, with admission (default DEFAULT_MAX_SLEDS). */
   maxSleds?: number;
+  /** Bytes of decompressed blocks kept for each zstd image (default DEFAULT_CACHE_BYTES, lib/netboot/block-cache.ts). */
+  zstdCacheBytes?: number;
   /** Where to report what happens. */
   onEvent: (event: BootEvent) => void;
 }
@@ -251,7 +253,8 @@ export class BootServer {
     // Handled by whoever awaits `done`; this keeps an early failure from being "unhandled".
     this.done.catch(() => {});
     const files = new Map<string, ServedImageFile>();
-    const fileFor = (path: string) => files.get(path) ?? files.set(path, new ServedImageFile(path)).get(path)!;
+    const fileFor = (path: string) =>
+      files.get(path) ?? files.set(path, new ServedImageFile(path, options.zstdCacheBytes)).get(path)!;
     this.#rotation = options.images.map(fileFor);
     this.#pinned = new Map(options.pinned.map(([mac, path]) => [macKey(mac), fileFor(path)]));
     this.#linkClock = options.linkRate ? new LinkClock(options.linkRate) : null;
