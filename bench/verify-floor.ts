@@ -16,8 +16,8 @@
  */
 
 import { decodeHeader, HEADER_SIZE, toHex } from "@ramdisk-tools/image/format.ts";
+import { decompressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
 import { IMAGE_VERSIONS, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
-import { decompressBlock } from "@ramdisk-tools/image/zstd-seekable.ts";
 
 const ROUNDS = 3;
 

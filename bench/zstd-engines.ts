@@ -34,7 +34,8 @@ import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
 import * as wasm from "@bokuweb/zstd-wasm";
-import { compressBlock, frameCapacity } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { compressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
+import { frameCapacity } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import yargs from "yargs";
 

@@ -48,13 +48,12 @@ import {
 import { type HashReport, hashStage } from "@ramdisk-tools/image/hash-stage.ts";
 import { type InflateReport, inflateStage } from "@ramdisk-tools/image/inflate-stage.ts";
 import { verifyPayload } from "@ramdisk-tools/image/verify.ts";
+import { compressBlock, decompressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
 import {
   blockChecksum,
   blockIndexForOffset,
-  compressBlock,
   decodeSeekTable,
-  decompressBlock,
   encodeSeekTable,
   MAX_BLOCK_SIZE,
   type SeekTable,

@@ -6,7 +6,7 @@
  * over rather than copying it.
  */
 
-import { type CompressedBlock, compressBlockJob, type ZstdBlockJob } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { type CompressedBlock, compressBlockJob, type ZstdBlockJob } from "@ramdisk-tools/image/zstd-frames.ts";
 import { replyTo } from "@ramdisk-tools/threads/pool.ts";
 
 declare const self: Worker;

@@ -27,14 +27,9 @@ import {
   zlibHeader,
   zlibTrailer,
 } from "./zlib-stream.ts";
+import type { CompressedBlock, ZstdBlockJob } from "./zstd-frames.ts";
 import { FLAG_ZSTD, ZSTD_BLOCK_SIZE, ZSTD_VERSION } from "./zstd-image.ts";
-import {
-  type CompressedBlock,
-  encodeSeekTable,
-  frameCapacity,
-  type SeekTableEntry,
-  type ZstdBlockJob,
-} from "./zstd-seekable.ts";
+import { encodeSeekTable, frameCapacity, type SeekTableEntry } from "./zstd-seekable.ts";
 
 /** How the payload after the header is encoded. */
 export type Compression =

@@ -57,8 +57,9 @@ import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { HEADER_SIZE, type Header, ImageFormatError, payloadSizeRefusal, toHex } from "./format.ts";
 import type { HashOrder, HashReport, RawSink } from "./hash-stage.ts";
 import type { InflateOrder, InflateReport } from "./inflate-stage.ts";
-import { type ZstdVerifyOrder, type ZstdVerifyReport, zstdRing } from "./verify-zstd.ts";
+import type { ZstdVerifyOrder, ZstdVerifyReport } from "./verify-zstd.ts";
 import { payloadCodec, readSeekTable } from "./zstd-image.ts";
+import { zstdRing } from "./zstd-ring.ts";
 import type { SeekTable } from "./zstd-seekable.ts";
 
 /** Payload bytes read from the file per piece, for a stored or zlib payload (a zstd thread reads whole frames). */

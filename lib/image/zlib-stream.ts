@@ -27,11 +27,10 @@
  * around costs little; and because the flush points are fixed by the input
  * alone, the stream is the same whatever the number of threads.
  *
- * Everything here is a pure function over bytes; threads and files belong to
- * the callers (workers/deflate.ts, lib/image/make.ts).
+ * Everything here is a pure function over bytes; compressing a block is
+ * lib/image/zlib-deflate.ts's, and threads and files belong to the callers
+ * (workers/deflate.ts, lib/image/make.ts).
  */
-
-import { constants, deflateRawSync } from "node:zlib";
 
 /** Deflate refers at most 32 KiB back (RFC 1951), so that much history is all a block needs. */
 export const DEFLATE_WINDOW = 32 * 1024;
@@ -150,43 +149,4 @@ export interface DeflatedBlock {
   adler32: number;
   /** Length of the raw block, for adler32Combine. */
   rawLength: number;
-}
-
-/**
- * Compress one block of the stream as raw deflate: segments of
- * FLUSH_INTERVAL bytes, each primed with the 32 KiB before it (`window` for
- * the first) and ending with a sync flush, except that the last block's last
- * segment ends with a finish.
- *
- * @example
- * const first = deflateBlock({ block: a, window: new Uint8Array(0), level: 9, last: false });
- * const second = deflateBlock({ block: b, window: nextWindow(new Uint8Array(0), a), level: 9, last: true });
- * // zlibHeader(9) + first.deflated + second.deflated
- * //   + zlibTrailer(adler32Combine(first.adler32, second.adler32, b.length)) inflates to a + b
- */
-export function deflateBlock(job: DeflateJob): DeflatedBlock {
-  const segments: Uint8Array[] = [];
-  let window = job.window;
-  let offset = 0;
-  do {
-    const segment = job.block.subarray(offset, offset + FLUSH_INTERVAL);
-    offset += segment.length;
-    const final = job.last && offset === job.block.length;
-    segments.push(
-      deflateRawSync(segment, {
-        level: job.level,
-        ...(window.length > 0 ? { dictionary: window } : {}),
-        ...(final ? {} : { finishFlush: constants.Z_SYNC_FLUSH }),
-      }),
-    );
-    window = nextWindow(window, segment);
-  } while (offset < job.block.length);
-  // One buffer of its own, so it can be transferred between threads.
-  const deflated = new Uint8Array(segments.reduce((total, piece) => total + piece.length, 0));
-  let at = 0;
-  for (const piece of segments) {
-    deflated.set(piece, at);
-    at += piece.length;
-  }
-  return { deflated, adler32: adler32(job.block), rawLength: job.block.length };
 }

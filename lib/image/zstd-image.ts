@@ -27,8 +27,9 @@ import {
   VERSION,
   ZSTD_VERSION,
 } from "./format.ts";
+import { decompressBlock } from "./zstd-frames.ts";
 import type { Block, SeekTable } from "./zstd-seekable.ts";
-import { decodeSeekTable, decompressBlock, SEEK_TABLE_FOOTER_SIZE, seekTableSize } from "./zstd-seekable.ts";
+import { decodeSeekTable, SEEK_TABLE_FOOTER_SIZE, seekTableSize } from "./zstd-seekable.ts";
 
 export { FLAG_ZSTD, flagNames, ZSTD_VERSION } from "./format.ts";
 /** The versions lookimage and the bootserver read; pass to decodeHeader's `versions`. */
@@ -119,14 +120,4 @@ export async function readSeekTable(file: BunFile, header: Pick<Header, "dataSiz
   const tableSize = seekTableSize(footer, header.dataSize);
   const tail = await readPayload(file, header.dataSize - tableSize, tableSize);
   return decodeSeekTable(tail, { payloadSize: header.dataSize, imageSize: header.imageSize });
-}
-
-/**
- * Read one block's frame from a zstd image, decompress it and check it
- * against its seek table entry (size and checksum).
- *
- * @example const raw = await readBlock(file, table.blocks[blockIndexForOffset(table, offset)]!);
- */
-export async function readBlock(file: BunFile, block: Block): Promise<Uint8Array> {
-  return decompressBlock(await readPayload(file, block.compressedOffset, block.compressedSize), block);
 }

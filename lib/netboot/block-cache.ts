@@ -47,11 +47,11 @@
  */
 
 import { ImageFormatError, MIB } from "@ramdisk-tools/image/format.ts";
+import { decompressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
 import {
   type Block,
   blockIndexForOffset,
   decodeSeekTable,
-  decompressBlock,
   type SeekTable,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { CHUNK_SIZE } from "@ramdisk-tools/protocol/frames.ts";

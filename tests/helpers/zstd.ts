@@ -5,12 +5,8 @@
  * lookimage and of the seek table do not depend on mkimage being right.
  */
 
-import {
-  blockChecksum,
-  compressBlock,
-  encodeSeekTable,
-  type SeekTableEntry,
-} from "@ramdisk-tools/image/zstd-seekable.ts";
+import { compressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
+import { blockChecksum, encodeSeekTable, type SeekTableEntry } from "@ramdisk-tools/image/zstd-seekable.ts";
 
 /** A payload's parts: the frames, their seek table entries, the encoded table. */
 export interface SeekablePayload {

@@ -7,7 +7,7 @@
 import { describe, expect, test } from "bun:test";
 import { BlockBuffers } from "@ramdisk-tools/image/block-buffers.ts";
 import { BlockHasher } from "@ramdisk-tools/image/block-hasher.ts";
-import { type CompressedBlock, decompressBlock, type ZstdBlockJob } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { type CompressedBlock, decompressBlock, type ZstdBlockJob } from "@ramdisk-tools/image/zstd-frames.ts";
 import { runInOrder, WorkerPool } from "@ramdisk-tools/threads/pool.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 

@@ -8,12 +8,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { deflateBlock } from "@ramdisk-tools/image/zlib-deflate.ts";
 import {
   ADLER32_EMPTY,
   adler32,
   adler32Combine,
   DEFLATE_WINDOW,
-  deflateBlock,
   FLUSH_INTERVAL,
   nextWindow,
   type ZlibLevel,

@@ -9,19 +9,21 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ImageFormatError } from "@ramdisk-tools/image/format.ts";
 import {
-  blockChecksum,
-  blockIndexForOffset,
   type CompressedBlock,
   compressBlock,
-  decodeSeekTable,
   decompressBlock,
+  type ZstdBlockJob,
+} from "@ramdisk-tools/image/zstd-frames.ts";
+import {
+  blockChecksum,
+  blockIndexForOffset,
+  decodeSeekTable,
   encodeSeekTable,
   frameCapacity,
   SEEK_TABLE_ENTRY_SIZE,
   SEEK_TABLE_FOOTER_SIZE,
   type SeekTableEntry,
   SKIPPABLE_HEADER_SIZE,
-  type ZstdBlockJob,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { WorkerReply } from "@ramdisk-tools/threads/pool.ts";
