@@ -32,7 +32,7 @@
  * handle's `init`, the call node:zlib's constructor makes. Measured in
  * bench/zstd-engines.ts ("node:zlib handle, restarted").
  *
- * Users: lib/image/verify.ts inflates zlib payloads with it, lib/image/zstd-seekable.ts
+ * Users: lib/image/verify.ts inflates zlib payloads with it, lib/image/zstd-frames.ts
  * compresses blocks and decompresses frames with it (compressBlock,
  * decompressBlock).
  */

@@ -9,7 +9,7 @@
  * n mod SLOTS. A thread claims the next frame from a shared counter, but only
  * once the hasher is done with the slot's previous block (claimed < hashed +
  * SLOTS), reads the frame from the image file itself, decompresses and checks
- * it against its seek table entry (decompressBlock, lib/image/zstd-seekable.ts)
+ * it against its seek table entry (decompressBlock, lib/image/zstd-frames.ts)
  * straight into its slot, and marks the slot ready. The hasher hashes the
  * next block as soon as its slot is ready; until then it claims and
  * decompresses a frame itself, and only when none can be claimed does it

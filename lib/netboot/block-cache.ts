@@ -16,7 +16,7 @@
  * pin. A miss takes the slot with no pins and the oldest `stamp` (a shared
  * clock counts uses; empty slots come first), publishes the block it is
  * filling, decompresses the frame into the slot and checks its size and
- * checksum (lib/image/zstd-seekable.ts, decompressBlock), then turns its write lock
+ * checksum (lib/image/zstd-frames.ts, decompressBlock), then turns its write lock
  * into a pin (`state` 1). A reader that finds its block being written waits
  * on `state` (Atomics.wait) instead of decompressing it a second time, and
  * looks again when woken: a failed fill empties the slot. Two threads that
