@@ -27,8 +27,7 @@ import {
   VERSION,
   ZSTD_VERSION,
 } from "./format.ts";
-import { decompressBlock } from "./zstd-frames.ts";
-import type { Block, SeekTable } from "./zstd-seekable.ts";
+import type { SeekTable } from "./zstd-seekable.ts";
 import { decodeSeekTable, SEEK_TABLE_FOOTER_SIZE, seekTableSize } from "./zstd-seekable.ts";
 
 export { FLAG_ZSTD, flagNames, ZSTD_VERSION } from "./format.ts";
