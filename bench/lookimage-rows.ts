@@ -148,6 +148,21 @@ export async function lookimageZstdRows(zstdImagePath: string): Promise<BenchRow
       `${times.toFixed(2)}x the floor (decompress ${seconds(floor.decompress)}, SHA-256 ${seconds(floor.hash)} on one thread), goal at most ${GOALS.zstdVsFloor}x`,
     ),
   });
+  // What of that is start-up, the same for any image: Bun, the modules, yargs, the command line.
+  const startup = await race(ROUNDS, [...LOOKIMAGE, "--version"], ["bun", "-e", "0"]);
+  const work = zstd.ours.seconds - startup.ours.seconds;
+  lines.push({
+    name: "lookimage start-up (--version) vs bun -e 0: time",
+    ours: seconds(startup.ours.seconds),
+    peer: seconds(startup.peer.seconds),
+    ratio: `${(startup.ours.seconds - startup.peer.seconds).toFixed(3)} s more than Bun's own start`,
+  });
+  lines.push({
+    name: `${what} less its start-up vs the floor: time`,
+    ours: seconds(work),
+    peer: seconds(floor.seconds),
+    ratio: `${(work / floor.seconds).toFixed(2)}x the floor`,
+  });
   return lines;
 }
 
