@@ -70,6 +70,8 @@ beforeAll(() => {
     "1",
   ]);
   python(DAMAGE_FRAME, join(dir, "pool.img"), join(dir, "bad.img"), String(BAD_BLOCK));
+  // The same pool in mkimage's default 4 MiB blocks: one whole block and a short one.
+  mkimage(dir, ["-i", "pool.raw", "-o", "default.img", "-N", "zstd-test", "-s", "8", "--zstd"]);
 });
 
 afterAll(() => {
@@ -88,6 +90,17 @@ function imageMemory(file: string, cacheBytes: number): ZstdImageMemory {
 describe("ZstdImageReader", () => {
   test("the checksum file mkimage wrote is python's SHA-256 of the pool", () => {
     expect(readFileSync(join(dir, "pool.csum")).toString("hex")).toBe(poolSha256);
+  });
+
+  test("default.img is in 4 MiB blocks, pool.img in 1 MiB ones", () => {
+    const sizes = (file: string) => {
+      const bytes = readFileSync(join(dir, file)).subarray(HEADER_SIZE);
+      return decodeSeekTable(bytes, { payloadSize: bytes.length, imageSize: POOL_SIZE }).blocks.map(
+        (block) => block.decompressedSize,
+      );
+    };
+    expect(sizes("default.img")).toEqual([4 * MIB, POOL_SIZE - 4 * MIB]);
+    expect(sizes("pool.img")).toEqual([MIB, MIB, MIB, MIB, MIB, POOL_SIZE - 5 * MIB]);
   });
 
   test("gives the pool's bytes at any offset, fewer at the end, none at or past it", () => {
@@ -231,24 +244,29 @@ if (!raw.ok) console.warn(`bootserver zstd network tests skipped: ${raw.why}`);
 const SLED_ARGS = ["--checksum-file", "pool.csum", "--json"];
 
 network("bootserver serving a zstd image on a veth pair", () => {
-  for (const sleds of [1, 4]) {
-    test(`boots ${sleds} sled${sleds === 1 ? "" : "s"} with the right checksum`, async () => {
+  // pool.img has 1 MiB blocks; default.img mkimage's default 4 MiB (a whole one and a short one).
+  const cases: [sleds: number, image: string][] = [
+    [1, "pool.img"],
+    [4, "pool.img"],
+    [2, "default.img"],
+  ];
+  for (const [sleds, image] of cases) {
+    test(`boots ${sleds} sled${sleds === 1 ? "" : "s"} from ${image} with the right checksum`, async () => {
       await withVethPair(async ({ a, b }) => {
-        const server = new ServerProcess(["--boots", String(sleds), a, "pool.img", "any"], dir);
+        const server = new ServerProcess(["--boots", String(sleds), a, image, "any"], dir);
         try {
           await server.waitFor(/^serving on /);
-          expect(server.lines).toContainEqual(
-            expect.stringMatching(
-              /pool\.img: image name "zstd-test", 5\.3 MiB \(zstd, .* on disk; each block's checksum is checked as sleds read it/,
-            ),
+          const loaded = server.lines.find((line) =>
+            line.includes(`${image}: image name "zstd-test", 5.3 MiB (zstd, `),
           );
+          expect(loaded).toContain("each block's checksum is checked as sleds read it");
           const sled = await runSleds(dir, b, [...SLED_ARGS, "--sleds", String(sleds)]);
           expect(sled.exitCode).toBe(0);
           expect(sled.reports.map((report) => [report.outcome, report.bytes])).toEqual(
             Array(sleds).fill(["booted", POOL_SIZE]),
           );
           expect(await server.exited()).toBe(0);
-          expect(server.lines.filter((line) => / finished pool\.img: /.test(line)).length).toBe(sleds);
+          expect(server.lines.filter((line) => line.includes(` finished ${image}: `)).length).toBe(sleds);
         } finally {
           server.kill();
         }
