@@ -1,7 +1,8 @@
 /**
  * How the boot server serves each kind of image: the same sample pool as a
  * plain, a zlib and a zstd image (all made by `bun apps/mkimage.ts`), one
- * sled at a time over a veth pair. Needs root; `bun run bench:netboot-images`.
+ * sled at a time over a veth pair. Needs root; `bun run bench:netboot-images`,
+ * or as the "images" rows of `bun run bench:netboot` (both call imageRows).
  *
  *   bun bench/netboot-images.ts [--image-mib 256] [--runs 3] [--veth-prefix rbi]
  *
@@ -30,7 +31,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { MIB } from "@ramdisk-tools/image/format.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
-import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import { canUseRawNetwork, type VethPair, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
   BROADCAST_MAC,
   decodeFrame,
@@ -45,15 +46,8 @@ import { type BenchRow, goal, printRows } from "./measure.ts";
 import { processCpuSeconds, watchLines } from "./server-process.ts";
 
 const ROOT = join(import.meta.dir, "..");
-const { values } = parseArgs({
-  options: {
-    "image-mib": { type: "string", default: "256" },
-    runs: { type: "string", default: "3" },
-    "veth-prefix": { type: "string", default: "rbi" },
-  },
-});
-const imageSize = Number(values["image-mib"]) * MIB;
-const runs = Number(values.runs);
+/** What the image rows are given when no one says otherwise. */
+export const IMAGE_DEFAULTS = { imageMib: 256, runs: 3 };
 /** The goals for serving compressed images. */
 const GOAL_ZSTD_SHARE = 0.9;
 const GOAL_FIRST_DATA_MS = 300;
@@ -129,22 +123,27 @@ function median(numbers: number[]): number {
   return sorted[Math.floor(sorted.length / 2)]!;
 }
 
-const raw = canUseRawNetwork();
-if (!raw.ok) {
-  console.error(`bench:netboot-images skipped: ${raw.why}`);
-  process.exit(0);
-}
-
-const kinds = [
+const KINDS = [
   { name: "plain", flags: [] as string[] },
   { name: "zlib", flags: ["-z"] },
   { name: "zstd", flags: ["--zstd"] },
 ] as const;
-const dir = await mkdtemp(join(tmpdir(), "bench-netboot-images-"));
-try {
+
+/**
+ * The image rows: the sample pool and its three images written to `dir`,
+ * each served `runs` times from `pair.a` to a sled on `pair.b`; a heading
+ * that says what was measured, and the rows to print under it.
+ *
+ * @example const { heading, rows } = await imageRows(pair, dir, IMAGE_DEFAULTS);
+ */
+export async function imageRows(
+  pair: VethPair,
+  dir: string,
+  { imageMib, runs }: { imageMib: number; runs: number },
+): Promise<{ heading: string; rows: BenchRow[] }> {
   const pool = join(dir, "pool.raw");
-  await writeSamplePool(pool, imageSize);
-  for (const { name, flags } of kinds) {
+  await writeSamplePool(pool, imageMib * MIB);
+  for (const { name, flags } of KINDS) {
     const made = Bun.spawnSync(
       [
         "bun",
@@ -160,23 +159,19 @@ try {
     );
     if (made.exitCode !== 0) throw new Error(`mkimage ${flags.join(" ")} failed: ${made.stderr.toString()}`);
   }
-  const results = new Map<string, Run[]>(kinds.map(({ name }) => [name, []]));
-  await withVethPair(async ({ a, b }) => {
-    // Interleaved, so load from the rest of the machine falls on every kind alike.
-    for (let run = 0; run < runs; run++) {
-      for (const { name } of kinds) {
-        results.get(name)!.push(await serveOnce(a, b, join(dir, `${name}.img`), join(dir, `${name}.csum`)));
-      }
+  const results = new Map<string, Run[]>(KINDS.map(({ name }) => [name, []]));
+  // Interleaved, so load from the rest of the machine falls on every kind alike.
+  for (let run = 0; run < runs; run++) {
+    for (const { name } of KINDS) {
+      results.get(name)!.push(await serveOnce(pair.a, pair.b, join(dir, `${name}.img`), join(dir, `${name}.csum`)));
     }
-  }, values["veth-prefix"]);
+  }
   const rate = (name: string) => median(results.get(name)!.map((run) => run.megabytesPerSecond));
   const firstData = (name: string) => median(results.get(name)!.map((run) => run.firstDataMs));
   const cpu = (name: string) => median(results.get(name)!.map((run) => run.bootCpuSeconds));
-  console.log(
-    `boot server, ${values["image-mib"]} MiB sample pool as plain, zlib and zstd images, one sled, median of ${runs} runs`,
-  );
   const mbps = (value: number) => `${value.toFixed(1)} MB/s`;
   const ms = (value: number) => `${value.toFixed(0)} ms`;
+  const heading = `boot server, ${imageMib} MiB sample pool as plain, zlib and zstd images, one sled, median of ${runs} runs`;
   const rows: BenchRow[] = [
     {
       name: "netboot of a zstd image vs the same pool plain: boot rate",
@@ -212,7 +207,29 @@ try {
       ratio: "",
     },
   ];
-  printRows(rows);
-} finally {
-  await rm(dir, { recursive: true, force: true });
+  return { heading, rows };
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    options: {
+      "image-mib": { type: "string", default: String(IMAGE_DEFAULTS.imageMib) },
+      runs: { type: "string", default: String(IMAGE_DEFAULTS.runs) },
+      "veth-prefix": { type: "string", default: "rbi" },
+    },
+  });
+  const raw = canUseRawNetwork();
+  if (!raw.ok) {
+    console.error(`bench:netboot-images skipped: ${raw.why}`);
+    process.exit(0);
+  }
+  const dir = await mkdtemp(join(tmpdir(), "bench-netboot-images-"));
+  try {
+    const options = { imageMib: Number(values["image-mib"]), runs: Number(values.runs) };
+    const { heading, rows } = await withVethPair((pair) => imageRows(pair, dir, options), values["veth-prefix"]);
+    console.log(heading);
+    printRows(rows);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }

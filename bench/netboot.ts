@@ -6,21 +6,25 @@
  * network models (lib/sled/faults.ts) on the other. Needs root; run with
  * `bun run bench:netboot`.
  *
- *   bun bench/netboot.ts [--rows loss,burst,port,slow,flood] [--sleds 1,32] [--mib-one 64] [--mib-many 16]
- *                        [--cap 45] [--ours-flags "..."] [--peer-flags "..."] [--first-data-mib 256]
+ *   bun bench/netboot.ts [--rows loss,burst,port,slow,flood,images] [--sleds 1,32] [--mib-one 64] [--mib-many 16]
+ *                        [--cap 45] [--ours-flags "..."] [--peer-flags "..."] [--image-mib 256] [--veth-prefix rbn]
  *
- * Every row runs twice in the same run: "ours" is the server with its
- * defaults (fast re-send, pacing at gigabit per sled, admission: OURS_FLAGS),
- * the peer is the same server with those turned off, which is today's
- * behaviour (PEER_FLAGS). Rows (`--rows`, comma-separated):
+ * Every row but the images rows runs twice in the same run: "ours" is the
+ * server with its defaults (fast re-send, pacing at gigabit per sled,
+ * admission: OURS_FLAGS), the peer is the same server with those turned off,
+ * which is today's behaviour (PEER_FLAGS). Rows (`--rows`, comma-separated):
  * - loss: 0, 0.1%, 0.5% and 1% of DATA frames lost at random;
  * - burst: 0.2% lost in bursts of 4 frames (--burst-rate 0.0005 --burst-length 4);
  * - port: each sled behind a gigabit switch port with 64 KiB of buffer;
  * - slow: a lossless sled that waits 20 ms after each batch;
  * - flood: 2 sleds boot quietly, then again while this script injects 5,000
  *   HELLOs from distinct MACs and 5,000 READs from MACs never offered anything;
- * - first-data: time to first DATA, zstd against zlib (not by default).
- * each for 1 sled (`--mib-one` MiB image) and for 32 (`--mib-many` MiB each).
+ * each for 1 sled (`--mib-one` MiB image) and for 32 (`--mib-many` MiB each);
+ * - images: a table of its own, from bench/netboot-images.ts (imageRows): a
+ *   `--image-mib` MiB sample pool as a plain, a zlib and a zstd image, served
+ *   one sled at a time by the server with its defaults; the zstd and zlib
+ *   images' boot rate, server CPU and first DATA against the plain image's,
+ *   median of 3 runs.
  *
  * Figures per row and server: time until the last sled booted (or "not
  * booted in N s": `--cap` bounds every row, since today's server stalls a
@@ -42,21 +46,20 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { DEFAULT_DATASET, encodeHeader, MIB, toHex, VERSION } from "@ramdisk-tools/image/format.ts";
-import { samplePoolChunks, writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
+import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
   BROADCAST_MAC,
   CHUNK_SIZE,
-  decodeFrame,
   encodeFrame,
   type Mac,
   parseMac,
   READ_SLOTS,
-  sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { consecutiveMacs, type EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
-import { goal } from "./measure.ts";
+import { goal, printRows } from "./measure.ts";
+import { IMAGE_DEFAULTS, imageRows } from "./netboot-images.ts";
 import { processCpuSeconds, watchLines } from "./server-process.ts";
 
 /** The server as it ships: its defaults are fast re-send, pacing at 1g per sled and admission. */
@@ -79,7 +82,7 @@ const FLOOD_SLEDS = 2;
 
 const { values } = parseArgs({
   options: {
-    rows: { type: "string", default: "loss,burst,port,slow,flood" },
+    rows: { type: "string", default: "loss,burst,port,slow,flood,images" },
     sleds: { type: "string", default: "1,32" },
     "mib-one": { type: "string", default: "64" },
     "mib-many": { type: "string", default: "16" },
@@ -87,14 +90,18 @@ const { values } = parseArgs({
     cap: { type: "string", default: "45" },
     "ours-flags": { type: "string" },
     "peer-flags": { type: "string" },
-    "first-data-mib": { type: "string", default: "256" },
+    "image-mib": { type: "string", default: String(IMAGE_DEFAULTS.imageMib) },
     /** Names of the veth pair made for the run start with this. */
     "veth-prefix": { type: "string", default: "rbn" },
   },
 });
-const ROW_GROUPS = ["loss", "burst", "port", "slow", "flood", "first-data"];
+const ROW_GROUPS = ["loss", "burst", "port", "slow", "flood", "images"];
 const rowGroups = values.rows.split(",").filter(Boolean);
 for (const group of rowGroups) {
+  if (group === "first-data") {
+    console.error('bench:netboot: the "first-data" rows are now the "images" rows: --rows images');
+    process.exit(2);
+  }
   if (!ROW_GROUPS.includes(group)) {
     console.error(`bench:netboot: unknown row group "${group}"; choose from ${ROW_GROUPS.join(", ")}`);
     process.exit(2);
@@ -501,130 +508,6 @@ async function networkRows(dir: string): Promise<void> {
   for (const image of sizes.values()) await rm(image.path);
 }
 
-/** The MAC of the sled this script plays for the first-DATA rows. */
-const SCRIPTED_SLED = parseMac("02:5e:b5:00:0f:01")!;
-/** How often the scripted sled says HELLO until it is offered an image. */
-const SCRIPTED_HELLO_MS = 50;
-
-interface FirstData {
-  /** From the server's start to its "serving on" line (image loaded, link open), its first OFFER, and the first DATA. */
-  readyMs: number;
-  offerMs: number;
-  firstDataMs: number;
-  /** The emulator's whole boot from the same server. */
-  booted: boolean;
-  megabytesPerSecond: number;
-}
-
-/** Start a server on `image`, play a sled's discovery and first READ against it, then boot the emulator from it. */
-async function firstData(
-  serverLink: string,
-  sledLink: string,
-  image: string,
-  checksumFile: string,
-): Promise<FirstData> {
-  const link = PcapLink.open(sledLink, { timeoutMs: 1 });
-  const started = performance.now();
-  const server = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), serverLink, image, "any"], {
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  let readyMs = NaN;
-  const output = watchLines(server.stdout, /^serving on /);
-  output.ready.then(() => (readyMs = performance.now() - started)).catch(() => {});
-  try {
-    const hello = encodeFrame(BROADCAST_MAC, SCRIPTED_SLED, {
-      type: "hello",
-      text: new TextEncoder().encode("bench sled"),
-    });
-    let offerMs = NaN;
-    let serverMac: Uint8Array | undefined;
-    let nextHello = 0;
-    while (!serverMac) {
-      if (server.exitCode !== null)
-        throw new Error(`bootserver exited with ${server.exitCode}: ${await new Response(server.stderr).text()}`);
-      if (performance.now() >= nextHello) {
-        link.inject(hello);
-        nextHello = performance.now() + SCRIPTED_HELLO_MS;
-      }
-      const frame = link.next();
-      const decoded = frame && decodeFrame(frame);
-      if (decoded?.ok && decoded.frame.message.type === "offer" && sameMac(decoded.frame.destination, SCRIPTED_SLED)) {
-        offerMs = performance.now() - started;
-        serverMac = decoded.frame.source;
-      } else if (!frame) await Bun.sleep(0);
-    }
-    // The first batch, as a sled asks it: slots 1..127 hold their offsets, offset 0 is the count's extra one.
-    const slots = new BigUint64Array(READ_SLOTS).map((_, slot) => BigInt(slot * CHUNK_SIZE));
-    link.inject(encodeFrame(serverMac, SCRIPTED_SLED, { type: "read", count: BigInt(READ_SLOTS), slots }));
-    let firstDataMs = NaN;
-    while (Number.isNaN(firstDataMs)) {
-      const frame = link.next();
-      const decoded = frame && decodeFrame(frame);
-      if (decoded?.ok && decoded.frame.message.type === "data" && sameMac(decoded.frame.destination, SCRIPTED_SLED)) {
-        firstDataMs = performance.now() - started;
-      } else if (!frame) await Bun.sleep(0);
-    }
-    link.inject(encodeFrame(serverMac, SCRIPTED_SLED, { type: "finished" }));
-    const sled = Bun.spawn(
-      ["bun", join(ROOT, "apps/sled.ts"), sledLink, "--checksum-file", checksumFile, "--json", "--timeout", "600"],
-      {
-        stdout: "pipe",
-        stderr: "inherit",
-      },
-    );
-    const reports = (await new Response(sled.stdout).text())
-      .split("\n")
-      .filter((line) => line.startsWith("{"))
-      .map((line) => JSON.parse(line) as EmulatedSledReport);
-    await sled.exited;
-    const booted = reports.length === 1 && reports[0]!.outcome === "booted";
-    await output.ready;
-    return { readyMs, offerMs, firstDataMs, booted, megabytesPerSecond: reports[0]?.megabytesPerSecond ?? NaN };
-  } finally {
-    link.close();
-    server.kill("SIGTERM");
-    await server.exited;
-    await output.lines.catch(() => {});
-  }
-}
-
-/** The first-DATA rows: a zlib and a zstd image of the same sample pool, made by mkimage. */
-async function firstDataRows(dir: string, serverLink: string, sledLink: string, mib: number): Promise<void> {
-  const pool = join(dir, "first-data.raw");
-  await writeSamplePool(pool, mib * MIB);
-  const kinds = [
-    { name: "zlib", flag: "-z" },
-    { name: "zstd", flag: "--zstd" },
-  ];
-  const results: Record<string, FirstData> = {};
-  console.log(
-    `\ntime to first DATA, ${mib} MiB sample pool, one sled, from the server's start (HELLO every ${SCRIPTED_HELLO_MS} ms)`,
-  );
-  console.log("image  file MiB  ready ms  OFFER ms  first DATA ms  first DATA after ready ms  whole boot MB/s  booted");
-  for (const { name, flag } of kinds) {
-    const image = join(dir, `first-data-${name}.img`);
-    const checksum = join(dir, `first-data-${name}.csum`);
-    const made = Bun.spawnSync(["bun", join(ROOT, "apps/mkimage.ts"), "-i", pool, "-o", image, "-O", checksum, flag], {
-      stderr: "pipe",
-    });
-    if (made.exitCode !== 0) throw new Error(`mkimage ${flag} failed: ${made.stderr.toString()}`);
-    const result = await firstData(serverLink, sledLink, image, checksum);
-    results[name] = result;
-    console.log(
-      `${name.padEnd(5)}  ${(Bun.file(image).size / MIB).toFixed(1).padStart(8)}  ${result.readyMs.toFixed(0).padStart(8)}  ` +
-        `${result.offerMs.toFixed(0).padStart(8)}  ${result.firstDataMs.toFixed(0).padStart(13)}  ` +
-        `${(result.firstDataMs - result.readyMs).toFixed(0).padStart(25)}  ${result.megabytesPerSecond.toFixed(1).padStart(15)}  ${result.booted ? "yes" : "NO"}`,
-    );
-  }
-  const { zlib, zstd } = results as { zlib: FirstData; zstd: FirstData };
-  console.log(
-    `from the server's start, zstd's first DATA comes ${(zlib.firstDataMs / zstd.firstDataMs).toFixed(1)}x sooner than zlib's; ` +
-      `goal, zstd's first DATA within 1000 ms of a HELLO to a ready server: ${zstd.firstDataMs - zstd.readyMs <= 1000 ? "yes" : "NO"} ` +
-      `(${(zstd.firstDataMs - zstd.readyMs).toFixed(0)} ms, HELLOs ${SCRIPTED_HELLO_MS} ms apart)`,
-  );
-}
-
 const raw = canUseRawNetwork();
 if (!raw.ok) {
   console.error(`bench:netboot skipped: ${raw.why}`);
@@ -633,8 +516,11 @@ if (!raw.ok) {
 const dir = await mkdtemp(join(tmpdir(), "bench-netboot-"));
 try {
   await networkRows(dir);
-  if (rowGroups.includes("first-data")) {
-    await withVethPair(({ a, b }) => firstDataRows(dir, a, b, Number(values["first-data-mib"])), values["veth-prefix"]);
+  if (rowGroups.includes("images")) {
+    const options = { imageMib: Number(values["image-mib"]), runs: IMAGE_DEFAULTS.runs };
+    const { heading, rows } = await withVethPair((pair) => imageRows(pair, dir, options), values["veth-prefix"]);
+    console.log(`\n${heading}`);
+    printRows(rows);
   }
 } finally {
   await rm(dir, { recursive: true, force: true });
