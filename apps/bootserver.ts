@@ -7,7 +7,7 @@
  * extended to several images, pinned images, allow lists and a boot count.
  */
 
-import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
+import { runMain, usageConventions, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
 import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { MIB } from "@ramdisk-tools/image/format.ts";
 import { DEFAULT_CACHE_BYTES, MAX_CACHE_BYTES } from "@ramdisk-tools/netboot/block-cache.ts";
@@ -49,7 +49,7 @@ function parseArguments(argv: string[]) {
       requiresArg: true,
     })
     .option("boots", {
-      type: "number",
+      type: "string",
       describe: "exit 0 once N sleds have finished (no more than N are offered an image)",
       requiresArg: true,
     })
@@ -101,14 +101,14 @@ function parseArguments(argv: string[]) {
         "rate-limit HELLOs, start a session only for a sled that READs an offer (--no-admission: a session per HELLO)",
     })
     .option("max-sleds", {
-      type: "number",
-      default: DEFAULT_MAX_SLEDS,
+      type: "string",
+      default: String(DEFAULT_MAX_SLEDS),
       describe: "serve at most N sleds at once; more wait (with admission)",
       requiresArg: true,
     })
     .option("zstd-cache", {
-      type: "number",
-      default: DEFAULT_CACHE_BYTES / MIB,
+      type: "string",
+      default: String(DEFAULT_CACHE_BYTES / MIB),
       describe: "MiB of decompressed blocks kept for each zstd image, shared by its sleds",
       requiresArg: true,
     })
@@ -157,27 +157,17 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
   const listed = args.allow.map((mac) => macArgument(mac, "--allow"));
   const serveAny = target.toLowerCase() === "any";
   if (!serveAny) listed.push(macArgument(target, "the last argument (MAC or any)"));
-  if (args.boots !== undefined && !(Number.isInteger(args.boots) && args.boots >= 1)) {
-    throw new UserError(`--boots must be a whole number of at least 1, not ${args.boots}`, EXIT_USAGE);
-  }
+  const boots = args.boots === undefined ? undefined : wholeNumber("--boots", args.boots, 1);
   if (args.t !== undefined && !(args.t > 0))
     throw new UserError(`-t must be a positive number of seconds, not ${args.t}`, EXIT_USAGE);
-  if (!(Number.isInteger(args["max-sleds"]) && args["max-sleds"] >= 1)) {
-    throw new UserError(`--max-sleds must be a whole number of at least 1, not ${args["max-sleds"]}`, EXIT_USAGE);
-  }
-  const cacheMib = args["zstd-cache"];
-  if (!(Number.isInteger(cacheMib) && cacheMib >= 1 && cacheMib <= MAX_CACHE_BYTES / MIB)) {
-    throw new UserError(
-      `--zstd-cache must be a whole number of MiB from 1 to ${MAX_CACHE_BYTES / MIB}, not ${cacheMib}`,
-      EXIT_USAGE,
-    );
-  }
+  const maxSleds = wholeNumber("--max-sleds", args["max-sleds"], 1);
+  const cacheMib = wholeNumber("--zstd-cache", args["zstd-cache"], 1, MAX_CACHE_BYTES / MIB);
   return {
     link,
     images,
     pinned,
     allowed: serveAny && listed.length === 0 ? null : listed,
-    boots: args.boots ?? (args.s ? 1 : undefined),
+    boots: boots ?? (args.s ? 1 : undefined),
     failuresFatal: args.s,
     helloTimeoutSeconds: args.t,
     pcap: args.pcap,
@@ -185,7 +175,7 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
     linkRate: args["link-rate"] === undefined ? null : rateArgument(args["link-rate"], "--link-rate"),
     resend: args.resend,
     admission: args.admission,
-    maxSleds: args["max-sleds"],
+    maxSleds,
     zstdCacheBytes: cacheMib * MIB,
   };
 }

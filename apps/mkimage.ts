@@ -8,7 +8,7 @@
  * boots only through its bootserver.
  */
 
-import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
+import { runMain, usageConventions, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
 import { EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "@ramdisk-tools/image/format.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
@@ -27,19 +27,6 @@ const PROGRAM = "mkimage";
 /** The zlib levels, and the default: level 9 is what existing images use (format.md). */
 const ZLIB_LEVELS = { min: 1, max: 9, default: 9 };
 const ZSTD_LEVELS = { min: ZSTD_MIN_LEVEL, max: ZSTD_MAX_LEVEL, default: ZSTD_DEFAULT_LEVEL };
-
-/**
- * A whole number as the existing mkimage reads `-s` (Rust's `str::parse::<u64>`):
- * decimal digits, optionally after one `+`; no sign `-`, no spaces, nothing empty.
- */
-function wholeNumber(flag: string, value: string | number, min: number, max: number): number {
-  const text = String(value);
-  const number = /^\+?\d+$/.test(text) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(number) || number < min || number > max) {
-    throw new UserError(`${flag} must be a whole number from ${min} to ${max}, not "${text}"`, EXIT_USAGE);
-  }
-  return number;
-}
 
 async function main(): Promise<void> {
   const parser = yargs(hideBin(process.argv))

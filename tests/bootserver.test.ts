@@ -333,6 +333,18 @@ describe("bootserver refuses", () => {
     expect((await bootserver(["rbs-none", "a.img"])).exitCode).toBe(2);
     expect((await bootserver(["rbs-none", "a.img", "not-a-mac"])).stderr).toContain('"not-a-mac" is not a MAC address');
     expect((await bootserver(["--boots", "0", "rbs-none", "a.img", "any"])).exitCode).toBe(2);
+    // Whole-number options quote what was typed, not what a number parser made of it.
+    const numbers: [string[], string][] = [
+      [["--boots", "2.5"], '--boots must be a whole number of at least 1, not "2.5"'],
+      [["--max-sleds", "abc"], '--max-sleds must be a whole number of at least 1, not "abc"'],
+      [["--zstd-cache", "abc"], '--zstd-cache must be a whole number from 1 to 4096, not "abc"'],
+      [["--zstd-cache", "4097"], '--zstd-cache must be a whole number from 1 to 4096, not "4097"'],
+      [["--zstd-cache", "0"], '--zstd-cache must be a whole number from 1 to 4096, not "0"'],
+    ];
+    for (const [options, message] of numbers) {
+      const run = await bootserver([...options, "rbs-none", "a.img", "any"]);
+      expect([run.exitCode, run.stderr]).toEqual([2, `bootserver: ${message}\n`]);
+    }
   });
 });
 

@@ -10,6 +10,25 @@ import { COMPLETION_SHELLS, type CompletionShell, completionScript, defaultShell
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, oneLine, UserError } from "./errors.ts";
 
 /** What every program's --help says about its exit status, unless it has more to say. */
+/**
+ * A whole-number option read from the text the user typed, as the existing
+ * mkimage reads `-s` (Rust's `str::parse::<u64>`): decimal digits, optionally
+ * after one `+`; no sign `-`, no spaces, nothing empty. Anything else, or a
+ * number outside `min` to `max`, is a usage error that quotes the text
+ * (a yargs number option would have turned "abc" into NaN first).
+ *
+ * @example const jobs = wholeNumber("--jobs", args.jobs, 1, 256);
+ */
+export function wholeNumber(flag: string, value: string | number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const text = String(value);
+  const number = /^\+?\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(number) || number < min || number > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `of at least ${min}` : `from ${min} to ${max}`;
+    throw new UserError(`${flag} must be a whole number ${range}, not "${text}"`, EXIT_USAGE);
+  }
+  return number;
+}
+
 export const EXIT_STATUS_HELP = "Exit status: 0 ok, 1 failure, 2 usage error.";
 
 /**
