@@ -9,7 +9,6 @@ import packageJson from "../../package.json" with { type: "json" };
 import { COMPLETION_SHELLS, type CompletionShell, completionScript, defaultShell } from "./completion.ts";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, oneLine, UserError } from "./errors.ts";
 
-/** What every program's --help says about its exit status, unless it has more to say. */
 /**
  * A whole-number option read from the text the user typed, as the existing
  * mkimage reads `-s` (Rust's `str::parse::<u64>`): decimal digits, optionally
@@ -29,6 +28,7 @@ export function wholeNumber(flag: string, value: string | number, min: number, m
   return number;
 }
 
+/** What every program's --help says about its exit status, unless it has more to say. */
 export const EXIT_STATUS_HELP = "Exit status: 0 ok, 1 failure, 2 usage error.";
 
 /**

@@ -3,9 +3,10 @@
  * stored or zlib payload, run by workers/sha256.ts: it takes the raw image's
  * pieces in image order from one link, hashes them, and, for lookimage
  * --extract, writes each to the raw output file before acknowledging it
- * (writeRaw, which the zstd hasher of lib/image/verify-zstd.ts uses too). It sees every raw byte once, in order, which is why the
- * writing is here. Kept apart from the pipeline so its thread loads only
- * what it runs: each module a thread imports is paid for at its start.
+ * (writeRaw, which the zstd hasher of lib/image/verify-zstd.ts uses too). It
+ * sees every raw byte once, in order, which is why the writing is here. Kept
+ * apart from the pipeline so its thread loads only what it runs: each module
+ * a thread imports is paid for at its start.
  */
 
 import { closeSync, openSync, writeSync } from "node:fs";

@@ -29,8 +29,9 @@
  * spares allocating and clearing them for every block, but in Bun 1.4.5 it
  * also drops the parameters (every frame after the first came out at zstd's
  * default level 3, whatever was asked), so they are set again with the
- * handle's `init`, the call node:zlib's constructor makes. Measured in
- * bench/zstd-engines.ts ("node:zlib handle, restarted").
+ * handle's `init`, the call node:zlib's constructor makes. Restarted, the
+ * encoder compressed 3 to 4% faster than a new one per 1 MiB block, into the
+ * same bytes.
  *
  * Users: lib/image/verify.ts inflates zlib payloads with it, lib/image/zstd-frames.ts
  * compresses blocks and decompresses frames with it (compressBlock,
