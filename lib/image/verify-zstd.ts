@@ -39,13 +39,13 @@ import { type HashReport, type RawSink, writeRaw } from "./hash-stage.ts";
 import { decompressBlock } from "./zstd-frames.ts";
 import {
   CLAIMED,
-  CONTROL_WORDS,
   failedState,
   HASHED,
   REASON_BYTES,
   readyState,
+  ringViews,
   STOP,
-  WORDS_PER_SLOT,
+  slotState,
   type ZstdRing,
 } from "./zstd-ring.ts";
 import type { Block } from "./zstd-seekable.ts";
@@ -57,7 +57,7 @@ export interface ZstdVerifyOrder {
   /** Where the payload starts in the file (HEADER_SIZE): a frame's file offset is this plus its own. */
   payloadStart: number;
   /** Every block of the seek table, in image order. */
-  blocks: Block[];
+  blocks: readonly Block[];
   ring: ZstdRing;
   /** True for the one thread that hashes the blocks in order (and writes them to `sink`). */
   hasher: boolean;
@@ -107,10 +107,10 @@ class RingThread {
   readonly #frame: Uint8Array;
 
   constructor(order: ZstdVerifyOrder) {
-    const { ring } = order;
     this.#order = order;
-    this.#words = new Int32Array(ring.memory, 0, CONTROL_WORDS + ring.slots * WORDS_PER_SLOT);
-    this.#bytes = new Uint8Array(ring.memory, this.#words.byteLength);
+    const { words, bytes } = ringViews(order.ring);
+    this.#words = words;
+    this.#bytes = bytes;
     this.#progress = new BigInt64Array(order.progress);
     this.#frame = new Uint8Array(order.blocks.reduce((most, block) => Math.max(most, block.compressedSize), 0));
     this.#file = openSync(order.path, "r");
@@ -146,7 +146,7 @@ class RingThread {
     const block = this.#order.blocks[frame]!;
     const slot = frame % this.#order.ring.slots;
     const reason = this.#fill(block, this.#slotBytes(slot));
-    const state = CONTROL_WORDS + slot * WORDS_PER_SLOT;
+    const state = slotState(slot);
     if (reason === null) {
       Atomics.store(this.#words, state, readyState(frame));
     } else {
@@ -193,7 +193,7 @@ class RingThread {
     try {
       for (let frame = 0; frame < blocks.length; frame++) {
         const slot = frame % ring.slots;
-        const state = CONTROL_WORDS + slot * WORDS_PER_SLOT;
+        const state = slotState(slot);
         for (;;) {
           const now = Atomics.load(words, state);
           if (now === readyState(frame)) break;

@@ -260,10 +260,11 @@ function startZstdThreads(
   progress: SharedArrayBuffer,
   sink: RawSink | null,
 ): Promise<HashReport> {
-  const ring = zstdRing(table.blocks);
-  const blocks = [...table.blocks];
+  const { blocks } = table;
+  const ring = zstdRing(blocks);
+  const count = Math.max(1, Math.min(threads, blocks.length));
   let hashed: Promise<ZstdVerifyReport> | undefined;
-  for (let thread = 0; thread < Math.max(1, Math.min(threads, blocks.length)); thread++) {
+  for (let thread = 0; thread < count; thread++) {
     const hasher = thread === 0;
     const order: ZstdVerifyOrder = {
       path,

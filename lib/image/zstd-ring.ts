@@ -18,9 +18,9 @@ export const REASON_BYTES = 1024;
 export const CLAIMED = 0;
 export const HASHED = 1;
 export const STOP = 2;
-export const CONTROL_WORDS = 3;
+const CONTROL_WORDS = 3;
 /** Per slot: its state (readyState or failedState of the frame in it, 0 while fresh), and the length of a failure's reason. */
-export const WORDS_PER_SLOT = 2;
+const WORDS_PER_SLOT = 2;
 
 /**
  * The shared memory of one verification: control words, then per-slot
@@ -44,8 +44,33 @@ export function zstdRing(blocks: readonly Block[]): ZstdRing {
   const largest = blocks.reduce((most, block) => Math.max(most, block.decompressedSize), 0);
   const slotSize = Math.max(largest, REASON_BYTES);
   const slots = Math.max(MIN_SLOTS, Math.floor(RING_BYTES / slotSize));
-  const wordBytes = (CONTROL_WORDS + slots * WORDS_PER_SLOT) * Int32Array.BYTES_PER_ELEMENT;
+  const wordBytes = ringWordCount(slots) * Int32Array.BYTES_PER_ELEMENT;
   return { memory: new SharedArrayBuffer(wordBytes + slots * slotSize), slots, slotSize };
+}
+
+/**
+ * A thread's views of the ring: its Int32 words (control, then per slot) and
+ * the slots' bytes after them.
+ *
+ * @example const { words, bytes } = ringViews(order.ring);
+ */
+export function ringViews(ring: ZstdRing): { words: Int32Array; bytes: Uint8Array } {
+  const words = new Int32Array(ring.memory, 0, ringWordCount(ring.slots));
+  return { words, bytes: new Uint8Array(ring.memory, words.byteLength) };
+}
+
+/**
+ * The index of `slot`'s state word; the length of a failure's reason is the
+ * word after it.
+ *
+ * @example Atomics.store(words, slotState(slot), readyState(frame));
+ */
+export function slotState(slot: number): number {
+  return CONTROL_WORDS + slot * WORDS_PER_SLOT;
+}
+
+function ringWordCount(slots: number): number {
+  return CONTROL_WORDS + slots * WORDS_PER_SLOT;
 }
 
 /** A slot's state once `frame` is in it, decompressed and checked. Never 0, the state of a fresh slot. */
