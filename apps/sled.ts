@@ -4,7 +4,7 @@
  * to test a boot server. Exits 0 only when every emulated sled would boot.
  */
 import { readFileSync } from "node:fs";
-import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
+import { runMain, usageConventions, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, systemReason, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { formatMac, parseMac, SHA256_SIZE, sameMac } from "@ramdisk-tools/protocol/frames.ts";
 import { DEFAULT_PORT_BUFFER_BYTES } from "@ramdisk-tools/sled/faults.ts";
@@ -31,7 +31,12 @@ function parseArguments(argv: string[]) {
     })
     .option("checksum-file", { type: "string", describe: "the 32-byte checksum file written by mkimage -O" })
     .option("mac", { type: "string", describe: "MAC of the first sled (default 02:, the link's last 4 bytes, :00)" })
-    .option("sleds", { type: "number", default: 1, describe: "sleds to emulate at once, on consecutive MACs" })
+    .option("sleds", {
+      type: "string",
+      default: "1",
+      coerce: (text: string) => wholeNumber("--sleds", text, 1, 4096),
+      describe: "sleds to emulate at once, on consecutive MACs",
+    })
     .option("timeout", { type: "number", default: 120, describe: "seconds a sled may take to boot before it fails" })
     .option("restart-on-reset", {
       type: "boolean",
@@ -44,13 +49,19 @@ function parseArguments(argv: string[]) {
       default: 0,
       describe: "chance per DATA frame that a loss of --burst-length frames starts there",
     })
-    .option("burst-length", { type: "number", default: 4, describe: "DATA frames lost in a row per burst" })
+    .option("burst-length", {
+      type: "string",
+      default: "4",
+      coerce: (text: string) => wholeNumber("--burst-length", text, 1),
+      describe: "DATA frames lost in a row per burst",
+    })
     .option("port-rate", {
       type: "string",
       describe: "model a switch port in front of each sled draining at this rate (bits/s, k/m/g suffix: 1g)",
     })
     .option("port-buffer", {
-      type: "number",
+      type: "string",
+      coerce: (text: string) => wholeNumber("--port-buffer", text, 0),
       describe: `bytes the modelled port can queue (default ${DEFAULT_PORT_BUFFER_BYTES} with --port-rate)`,
     })
     .option("batch-delay", {
@@ -82,22 +93,15 @@ function parseArguments(argv: string[]) {
       if (args.checksum === undefined && args["checksum-file"] === undefined) {
         throw new Error("one of --checksum or --checksum-file is required");
       }
-      if (!Number.isInteger(args.sleds) || args.sleds < 1 || args.sleds > 4096)
-        throw new Error("--sleds must be a whole number from 1 to 4096");
       if (!(args.timeout > 0)) throw new Error("--timeout must be a positive number of seconds");
       for (const name of ["drop-rate", "burst-rate", "duplicate-rate", "reorder-rate", "delay-rate"] as const) {
         if (!(args[name] >= 0 && args[name] <= 1)) throw new Error(`--${name} must be between 0 and 1`);
       }
       if (!(args["delay-ms"] >= 0)) throw new Error("--delay-ms must not be negative");
-      if (!(Number.isInteger(args["burst-length"]) && args["burst-length"] >= 1))
-        throw new Error("--burst-length must be a whole number of frames, at least 1");
       if (args["port-rate"] !== undefined && parseBitRate(args["port-rate"]) === null)
         throw new Error(`--port-rate "${args["port-rate"]}" is not a rate like 1g, 100m or 2.5g (bits per second)`);
-      if (args["port-buffer"] !== undefined) {
-        if (args["port-rate"] === undefined) throw new Error("--port-buffer needs --port-rate");
-        if (!(Number.isInteger(args["port-buffer"]) && args["port-buffer"] >= 0))
-          throw new Error("--port-buffer must be a whole number of bytes");
-      }
+      if (args["port-buffer"] !== undefined && args["port-rate"] === undefined)
+        throw new Error("--port-buffer needs --port-rate");
       if (!(args["batch-delay"] >= 0)) throw new Error("--batch-delay must not be negative");
       if (!Number.isInteger(args.seed)) throw new Error("--seed must be a whole number");
       return true;

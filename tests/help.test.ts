@@ -177,3 +177,25 @@ describe("--completion", () => {
     TIMEOUT_MS,
   );
 });
+
+describe("whole-number options", () => {
+  test(
+    "the sled emulator's quote what was typed, with the range, and exit 2",
+    async () => {
+      const cases: [string[], string][] = [
+        [["--sleds", "abc"], '--sleds must be a whole number from 1 to 4096, not "abc"'],
+        [["--sleds", "2.5"], '--sleds must be a whole number from 1 to 4096, not "2.5"'],
+        [["--burst-length", "0"], '--burst-length must be a whole number of at least 1, not "0"'],
+        [
+          ["--port-rate", "1g", "--port-buffer", "lots"],
+          '--port-buffer must be a whole number of at least 0, not "lots"',
+        ],
+      ];
+      for (const [options, message] of cases) {
+        const refused = await run("sled", ["lo", "--checksum", "00", ...options]);
+        expect(refused).toEqual({ exitCode: 2, stdout: "", stderr: `sled: ${message}; see sled --help\n` });
+      }
+    },
+    TIMEOUT_MS,
+  );
+});
