@@ -69,6 +69,13 @@ function parseArguments(argv: string[]) {
       default: 0,
       describe: "ms a slow sled waits after each complete batch before its next READ",
     })
+    .option("console-baud", {
+      type: "string",
+      default: "0",
+      coerce: (text: string) => wholeNumber("--console-baud", text, 0),
+      describe:
+        "serial console speed: each line the kernel prints (a dropped DATA, the status once a second) holds up its receive loop for its serial time; 0: free",
+    })
     .option("duplicate-rate", {
       type: "number",
       default: 0,
@@ -108,6 +115,10 @@ function parseArguments(argv: string[]) {
     })
     .example("$0 eth1 --checksum-file boot_image_csum --sleds 4", "boot four emulated sleds from the server on eth1")
     .example("$0 veth1 --checksum-file csum --drop-rate 0.01 --seed 7", "boot one sled losing 1% of DATA frames")
+    .example(
+      "$0 veth1 --checksum-file csum --console-baud 115200 --drop-rate 0.005",
+      "boot one sled with a 115,200-baud console that prints every dropped DATA, losing 0.5%",
+    )
     .example(
       "$0 veth1 --checksum-file csum --port-rate 1g",
       "boot one sled behind a gigabit port with 64 KiB of buffer",
@@ -166,6 +177,7 @@ async function sled(argv: string[]): Promise<number> {
       timeoutMs: args.timeout * 1000,
       restartOnReset: args["restart-on-reset"],
       batchDelayMs: args["batch-delay"],
+      consoleBaud: args["console-baud"],
       faults: {
         dropRate: args["drop-rate"],
         burstRate: args["burst-rate"],

@@ -27,15 +27,22 @@ export interface ProgressSink {
 }
 
 /**
- * How the sled's link fared: re-asked offsets, re-sent frames, time waiting
- * for the pacing clock, batches the link refused (the last three only when
- * there were any).
+ * How the sled's link fared: re-asked offsets, copies sent (with what they
+ * cost the sled's console when it is measured), fast re-send's choice once
+ * it is more than learning, time waiting for the pacing clock, batches the
+ * link refused (the last ones only when there were any).
  *
- * @example linkFigures(progress) // "3 re-asked offsets, 256 re-sent frames, paced 0.41 s"
+ * @example linkFigures(progress) // "3 re-asked offsets, 40 copies (~0.16 s of console), copies on (3.9 ms a console line), paced 0.41 s"
  */
 export function linkFigures(progress: SledProgress): string {
   const parts = [`${progress.reasked} re-asked offsets`];
-  if (progress.resentFrames > 0) parts.push(`${progress.resentFrames} re-sent frames`);
+  if (progress.resentFrames > 0) {
+    const cost = progress.consoleLineMs > 0 ? ` (~${progress.copiesConsoleSeconds.toFixed(2)} s of console)` : "";
+    parts.push(`${progress.resentFrames} copies${cost}`);
+  }
+  const line = progress.consoleLineMs > 0 ? ` (${progress.consoleLineMs.toFixed(2)} ms a console line)` : "";
+  if (progress.copyChoice === "on") parts.push(`copies on${line}`);
+  if (progress.copyChoice === "off") parts.push(`copies off: console too slow${line}`);
   if (progress.pacedSeconds >= 0.005) parts.push(`paced ${progress.pacedSeconds.toFixed(2)} s`);
   if (progress.sendFailures > 0) parts.push(`${progress.sendFailures} batches refused by the link`);
   return parts.join(", ");
@@ -217,6 +224,11 @@ function transferFields(progress: SledProgress) {
     resent_frames: progress.resentFrames,
     paced_seconds: Number(progress.pacedSeconds.toFixed(3)),
     round_trip_ms: Number(progress.roundTripMs.toFixed(3)),
+    copy_choice: progress.copyChoice,
+    probe_frames: progress.counters.probeFrames,
+    console_line_ms: Number(progress.consoleLineMs.toFixed(3)),
+    console_upper_ms: Number(progress.counters.consoleUpperMs.toFixed(3)),
+    copies_console_seconds: Number(progress.copiesConsoleSeconds.toFixed(3)),
   };
 }
 

@@ -151,8 +151,32 @@ const SESSION_METRICS: Record<SessionCounterName, Family | null> = {
     type: "gauge",
     help: "DATA frames sent to the sled, re-sent copies included.",
   },
-  resentFrames: { name: "sled_resent_frames", type: "gauge", help: "DATA frames sent again by fast re-send." },
-  resends: { name: "sled_resends", type: "gauge", help: "Batches sent again by fast re-send." },
+  resentFrames: {
+    name: "sled_resent_frames",
+    type: "gauge",
+    help: "Copies of DATA frames the sled did not ask for (fast re-send and console probes): a console line each.",
+  },
+  resends: { name: "sled_resends", type: "gauge", help: "READs that came later than the re-send timeout." },
+  probeFrames: {
+    name: "sled_probe_frames",
+    type: "gauge",
+    help: "Copies sent to measure what a console line costs the sled.",
+  },
+  consoleLineMs: {
+    name: "sled_console_line_milliseconds",
+    type: "gauge",
+    help: "Measured console time of one line on the sled (0: not measured yet).",
+  },
+  consoleUpperMs: {
+    name: "sled_console_line_upper_milliseconds",
+    type: "gauge",
+    help: "At most this console time per line, noise included (0: not measured yet).",
+  },
+  copyChoice: {
+    name: "sled_copy_choice",
+    type: "gauge",
+    help: "Fast re-send's choice for the sled: 0 learning the console's cost, 1 copies on, 2 off (console too slow), 3 disabled.",
+  },
   pacedMs: { name: "sled_paced_milliseconds", type: "gauge", help: "Time spent waiting for the pacing clock." },
   roundTripMs: { name: "sled_round_trip_milliseconds", type: "gauge", help: "Smoothed READ round trip (0: not yet)." },
   // Times, not amounts: /status has them.

@@ -1,46 +1,53 @@
 /**
- * When to send a sled's last batch again: the re-send timeout of fast
- * re-send, learnt per sled from the round trips of its READs.
+ * When a sled's next READ is late: the re-send timeout of fast re-send,
+ * learnt per sled from the round trips of its READs.
  *
- * The sled asks for a slot again only after one second (netboot.md, "What
- * the sled does"), so one lost DATA would stall its boot that long. But a
- * sled that has every DATA of a batch asks for the next batch at once: after
- * the last DATA of an answer has left, the next READ comes within about one
- * round trip. If it does not come within a timeout, some DATA was lost, and
- * the session sends every DATA of the last READ again; the sled keeps the
- * ones it still waits for and drops the others.
+ * A sled that has every DATA of a batch asks for the next batch at once:
+ * after the last DATA of an answer has left, the next READ comes within
+ * about one round trip. When it does not come within a timeout, some DATA
+ * may have been lost (or the sled is busy: lib/netboot/copy-policy.ts
+ * decides what to do about it).
  *
  * The timeout is TCP's (RFC 6298): a smoothed round trip SRTT and its mean
  * variation RTTVAR, timeout = SRTT + max(G, 4 RTTVAR), where RFC 6298's clock
  * granularity G is here a floor of RESEND_FLOOR_MS (a busy host's event loops
  * make a few milliseconds of jitter ordinary, and a timeout that fires on
- * jitter costs a whole batch of copies), and the whole is capped far below
- * the sled's own second.
+ * jitter costs copies), and the whole is capped far below the sled's own
+ * second.
  *
  * Samples come only from a READ of a new batch. When the answer before it
- * was re-sent, which copy the READ answers is unknown (Karn's rule), with two
- * exceptions: a READ that reached the server before the re-send began proves
- * the re-send spurious, and the time since the first send is a true round
- * trip; a READ that came later after the last copy than the timeout itself
- * shows the sled slower than the timeout whichever copy it answers (a sled
- * that lost a frame answers its copy within about one round trip), and the
- * time since the first send is taken as its round trip: too long, if
- * anything, which costs a little speed until the next samples correct it,
- * where too short would cost a copy of every batch. A READ's time is when the
- * dispatcher captured it, not when its session got round to it.
+ * was copied, which copy the READ answers is unknown (Karn's rule), with two
+ * exceptions: a READ that reached the server before the copies began proves
+ * them spurious, and the time since the first send is a true round trip; a
+ * READ that came later after the last copy than a round trip and its
+ * variation (plus COPY_EVIDENCE_MS) cannot be the answer to any copy (a sled
+ * that lost a frame answers the copy it needed within about one round trip,
+ * and that copy left no later than the last one), so the sled is slower than
+ * the timeout, and the time since the first send is taken as its round trip:
+ * too long, if anything, which costs a little speed until the next samples
+ * correct it, where too short would cost copies of every batch. A READ's
+ * time is when the dispatcher captured it, not when its session got round
+ * to it. Before any sample the timeout is the cap, so a sled of any pace up
+ * to it is measured on its first batch and never sent copies.
  *
- * Repeated re-sends of one answer wait twice as long each time (backoff), up
- * to the cap; the next answer starts again from the estimate. (TCP carries
- * the backoff over to the next segments; here that would make every loss
- * that follows another loss, most of them on a lossy link, wait longer, and
- * the two exceptions above already teach the timer a slower sled's pace.)
- * Before any sample the timeout is the cap, so a sled of any pace up to it
- * is measured on its first batch and never flooded with copies.
+ * After a late READ the next answer waits twice as long, and so on while
+ * READs keep coming late, up to 2^MAX_DOUBLINGS times (`timeoutAfter`);
+ * a READ in time starts again from the estimate. This is TCP's backoff
+ * carried over to the next segments, and here it is what teaches the timer a
+ * sled that turned slow: copies paced until its READ comes leave no READ
+ * that is plainly no copy's answer, but a wait that doubles soon outlasts
+ * the sled's pace, and its READ in time is then a sample. On a lossy link
+ * it makes a loss that follows a loss wait a few milliseconds longer, where
+ * the sled itself would wait a second.
  */
 /** Margin over the smoothed round trip below which the timeout would fire on ordinary scheduling jitter. */
 export const RESEND_FLOOR_MS = 5;
-/** Far below the sled's one-second re-ask, so a re-send always beats it. */
+/** Far below the sled's one-second re-ask, so copies can still beat it. */
 export const RESEND_CAP_MS = 250;
+/** Doublings of the timeout at most while READs keep coming late. */
+export const MAX_DOUBLINGS = 3;
+/** Margin over a round trip and its variation beyond which a READ after a copy cannot be that copy's answer. */
+export const COPY_EVIDENCE_MS = 1;
 /** RFC 6298's gains and multiple. */
 const ALPHA = 1 / 8;
 const BETA = 1 / 4;
@@ -59,9 +66,14 @@ export class ResendTimeout {
   #rttvar = 0;
   #timeout = RESEND_CAP_MS;
 
-  /** Milliseconds to wait for the next READ before sending again. */
+  /** Milliseconds to wait for the next READ before it counts as late. */
   get timeoutMs(): number {
-    return this.timeoutAfter(0);
+    return this.#timeout;
+  }
+
+  /** The timeout after `lateRun` late READs in a row (see the module comment), at most the cap. */
+  timeoutAfter(lateRun: number): number {
+    return clamp(this.#timeout * 2 ** Math.min(lateRun, MAX_DOUBLINGS));
   }
 
   /** The smoothed round trip, or null before the first sample. */
@@ -83,18 +95,14 @@ export class ResendTimeout {
   }
 
   /**
-   * A READ of a new batch came after its answer was re-sent, so many
+   * A READ of a new batch came after its answer was copied, so many
    * milliseconds after the first send, the first copy and the last copy
    * (negative: it was captured before): a sample when it says something
    * (see the module comment).
    */
   afterResend(sinceSentMs: number, sinceFirstCopyMs: number, sinceLastCopyMs: number): void {
-    if (sinceFirstCopyMs < 0 || sinceLastCopyMs > this.#timeout) this.sample(sinceSentMs);
-  }
-
-  /** Milliseconds to wait before re-send number `resent` + 1 of one answer (backoff). */
-  timeoutAfter(resent: number): number {
-    return clamp(this.#timeout * 2 ** resent);
+    const answersNoCopy = sinceLastCopyMs > (this.#srtt ?? 0) + K * this.#rttvar + COPY_EVIDENCE_MS;
+    if (sinceFirstCopyMs < 0 || answersNoCopy) this.sample(sinceSentMs);
   }
 }
 

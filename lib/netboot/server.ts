@@ -39,6 +39,7 @@
 import { oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { datasetField, encodeFrame, formatMac, type Mac, macKey } from "@ramdisk-tools/protocol/frames.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
+import { COPY_CHOICES, type CopyChoice } from "./copy-policy.ts";
 import {
   type DISPATCH_COUNTERS,
   type DispatchCounters,
@@ -125,6 +126,12 @@ export interface SledProgress {
   pacedSeconds: number;
   /** The smoothed READ round trip in milliseconds, 0 before it is measured. */
   roundTripMs: number;
+  /** Whether fast re-send sends this sled copies, and why (lib/netboot/copy-policy.ts). */
+  copyChoice: CopyChoice;
+  /** What a console line costs the sled in milliseconds, as measured (0: not yet; lib/netboot/console-cost.ts). */
+  consoleLineMs: number;
+  /** Console seconds the copies sent so far are estimated to have cost the sled. */
+  copiesConsoleSeconds: number;
   /** Every counter of the session as it stands (the figures above come from these), for the metrics. */
   counters: Record<(typeof SESSION_COUNTERS)[number], number>;
 }
@@ -675,6 +682,9 @@ export class BootServer {
       resentFrames: counters.get("resentFrames"),
       pacedSeconds: counters.get("pacedMs") / 1000,
       roundTripMs: counters.get("roundTripMs"),
+      copyChoice: COPY_CHOICES[counters.get("copyChoice")] ?? "learning",
+      consoleLineMs: counters.get("consoleLineMs"),
+      copiesConsoleSeconds: (counters.get("resentFrames") * counters.get("consoleLineMs")) / 1000,
     };
   }
 

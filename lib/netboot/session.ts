@@ -22,12 +22,17 @@
  * are; the wait is asynchronous, so it holds up only this sled, and a later
  * READ (the sled re-asks after a second) replaces the held one. Should the
  * image fail its check once filled, the sled is sent a RESET at once.
- * Fast re-send (lib/netboot/resend-timer.ts): after answering a READ the session
- * expects the sled's next READ within about one round trip; when it does not
- * come within the sled's re-send timeout, the session sends the DATA of the
- * last READ again, a few times at most with backoff, so a lost frame costs
- * milliseconds instead of the sled's one-second re-ask. The sled keeps only
- * DATA for offsets still in a slot, so the copies it has are dropped.
+ * Fast re-send: after answering a READ the session expects the sled's next
+ * READ within about one round trip (lib/netboot/resend-timer.ts), plus the
+ * console time the sled may be spending (a status line, the copies it was
+ * just sent). When the READ is later than that, some DATA was probably lost,
+ * and copies of the answer can spare the sled its one-second re-ask. But the
+ * sled prints a console line for every copy of a frame it already has and
+ * waits for it, so copies are sent only while they pay for that sled, paced
+ * no faster than it prints, most likely missing first, and only until its
+ * READ comes (lib/netboot/copy-policy.ts). What a line costs the sled is
+ * learnt from the sled itself with small probes: a few copies placed inside
+ * an answer, whose delay shows in its next READ (lib/netboot/console-cost.ts).
  *
  * Progress lives in a few numbers in a SharedArrayBuffer (SharedCounters):
  * the session thread writes them as it answers and the main thread reads them
@@ -48,22 +53,25 @@ import {
   encodeFrame,
   type Mac,
   READ_SLOTS,
+  REASK_AFTER_MS,
   type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { type CountersOf, countersOf } from "@ramdisk-tools/threads/shared-counters.ts";
 import { type ZstdImageMemory, ZstdImageReader } from "./block-cache.ts";
+import { ConsoleCost } from "./console-cost.ts";
+import { COPY_CHOICES, type CopyChoice, copiesPay, copyOrder, MIN_COPY_GAP_MS } from "./copy-policy.ts";
 import { sharedNowMs } from "./pacing.ts";
 import { RawImageView } from "./raw-image.ts";
 import { ResendTimeout } from "./resend-timer.ts";
 import type { ServedBytes } from "./served-image.ts";
 
-/**
- * Re-sends of one READ's answer before the session leaves it to the sled's
- * own re-ask: with backoff from the floor that spans about a quarter of a
- * second, and a sled that is gone costs no more than this many batches.
- */
-const MAX_RESENDS_PER_READ = 5;
+/** The status line the sled prints once a second is about 48 bytes, a drop line about 45 (netboot.md, "The console"). */
+const STATUS_PER_DROP_LINE = 48 / 45;
+/** Before a console's cost is measured, a probe's copies may hold the sled up this long each (9600 baud). */
+const SLOWEST_LINE_MS = 50;
+/** Timers of the event loop do not fire sooner than this: faster-paced copies go out several per timer. */
+const TIMER_MS = 1;
 
 /** Slots in the re-ask table: two batches of 128 chunks. */
 const ASKED_TABLE_SIZE = 256;
@@ -78,10 +86,13 @@ const ASKED_TABLE_SIZE = 256;
  * - firstReadAt, lastReadAt: epoch milliseconds of the first and the latest READ, 0 before any;
  * - sendFailures: batches of DATA frames the link refused to send (the sled asks again);
  * - dataFrames: DATA frames sent, re-sent copies included;
- * - resentFrames: DATA frames sent again by fast re-send (a subset of dataFrames);
- * - resends: re-send timeouts that fired;
+ * - resentFrames: copies of DATA frames the sled did not ask for, probes included (a subset of dataFrames);
+ * - resends: READs that came late (the re-send timeout fired), whether or not copies were sent;
  * - pacedMs: milliseconds spent waiting for the pacing clock (lib/netboot/pacing.ts);
- * - roundTripMs: the smoothed READ round trip, 0 before the first sample.
+ * - roundTripMs: the smoothed READ round trip, 0 before the first sample;
+ * - probeFrames: copies sent as probes of the sled's console (lib/netboot/console-cost.ts);
+ * - consoleLineMs, consoleUpperMs: what a console line costs the sled, measured and at most; 0 before a probe;
+ * - copyChoice: whether copies are sent to this sled, as an index of COPY_CHOICES (lib/netboot/copy-policy.ts).
  */
 export const SESSION_COUNTERS = [
   "imageSize",
@@ -97,6 +108,10 @@ export const SESSION_COUNTERS = [
   "resends",
   "pacedMs",
   "roundTripMs",
+  "probeFrames",
+  "consoleLineMs",
+  "consoleUpperMs",
+  "copyChoice",
 ] as const;
 export type SessionCounters = CountersOf<typeof SESSION_COUNTERS>;
 /** Counters for one session, over a new buffer or the main thread's. */
@@ -238,7 +253,7 @@ export const EVENT_LOOP_CLOCK: ResendClock = {
 
 /** How a session sends. */
 export interface SledSessionOptions {
-  /** Send the last READ's DATA again when the next READ is late (default true). */
+  /** Send copies of the last READ's DATA when the next READ is late and copies pay (default true). */
   resend?: boolean;
   clock?: ResendClock;
   /** Told, once per offer, why the sled was sent a RESET. */
@@ -271,12 +286,32 @@ export class SledSession {
   /** The latest READ held until the image is filled up to it. */
   #held: ReadRequest | undefined;
   #timeout = new ResendTimeout();
-  /** When the last DATA of the last answer first left (clock ms). */
+  #console = new ConsoleCost();
+  /**
+   * The sled has shown loss or lateness beyond jitter: it asked for a frame
+   * again, or its READ came later than a round trip after copies began.
+   * Probes of its console go on until its cost is known.
+   */
+  #lateSeen = false;
+  /** Per slot of a batch, how often the sled asked for it again (lib/netboot/copy-policy.ts copyOrder). */
+  readonly #losses = new Float64Array(READ_SLOTS);
+  /** The slot of each frame of the last answer. */
+  readonly #slots: number[] = [];
+  /** The frames of the last answer as sent, probe copies included. */
+  readonly #sending: Uint8Array[] = [];
+  /** When the last DATA of the last answer first left, and when the READ it answers was captured (clock ms). */
   #sentAt: number | null = null;
-  /** When it was first and last re-sent, if it was. */
+  #askedAt = 0;
+  /** Probe copies the last answer carried. */
+  #probeCopies = 0;
+  /** Copies of the answer before it may still hold the sled up: its round trip says nothing plain. */
+  #afterCopies = false;
+  /** The last answer's READ came late; and how many answers in a row have (lib/netboot/resend-timer.ts backoff). */
+  #wasLate = false;
+  #lateRun = 0;
+  /** When the last answer was first and last copied, if it was. */
   #firstCopyAt: number | null = null;
   #lastCopyAt = 0;
-  #resentTimes = 0;
   #cancelResend: (() => void) | null = null;
 
   constructor(
@@ -309,8 +344,13 @@ export class SledSession {
     this.#asked.clear();
     this.end();
     this.#timeout = new ResendTimeout();
+    this.#console = new ConsoleCost();
+    this.#lateSeen = false;
+    this.#afterCopies = false;
+    this.#losses.fill(0);
     this.counters.clear();
     this.counters.set("imageSize", this.#image.size);
+    this.#choose(this.#resend ? "learning" : "disabled");
   }
 
   /** The sled finished or was reset: send nothing more until the next READ. */
@@ -319,6 +359,8 @@ export class SledSession {
     this.#cancelResend = null;
     this.#sentAt = null;
     this.#firstCopyAt = null;
+    this.#probeCopies = 0;
+    this.#wasLate = false;
   }
 
   /**
@@ -331,6 +373,9 @@ export class SledSession {
     const sentAt = this.#sentAt;
     const firstCopyAt = this.#firstCopyAt;
     const lastCopyAt = this.#lastCopyAt;
+    const probeCopies = this.#probeCopies;
+    const afterCopies = this.#afterCopies;
+    if (sentAt !== null && !this.#wasLate) this.#lateRun = 0;
     this.end();
     if (this.#hold(read, now)) return;
     const counters = this.counters;
@@ -339,6 +384,7 @@ export class SledSession {
     counters.add("reads");
     const frames = this.#frames;
     frames.length = 0;
+    this.#slots.length = 0;
     let sentBytes = 0;
     let deliveredBytes = 0;
     let reasked = 0;
@@ -348,9 +394,13 @@ export class SledSession {
         for (const offset of requestedOffsets(read)) {
           const writer = this.#writers[frames.length]!;
           frames.push(this.#image.answer(writer, offset));
+          const slot = Number((offset / BigInt(CHUNK_SIZE)) % BigInt(READ_SLOTS));
+          this.#slots.push(slot);
           sentBytes += writer.imageBytes;
-          if (this.#asked.repeat(offset)) reasked++;
-          else deliveredBytes += writer.imageBytes;
+          if (this.#asked.repeat(offset)) {
+            reasked++;
+            this.#losses[slot]!++;
+          } else deliveredBytes += writer.imageBytes;
         }
       } catch (error) {
         if (!(error instanceof ImageFormatError)) throw error;
@@ -366,36 +416,128 @@ export class SledSession {
       return;
     }
     // A READ of a new batch (nothing asked again) measures the round trip
-    // from the answer before it (lib/netboot/resend-timer.ts); a re-ask would mislead it.
+    // from the answer before it (lib/netboot/resend-timer.ts); a re-ask would
+    // mislead it. An answer that carried a probe measures the console
+    // instead (lib/netboot/console-cost.ts), and one that followed copies
+    // measures the copies the sled was still printing, so neither is plain.
+    if (reasked > 0) this.#lateSeen = true;
+    if (firstCopyAt !== null && receivedAt - firstCopyAt > (this.#console.baselineMs ?? 0) + 2 * this.#console.jitterMs)
+      this.#lateSeen = true;
     if (sentAt !== null && reasked === 0 && frames.length > 0) {
-      if (firstCopyAt === null) this.#timeout.sample(receivedAt - sentAt);
-      else this.#timeout.afterResend(receivedAt - sentAt, receivedAt - firstCopyAt, receivedAt - lastCopyAt);
+      const roundTrip = receivedAt - sentAt;
+      if (firstCopyAt !== null) this.#timeout.afterResend(roundTrip, receivedAt - firstCopyAt, receivedAt - lastCopyAt);
+      else if (probeCopies > 0) this.#console.probe(roundTrip, probeCopies);
+      else {
+        this.#timeout.sample(roundTrip);
+        if (!afterCopies) this.#console.plain(roundTrip);
+      }
       counters.set("roundTripMs", this.#timeout.smoothedMs ?? 0);
+      counters.set("consoleLineMs", this.#console.perLineMs ?? 0);
+      counters.set("consoleUpperMs", this.#console.upperMs ?? 0);
     }
-    if (!this.#sendData(frames)) return;
+    this.#afterCopies = firstCopyAt !== null;
+    const probe =
+      this.#resend && reasked === 0 && frames.length === READ_SLOTS ? this.#console.probeSize(this.#lateSeen) : 0;
+    if (!this.#sendData(this.#withProbe(probe))) return;
     counters.add("sentBytes", sentBytes);
     counters.add("deliveredBytes", deliveredBytes);
     counters.add("reasked", reasked);
+    if (probe > 0) {
+      counters.add("resentFrames", probe);
+      counters.add("probeFrames", probe);
+    }
     this.#sentAt = this.#clock.now();
-    this.#resentTimes = 0;
+    this.#askedAt = receivedAt;
+    this.#probeCopies = probe;
     this.#armResend();
   }
 
-  /** Expect the next READ within the re-send timeout. */
+  /**
+   * The frames of the answer, with `copies` copies of its first frames placed
+   * before its last one: the sled prints a line for each before it can take
+   * the last frame, so its next READ is later by their console time.
+   */
+  #withProbe(copies: number): readonly Uint8Array[] {
+    const frames = this.#frames;
+    if (copies === 0) return frames;
+    const sending = this.#sending;
+    sending.length = 0;
+    for (let i = 0; i < frames.length - 1; i++) sending.push(frames[i]!);
+    for (let i = 0; i < copies; i++) sending.push(frames[i]!);
+    sending.push(frames.at(-1)!);
+    return sending;
+  }
+
+  /**
+   * Expect the next READ within the re-send timeout, plus what the sled may
+   * be printing meanwhile: a status line, the probe it was just sent, the
+   * copies of the answer before that it may still be printing.
+   */
   #armResend(): void {
-    if (!this.#resend || this.#frames.length === 0 || this.#resentTimes >= MAX_RESENDS_PER_READ) return;
-    this.#cancelResend = this.#clock.after(this.#timeout.timeoutAfter(this.#resentTimes), () => this.#resendLast());
+    if (!this.#resend || this.#frames.length === 0) return;
+    const line = this.#console.perLineMs ?? 0;
+    const upper = this.#console.upperMs;
+    const backlog = this.#afterCopies ? line * (1 + this.#timeout.timeoutMs / this.#copyGap()) : 0;
+    const wait =
+      this.#timeout.timeoutAfter(this.#lateRun) +
+      line * STATUS_PER_DROP_LINE +
+      this.#probeCopies * (upper ?? SLOWEST_LINE_MS) +
+      backlog;
+    this.#cancelResend = this.#clock.after(wait, () => this.#late());
   }
 
-  /** The next READ is late: some DATA was lost, send the last answer again. */
-  #resendLast(): void {
+  /** Copies are paced this far apart: no faster than the sled prints a line, at the most it may take. */
+  #copyGap(): number {
+    return Math.max(MIN_COPY_GAP_MS, this.#console.upperMs ?? SLOWEST_LINE_MS);
+  }
+
+  /** The next READ is late: send copies of the last answer if they pay (lib/netboot/copy-policy.ts). */
+  #late(): void {
     this.#cancelResend = null;
-    this.#resentTimes++;
+    this.#wasLate = true;
+    this.#lateRun++;
     this.counters.add("resends");
-    this.#firstCopyAt ??= this.#clock.now();
-    if (this.#sendData(this.#frames)) this.counters.add("resentFrames", this.#frames.length);
-    this.#lastCopyAt = this.#clock.now();
-    this.#armResend();
+    const upper = this.#console.upperMs;
+    if (upper === null) return this.#choose("learning");
+    if (!this.#copiesPay(this.#frames.length)) return this.#choose("off");
+    this.#choose("on");
+    this.#sendCopies(copyOrder(this.#slots, this.#losses), 0, this.#clock.now());
+  }
+
+  /** Whether `candidates` more copies are expected to save more wait than they cost the sled's console. */
+  #copiesPay(candidates: number): boolean {
+    const waitLeft = this.#askedAt + REASK_AFTER_MS - this.#clock.now();
+    const roundTrip = this.#timeout.smoothedMs ?? 0;
+    return copiesPay(candidates, this.#console.upperMs ?? SLOWEST_LINE_MS, this.#copyGap(), waitLeft, roundTrip);
+  }
+
+  /**
+   * Send the copies due by now of `order` (indexes into the last answer)
+   * from `sent` on, one every #copyGap() since `startedAt`, then wait for
+   * the next; stop when the rest no longer pays. A READ ends it (end()).
+   */
+  #sendCopies(order: readonly number[], sent: number, startedAt: number): void {
+    this.#cancelResend = null;
+    if (!this.#copiesPay(order.length - sent)) return;
+    const now = this.#clock.now();
+    const gap = this.#copyGap();
+    // One timer's worth at once (the sled's queue absorbs what a timer cannot
+    // space out), but doubling from one copy per timer: a READ that was only
+    // late, not lost, comes back before more than a few copies went out.
+    const elapsed = now - startedAt;
+    const paced = Math.floor((elapsed + TIMER_MS) / gap);
+    const ramp = 2 ** Math.floor(elapsed / TIMER_MS);
+    const due = Math.min(order.length, Math.max(sent + 1, Math.min(paced, ramp)));
+    const copies = order.slice(sent, due).map((index) => this.#frames[index]!);
+    this.#firstCopyAt ??= now;
+    this.#lastCopyAt = now;
+    if (this.#sendData(copies)) this.counters.add("resentFrames", copies.length);
+    if (due < order.length)
+      this.#cancelResend = this.#clock.after(Math.max(TIMER_MS, gap), () => this.#sendCopies(order, due, startedAt));
+  }
+
+  #choose(choice: CopyChoice): void {
+    this.counters.set("copyChoice", COPY_CHOICES.indexOf(choice));
   }
 
   #sendData(frames: readonly Uint8Array[]): boolean {

@@ -51,6 +51,8 @@ export const CHUNK_SIZE = 1024;
 export const READ_BODY_SIZE = 8 + READ_SLOTS * 8;
 /** Bytes one full batch of slots covers: 128 KiB. */
 export const BATCH_BYTES = READ_SLOTS * CHUNK_SIZE;
+/** The sled asks again for a slot whose request is older than this (netboot.md, "What the sled does"). */
+export const REASK_AFTER_MS = 1000;
 
 /** The sled drops DATA whose len is outside [8, 1476]. */
 export const DATA_MIN_BODY = 8;

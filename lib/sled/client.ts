@@ -32,6 +32,19 @@
  * plus that carried-over spill, and hashing the batches in order gives exactly
  * the digest of the ramdisk prefix the kernel hashes.
  *
+ * The console (`consoleBaud`): the kernel thread that takes frames off the
+ * receive queue also prints, and at this point of boot the console is a
+ * serial line whose output it waits for (netboot.md, "The console"). It
+ * prints `dropped data packet for offset N` for every DATA from its server
+ * that is not in a slot (a copy of a frame it already has, or of a finished
+ * batch) and a status line once a second while receiving. Each line keeps
+ * the sled busy for its serial time (10 bits a byte); frames arriving
+ * meanwhile wait in an unbounded queue and are taken in order once it is
+ * done, and no READ (nor re-ask) goes out until then. So copies a server
+ * sends cost the sled time, and a burst of them delays its next READ, as on
+ * a real sled. The queue is modelled in time, not by blocking a thread, so
+ * many sleds on one thread each print at their own pace.
+ *
  * The network between server and sled is modelled in lib/sled/faults.ts, and
  * many sleds run on one link with lib/sled/runner.ts.
  */
@@ -52,16 +65,33 @@ import {
   OFFER_DATASET_SIZE,
   type Offer,
   READ_SLOTS,
+  REASK_AFTER_MS,
   SHA256_SIZE,
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
 
 /** Discovery: the kernel broadcasts HELLO every 4 seconds until it accepts an OFFER. */
 export const HELLO_INTERVAL_MS = 4000;
-/** A slot whose request is older than one second is asked for again. */
-export const REASK_AFTER_MS = 1000;
 /** The emulator's greeting; the kernel's is a short ASCII text without NUL too. */
 export const DEFAULT_GREETING = "sled netboot hello";
+
+/** A `dropped data packet for offset N` line: about 45 bytes (netboot.md, "The console"). */
+export const DROP_LINE_BYTES = 45;
+/** The `receiving ... (NN%)` status line: about 48 bytes. */
+export const STATUS_LINE_BYTES = 48;
+/** The status line is printed once a second while receiving. */
+export const STATUS_INTERVAL_MS = 1000;
+/** A serial line sends 10 bits a byte (start bit, 8 data bits, stop bit). */
+const BITS_PER_CONSOLE_BYTE = 10;
+
+/**
+ * Milliseconds a console of `baud` takes to print `bytes` (0 for a free console).
+ *
+ * @example consoleLineMs(DROP_LINE_BYTES, 115_200) // 3.90625
+ */
+export function consoleLineMs(bytes: number, baud: number): number {
+  return baud > 0 ? (bytes * BITS_PER_CONSOLE_BYTE * 1000) / baud : 0;
+}
 
 /** Image bytes one DATA frame may carry: len up to 1476, less the 8-byte offset. */
 const MAX_DATA_BYTES = DATA_MAX_BODY - 8;
@@ -88,6 +118,13 @@ export interface SledConfig {
    */
   restartOnReset?: boolean;
   greeting?: string;
+  /**
+   * The serial console's speed in baud (10 bits a byte), 0 or absent for a
+   * console that costs nothing. The kernel prints a line for every DATA not
+   * in a slot and a status line once a second, from the thread that takes
+   * frames off the queue, and waits for each line (see the module comment).
+   */
+  consoleBaud?: number;
   /** Told about offers refused and accepted, resets and restarts, as one line each. */
   log?(line: string): void;
 }
@@ -110,6 +147,10 @@ export interface SledReport {
   reasked: number;
   /** Well-formed DATA frames not taken: from another MAC, or for no open slot (copies of frames already taken). */
   dataDropped: number;
+  /** Console lines printed: one per DATA from its server not in a slot, one status line a second. */
+  consoleLines: number;
+  /** Milliseconds the sled spent waiting for its console to print them (0 with a free console). */
+  consoleMs: number;
   /** Frames the decoder refused (DATA len outside 8..1476, OFFER len not 176, ...). */
   invalid: number;
   /** Well-formed frames of no use: OFFERs during transfer, frames of other servers, ... */
@@ -195,6 +236,18 @@ export class SledClient {
   #hasher = new Bun.CryptoHasher("sha256");
   readonly #data = new DataFrameReader();
 
+  /** Serial time of a drop line and of a status line (0: a free console). */
+  readonly #dropLineMs: number;
+  readonly #statusLineMs: number;
+  /** The console prints until then; frames wait meanwhile. */
+  #busyUntil = Number.NEGATIVE_INFINITY;
+  /** Frames that arrived while the console printed, with their arrival time, taken from #queueHead on. */
+  #queue: { frame: Uint8Array; at: number }[] = [];
+  #queueHead = 0;
+  #nextStatusAt = Number.POSITIVE_INFINITY;
+  #consoleLines = 0;
+  #consoleMs = 0;
+
   #hellos = 0;
   #offersRefused = 0;
   #bytes = 0;
@@ -212,6 +265,8 @@ export class SledClient {
     }
     this.mac = copyBytes(config.mac, 0, MAC_SIZE);
     this.#config = config;
+    this.#dropLineMs = consoleLineMs(DROP_LINE_BYTES, config.consoleBaud ?? 0);
+    this.#statusLineMs = consoleLineMs(STATUS_LINE_BYTES, config.consoleBaud ?? 0);
     this.#checksum = copyBytes(config.checksum);
     this.#hello = encodeFrame(BROADCAST_MAC, this.mac, {
       type: "hello",
@@ -233,6 +288,17 @@ export class SledClient {
     return this.#nextBatchAt;
   }
 
+  /**
+   * The earliest time tick() has work that cannot wait for the next poll: a
+   * slow sled's next READ, or frames queued behind the console once it is
+   * done printing; null when none.
+   */
+  get nextDueAt(): number | null {
+    const queued = this.#queueHead < this.#queue.length ? this.#busyUntil : Number.POSITIVE_INFINITY;
+    const due = Math.min(queued, this.#nextBatchAt ?? Number.POSITIVE_INFINITY);
+    return due === Number.POSITIVE_INFINITY ? null : due;
+  }
+
   /** Power on: the first HELLO goes out now. */
   start(now: number): void {
     this.#startedAt = now;
@@ -242,9 +308,45 @@ export class SledClient {
   /**
    * Take one frame addressed to this sled (the NIC already filtered by
    * destination). Anything malformed or unexpected is counted and dropped.
+   * While the console prints, the frame waits its turn (a copy is kept: the
+   * caller may reuse `frame`).
    */
   receive(frame: Uint8Array, now: number): void {
     if (this.#phase === "done") return;
+    this.#drain(now);
+    if (this.#printing(now)) {
+      this.#queue.push({ frame: frame.slice(), at: now });
+      return;
+    }
+    this.#take(frame, now);
+  }
+
+  /** The console is still printing at `now`, or frames wait behind it. */
+  #printing(now: number): boolean {
+    return now < this.#busyUntil || this.#queueHead < this.#queue.length;
+  }
+
+  /** Take the queued frames whose turn has come by `now`, each at the time the console let it through. */
+  #drain(now: number): void {
+    while (this.#queueHead < this.#queue.length && this.#busyUntil <= now && this.#phase !== "done") {
+      const { frame, at } = this.#queue[this.#queueHead++]!;
+      this.#take(frame, Math.max(at, this.#busyUntil));
+    }
+    if (this.#queueHead >= this.#queue.length || this.#phase === "done") {
+      this.#queue = [];
+      this.#queueHead = 0;
+    }
+  }
+
+  /** Print one line: the receive loop waits for it (a free console counts the line only). */
+  #print(lineMs: number, at: number): void {
+    this.#consoleLines++;
+    if (lineMs === 0) return;
+    this.#busyUntil = Math.max(this.#busyUntil, at) + lineMs;
+    this.#consoleMs += lineMs;
+  }
+
+  #take(frame: Uint8Array, now: number): void {
     if (this.#data.read(frame)) {
       this.#receiveData(frame, now);
       return;
@@ -265,13 +367,29 @@ export class SledClient {
     }
   }
 
-  /** Let time pass: HELLO every 4 s, re-asks after 1 s, a slow sled's next batch, the timeout. */
+  /**
+   * Let time pass: frames queued behind the console, the status line once a
+   * second, HELLO every 4 s, re-asks after 1 s, a slow sled's next batch, the
+   * timeout. Nothing but the timeout happens while the console prints: the
+   * thread that would do it is waiting for the serial line.
+   */
   tick(now: number): void {
     if (this.#phase === "done") return;
     const timeoutMs = this.#config.timeoutMs ?? Infinity;
     if (now - this.#startedAt >= timeoutMs) {
       this.#end("timeout", this.#stallReason(), now);
-    } else if (this.#phase === "discovery") {
+      return;
+    }
+    this.#drain(now);
+    // A queued frame may have ended the boot (FINISHED, a RESET).
+    if (this.phase === "done" || this.#printing(now)) return;
+    if (this.#phase === "transfer" && now >= this.#nextStatusAt) {
+      this.#nextStatusAt +=
+        STATUS_INTERVAL_MS * Math.max(1, Math.ceil((now - this.#nextStatusAt) / STATUS_INTERVAL_MS));
+      this.#print(this.#statusLineMs, now);
+      if (this.#printing(now)) return;
+    }
+    if (this.#phase === "discovery") {
       if (now >= this.#nextHelloAt) this.#sayHello(now);
     } else if (this.#nextBatchAt !== null) {
       if (now >= this.#nextBatchAt) this.#startBatch(now);
@@ -298,6 +416,8 @@ export class SledClient {
       invalid: this.#invalid,
       ignored: this.#ignored,
       resets: this.#resets,
+      consoleLines: this.#consoleLines,
+      consoleMs: this.#consoleMs,
       firstDataMs: this.#firstDataAt === null ? null : this.#firstDataAt - this.#acceptedAt,
       elapsedMs: end - this.#startedAt,
       megabytesPerSecond: transferSeconds > 0 ? this.#bytes / 1e6 / transferSeconds : 0,
@@ -307,6 +427,7 @@ export class SledClient {
   #discover(now: number): void {
     this.#phase = "discovery";
     this.#server = null;
+    this.#nextStatusAt = Number.POSITIVE_INFINITY;
     this.#sayHello(now);
   }
 
@@ -331,6 +452,7 @@ export class SledClient {
     this.#server = source;
     this.#imageSize = Number(offer.imageSize);
     this.#acceptedAt = now;
+    this.#nextStatusAt = now + STATUS_INTERVAL_MS;
     this.#firstDataAt = null;
     this.#nextOffset = 0;
     this.#endSeen = false;
@@ -398,6 +520,7 @@ export class SledClient {
     const slot = this.#slotOf(this.#data.offset);
     if (slot < 0 || this.#open[slot] !== 1) {
       this.#dataDropped++;
+      this.#print(this.#dropLineMs, now);
       return;
     }
     this.#open[slot] = 0;

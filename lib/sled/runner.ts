@@ -43,6 +43,8 @@ export interface EmulationOptions {
   batchDelayMs?: number;
   restartOnReset?: boolean;
   greeting?: string;
+  /** Every sled's serial console speed in baud; 0 or absent: printing is free (lib/sled/client.ts). */
+  consoleBaud?: number;
   log?(line: string): void;
   /** Called once per sled when it is done, in the order they finish. */
   onDone?(report: EmulatedSledReport): void;
@@ -98,6 +100,7 @@ export function emulateSleds(link: SledLink, options: EmulationOptions): Emulate
       batchDelayMs: options.batchDelayMs,
       restartOnReset: options.restartOnReset,
       greeting: options.greeting,
+      consoleBaud: options.consoleBaud,
       log: options.log,
     });
     const sled: EmulatedSled = {
@@ -116,9 +119,9 @@ export function emulateSleds(link: SledLink, options: EmulationOptions): Emulate
     dataReceived: sled.dataReceived,
     faults: { ...(sled.faults?.counters ?? NO_FAULTS) },
   });
-  /** The earliest time any sled has a held frame or a delayed READ due. */
+  /** The earliest time a sled has a held frame, frames queued behind its console or a delayed READ due. */
   const dueOf = (sled: EmulatedSled) =>
-    Math.min(sled.faults?.nextDue() ?? Number.POSITIVE_INFINITY, sled.client.nextBatchAt ?? Number.POSITIVE_INFINITY);
+    Math.min(sled.faults?.nextDue() ?? Number.POSITIVE_INFINITY, sled.client.nextDueAt ?? Number.POSITIVE_INFINITY);
 
   const started = clock();
   for (const sled of sleds) sled.client.start(started);
@@ -198,6 +201,9 @@ export function describeSledReport(report: EmulatedSledReport): string {
   line +=
     `; ${report.framesReceived} frames received, DATA: ${report.dataReceived} received, ` +
     `${report.dataAccepted} accepted, ${report.dataDropped} not in a slot`;
+  if (report.consoleLines > 0) {
+    line += `; console: ${report.consoleLines} lines, ${(report.consoleMs / 1000).toFixed(2)} s printing`;
+  }
   const { faults } = report;
   if (Object.values(faults).some((count) => count > 0)) {
     line +=

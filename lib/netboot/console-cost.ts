@@ -1,0 +1,143 @@
+/**
+ * What one copy of a DATA frame costs a sled, learnt from the sled itself.
+ *
+ * The sled kernel prints a line on its console for every DATA frame it did
+ * not ask for (a copy of a frame it has), from the thread that takes frames
+ * off its queue, and waits for the serial line to print it: about 47 ms at
+ * 9600 baud, 3.9 ms at 115,200, 0.15 ms at 3 Mbaud, nothing on a fast
+ * console (netboot.md, "The console"). Meanwhile nothing it receives is
+ * taken and no READ goes out. The server cannot read the sled's console, so
+ * it measures the cost per line where it shows: in the time the sled takes
+ * to answer.
+ *
+ * The measure is a probe: an answer to a full batch carries `n` copies of
+ * frames the sled was just sent, placed before the batch's last frame. The
+ * sled takes frames in order, so it prints the n lines before it gets to
+ * the last frame, and its READ of the next batch comes n lines later than
+ * usual. "Usual" is the median of the sled's recent plain round trips (last
+ * DATA to next READ, answers without copies), and their spread (1.5 times
+ * the median absolute deviation, at least JITTER_FLOOR_MS) is the noise a
+ * probe must rise above. A probe's excess round trip D over the median gives,
+ * over all probes so far, the cost per line ΣD / Σn and an upper bound
+ * (ΣD + 2·spread·√probes) / Σn. Probes start small (one copy: 47 ms on the
+ * slowest console) and grow while the bound says they are cheap, so that
+ * each costs at most PROBE_BUDGET_MS of console time; they stop once the
+ * estimate is good to about half its value, after MAX_PROBES, or once
+ * MAX_PROBE_COPIES copies say the console is too fast to matter.
+ *
+ * One probe of one copy goes out with the second batch, against the first
+ * batch's round trip alone, so a boot that meets a loss early has a bound
+ * after a single batch. (The first round trip of a boot may run long while
+ * threads and caches warm up, which makes that first bound low; the later
+ * probes, against the median of several, correct it as soon as the sled
+ * shows loss.) The rest are sent only once
+ * the sled has shown loss or lateness (`lateSeen`), so a clean boot costs
+ * its sled one console line. Until the first probe's READ, a late READ
+ * draws no copies: the sled re-asks after its second, as it would from a
+ * server that never sends copies.
+ */
+
+/** Below this a spread of round trips is not told from timer resolution on a busy host. */
+export const JITTER_FLOOR_MS = 0.25;
+/** Console time one probe may cost at the upper bound. */
+export const PROBE_BUDGET_MS = 8;
+/** Copies in one probe at most (half a batch: the rest carries the sled's own frames). */
+export const MAX_PROBE_SIZE = 64;
+/** Probes at most, and copies in all after which a console is too fast to matter. */
+export const MAX_PROBES = 8;
+export const MAX_PROBE_COPIES = 128;
+/** Plain round trips kept for the median and spread, and needed before the probes after the first. */
+const PLAIN_SAMPLES = 16;
+const MIN_PLAIN_SAMPLES = 3;
+/** Stop probing once the bound is within this share of the estimate. */
+const PRECISION = 0.5;
+
+/**
+ * One sled's console cost per line, as far as its round trips tell (see the
+ * module comment).
+ *
+ * @example
+ * const cost = new ConsoleCost();
+ * cost.plain(1.2); cost.plain(1.1); cost.plain(1.3);
+ * const n = cost.probeSize(false); // 1: the first probe
+ * cost.probe(5.2, n); // its READ came 5.2 ms after the last DATA
+ * cost.perLineMs; // about 4: a 115,200-baud console
+ */
+export class ConsoleCost {
+  readonly #plain: number[] = [];
+  #excess = 0;
+  #copies = 0;
+  #probes = 0;
+  #done = false;
+
+  /** A plain round trip: last DATA of an answer without copies to the sled's next READ. */
+  plain(roundTripMs: number): void {
+    this.#plain.push(roundTripMs);
+    if (this.#plain.length > PLAIN_SAMPLES) this.#plain.shift();
+  }
+
+  /** The median plain round trip, or null before the first. */
+  get baselineMs(): number | null {
+    return this.#plain.length === 0 ? null : median(this.#plain);
+  }
+
+  /** The spread of plain round trips: noise a probe must rise above. */
+  get jitterMs(): number {
+    const middle = this.baselineMs;
+    if (middle === null || this.#plain.length < MIN_PLAIN_SAMPLES) return JITTER_FLOOR_MS;
+    return Math.max(JITTER_FLOOR_MS, 1.5 * median(this.#plain.map((rtt) => Math.abs(rtt - middle))));
+  }
+
+  /** Milliseconds a line costs the sled, as measured; null before any probe. */
+  get perLineMs(): number | null {
+    return this.#copies === 0 ? null : this.#excess / this.#copies;
+  }
+
+  /** At most this many milliseconds a line, with the noise taken into account; null before any probe. */
+  get upperMs(): number | null {
+    if (this.#copies === 0) return null;
+    return (this.#excess + 2 * this.jitterMs * Math.sqrt(this.#probes)) / this.#copies;
+  }
+
+  /** Probes whose round trip was measured. */
+  get probes(): number {
+    return this.#probes;
+  }
+
+  /** True once probing has stopped (the estimate is good enough). */
+  get settled(): boolean {
+    return this.#done;
+  }
+
+  /**
+   * How many copies the next answer to a full batch should carry as a probe,
+   * 0 for none: the first after one plain round trip, the others only after
+   * the sled showed loss or lateness, and against several.
+   */
+  probeSize(lateSeen: boolean): number {
+    if (this.#done || this.baselineMs === null) return 0;
+    if (this.#probes === 0) return 1;
+    if (!lateSeen || this.#plain.length < MIN_PLAIN_SAMPLES) return 0;
+    const upper = this.upperMs!;
+    return Math.min(MAX_PROBE_SIZE, Math.max(1, Math.floor(PROBE_BUDGET_MS / Math.max(upper, 1e-3))));
+  }
+
+  /** The round trip of an answer that carried `copies` probe copies. */
+  probe(roundTripMs: number, copies: number): void {
+    const baseline = this.baselineMs;
+    if (baseline === null || copies <= 0) return;
+    this.#excess += Math.max(0, roundTripMs - baseline);
+    this.#copies += copies;
+    this.#probes++;
+    const noise = 2 * this.jitterMs * Math.sqrt(this.#probes);
+    this.#done =
+      this.#plain.length >= MIN_PLAIN_SAMPLES &&
+      (this.#probes >= MAX_PROBES || this.#copies >= MAX_PROBE_COPIES || noise <= PRECISION * this.#excess);
+  }
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
