@@ -104,7 +104,15 @@ describe("the formatter", () => {
           sled: "02:00:00:00:00:01",
           state: "transferring",
           image: "b.img",
-          counters: { ...emptyCounters(SESSION_COUNTERS), deliveredBytes: 4096, reasked: 1 },
+          counters: {
+            ...emptyCounters(SESSION_COUNTERS),
+            deliveredBytes: 4096,
+            reasked: 1,
+            resentFrames: 40,
+            probeFrames: 2,
+            consoleLineMs: 3.9,
+            copyChoice: 1,
+          },
         },
         { sled: "02:00:00:00:00:02", state: "waiting", image: null, counters: null },
       ],
@@ -119,6 +127,11 @@ describe("the formatter", () => {
     const sled = { sled: "02:00:00:00:00:01", image: "b.img" };
     expect(sampleValue(samples, "bootserver_sled_delivered_bytes", sled)).toBe(4096);
     expect(sampleValue(samples, "bootserver_sled_reasked_offsets", sled)).toBe(1);
+    // What copies cost this sled's console, and fast re-send's choice (1: on).
+    expect(sampleValue(samples, "bootserver_sled_resent_frames", sled)).toBe(40);
+    expect(sampleValue(samples, "bootserver_sled_probe_frames", sled)).toBe(2);
+    expect(sampleValue(samples, "bootserver_sled_console_line_milliseconds", sled)).toBe(3.9);
+    expect(sampleValue(samples, "bootserver_sled_copy_choice", sled)).toBe(1);
     expect(sampleValue(samples, "bootserver_sled_state", { sled: sled.sled, state: "transferring" })).toBe(1);
     expect(sampleValue(samples, "bootserver_sled_state", { sled: sled.sled, state: "finished" })).toBe(0);
     expect(sampleValue(samples, "bootserver_sled_state", { sled: "02:00:00:00:00:02", state: "waiting" })).toBe(1);
