@@ -8,7 +8,7 @@
  * boots only through its bootserver.
  */
 
-import { runMain, usageConventions, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
+import { parseLikeGetopts, runMain, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
 import { EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "@ramdisk-tools/image/format.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
@@ -21,7 +21,6 @@ import {
   MIN_LEVEL as ZSTD_MIN_LEVEL,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import yargs from "yargs";
-import { hideBin } from "yargs/helpers";
 
 const PROGRAM = "mkimage";
 /** The zlib levels, and the default: level 9 is what existing images use (format.md). */
@@ -29,7 +28,7 @@ const ZLIB_LEVELS = { min: 1, max: 9, default: 9 };
 const ZSTD_LEVELS = { min: ZSTD_MIN_LEVEL, max: ZSTD_MAX_LEVEL, default: ZSTD_DEFAULT_LEVEL };
 
 async function main(): Promise<void> {
-  const parser = yargs(hideBin(process.argv))
+  const parser = yargs()
     .scriptName(PROGRAM)
     .usage(
       "Usage: $0 -i RAW -o IMAGE [-O CSUM_FILE] [-N NAME] [-s MEBIBYTES] [-z | --zstd]\n\nWrap a raw pool file into a boot image.",
@@ -98,9 +97,9 @@ async function main(): Promise<void> {
     .example(
       "$0 -i pool.raw -N testing -o pool.img -O pool.csum --zstd",
       "zstd image for a quick netboot through our bootserver",
-    )
-    .parserConfiguration({ "duplicate-arguments-array": false });
-  const args = await usageConventions(parser, PROGRAM).parseAsync();
+    );
+  const { args, free } = await parseLikeGetopts(parser, PROGRAM);
+  for (const word of free) console.error(`${PROGRAM}: warning: ignoring "${word}", as the existing mkimage does`);
 
   if (args.compress && args.zstd)
     throw new UserError(`-z (zlib) and --zstd cannot be used together; see ${PROGRAM} --help`, EXIT_USAGE);

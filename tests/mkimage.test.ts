@@ -688,8 +688,8 @@ describe("command line", () => {
         ]),
         [["-i", raw, "-o", `${out}/x.img`, "-z", "--level", "0"], /--level must be a whole number from 1 to 9/],
         [["-i", raw, "-o", `${out}/x.img`, "-z", "--jobs", "0"], /--jobs must be a whole number from 1/],
-        [["-i", raw, "-o", `${out}/x.img`, "--frobnicate"], /Unknown argument: frobnicate/],
-        [["-i", raw, "-o", `${out}/x.img`, "-N"], /Not enough arguments following: N/],
+        [["-i", raw, "-o", `${out}/x.img`, "--frobnicate"], /unknown option --frobnicate/],
+        [["-i", raw, "-o", `${out}/x.img`, "-N"], /-N needs a value/],
       ];
       for (const [args, message] of usage) {
         const run = mkimage(args);
