@@ -14,8 +14,8 @@
 import { parseLikeGetopts, runMain } from "@ramdisk-tools/cli/conventions.ts";
 import { EXIT_FAILURE, EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { startProgress } from "@ramdisk-tools/cli/progress.ts";
-import { payloadSizeRefusal } from "@ramdisk-tools/image/format.ts";
-import { formatRatio, headerLines, jsonReport, readHeader, warnings } from "@ramdisk-tools/image/report.ts";
+import { payloadHeader, payloadSizeRefusal } from "@ramdisk-tools/image/format.ts";
+import { formatRatio, headerLines, jsonReport, jsonText, readHeader, warnings } from "@ramdisk-tools/image/report.ts";
 import { extractPayload, type PayloadVerdict, rawOutputTarget, verifyPayload } from "@ramdisk-tools/image/verify.ts";
 import yargs from "yargs";
 
@@ -71,33 +71,38 @@ async function main(): Promise<number> {
     );
   }
   const path = free[0]!;
-  const { header, codec } = await readHeader(path);
+  const { fields, codec } = await readHeader(path);
   // Refused before anything is printed or read: a raw file may never replace the image it comes from.
   const rawOutput = args.extract === undefined ? null : await rawOutputTarget(args.extract, path);
-  const refusal = payloadSizeRefusal(header);
+  const refusal = payloadSizeRefusal(fields);
 
   if (!args.json) {
-    await print(headerLines(header, codec));
+    await print(headerLines(fields, codec));
     if (refusal) throw new UserError(refusal);
-    if (codec !== "stored") await print(`ratio = ${formatRatio(header.imageSize, header.dataSize)}x\n`);
+    if (codec !== "stored") await print(`ratio = ${formatRatio(fields.imageSize, fields.dataSize)}x\n`);
   }
-  const imageWarnings = warnings(header, codec);
+  const imageWarnings = warnings(fields, codec);
   for (const warning of imageWarnings) console.error(`${PROGRAM}: warning: ${warning}`);
   let verdict: PayloadVerdict | null = null;
+  let unreachable: string | null = null;
   if (!args.skipChecksum && !refusal) {
-    const progress = startProgress(rawOutput ? "extracting" : "verifying", header.dataSize);
-    const options = { onProgress: (done: number) => progress.update(done) };
-    try {
-      verdict = rawOutput
-        ? await extractPayload(path, header, rawOutput, options)
-        : await verifyPayload(path, header, options);
-    } finally {
-      progress.finish();
+    const payload = payloadHeader(fields);
+    if (payload.header === null) unreachable = payload.refusal;
+    else {
+      const header = payload.header;
+      const progress = startProgress(rawOutput ? "extracting" : "verifying", header.dataSize);
+      const options = { onProgress: (done: number) => progress.update(done) };
+      try {
+        verdict = rawOutput
+          ? await extractPayload(path, header, rawOutput, options)
+          : await verifyPayload(path, header, options);
+      } finally {
+        progress.finish();
+      }
     }
   }
-  if (args.json)
-    await print(`${JSON.stringify(jsonReport(header, codec, imageWarnings, verdict, refusal), null, 2)}\n`);
-  const failure = verdict?.error ?? refusal;
+  if (args.json) await print(jsonText(jsonReport(fields, codec, imageWarnings, verdict, refusal ?? unreachable)));
+  const failure = verdict?.error ?? refusal ?? unreachable;
   if (failure) throw new UserError(failure, EXIT_FAILURE);
   if (rawOutput && !args.json) await print("ok, raw image written!\n");
   return 0;

@@ -25,6 +25,16 @@ import yargs from "yargs";
 const PROGRAM = "mkimage";
 /** The zlib levels, and the default: level 9 is what existing images use (format.md). */
 const ZLIB_LEVELS = { min: 1, max: 9, default: 9 };
+/**
+ * The largest `-s`: 2^33 MiB is a ramdisk of 8 PiB, more than any sled's
+ * memory, and past it the size is no longer an exact number here. The
+ * existing mkimage writes larger sizes as given, and from 2^44 MiB on wraps
+ * them past 2^64 without a word, so ours refuses them rather than write a
+ * target size that was not asked for or that no sled could create.
+ */
+const MAX_TARGET_MIB = 2 ** 33 - 1;
+const TARGET_TOO_LARGE =
+  "a ramdisk of 8 PiB or more, which no sled could create (the existing mkimage writes it, and from 2^44 MiB on wraps it silently past 2^64)";
 const ZSTD_LEVELS = { min: ZSTD_MIN_LEVEL, max: ZSTD_MAX_LEVEL, default: ZSTD_DEFAULT_LEVEL };
 
 async function main(): Promise<void> {
@@ -124,7 +134,7 @@ async function main(): Promise<void> {
     input: args.input,
     output: args.output,
     ...(args.checksumFile === undefined ? {} : { checksumFile: args.checksumFile }),
-    targetSize: wholeNumber("-s", args.targetSize, 0, Math.floor(Number.MAX_SAFE_INTEGER / MIB)) * MIB,
+    targetSize: wholeNumber("-s", args.targetSize, 0, MAX_TARGET_MIB, TARGET_TOO_LARGE) * MIB,
     imageName: args.name,
     dataset: args.dataset,
     compression,

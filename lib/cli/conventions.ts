@@ -17,12 +17,22 @@ import { escapedBytes, programArguments } from "./raw-arguments.ts";
  * after one `+`; no sign `-`, no spaces, nothing empty. Anything else, or a
  * number outside `min` to `max`, is a usage error that quotes the text
  * (a yargs number option would have turned "abc" into NaN first).
+ * `aboveMax`, when given, is the reason a number above `max` is refused.
  *
  * @example const jobs = wholeNumber("--jobs", args.jobs, 1, 256);
  */
-export function wholeNumber(flag: string, value: string | number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+export function wholeNumber(
+  flag: string,
+  value: string | number,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+  aboveMax?: string,
+): number {
   const text = String(value);
   const number = /^\+?\d+$/.test(text) ? Number(text) : NaN;
+  if (aboveMax !== undefined && number > max) {
+    throw new UserError(`${flag} ${text} is above ${max}: ${aboveMax}`, EXIT_USAGE);
+  }
   if (!Number.isSafeInteger(number) || number < min || number > max) {
     const range = max === Number.MAX_SAFE_INTEGER ? `of at least ${min}` : `from ${min} to ${max}`;
     throw new UserError(`${flag} must be a whole number ${range}, not "${text}"`, EXIT_USAGE);
