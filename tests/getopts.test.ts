@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { copyFile, mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { getoptsArguments, type OptionSpec } from "@ramdisk-tools/cli/getopts.ts";
 import { caseDirs, type ProgramRun, runProgram, VECTORS } from "./helpers/common.ts";
 
 // Each case starts bun, on two cores shared with other work: room, but no assertion on time.
@@ -218,5 +219,48 @@ describe("arguments that are not UTF-8", () => {
     const run = await runProgram("mkimage", ["-i", RAW, "-o", `${out}/x.img`, "-N", "name\uFFFD"]);
     expect(run).toEqual({ exitCode: 0, stdout: "ok, image written!\n", stderr: "" });
     expect((await nameFields(`${out}/x.img`)).imageName).toEqual(Buffer.from("name\xef\xbf\xbd", "latin1"));
+  });
+});
+
+describe("getoptsArguments, the reading itself", () => {
+  const specs: OptionSpec[] = [
+    { names: ["name", "N"], value: "required" },
+    { names: ["compress", "z"], value: "none" },
+    { names: ["completion"], value: "optional" },
+  ];
+  const read = (...args: string[]) => getoptsArguments(args, specs, "mkimage");
+
+  test("writes each option back once, in a form yargs cannot misread", () => {
+    expect(read("-zNa b", "x")).toEqual({ options: ["--compress", "--name=a b"], free: ["x"] });
+    expect(read("--name=", "-z")).toEqual({ options: ["--name=", "--compress"], free: [] });
+    expect(read("-N", "")).toEqual({ options: ["--name="], free: [] });
+  });
+
+  test("a lone dash is a free argument; -- ends the options; a one-letter long name is the short option", () => {
+    expect(read("-", "-z")).toEqual({ options: ["--compress"], free: ["-"] });
+    expect(read("a", "--", "-z", "--", "-Nx")).toEqual({ options: [], free: ["a", "-z", "--", "-Nx"] });
+    expect(read("--N", "x")).toEqual({ options: ["--name=x"], free: [] });
+  });
+
+  test("an optional value: after =, or a next word that is not an option", () => {
+    expect(read("--completion", "bash")).toEqual({ options: ["--completion=bash"], free: [] });
+    expect(read("--completion", "-z")).toEqual({ options: ["--completion", "--compress"], free: [] });
+    expect(read("--completion=")).toEqual({ options: ["--completion="], free: [] });
+  });
+
+  test("refusals are usage errors (exit 2) on one line", () => {
+    for (const [args, message] of [
+      [["-z", "-N", "a", "--name", "b"], "--name given more than once (as -N before); see mkimage --help"],
+      [["-y"], "unknown option -y; see mkimage --help"],
+      [["--name"], "--name needs a value; see mkimage --help"],
+      [["--compress="], '--compress takes no value, not ""; see mkimage --help'],
+    ] as [string[], string][]) {
+      expect(() => read(...args)).toThrow(message);
+      try {
+        read(...args);
+      } catch (error) {
+        expect((error as { exitCode: number }).exitCode).toBe(2);
+      }
+    }
   });
 });
