@@ -278,7 +278,8 @@ function pythonJson(script: string, input: unknown): unknown {
 // ---------------------------------------------------------------------------
 // The image header (lib/image/format.ts)
 
-interface HeaderFields {
+/** A header to write byte by byte, names included as raw fields (not lib/image/format.ts's HeaderFields). */
+interface RawHeader {
   magic: number;
   version: number;
   flags: bigint;
@@ -292,7 +293,7 @@ interface HeaderFields {
 }
 
 /** A header written from the table in format.md, independently of encodeHeader. */
-function headerBytes(fields: HeaderFields): Uint8Array {
+function headerBytes(fields: RawHeader): Uint8Array {
   const out = new Uint8Array(HEADER_SIZE);
   const view = new DataView(out.buffer);
   view.setUint32(0, fields.magic, true);
@@ -313,7 +314,7 @@ function nameField(text: string): Uint8Array {
   return field;
 }
 
-function validHeaderFields(random: Random): HeaderFields {
+function validHeaderFields(random: Random): RawHeader {
   const imageSize = BigInt(4096 + random.scaled(64 * MIB));
   const compressed = random.chance(0.5);
   return {
