@@ -11,14 +11,13 @@
  * (docs/format.md) prints the same lines, its flags by name.
  */
 
-import { runMain, usageConventions } from "@ramdisk-tools/cli/conventions.ts";
-import { EXIT_FAILURE, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { parseLikeGetopts, runMain } from "@ramdisk-tools/cli/conventions.ts";
+import { EXIT_FAILURE, EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { startProgress } from "@ramdisk-tools/cli/progress.ts";
-import { payloadSizeRefusal } from "@ramdisk-tools/image/format.ts";
-import { formatRatio, headerLines, jsonReport, readHeader, warnings } from "@ramdisk-tools/image/report.ts";
+import { payloadHeader, payloadSizeRefusal } from "@ramdisk-tools/image/format.ts";
+import { formatRatio, headerLines, jsonReport, jsonText, readHeader, warnings } from "@ramdisk-tools/image/report.ts";
 import { extractPayload, type PayloadVerdict, rawOutputTarget, verifyPayload } from "@ramdisk-tools/image/verify.ts";
 import yargs from "yargs";
-import { hideBin } from "yargs/helpers";
 
 const PROGRAM = "lookimage";
 
@@ -28,14 +27,11 @@ function print(text: string): Promise<void> {
 }
 
 async function main(): Promise<number> {
-  const parser = yargs(hideBin(process.argv))
+  const parser = yargs()
     .scriptName(PROGRAM)
     .usage(
       "Usage: $0 [-s|--skip-checksum] [--json] IMAGE\n       $0 --extract RAW [--json] IMAGE\n\n" +
         "Print a boot image's header (version 2, or this project's zstd variant) and verify its payload against it.",
-    )
-    .command("$0 <image>", false, (command) =>
-      command.positional("image", { type: "string", describe: "boot image file", demandOption: true }),
     )
     .option("skip-checksum", {
       alias: "s",
@@ -64,38 +60,49 @@ async function main(): Promise<number> {
     })
     .example("$0 recovery.img", "print the header, then inflate and check the payload's size and SHA-256")
     .example("$0 -s --json recovery.img", "the header as JSON, without reading the payload")
-    .example("$0 --extract pool.raw recovery.img", "verify, and write the raw pool to pool.raw")
-    .parserConfiguration({ "duplicate-arguments-array": false });
-  const args = await usageConventions(parser, PROGRAM).parseAsync();
-
-  const path = String(args.image);
-  const { header, codec } = await readHeader(path);
+    .example("$0 --extract pool.raw recovery.img", "verify, and write the raw pool to pool.raw");
+  const { args, free } = await parseLikeGetopts(parser, PROGRAM);
+  // The existing lookimage's question, for anything but one image.
+  if (free.length !== 1) {
+    const given = free.length === 0 ? "none given" : `not ${free.length}: ${free.join(" ")}`;
+    throw new UserError(
+      `which image file do you want to inspect? one IMAGE, ${given}; see ${PROGRAM} --help`,
+      EXIT_USAGE,
+    );
+  }
+  const path = free[0]!;
+  const { fields, codec } = await readHeader(path);
   // Refused before anything is printed or read: a raw file may never replace the image it comes from.
   const rawOutput = args.extract === undefined ? null : await rawOutputTarget(args.extract, path);
-  const refusal = payloadSizeRefusal(header);
+  const refusal = payloadSizeRefusal(fields);
 
   if (!args.json) {
-    await print(headerLines(header, codec));
+    await print(headerLines(fields, codec));
     if (refusal) throw new UserError(refusal);
-    if (codec !== "stored") await print(`ratio = ${formatRatio(header.imageSize, header.dataSize)}x\n`);
+    if (codec !== "stored") await print(`ratio = ${formatRatio(fields.imageSize, fields.dataSize)}x\n`);
   }
-  const imageWarnings = warnings(header, codec);
+  const imageWarnings = warnings(fields, codec);
   for (const warning of imageWarnings) console.error(`${PROGRAM}: warning: ${warning}`);
   let verdict: PayloadVerdict | null = null;
+  let unreachable: string | null = null;
   if (!args.skipChecksum && !refusal) {
-    const progress = startProgress(rawOutput ? "extracting" : "verifying", header.dataSize);
-    const options = { onProgress: (done: number) => progress.update(done) };
-    try {
-      verdict = rawOutput
-        ? await extractPayload(path, header, rawOutput, options)
-        : await verifyPayload(path, header, options);
-    } finally {
-      progress.finish();
+    const payload = payloadHeader(fields);
+    if (payload.header === null) unreachable = payload.refusal;
+    else {
+      const header = payload.header;
+      const progress = startProgress(rawOutput ? "extracting" : "verifying", header.dataSize);
+      const options = { onProgress: (done: number) => progress.update(done) };
+      try {
+        verdict = rawOutput
+          ? await extractPayload(path, header, rawOutput, options)
+          : await verifyPayload(path, header, options);
+      } finally {
+        progress.finish();
+      }
     }
   }
-  if (args.json)
-    await print(`${JSON.stringify(jsonReport(header, codec, imageWarnings, verdict, refusal), null, 2)}\n`);
-  const failure = verdict?.error ?? refusal;
+  if (args.json) await print(jsonText(jsonReport(fields, codec, imageWarnings, verdict, refusal ?? unreachable)));
+  const failure = verdict?.error ?? refusal ?? unreachable;
   if (failure) throw new UserError(failure, EXIT_FAILURE);
   if (rawOutput && !args.json) await print("ok, raw image written!\n");
   return 0;

@@ -8,7 +8,7 @@
  * boots only through its bootserver.
  */
 
-import { runMain, usageConventions, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
+import { parseLikeGetopts, runMain, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
 import { EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "@ramdisk-tools/image/format.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
@@ -21,15 +21,24 @@ import {
   MIN_LEVEL as ZSTD_MIN_LEVEL,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import yargs from "yargs";
-import { hideBin } from "yargs/helpers";
 
 const PROGRAM = "mkimage";
 /** The zlib levels, and the default: level 9 is what existing images use (format.md). */
 const ZLIB_LEVELS = { min: 1, max: 9, default: 9 };
+/**
+ * The largest `-s`: 2^33 MiB is a ramdisk of 8 PiB, more than any sled's
+ * memory, and past it the size is no longer an exact number here. The
+ * existing mkimage writes larger sizes as given, and from 2^44 MiB on wraps
+ * them past 2^64 without a word, so ours refuses them rather than write a
+ * target size that was not asked for or that no sled could create.
+ */
+const MAX_TARGET_MIB = 2 ** 33 - 1;
+const TARGET_TOO_LARGE =
+  "a ramdisk of 8 PiB or more, which no sled could create (the existing mkimage writes it, and from 2^44 MiB on wraps it silently past 2^64)";
 const ZSTD_LEVELS = { min: ZSTD_MIN_LEVEL, max: ZSTD_MAX_LEVEL, default: ZSTD_DEFAULT_LEVEL };
 
 async function main(): Promise<void> {
-  const parser = yargs(hideBin(process.argv))
+  const parser = yargs()
     .scriptName(PROGRAM)
     .usage(
       "Usage: $0 -i RAW -o IMAGE [-O CSUM_FILE] [-N NAME] [-s MEBIBYTES] [-z | --zstd]\n\nWrap a raw pool file into a boot image.",
@@ -98,9 +107,9 @@ async function main(): Promise<void> {
     .example(
       "$0 -i pool.raw -N testing -o pool.img -O pool.csum --zstd",
       "zstd image for a quick netboot through our bootserver",
-    )
-    .parserConfiguration({ "duplicate-arguments-array": false });
-  const args = await usageConventions(parser, PROGRAM).parseAsync();
+    );
+  const { args, free } = await parseLikeGetopts(parser, PROGRAM);
+  for (const word of free) console.error(`${PROGRAM}: warning: ignoring "${word}", as the existing mkimage does`);
 
   if (args.compress && args.zstd)
     throw new UserError(`-z (zlib) and --zstd cannot be used together; see ${PROGRAM} --help`, EXIT_USAGE);
@@ -125,7 +134,7 @@ async function main(): Promise<void> {
     input: args.input,
     output: args.output,
     ...(args.checksumFile === undefined ? {} : { checksumFile: args.checksumFile }),
-    targetSize: wholeNumber("-s", args.targetSize, 0, Math.floor(Number.MAX_SAFE_INTEGER / MIB)) * MIB,
+    targetSize: wholeNumber("-s", args.targetSize, 0, MAX_TARGET_MIB, TARGET_TOO_LARGE) * MIB,
     imageName: args.name,
     dataset: args.dataset,
     compression,

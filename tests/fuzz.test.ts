@@ -33,6 +33,7 @@ import { join } from "node:path";
 import { deflateRawSync, deflateSync, constants as zlibConstants } from "node:zlib";
 import {
   decodeHeader,
+  decodeHeaderFields,
   FLAG_COMPRESSED,
   FLAG_ZSTD,
   flagNames,
@@ -41,6 +42,7 @@ import {
   ImageFormatError,
   kernelRefusals,
   MAGIC,
+  nameDamage,
   netbootRefusals,
   VERSION,
   ZSTD_VERSION,
@@ -276,7 +278,8 @@ function pythonJson(script: string, input: unknown): unknown {
 // ---------------------------------------------------------------------------
 // The image header (lib/image/format.ts)
 
-interface HeaderFields {
+/** A header to write byte by byte, names included as raw fields (not lib/image/format.ts's HeaderFields). */
+interface RawHeader {
   magic: number;
   version: number;
   flags: bigint;
@@ -290,7 +293,7 @@ interface HeaderFields {
 }
 
 /** A header written from the table in format.md, independently of encodeHeader. */
-function headerBytes(fields: HeaderFields): Uint8Array {
+function headerBytes(fields: RawHeader): Uint8Array {
   const out = new Uint8Array(HEADER_SIZE);
   const view = new DataView(out.buffer);
   view.setUint32(0, fields.magic, true);
@@ -311,7 +314,7 @@ function nameField(text: string): Uint8Array {
   return field;
 }
 
-function validHeaderFields(random: Random): HeaderFields {
+function validHeaderFields(random: Random): RawHeader {
   const imageSize = BigInt(4096 + random.scaled(64 * MIB));
   const compressed = random.chance(0.5);
   return {
@@ -341,11 +344,11 @@ function u64At(bytes: Uint8Array, offset: number): bigint {
 
 /**
  * A name field as the existing tools read it (Rust's String::from_utf8 of all
- * 128 bytes, then trim_end_matches('\0')); null when it is not UTF-8.
+ * 128 bytes, then trim_matches('\0'), at both ends); null when it is not UTF-8.
  */
 function nameAsRead(field: Uint8Array): string | null {
   try {
-    return new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(field).replace(/\0+$/, "");
+    return new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(field).replace(/^\0+|\0+$/g, "");
   } catch {
     return null;
   }
@@ -354,11 +357,15 @@ function nameAsRead(field: Uint8Array): string | null {
 /**
  * Check what decodeHeader made of `bytes`: an ImageFormatError with one line,
  * or a header whose every field can be stated from the bytes and the format's
- * rules. Then run the functions that take a decoded header.
+ * rules. Then run the functions that take a decoded header. decodeHeaderFields
+ * (the existing lookimage's reading) must read the same bytes alike, and
+ * accept exactly what decodeHeader accepts plus sizes of 2^53 and more and
+ * names whose last byte is not NUL.
  */
 function checkHeader(tally: Tally, label: string, bytes: Uint8Array, fileSize?: number, versions?: readonly number[]) {
   tally.cases++;
   const result = outcome(() => decodeHeader(bytes, { fileSize, versions }));
+  for (const problem of checkFields(bytes, fileSize, versions, result.ok)) tally.fail(label, problem);
   if (!result.ok) {
     tally.refusal(label, result.error, ImageFormatError);
     return null;
@@ -391,9 +398,41 @@ function checkHeader(tally: Tally, label: string, bytes: Uint8Array, fileSize?: 
   }
   if (fileSize !== undefined && fileSize !== HEADER_SIZE + header.dataSize)
     problems.push(`accepted file size ${fileSize}`);
+  if (header.targetSize < header.imageSize) problems.push("accepted a target size below the image size");
   problems.push(...checkRefusals(header));
   for (const problem of problems) tally.fail(label, `${problem} (input ${show(bytes.subarray(0, 328))})`);
   return header;
+}
+
+/** decodeHeaderFields against decodeHeader's verdict and the bytes; the problems found. */
+function checkFields(
+  bytes: Uint8Array,
+  fileSize: number | undefined,
+  versions: readonly number[] | undefined,
+  strictOk: boolean,
+) {
+  const problems: string[] = [];
+  const result = outcome(() => decodeHeaderFields(bytes, { fileSize, versions }));
+  if (!result.ok) {
+    if (!(result.error instanceof ImageFormatError && isOneLine(result.error.message)))
+      problems.push(`decodeHeaderFields threw ${result.error}`);
+    if (strictOk) problems.push("decodeHeaderFields refused what decodeHeader accepts");
+    return problems;
+  }
+  const fields = result.value;
+  const sizes = [fields.dataSize, fields.imageSize, fields.targetSize];
+  if (sizes.some((size, i) => size !== u64At(bytes, 16 + 8 * i))) problems.push(`fields' sizes ${sizes}`);
+  if (fields.targetSize < fields.imageSize) problems.push("fields accepted a target size below the image size");
+  if (
+    fields.dataset !== nameAsRead(bytes.subarray(72, 200)) ||
+    fields.imageName !== nameAsRead(bytes.subarray(200, 328))
+  )
+    problems.push(`fields' names ${JSON.stringify([fields.dataset, fields.imageName])}`);
+  const strictWould = sizes.every((size) => size <= MAX_SAFE) && bytes[199] === 0 && bytes[327] === 0;
+  if (strictWould !== strictOk) problems.push(`decodeHeader ${strictOk ? "accepts" : "refuses"} these fields`);
+  for (const line of [...nameDamage(fields), ...kernelRefusals(fields), ...netbootRefusals(fields)])
+    if (!isOneLine(line)) problems.push(`not one line: ${JSON.stringify(line)}`);
+  return problems;
 }
 
 /** kernelRefusals, netbootRefusals, flagNames and payloadCodec on a decoded header, against the specs' rules. */
@@ -506,11 +545,13 @@ describe("fuzz: image header", () => {
             const fields = { ...validHeaderFields(random), flags, dataSize, imageSize, targetSize };
             const bytes = headerBytes(fields);
             const label = `flags ${flags} data ${dataSize} image ${imageSize} target ${targetSize}`;
-            // decodeHeader refuses sizes above 2^53 - 1 and, uncompressed, data size != image size.
+            // decodeHeader refuses sizes above 2^53 - 1, a target size below the image size and,
+            // uncompressed, data size != image size.
             const accepts =
               dataSize <= MAX_SAFE &&
               imageSize <= MAX_SAFE &&
               targetSize <= MAX_SAFE &&
+              imageSize <= targetSize &&
               (flags !== 0n || dataSize === imageSize);
             const header = checkHeader(tally, label, bytes);
             if ((header !== null) !== accepts) tally.fail(label, `expected ${accepts ? "a header" : "a refusal"}`);
@@ -580,9 +621,9 @@ describe("fuzz: image header", () => {
 import json, struct, sys
 LIMIT = 2**53 - 1
 def name(field):
-    # As the existing tools: the whole field as UTF-8, trailing NULs trimmed; None refuses the header.
+    # As the existing tools: the whole field as UTF-8, NULs trimmed at both ends; None refuses the header.
     try:
-        return field.decode("utf-8").rstrip("\0")
+        return field.decode("utf-8").strip("\0")
     except UnicodeDecodeError:
         return None
 out = []
@@ -591,7 +632,7 @@ for case in json.load(open(sys.argv[1])):
     magic, version, flags, data, image, target = struct.unpack_from("<IIQQQQ", h, 0)
     sha, dataset, image_name = struct.unpack_from("<32s128s128s", h, 40)
     ok = (magic == 0x1DEB0075 and version in case["versions"]
-          and max(data, image, target) <= LIMIT
+          and max(data, image, target) <= LIMIT and image <= target
           and dataset[127] == 0 and image_name[127] == 0
           and name(dataset) is not None and name(image_name) is not None
           and not (version == 2 and not flags & 1 and data != image)

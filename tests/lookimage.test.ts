@@ -125,9 +125,21 @@ compressed("garbage-z.img", raw, b"this is not a zlib stream" * 100)
 write("data-size-0.img", header(1, 0, 1 << 20, hashlib.sha256(b"").digest()), b"")
 compressed("image-smaller-z.img", raw, stream, image_size=len(stream) - 1)
 
-# Kernel and netboot refusals: target size below image size, image not in 128 KiB batches.
+# A target size below the image size, which the existing lookimage refuses at the header.
 small = pool(300000, 2)
 write("odd-target.img", header(0, len(small), len(small), hashlib.sha256(small).digest(), target=4096), small)
+
+# A kernel refusal that is only a warning: an image below the kernel's 4096 bytes.
+tiny = pool(100, 4)
+write("below-4096.img", header(0, len(tiny), len(tiny), hashlib.sha256(tiny).digest()), tiny)
+
+# 64-bit sizes past 2^53: a target size of 2^64 - 1 with a good payload; an image size of 2^60
+# (and target) behind a short zlib stream; a data size of 2^63 that no file here holds.
+write("target-huge.img", header(0, len(small), len(small), hashlib.sha256(small).digest(), target=2**64 - 1), small)
+compressed("image-huge-z.img", raw, stream, image_size=2**60, sha=hashlib.sha256(raw).digest())
+with open(os.path.join(out, "image-huge-z.img"), "r+b") as f:
+    f.seek(32); f.write(struct.pack("<Q", 2**60))
+write("data-huge-z.img", header(1, 2**63, 2**63, hashlib.sha256(raw).digest(), target=2**63), stream)
 
 # Ratios exactly halfway at two decimals (17/8 = 2.125 and so on), header only.
 for image_size in (17, 19, 21, 23):
@@ -141,6 +153,9 @@ named_image("name-nul.img", name=b"test\0\0ing\xc3\xa9", dataset=b"rpool/ROOT/ra
 named_image("name-bom.img", name=b"\xef\xbb\xbfbom")
 named_image("name-not-utf8.img", name=b"ok\0\xff")
 named_image("dataset-not-utf8.img", dataset=b"rpool/\xc3(")
+# NULs before the names, and fields with no NUL at their end (128 bytes of name).
+named_image("name-leading-nul.img", name=b"\0\0lead\0", dataset=b"\0rpool/ROOT/ramdisk")
+named_image("name-full.img", name=b"n" * 127 + b"N", dataset=b"d" * 100 + b"\0" + b"e" * 27)
 
 # Bad magic.
 with open(os.path.join(out, "bad-magic.img"), "wb") as f:
@@ -334,7 +349,36 @@ test("the ratio rounds as Rust's {:.2} does: exact halves to even", async () => 
   }
 });
 
-describe("names as the existing tool prints them (String::from_utf8 of the field, trailing NULs trimmed)", () => {
+describe("names as the existing tool prints them (String::from_utf8 of the field, NULs trimmed at both ends)", () => {
+  test("leading NULs are trimmed as trailing ones are; a warning says the kernel would read an empty dataset", async () => {
+    const run = await lookimage(image("name-leading-nul.img"));
+    expect(run.exitCode).toBe(0);
+    const lines = run.stdout.split("\n");
+    expect(lines[0]).toBe("image name = lead");
+    expect(lines[6]).toBe("dataset name = rpool/ROOT/ramdisk");
+    expect(run.stderr.trimEnd().split("\n")).toEqual([
+      "lookimage: warning: dataset name holds a NUL at byte 72 with more bytes after it: " +
+        'the sled kernel reads it only up to there, as ""',
+      "lookimage: warning: image name holds a NUL at byte 200 with more bytes after it: " +
+        'a reader that stops at the first NUL sees ""',
+    ]);
+    const json = JSON.parse((await lookimage("-s", "--json", image("name-leading-nul.img"))).stdout);
+    expect([json.imageName, json.dataset]).toEqual(["lead", "rpool/ROOT/ramdisk"]);
+  });
+
+  test("a field whose last byte is not NUL is printed whole, as the existing tool prints it, with warnings", async () => {
+    const run = await lookimage(image("name-full.img"));
+    expect(run.exitCode).toBe(0);
+    const lines = run.stdout.split("\n");
+    expect(lines[0]).toBe(`image name = ${"n".repeat(127)}N`);
+    expect(lines[6]).toBe(`dataset name = ${"d".repeat(100)}\0${"e".repeat(27)}`);
+    expect(run.stderr.trimEnd().split("\n")).toEqual([
+      "lookimage: warning: the sled kernel would refuse this image: the dataset name field does not end in a NUL (byte 199 is 0x65)",
+      `lookimage: warning: dataset name holds a NUL at byte 172 with more bytes after it: the sled kernel reads it only up to there, as "${"d".repeat(100)}"`,
+      "lookimage: warning: the image name field does not end in a NUL (byte 327 is 0x4e): a reader that stops only at a NUL reads past it",
+    ]);
+  });
+
   test("bytes after an embedded NUL are printed; a warning says what a reader stopping at the NUL sees", async () => {
     const run = await lookimage(image("name-nul.img"));
     expect(run.exitCode).toBe(0);
@@ -365,6 +409,68 @@ describe("names as the existing tool prints them (String::from_utf8 of the field
       const dataset = await lookimage(...flags, image("dataset-not-utf8.img"));
       expectFailure(dataset, /^lookimage: .*dataset-not-utf8\.img: dataset name is not valid UTF-8 \(from byte 78\)$/);
       expect(dataset.stdout).toBe("");
+    }
+  });
+});
+
+describe("header fields as the existing lookimage reads them", () => {
+  test("a target size below the image size is refused at the header, before anything is printed", async () => {
+    for (const flags of [[], ["-s"], ["--json"]]) {
+      const run = await lookimage(...flags, image("odd-target.img"));
+      expectFailure(run, /odd-target\.img: target size of 4096 bytes is less than image size of 300000$/);
+      expect(run.stdout).toBe("");
+    }
+  });
+
+  test("a target size of 2^64 - 1 is printed in full, and the image verifies", async () => {
+    const run = await lookimage(image("target-huge.img"));
+    expect(run.exitCode).toBe(0);
+    expect(run.stdout.split("\n")[4]).toBe("target size = 18446744073709551615");
+    const json = await lookimage("--json", image("target-huge.img"));
+    expect(json.exitCode).toBe(0);
+    expect(json.stdout).toContain('"targetSize": 18446744073709551615,');
+    expect(JSON.parse(json.stdout).verification.ok).toBe(true);
+  });
+
+  test("an image size of 2^60: printed with its ratio; -s exits 0, a check fails on one line", async () => {
+    const expectedLines = [
+      "image name = made-by-python",
+      "flags = 0x1 (COMPRESSED)",
+      `data size = ${facts.streamSize}`,
+      "image size = 1152921504606846976",
+      "target size = 1152921504606846976",
+      `image sum = ${facts.rawSha256}`,
+      "dataset name = rpool/ROOT/ramdisk",
+      `ratio = ${(2 ** 60 / facts.streamSize).toFixed(2)}x`,
+      "",
+    ].join("\n");
+    const skipped = await lookimage("-s", image("image-huge-z.img"));
+    expect(skipped.exitCode).toBe(0);
+    expect(skipped.stdout).toBe(expectedLines);
+    expect(skipped.stderr).toContain("image size of 1152921504606846976 bytes is above the kernel's maximum");
+    const checked = await lookimage(image("image-huge-z.img"));
+    expectFailure(checked, /^lookimage: image size of 1152921504606846976 bytes is beyond any real image$/);
+    expect(checked.stdout).toBe(expectedLines);
+    const json = await lookimage("--json", image("image-huge-z.img"));
+    expect(json.exitCode).toBe(1);
+    expect(json.stdout).toContain('"imageSize": 1152921504606846976,');
+    expect(JSON.parse(json.stdout).verification).toEqual({
+      checked: false,
+      ok: false,
+      bytes: 0,
+      sha256: null,
+      error: "image size of 1152921504606846976 bytes is beyond any real image",
+    });
+  });
+
+  test("a data size of 2^63 is a file shorter than its header says, refused even with -s", async () => {
+    for (const flags of [[], ["-s"]]) {
+      const run = await lookimage(...flags, image("data-huge-z.img"));
+      expectFailure(
+        run,
+        /file is \d+ bytes but the header says 9223372036854779904 \(4096 \+ data size 9223372036854775808\): truncated$/,
+      );
+      expect(run.stdout).toBe("");
     }
   });
 });
@@ -460,14 +566,14 @@ describe("--json", () => {
   });
 
   test("kernel refusals are warnings", async () => {
-    const run = await lookimage("--json", image("odd-target.img"));
+    const run = await lookimage("--json", image("below-4096.img"));
     expect(run.exitCode).toBe(0);
     const report = JSON.parse(run.stdout);
     expect(report.warnings).toContain(
-      "the sled kernel would refuse this image: target size of 4096 bytes is less than image size of 300000",
+      "the sled kernel would refuse this image: image size of 100 bytes is below the kernel's minimum of 4096",
     );
     expect(run.stderr).toContain(
-      "lookimage: warning: the sled kernel would refuse this image: target size of 4096 bytes is less than image size of 300000\n",
+      "lookimage: warning: the sled kernel would refuse this image: image size of 100 bytes is below the kernel's minimum of 4096\n",
     );
   });
 });

@@ -8,6 +8,8 @@ import { hideBin, Parser } from "yargs/helpers";
 import packageJson from "../../package.json" with { type: "json" };
 import { COMPLETION_SHELLS, type CompletionShell, completionScript, defaultShell } from "./completion.ts";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, oneLine, UserError } from "./errors.ts";
+import { type DeclaredOptions, getoptsArguments, optionSpecs } from "./getopts.ts";
+import { escapedBytes, programArguments } from "./raw-arguments.ts";
 
 /**
  * A whole-number option read from the text the user typed, as the existing
@@ -15,12 +17,22 @@ import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, oneLine, UserError } from "./errors.
  * after one `+`; no sign `-`, no spaces, nothing empty. Anything else, or a
  * number outside `min` to `max`, is a usage error that quotes the text
  * (a yargs number option would have turned "abc" into NaN first).
+ * `aboveMax`, when given, is the reason a number above `max` is refused.
  *
  * @example const jobs = wholeNumber("--jobs", args.jobs, 1, 256);
  */
-export function wholeNumber(flag: string, value: string | number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+export function wholeNumber(
+  flag: string,
+  value: string | number,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+  aboveMax?: string,
+): number {
   const text = String(value);
   const number = /^\+?\d+$/.test(text) ? Number(text) : NaN;
+  if (aboveMax !== undefined && number > max) {
+    throw new UserError(`${flag} ${text} is above ${max}: ${aboveMax}`, EXIT_USAGE);
+  }
   if (!Number.isSafeInteger(number) || number < min || number > max) {
     const range = max === Number.MAX_SAFE_INTEGER ? `of at least ${min}` : `from ${min} to ${max}`;
     throw new UserError(`${flag} must be a whole number ${range}, not "${text}"`, EXIT_USAGE);
@@ -41,12 +53,22 @@ export const EXIT_STATUS_HELP = "Exit status: 0 ok, 1 failure, 2 usage error.";
  *
  * @example const args = await usageConventions(yargs(argv).option("level", {...}), "mkimage").parseAsync();
  */
-export function usageConventions<T>(
+export function usageConventions<T>(parser: Argv<T>, program: string, conventions: Conventions = {}): Argv<T> {
+  printCompletionIfAsked(program, hideBin(process.argv));
+  return withConventions(parser, program, conventions);
+}
+
+/** What a program may change in the shared conventions. */
+interface Conventions {
+  exitStatus?: string;
+  strict?: "all" | "options";
+}
+
+function withConventions<T>(
   parser: Argv<T>,
   program: string,
-  { exitStatus = EXIT_STATUS_HELP, strict = "all" }: { exitStatus?: string; strict?: "all" | "options" } = {},
+  { exitStatus = EXIT_STATUS_HELP, strict = "all" }: Conventions,
 ): Argv<T> {
-  printCompletionIfAsked(program);
   const checked = strict === "all" ? parser.strict() : parser.strictOptions();
   return checked
     .option("completion", {
@@ -62,14 +84,44 @@ export function usageConventions<T>(
     });
 }
 
+/** The hidden first argument a completion script calls the program with (lib/cli/completion.ts). */
+const COMPLETION_REQUEST = "--get-yargs-completions";
+
+/**
+ * Parse the program's arguments as the existing Rust tools parse theirs
+ * (getopts: lib/cli/getopts.ts), with the conventions of usageConventions.
+ * An argument that is not UTF-8 is refused, as those tools refuse it
+ * (lib/cli/raw-arguments.ts). The free arguments, those that are neither
+ * options nor their values, are returned as they are for the program to
+ * judge, as the existing tools leave them to theirs.
+ *
+ * @example const { args, free } = await parseLikeGetopts(yargs().option("name", {...}), "mkimage");
+ */
+export async function parseLikeGetopts<T>(parser: Argv<T>, program: string) {
+  const { args: given, undecodable } = programArguments(hideBin(process.argv));
+  if (undecodable) {
+    throw new UserError(
+      `argument ${undecodable.index + 1} ("${escapedBytes(undecodable.bytes)}") is not UTF-8: names and paths ` +
+        `are taken only as UTF-8 text, as the existing ${program} takes them; see ${program} --help`,
+      EXIT_USAGE,
+    );
+  }
+  const checked = withConventions(parser, program, { strict: "options" });
+  if (given[0] === COMPLETION_REQUEST) return { args: await checked.parseAsync(given), free: [] };
+  // yargs' getOptions() is public, but missing from its type declarations.
+  const { options, free } = getoptsArguments(given, optionSpecs(checked as unknown as DeclaredOptions), program);
+  printCompletionIfAsked(program, options);
+  return { args: await checked.parseAsync(options), free };
+}
+
 /**
  * With `--completion [SHELL]` among the program's arguments, print the
  * completion script and exit 0 at once. Checked before the program's parser
  * runs, as --help is, so that its required options and positionals need not
  * be given (yargs checks positionals before any middleware could see the flag).
  */
-function printCompletionIfAsked(program: string): void {
-  const { completion } = Parser(hideBin(process.argv), { string: ["completion"] });
+function printCompletionIfAsked(program: string, args: string[]): void {
+  const { completion } = Parser(args, { string: ["completion"] });
   if (completion === undefined) return;
   const shell = String(completion) || defaultShell();
   if (!(COMPLETION_SHELLS as readonly string[]).includes(shell)) {

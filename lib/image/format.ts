@@ -117,6 +117,9 @@ export function isCompressed(header: Pick<Header, "flags">): boolean {
   return (header.flags & FLAG_COMPRESSED) !== 0n;
 }
 
+/** How lookimage's warnings and mkimage's refusal introduce kernelRefusals' reasons. */
+export const KERNEL_REFUSES = "the sled kernel would refuse this image";
+
 const encoder = new TextEncoder();
 /** Strict, and keeping a leading byte order mark, as Rust's String::from_utf8 is. */
 const nameDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
@@ -174,32 +177,44 @@ export function encodeHeader(header: Header): Uint8Array {
   return out;
 }
 
-function readSize(view: DataView, offset: number, what: string): number {
-  const value = view.getBigUint64(offset, true);
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new ImageFormatError(`${what} of ${value} bytes is beyond any real image`);
-  }
-  return Number(value);
+/**
+ * A header's fields as the existing tools read them (Rust's
+ * `Header::from_bytes`), before this project's stricter decodeHeader: the
+ * 64-bit sizes as they are on disk, the names as those tools show them, and
+ * the name fields' own bytes, which the sled kernel reads up to their first
+ * NUL (nameDamage).
+ */
+export interface HeaderFields {
+  version: number;
+  flags: bigint;
+  dataSize: bigint;
+  imageSize: bigint;
+  targetSize: bigint;
+  sha256: Uint8Array;
+  /** The dataset field as UTF-8 with the NULs at both of its ends trimmed (`trim_matches('\0')`). */
+  dataset: string;
+  /** The image name field, read as the dataset is. */
+  imageName: string;
+  /** The 128 bytes of the dataset field. */
+  datasetField: Uint8Array;
+  /** The 128 bytes of the image name field. */
+  imageNameField: Uint8Array;
 }
 
 /**
  * A name field as the existing tools read it: the whole 128 bytes as UTF-8
- * (refused when they are not), less the trailing NULs only. Bytes after an
+ * (refused when they are not), less the NULs at both ends. Bytes after an
  * embedded NUL stay in the name, as they do in the existing lookimage's
  * output; nameDamage says what a reader that stops at the first NUL sees.
  */
-function readName(bytes: Uint8Array, offset: number, what: string): string {
-  const field = bytes.subarray(offset, offset + NAME_FIELD_SIZE);
-  if (field[NAME_MAX_BYTES] !== 0) {
-    throw new ImageFormatError(`${what} is not NUL-terminated (byte ${offset + NAME_MAX_BYTES} is not 0)`);
-  }
+function readName(field: Uint8Array, offset: number, what: string): string {
   let text: string;
   try {
     text = nameDecoder.decode(field);
   } catch {
     throw new ImageFormatError(`${what} is not valid UTF-8 (from byte ${offset + validUtf8Prefix(field)})`);
   }
-  return text.replace(/\0+$/, "");
+  return text.replace(/^\0+|\0+$/g, "");
 }
 
 /** Bytes at the start of `field` that are whole, valid UTF-8 characters (Rust's Utf8Error::valid_up_to). */
@@ -216,28 +231,43 @@ function validUtf8Prefix(field: Uint8Array): number {
   return 0;
 }
 
+/** The name fields by what lookimage calls them and where they lie. */
+const NAME_FIELDS = [
+  { what: "dataset name", offset: OFFSET_DATASET, field: "datasetField" },
+  { what: "image name", offset: OFFSET_IMAGE_NAME, field: "imageNameField" },
+] as const;
+
 /**
- * What is wrong with the names of a decoded header that still decodes: a
- * NUL inside a name. The sled kernel reads the dataset only up to its first
- * NUL, so it would mount another dataset than the one the name shows; the
- * image name is read by the control plane, which may stop there too. Empty
- * when both names are whole; mkimage never writes such a name (encodeName).
+ * What is wrong with the name fields of a header that still decodes, where
+ * the readers that stop at the first NUL (the sled kernel for the dataset,
+ * perhaps the control plane for the image name) would read something else
+ * than the name shown: a field whose last byte is not NUL (the sled kernel
+ * refuses such a dataset field), and a NUL before other bytes (leading NULs
+ * included). Empty when both fields are as mkimage writes them.
  *
- * @example nameDamage({ dataset: "rpool/ROOT/ramdisk\0old", imageName: "x" }) // ["dataset name holds a NUL ..."]
+ * @example nameDamage(decodeHeaderFields(bytes)) // ["dataset name holds a NUL at byte 90 ..."]
  */
-export function nameDamage(header: Pick<Header, "dataset" | "imageName">): string[] {
-  const fields: [string, string, number, string][] = [
-    ["dataset name", header.dataset, OFFSET_DATASET, "the sled kernel reads it only up to there, as"],
-    ["image name", header.imageName, OFFSET_IMAGE_NAME, "a reader that stops at the first NUL sees"],
-  ];
+export function nameDamage(fields: Pick<HeaderFields, "datasetField" | "imageNameField">): string[] {
   const damage: string[] = [];
-  for (const [what, name, offset, reader] of fields) {
-    const nul = name.indexOf("\0");
-    if (nul < 0) continue;
-    const at = offset + encoder.encode(name.slice(0, nul)).length;
-    damage.push(
-      `${what} holds a NUL at byte ${at} with more bytes after it: ${reader} ${JSON.stringify(name.slice(0, nul))}`,
-    );
+  for (const { what, offset, field: key } of NAME_FIELDS) {
+    const field = fields[key];
+    const dataset = key === "datasetField";
+    const last = field[NAME_MAX_BYTES]!;
+    if (last !== 0) {
+      const byte = `byte ${offset + NAME_MAX_BYTES} is 0x${last.toString(16).padStart(2, "0")}`;
+      damage.push(
+        dataset
+          ? `${KERNEL_REFUSES}: the dataset name field does not end in a NUL (${byte})`
+          : `the image name field does not end in a NUL (${byte}): a reader that stops only at a NUL reads past it`,
+      );
+    }
+    const nul = field.indexOf(0);
+    if (nul < 0 || field.subarray(nul).every((byte) => byte === 0)) continue;
+    const reader = dataset
+      ? "the sled kernel reads it only up to there, as"
+      : "a reader that stops at the first NUL sees";
+    const seen = JSON.stringify(nameDecoder.decode(field.subarray(0, nul)));
+    damage.push(`${what} holds a NUL at byte ${offset + nul} with more bytes after it: ${reader} ${seen}`);
   }
   return damage;
 }
@@ -253,20 +283,22 @@ export interface DecodeOptions {
 }
 
 /**
- * Decode and check a header from the first bytes of an image file. Throws
- * ImageFormatError naming the value that is wrong: a short file, bad magic or
- * version, a size too large to be real, an unterminated name or one that is
- * not UTF-8, an uncompressed
+ * Decode a header from the first bytes of an image file as the existing
+ * lookimage reads it, and check it as far as that tool does and as this
+ * project's image is defined. Throws ImageFormatError naming the value that
+ * is wrong: a short file, bad magic or version, a target size below the
+ * image size (the existing tools refuse it at the header, and the sled kernel
+ * could not load the image), a name that is not UTF-8, an uncompressed
  * payload whose size differs from the image size, or a file whose length is
  * not 4096 + data_size.
  *
- * It does not apply the sled kernel's acceptance rules (sizes, target size):
- * those are reported by kernelRefusals, because an image the kernel would
- * refuse can still be inspected.
+ * Sizes of 2^53 bytes or more, and name fields without their final NUL, are
+ * read as they are: lookimage shows them as the existing one does. Code that
+ * works with the image takes decodeHeader instead.
  *
- * @example const header = decodeHeader(await Bun.file(path).slice(0, 4096).bytes());
+ * @example const fields = decodeHeaderFields(await Bun.file(path).slice(0, 4096).bytes());
  */
-export function decodeHeader(bytes: Uint8Array, options: DecodeOptions = {}): Header {
+export function decodeHeaderFields(bytes: Uint8Array, options: DecodeOptions = {}): HeaderFields {
   if (bytes.length < HEADER_SIZE) {
     throw new ImageFormatError(`file is ${bytes.length} bytes, shorter than the ${HEADER_SIZE}-byte header`);
   }
@@ -283,30 +315,102 @@ export function decodeHeader(bytes: Uint8Array, options: DecodeOptions = {}): He
     throw new ImageFormatError(`unsupported version ${version}, expected ${versions.join(" or ")}`);
   }
   const flags = view.getBigUint64(OFFSET_FLAGS, true);
-  const dataSize = readSize(view, OFFSET_DATA_SIZE, "data size");
-  const imageSize = readSize(view, OFFSET_IMAGE_SIZE, "image size");
-  const targetSize = readSize(view, OFFSET_TARGET_SIZE, "target size");
+  const dataSize = view.getBigUint64(OFFSET_DATA_SIZE, true);
+  const imageSize = view.getBigUint64(OFFSET_IMAGE_SIZE, true);
+  const targetSize = view.getBigUint64(OFFSET_TARGET_SIZE, true);
+  if (targetSize < imageSize) {
+    throw new ImageFormatError(`target size of ${targetSize} bytes is less than image size of ${imageSize}`);
+  }
   const sha256 = copyBytes(bytes, OFFSET_SHA256, OFFSET_SHA256 + SHA256_SIZE);
-  const dataset = readName(bytes, OFFSET_DATASET, "dataset name");
-  const imageName = readName(bytes, OFFSET_IMAGE_NAME, "image name");
-  const header: Header = { version, flags, dataSize, imageSize, targetSize, sha256, dataset, imageName };
-  if (version === VERSION && !isCompressed(header) && dataSize !== imageSize) {
+  const datasetField = copyBytes(bytes, OFFSET_DATASET, OFFSET_DATASET + NAME_FIELD_SIZE);
+  const imageNameField = copyBytes(bytes, OFFSET_IMAGE_NAME, OFFSET_IMAGE_NAME + NAME_FIELD_SIZE);
+  const dataset = readName(datasetField, OFFSET_DATASET, "dataset name");
+  const imageName = readName(imageNameField, OFFSET_IMAGE_NAME, "image name");
+  if (version === VERSION && (flags & FLAG_COMPRESSED) === 0n && dataSize !== imageSize) {
     throw new ImageFormatError(
       `data size of ${dataSize} bytes differs from image size of ${imageSize} in an uncompressed image`,
     );
   }
-  if (options.fileSize !== undefined && options.fileSize !== HEADER_SIZE + dataSize) {
-    const expected = HEADER_SIZE + dataSize;
-    const how = options.fileSize < expected ? "truncated" : "has trailing bytes";
+  if (options.fileSize !== undefined && BigInt(options.fileSize) !== BigInt(HEADER_SIZE) + dataSize) {
+    const expected = BigInt(HEADER_SIZE) + dataSize;
+    const how = BigInt(options.fileSize) < expected ? "truncated" : "has trailing bytes";
     throw new ImageFormatError(
       `file is ${options.fileSize} bytes but the header says ${expected} (${HEADER_SIZE} + data size ${dataSize}): ${how}`,
     );
   }
-  return header;
+  return { version, flags, dataSize, imageSize, targetSize, sha256, dataset, imageName, datasetField, imageNameField };
 }
 
-/** How lookimage's warnings and mkimage's refusal introduce kernelRefusals' reasons. */
-export const KERNEL_REFUSES = "the sled kernel would refuse this image";
+/** The fields a payload is read and checked against (lib/image/verify.ts). */
+export type PayloadHeader = Pick<Header, "version" | "flags" | "dataSize" | "imageSize" | "sha256">;
+
+/**
+ * A size field as a number, or why it cannot be one: at 2^53 bytes or more
+ * no file or stream here could hold that many bytes.
+ */
+function safeSize(value: bigint, what: string): number | string {
+  return value > BigInt(Number.MAX_SAFE_INTEGER) ? `${what} of ${value} bytes is beyond any real image` : Number(value);
+}
+
+/**
+ * The fields a payload is checked against, with its sizes as numbers; or,
+ * when data_size or image_size is 2^53 or more, why no payload could match
+ * them (the existing lookimage would read the payload and find it short).
+ *
+ * @example const { header, refusal } = payloadHeader(fields); if (header) await verifyPayload(path, header);
+ */
+export function payloadHeader(
+  fields: HeaderFields,
+): { header: PayloadHeader; refusal: null } | { header: null; refusal: string } {
+  const dataSize = safeSize(fields.dataSize, "data size");
+  const imageSize = safeSize(fields.imageSize, "image size");
+  if (typeof dataSize === "string") return { header: null, refusal: dataSize };
+  if (typeof imageSize === "string") return { header: null, refusal: imageSize };
+  const { version, flags, sha256 } = fields;
+  return { header: { version, flags, dataSize, imageSize, sha256 }, refusal: null };
+}
+
+/**
+ * Decode and check a header from the first bytes of an image file, for code
+ * that works with the image (the bootserver, mkimage's own checks): every
+ * check of decodeHeaderFields, and also sizes below 2^53 (so they are exact
+ * numbers) and both name fields ending in their NUL, as the format promises
+ * and the netboot OFFER's dataset field needs.
+ *
+ * It does not apply the sled kernel's acceptance rules (sizes): those are
+ * reported by kernelRefusals, because an image the kernel would refuse can
+ * still be inspected.
+ *
+ * @example const header = decodeHeader(await Bun.file(path).slice(0, 4096).bytes());
+ */
+export function decodeHeader(bytes: Uint8Array, options: DecodeOptions = {}): Header {
+  const fields = decodeHeaderFields(bytes, options);
+  const sizes = (["dataSize", "imageSize", "targetSize"] as const).map((key) =>
+    safeSize(fields[key], key.replace("Size", " size")),
+  );
+  const beyond = sizes.find((size) => typeof size === "string");
+  if (beyond !== undefined) throw new ImageFormatError(beyond);
+  for (const { what, offset, field } of NAME_FIELDS) {
+    if (fields[field][NAME_MAX_BYTES] !== 0) {
+      throw new ImageFormatError(`${what} is not NUL-terminated (byte ${offset + NAME_MAX_BYTES} is not 0)`);
+    }
+  }
+  const [dataSize, imageSize, targetSize] = sizes as number[];
+  const { version, flags, sha256, dataset, imageName } = fields;
+  return {
+    version,
+    flags,
+    dataSize: dataSize!,
+    imageSize: imageSize!,
+    targetSize: targetSize!,
+    sha256,
+    dataset,
+    imageName,
+  };
+}
+
+/** A size as a number or as the 64-bit value read from a header (HeaderFields). */
+type Size = number | bigint;
 
 /**
  * The reasons the sled kernel would refuse this header when booting from disk
@@ -315,7 +419,7 @@ export const KERNEL_REFUSES = "the sled kernel would refuse this image";
  *
  * @example kernelRefusals({ imageSize: 4095, targetSize: MIB }) // ["image size of 4095 bytes is below ..."]
  */
-export function kernelRefusals(header: Pick<Header, "imageSize" | "targetSize">): string[] {
+export function kernelRefusals(header: { imageSize: Size; targetSize: Size }): string[] {
   const reasons: string[] = [];
   if (header.imageSize < KERNEL_MIN_IMAGE_SIZE) {
     reasons.push(`image size of ${header.imageSize} bytes is below the kernel's minimum of ${KERNEL_MIN_IMAGE_SIZE}`);
@@ -341,9 +445,9 @@ export function kernelRefusals(header: Pick<Header, "imageSize" | "targetSize">)
  *
  * @example payloadSizeRefusal({ version: 2, dataSize: 0, imageSize: 4096 }) // "data size is 0"
  */
-export function payloadSizeRefusal(header: Pick<Header, "version" | "dataSize" | "imageSize">): string | null {
+export function payloadSizeRefusal(header: { version: number; dataSize: Size; imageSize: Size }): string | null {
   if (header.version === ZSTD_VERSION) return null;
-  if (header.dataSize === 0) return `data size is ${header.dataSize}`;
+  if (BigInt(header.dataSize) === 0n) return `data size is ${header.dataSize}`;
   if (header.imageSize < header.dataSize) return `image size ${header.imageSize} < data size ${header.dataSize}`;
   return null;
 }
@@ -353,7 +457,7 @@ export function payloadSizeRefusal(header: Pick<Header, "version" | "dataSize" |
  * none. A sled ignores offers below 1 MiB, and it can only verify an image
  * whose size is a whole number of 128 KiB batches (docs/netboot.md).
  */
-export function netbootRefusals(sizes: { imageSize: number; targetSize: number }): string[] {
+export function netbootRefusals(sizes: { imageSize: Size; targetSize: Size }): string[] {
   const reasons: string[] = [];
   if (sizes.imageSize < NETBOOT_MIN_SIZE) {
     reasons.push(`image size of ${sizes.imageSize} bytes is below 1 MiB, so a netbooting sled ignores the offer`);
@@ -361,7 +465,7 @@ export function netbootRefusals(sizes: { imageSize: number; targetSize: number }
   if (sizes.targetSize < NETBOOT_MIN_SIZE) {
     reasons.push(`target size of ${sizes.targetSize} bytes is below 1 MiB, so a netbooting sled ignores the offer`);
   }
-  if (sizes.imageSize % NETBOOT_BATCH_BYTES !== 0) {
+  if (BigInt(sizes.imageSize) % BigInt(NETBOOT_BATCH_BYTES) !== 0n) {
     reasons.push(
       `image size of ${sizes.imageSize} bytes is not a multiple of ${NETBOOT_BATCH_BYTES} (128 KiB), so a netbooting sled would fail its checksum`,
     );

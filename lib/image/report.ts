@@ -10,11 +10,11 @@ import type { Stats } from "node:fs";
 import { stat } from "node:fs/promises";
 import { systemReason, UserError } from "@ramdisk-tools/cli/errors.ts";
 import {
-  decodeHeader,
+  decodeHeaderFields,
   FLAG_COMPRESSED,
   flagNames,
   HEADER_SIZE,
-  type Header,
+  type HeaderFields,
   ImageFormatError,
   KERNEL_REFUSES,
   kernelRefusals,
@@ -26,10 +26,11 @@ import type { PayloadVerdict } from "./verify.ts";
 import { IMAGE_VERSIONS, type PayloadCodec, payloadCodec, ZSTD_BOOT_NOTE } from "./zstd-image.ts";
 
 /**
- * Read and decode the header of the image at `path` (version 2 or zstd),
- * checking the file's length against it and its flags against its version.
+ * Read and decode the header of the image at `path` (version 2 or zstd) as
+ * the existing lookimage reads it (decodeHeaderFields), checking the file's
+ * length against it and its flags against its version.
  */
-export async function readHeader(path: string): Promise<{ header: Header; codec: PayloadCodec }> {
+export async function readHeader(path: string): Promise<{ fields: HeaderFields; codec: PayloadCodec }> {
   let info: Stats;
   try {
     info = await stat(path);
@@ -46,8 +47,8 @@ export async function readHeader(path: string): Promise<{ header: Header; codec:
     throw new UserError(`cannot read ${path}: ${systemReason(error)}`);
   }
   try {
-    const header = decodeHeader(bytes, { fileSize: info.size, versions: IMAGE_VERSIONS });
-    return { header, codec: payloadCodec(header) };
+    const fields = decodeHeaderFields(bytes, { fileSize: info.size, versions: IMAGE_VERSIONS });
+    return { fields, codec: payloadCodec(fields) };
   } catch (error) {
     if (error instanceof ImageFormatError) throw new UserError(`${path}: ${error.message}`);
     throw error;
@@ -60,8 +61,9 @@ export async function readHeader(path: string): Promise<{ header: Header; codec:
  * up; a double is exactly halfway at two decimals only when its fraction is
  * a whole number of eighths (.125, .375, .625, .875).
  */
-export function formatRatio(imageSize: number, dataSize: number): string {
-  const ratio = imageSize / dataSize;
+export function formatRatio(imageSize: number | bigint, dataSize: number | bigint): string {
+  // As Rust's `as f64`: each size rounded to the nearest double, then divided.
+  const ratio = Number(imageSize) / Number(dataSize);
   const eighths = ratio * 8;
   if (!Number.isInteger(eighths) || eighths % 2 === 0) return ratio.toFixed(2);
   const below = Math.floor(ratio * 100);
@@ -75,12 +77,12 @@ export function formatRatio(imageSize: number, dataSize: number): string {
  * neither shown in the value nor named; a zstd header is ours, and shows
  * all its bits.
  */
-function shownFlags(header: Header, codec: PayloadCodec): bigint {
+function shownFlags(header: Pick<HeaderFields, "flags">, codec: PayloadCodec): bigint {
   return codec === "zstd" ? header.flags : header.flags & FLAG_COMPRESSED;
 }
 
-/** The lines the existing lookimage prints before checking sizes. */
-export function headerLines(header: Header, codec: PayloadCodec): string {
+/** The lines the existing lookimage prints before checking sizes, every size in full. */
+export function headerLines(header: HeaderFields, codec: PayloadCodec): string {
   const shown = shownFlags(header, codec);
   return `${[
     `image name = ${header.imageName}`,
@@ -94,7 +96,7 @@ export function headerLines(header: Header, codec: PayloadCodec): string {
 }
 
 /** Where this image would be refused by the sled kernel or a netbooting sled, and damaged names. */
-export function warnings(header: Header, codec: PayloadCodec): string[] {
+export function warnings(header: HeaderFields, codec: PayloadCodec): string[] {
   return [
     ...(codec === "zstd" ? [ZSTD_BOOT_NOTE] : []),
     ...nameDamage(header),
@@ -106,10 +108,11 @@ export function warnings(header: Header, codec: PayloadCodec): string[] {
 /**
  * The --json object (docs/lookimage-json.md). A version 2 image's object is
  * exactly what it was before zstd images existed; a zstd image's has two
- * more fields, `codec` and `zstd`.
+ * more fields, `codec` and `zstd`. The flags and sizes are the header's
+ * 64-bit values; jsonText writes them out in full.
  */
 export function jsonReport(
-  header: Header,
+  header: HeaderFields,
   codec: PayloadCodec,
   imageWarnings: string[],
   verdict: PayloadVerdict | null,
@@ -129,14 +132,14 @@ export function jsonReport(
       : {};
   return {
     imageName: header.imageName,
-    flags: Number(header.flags),
+    flags: header.flags,
     flagNames: shown === 0n ? [] : flagNames(shown).split(" | "),
     dataSize: header.dataSize,
     imageSize: header.imageSize,
     targetSize: header.targetSize,
     sha256: toHex(header.sha256),
     dataset: header.dataset,
-    ratio: codec !== "stored" && header.dataSize > 0 ? header.imageSize / header.dataSize : null,
+    ratio: codec !== "stored" && header.dataSize > 0n ? Number(header.imageSize) / Number(header.dataSize) : null,
     compressed: codec === "zlib",
     ...zstdFacts,
     warnings: imageWarnings,
@@ -148,4 +151,18 @@ export function jsonReport(
       error: verdict?.error ?? refusal,
     },
   };
+}
+
+/** JSON.rawJSON (ES2025; Bun has it, TypeScript's lib not yet): a JSON number given by its digits. */
+const rawJSON = (JSON as unknown as { rawJSON(text: string): unknown }).rawJSON;
+
+/**
+ * The --json text of a report, with every 64-bit value written with all its
+ * digits (JSON numbers have no limit; a double would round those above 2^53).
+ *
+ * @example process.stdout.write(jsonText(jsonReport(fields, codec, [], null, null)));
+ */
+export function jsonText(report: ReturnType<typeof jsonReport>): string {
+  const exact = (_key: string, value: unknown) => (typeof value === "bigint" ? rawJSON(String(value)) : value);
+  return `${JSON.stringify(report, exact, 2)}\n`;
 }

@@ -54,7 +54,7 @@ import {
 } from "@ramdisk-tools/cli/pending-file.ts";
 import { PieceSender, QUEUE_DEPTH } from "@ramdisk-tools/threads/link.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
-import { HEADER_SIZE, type Header, ImageFormatError, payloadSizeRefusal, toHex } from "./format.ts";
+import { HEADER_SIZE, ImageFormatError, type PayloadHeader, payloadSizeRefusal, toHex } from "./format.ts";
 import type { HashOrder, HashReport, RawSink } from "./hash-stage.ts";
 import type { InflateOrder, InflateReport } from "./inflate-stage.ts";
 import type { ZstdVerifyOrder, ZstdVerifyReport } from "./verify-zstd.ts";
@@ -113,7 +113,11 @@ export interface VerifyOptions {
  * const verdict = await verifyPayload("pool-1m-z.img", header);
  * if (verdict.error) console.error(`lookimage: ${verdict.error}`);
  */
-export function verifyPayload(path: string, header: Header, options: VerifyOptions = {}): Promise<PayloadVerdict> {
+export function verifyPayload(
+  path: string,
+  header: PayloadHeader,
+  options: VerifyOptions = {},
+): Promise<PayloadVerdict> {
   return runPipeline(path, header, options, null);
 }
 
@@ -146,7 +150,7 @@ export async function rawOutputTarget(rawPath: string, imagePath: string): Promi
  */
 export async function extractPayload(
   path: string,
-  header: Header,
+  header: PayloadHeader,
   output: Target,
   options: VerifyOptions = {},
 ): Promise<PayloadVerdict> {
@@ -178,7 +182,7 @@ export async function extractPayload(
 /** Build the stages for the payload's codec, run them, and judge what they report. */
 async function runPipeline(
   path: string,
-  header: Header,
+  header: PayloadHeader,
   options: VerifyOptions,
   sink: RawSink | null,
 ): Promise<PayloadVerdict> {
@@ -292,7 +296,11 @@ function pollProgress(progress: SharedArrayBuffer, onProgress: (done: number) =>
 }
 
 /** Compare what the stages saw with what the header claims. */
-function judge(header: Header, hashed: HashReport, inflated: InflateReport | null): Omit<PayloadVerdict, "seekTable"> {
+function judge(
+  header: PayloadHeader,
+  hashed: HashReport,
+  inflated: InflateReport | null,
+): Omit<PayloadVerdict, "seekTable"> {
   const verdict = (error: string | null) => ({ bytes: hashed.bytes, sha256: hashed.sha256, error });
   if (inflated?.kind === "inflated" && inflated.consumed < header.dataSize) {
     const trailing = header.dataSize - inflated.consumed;

@@ -16,6 +16,12 @@ export const VECTORS = join(ROOT, "tests", "vectors");
 
 let pythonPath: string | undefined;
 
+/** The python3 interpreter's path, found once: a version manager's shim costs a process per run. */
+function python3(): string {
+  pythonPath ??= Bun.spawnSync(["python3", "-c", "import sys; print(sys.executable)"]).stdout.toString().trim();
+  return pythonPath;
+}
+
 /**
  * Run a python3 program with arguments and, optionally, bytes on its standard
  * input; its standard output as printed (untrimmed), or a thrown error with its
@@ -25,8 +31,7 @@ let pythonPath: string | undefined;
  * @example const digest = pythonWithInput(bytes, "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())");
  */
 export function pythonWithInput(stdin: Uint8Array | undefined, program: string, ...args: string[]): string {
-  pythonPath ??= Bun.spawnSync(["python3", "-c", "import sys; print(sys.executable)"]).stdout.toString().trim();
-  const run = Bun.spawnSync([pythonPath, "-c", program, ...args], {
+  const run = Bun.spawnSync([python3(), "-c", program, ...args], {
     stdin: stdin ?? "ignore",
     stdout: "pipe",
     stderr: "pipe",
@@ -63,17 +68,30 @@ export interface ProgramRun {
 }
 
 /**
+ * Exec the command whose words are given in hex as arguments: Bun.spawn takes
+ * only strings and sends them as UTF-8, so a word that is not UTF-8 goes
+ * through python3's execvp as bytes.
+ */
+const EXEC_BYTES = "import os, sys; words = [bytes.fromhex(word) for word in sys.argv[1:]]; os.execvp(words[0], words)";
+
+/**
  * Run `bun apps/NAME.ts ARGS...` to its end as a real process and collect its
- * exit status and output. `env` replaces the environment when given.
+ * exit status and output. `env` replaces the environment when given. An
+ * argument given as bytes reaches the program as exactly those bytes, UTF-8
+ * or not.
  *
  * @example const { exitCode, stderr } = await runProgram("lookimage", ["pool.img"], { cwd: dir });
  */
 export async function runProgram(
   name: string,
-  args: string[],
+  args: (string | Uint8Array)[],
   options: { cwd?: string; env?: Record<string, string | undefined> } = {},
 ): Promise<ProgramRun> {
-  const child = Bun.spawn(["bun", join(ROOT, "apps", `${name}.ts`), ...args], {
+  const words = ["bun", join(ROOT, "apps", `${name}.ts`), ...args];
+  const command = words.every((word) => typeof word === "string")
+    ? words
+    : [python3(), "-c", EXEC_BYTES, ...words.map((word) => Buffer.from(word).toString("hex"))];
+  const child = Bun.spawn(command, {
     cwd: options.cwd,
     env: options.env,
     stdout: "pipe",

@@ -1,7 +1,8 @@
 /**
  * The header layout of lib/image/format.ts against an independent decoder
  * (python3's struct.unpack, written from docs/format.md), the
- * existing tools' vectors, and each way decodeHeader refuses a header.
+ * existing tools' vectors, and each way decodeHeader refuses a header and
+ * decodeHeaderFields (the existing lookimage's reading) does not.
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -11,6 +12,7 @@ import { join } from "node:path";
 import {
   DEFAULT_DATASET,
   decodeHeader,
+  decodeHeaderFields,
   encodeHeader,
   encodeName,
   HEADER_SIZE,
@@ -21,6 +23,7 @@ import {
   NAME_MAX_BYTES,
   nameDamage,
   netbootRefusals,
+  payloadHeader,
   payloadSizeRefusal,
   toHex,
   ZSTD_VERSION,
@@ -44,9 +47,9 @@ for at in range(0, len(data), 4096):
         "magic": magic, "version": version, "flags": str(flags),
         "dataSize": str(data_size), "imageSize": str(image_size), "targetSize": str(target_size),
         "sha256": sha.hex(),
-        # Names as the existing tools read them: the whole field as UTF-8, trailing NULs trimmed.
-        "dataset": dataset.decode("utf-8").rstrip("\0"), "datasetLast": dataset[127],
-        "imageName": name.decode("utf-8").rstrip("\0"), "imageNameLast": name[127],
+        # Names as the existing tools read them: the whole field as UTF-8, NULs trimmed at both ends.
+        "dataset": dataset.decode("utf-8").strip("\0"), "datasetLast": dataset[127],
+        "imageName": name.decode("utf-8").strip("\0"), "imageNameLast": name[127],
         "paddingZero": padding == bytes(3768),
     }))
 `;
@@ -104,6 +107,19 @@ function expectSameFacts(ours: Header, python: PythonHeader) {
   expect(toHex(ours.sha256)).toBe(python.sha256);
   expect(ours.dataset).toBe(python.dataset);
   expect(ours.imageName).toBe(python.imageName);
+}
+
+/** A header whose name fields hold exactly these bytes (the rest of each field NUL). */
+function withNames(dataset: number[], imageName: number[]): Uint8Array {
+  const bytes = encodeHeader(sampleHeader({ dataset: "", imageName: "" }));
+  bytes.set(dataset, 72);
+  bytes.set(imageName, 200);
+  return bytes;
+}
+
+/** The bytes of a string whose characters are bytes ("\xff" is the byte 0xff). */
+function text(value: string): number[] {
+  return [...Buffer.from(value, "latin1")];
 }
 
 const SHA = Uint8Array.from({ length: 32 }, (_, i) => (i * 37 + 11) & 0xff);
@@ -203,6 +219,8 @@ describe("decodeHeader", () => {
         expect(decode).toThrow(/bad magic/);
       } else if (offset < 8) {
         expect(decode).toThrow(/unsupported version/);
+      } else if (BigInt(facts.targetSize) < BigInt(facts.imageSize)) {
+        expect(decode).toThrow(/target size of \d+ bytes is less than image size of \d+/);
       } else if (
         [facts.dataSize, facts.imageSize, facts.targetSize].some(
           (size) => BigInt(size) > BigInt(Number.MAX_SAFE_INTEGER),
@@ -243,27 +261,26 @@ describe("decodeHeader", () => {
     expect(decodeHeader(version1, { versions: [1, 2] }).version).toBe(1);
   });
 
-  test("refuses unterminated dataset and image names", () => {
+  test("refuses unterminated dataset and image names; decodeHeaderFields reads them as the existing lookimage does", () => {
     const bytes = encodeHeader(sampleHeader());
     const dataset = bytes.slice();
     dataset.fill(0x61, 72, 200);
-    expect(() => decodeHeader(dataset)).toThrow(/dataset name is not NUL-terminated/);
+    expect(() => decodeHeader(dataset)).toThrow(/dataset name is not NUL-terminated \(byte 199 is not 0\)/);
+    expect(decodeHeaderFields(dataset).dataset).toBe("a".repeat(128));
     const imageName = bytes.slice();
     imageName.fill(0x61, 200, 328);
-    expect(() => decodeHeader(imageName)).toThrow(/image name is not NUL-terminated/);
+    expect(() => decodeHeader(imageName)).toThrow(/image name is not NUL-terminated \(byte 327 is not 0\)/);
+    expect(decodeHeaderFields(imageName).imageName).toBe("a".repeat(128));
   });
 
-  test("reads names as the existing tools do: the whole field as UTF-8, only trailing NULs trimmed", () => {
-    const withNames = (dataset: number[], imageName: number[]) => {
-      const bytes = encodeHeader(sampleHeader({ dataset: "", imageName: "" }));
-      bytes.set(dataset, 72);
-      bytes.set(imageName, 200);
-      return bytes;
-    };
-    const text = (value: string) => [...Buffer.from(value, "latin1")];
+  test("reads names as the existing tools do: the whole field as UTF-8, NULs trimmed at both ends", () => {
     const header = decodeHeader(withNames(text("rpool/ROOT/ramdisk\0old"), text("test\0\0ing\xc3\xa9")));
     expect(header.dataset).toBe("rpool/ROOT/ramdisk\0old");
     expect(header.imageName).toBe("test\0\0ing\u00e9");
+    // Rust's trim_matches('\0') takes the leading NULs too.
+    const leading = decodeHeader(withNames(text("\0\0rpool/ROOT/ramdisk"), text("\0x\0y")));
+    expect(leading.dataset).toBe("rpool/ROOT/ramdisk");
+    expect(leading.imageName).toBe("x\0y");
     // A byte order mark is a character of the name, as in Rust's String::from_utf8.
     expect(decodeHeader(withNames(text("\xef\xbb\xbfx"), [])).dataset).toBe("\ufeffx");
     // Not UTF-8 anywhere in the field, even after the first NUL: refused, naming the first bad byte.
@@ -276,13 +293,25 @@ describe("decodeHeader", () => {
     expect(() => decodeHeader(withNames(text("\xed\xa0\x80"), []))).toThrow(/dataset name is not valid UTF-8/);
   });
 
-  test("nameDamage says where a NUL cuts a name short, and what a reader stopping there sees", () => {
-    expect(nameDamage({ dataset: DEFAULT_DATASET, imageName: "testing" })).toEqual([]);
-    expect(nameDamage({ dataset: "rpool/ROOT/ramdisk\0old", imageName: "\u00e9t\u00e9\0\0x" })).toEqual([
+  test("nameDamage says where a reader that stops at the first NUL sees another name, or none ends", () => {
+    expect(nameDamage(decodeHeaderFields(encodeHeader(sampleHeader())))).toEqual([]);
+    expect(
+      nameDamage(decodeHeaderFields(withNames(text("rpool/ROOT/ramdisk\0old"), text("\xc3\xa9t\xc3\xa9\0\0x")))),
+    ).toEqual([
       "dataset name holds a NUL at byte 90 with more bytes after it: " +
         'the sled kernel reads it only up to there, as "rpool/ROOT/ramdisk"',
       "image name holds a NUL at byte 205 with more bytes after it: " +
         'a reader that stops at the first NUL sees "\u00e9t\u00e9"',
+    ]);
+    // Leading NULs, which the name shown has lost: the kernel reads an empty dataset.
+    expect(nameDamage(decodeHeaderFields(withNames(text("\0rpool"), text("x"))))).toEqual([
+      'dataset name holds a NUL at byte 72 with more bytes after it: the sled kernel reads it only up to there, as ""',
+    ]);
+    const full = withNames(text("d".repeat(128)), text(`${"i".repeat(100)}\0${"j".repeat(27)}`));
+    expect(nameDamage(decodeHeaderFields(full))).toEqual([
+      "the sled kernel would refuse this image: the dataset name field does not end in a NUL (byte 199 is 0x64)",
+      "the image name field does not end in a NUL (byte 327 is 0x6a): a reader that stops only at a NUL reads past it",
+      `image name holds a NUL at byte 300 with more bytes after it: a reader that stops at the first NUL sees "${"i".repeat(100)}"`,
     ]);
   });
 
@@ -308,15 +337,49 @@ describe("decodeHeader", () => {
     );
   });
 
-  test("refuses sizes above 2^53 - 1 in each size field", () => {
-    for (const offset of [16, 24, 32]) {
-      const bytes = encodeHeader(sampleHeader());
-      const view = new DataView(bytes.buffer);
-      view.setBigUint64(offset, 2n ** 53n, true);
-      expect(() => decodeHeader(bytes)).toThrow(/of 9007199254740992 bytes is beyond any real image/);
-      view.setBigUint64(offset, 2n ** 53n - 1n, true);
-      expect(() => decodeHeader(bytes)).not.toThrow();
+  test("refuses a target size below the image size, as the existing tools do at the header", () => {
+    const bytes = encodeHeader(sampleHeader({ imageSize: 8192, targetSize: 8191 }));
+    const refusal = "target size of 8191 bytes is less than image size of 8192";
+    expect(() => decodeHeaderFields(bytes)).toThrow(new ImageFormatError(refusal));
+    expect(() => decodeHeader(bytes)).toThrow(new ImageFormatError(refusal));
+    expect(decodeHeader(encodeHeader(sampleHeader({ imageSize: 8192, targetSize: 8192 }))).targetSize).toBe(8192);
+  });
+
+  test("sizes of 2^53 and more: decodeHeader refuses them, decodeHeaderFields reads them exactly", () => {
+    const cases: [number, bigint[]][] = [
+      [16, [2n ** 53n, 2n ** 64n - 1n]],
+      [24, [2n ** 53n]],
+      [32, [2n ** 53n, 2n ** 64n - 1n]],
+    ];
+    for (const [offset, values] of cases) {
+      for (const value of values) {
+        const bytes = encodeHeader(sampleHeader({ dataSize: 4096, imageSize: 4096, targetSize: 4096 }));
+        const view = new DataView(bytes.buffer);
+        // The image size may not pass the target size, so both go up together.
+        if (offset === 24) view.setBigUint64(32, value, true);
+        view.setBigUint64(offset, value, true);
+        expect(() => decodeHeader(bytes)).toThrow(new RegExp(`of ${value} bytes is beyond any real image`));
+        const fields = decodeHeaderFields(bytes);
+        expect([fields.dataSize, fields.imageSize, fields.targetSize][(offset - 16) / 8]).toBe(value);
+        view.setBigUint64(offset, 2n ** 53n - 1n, true);
+        if (offset === 24) view.setBigUint64(32, 2n ** 53n - 1n, true);
+        expect(() => decodeHeader(bytes)).not.toThrow();
+      }
     }
+  });
+
+  test("payloadHeader gives the sizes as numbers, or says why no payload could match them", () => {
+    const fields = decodeHeaderFields(encodeHeader(sampleHeader({ dataSize: 100, imageSize: 5000 })));
+    expect(payloadHeader(fields)).toEqual({
+      header: { version: 2, flags: 1n, dataSize: 100, imageSize: 5000, sha256: SHA },
+      refusal: null,
+    });
+    expect(payloadHeader({ ...fields, imageSize: 2n ** 60n, targetSize: 2n ** 60n })).toEqual({
+      header: null,
+      refusal: "image size of 1152921504606846976 bytes is beyond any real image",
+    });
+    // A target size past 2^53 does not stand in the way: a payload is not checked against it.
+    expect(payloadHeader({ ...fields, targetSize: 2n ** 64n - 1n }).header?.imageSize).toBe(5000);
   });
 });
 
