@@ -168,7 +168,7 @@ describe.skipIf(!raw.ok)(`sleds with a console, over veth${raw.ok ? "" : ` (skip
     expect(finished.console_line_ms).toBeLessThan(20);
     // Copies beyond the probes went out: at 3.9 ms a line they pay early in a wait (the last choice may be
     // either, since a wait that has run on no longer pays).
-    expect(["on", "off"]).toContain(finished.copy_choice);
+    expect(["on", "off"]).toContain(String(finished.copy_choice));
     const copies = Number(finished.resent_frames);
     expect(copies).toBeGreaterThan(Number(finished.probe_frames));
     // Each copy the sled printed cost it a line: about half a batch a lost frame, plus probes and strays.
