@@ -5,11 +5,23 @@
  */
 
 import { expect } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 /** The project's root (the work tree). */
 export const ROOT = join(import.meta.dir, "..", "..");
+
+/**
+ * The bootservers the tests start keep their records of offers (lib/netboot/offer-record.ts) in a
+ * directory of this test run, removed when it ends, never in the system's /var/lib: the children
+ * inherit $STATE_DIRECTORY. Each server's file is named after its link, and every test makes
+ * links of its own, so no test sees another's record.
+ */
+const TEST_STATE = mkdtempSync(join(tmpdir(), "ramdisk-tools-state-"));
+process.env.STATE_DIRECTORY = TEST_STATE;
+process.on("exit", () => rmSync(TEST_STATE, { recursive: true, force: true }));
 
 /** The existing tools' outputs the tests compare against (tests/vectors/README.md says which tool made each). */
 export const VECTORS = join(ROOT, "tests", "vectors");
