@@ -482,6 +482,30 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
   });
 });
 
+describeNetwork("stopping the bootserver", () => {
+  test("SIGINT: the exit line says what becomes of the sleds mid-boot; a --state-dir it cannot make stops it at start", async () => {
+    await withVethPair(async ({ a }) => {
+      const running = new ServerProcess(["--no-state-dir", a, "plain.img", "any"], dir);
+      try {
+        await running.waitFor(/^serving on /);
+        running.process.kill("SIGINT");
+        expect(await running.exited()).toBe(130);
+        expect(running.lines).toContain(
+          "stopped by SIGINT: 0 sleds mid-boot, not recorded (--no-state-dir); started again, the server serves on only those whose READ fits exactly one image",
+        );
+      } finally {
+        running.kill();
+      }
+      writeFileSync(join(dir, "not-a-dir"), "");
+      const refused = new ServerProcess(["--state-dir", join(dir, "not-a-dir", "state"), a, "plain.img", "any"], dir);
+      expect(await refused.exited()).toBe(1);
+      expect(await refused.stderr()).toMatch(
+        /^bootserver: --state-dir: cannot create the state directory \S+not-a-dir\/state: [^\n]+\n$/,
+      );
+    }, "r18");
+  });
+});
+
 describeNetwork("a quiet sled (veth, sled emulator)", () => {
   test("a sled stopped (SIGSTOP) for longer than the 20 s a session waits is served when it goes on, not RESET", async () => {
     await withVethPair(async ({ a, b }) => {
