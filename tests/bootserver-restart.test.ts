@@ -207,6 +207,27 @@ describe("which image a READ with no session reads", () => {
   });
 });
 
+describe("a resumed sled turned away", () => {
+  test("asks for admission again on its next READ, as an offered sled does", () => {
+    const admits: Mac[] = [];
+    const frames = new FrameDispatcher(SERVER, null, {
+      send: () => {},
+      hello: () => {},
+      finished: () => {},
+      admit: (sled) => admits.push(sled),
+      unknown: () => {},
+    });
+    frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
+    frames.resume(SLED, rawImageMemory(MIB));
+    frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
+    // The main thread starts a resumed sled's session itself: no admit asked for.
+    expect(admits).toEqual([]);
+    frames.refuse(SLED);
+    frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
+    expect(admits).toEqual([SLED]);
+  });
+});
+
 // --- On veth, with the sled emulator -----------------------------------------
 
 const raw = canUseRawNetwork();

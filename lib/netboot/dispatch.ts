@@ -132,7 +132,7 @@ interface Offered {
   waiting: ReadRequest | null;
   /** Turned away at least once (counted once). */
   turnedAway: boolean;
-  /** Offered by resume(): the main thread starts its session without being asked. */
+  /** Offered by resume(): the main thread is starting its session without being asked (until it is turned away). */
   resumed?: boolean;
 }
 
@@ -202,6 +202,8 @@ export class FrameDispatcher {
     const offered = this.#offered.get(macKey(sled));
     if (!offered) return;
     offered.waiting = null;
+    // Turned away like any offered sled: its next READ asks for admission again.
+    offered.resumed = false;
     if (!offered.turnedAway) this.counters.add("turnedAway");
     offered.turnedAway = true;
   }
