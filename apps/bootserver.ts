@@ -212,7 +212,7 @@ function rateArgument(text: string, option: string): number | null {
   }
 }
 
-/** What the dispatcher counted, in words: frames dropped by reason, RESETs, HELLOs limited, sleds turned away. */
+/** What the dispatcher counted, in words: frames dropped by reason, RESETs, sleds resumed, HELLOs limited, sleds turned away. */
 const FRAME_SUMMARY: [(typeof DISPATCH_COUNTERS)[number], string][] = [
   ["malformed", "malformed"],
   ["ownFrames", "own frames"],
@@ -221,8 +221,9 @@ const FRAME_SUMMARY: [(typeof DISPATCH_COUNTERS)[number], string][] = [
   ["notAllowed", "not allowed"],
   ["unexpected", "unexpected"],
   ["sendFailures", "send failures"],
-  ["resets", "answered with RESET"],
+  ["resets", "answered with RESET (each logged with the reason)"],
   ["resetsLimited", "READs without a session over the RESET rate limit"],
+  ["resumed", "sled(s) served on without a new offer (after a restart or a quiet spell)"],
   ["hellosLimited", "HELLOs over the rate limit"],
   ["turnedAway", "sled(s) turned away (--max-sleds, --boots)"],
   ["droppedByCapture", "dropped by the capture (kernel buffer full)"],

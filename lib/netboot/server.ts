@@ -637,10 +637,12 @@ export class BootServer {
     if (!recorded) {
       const now = Date.now();
       const noted = this.#noted.get(key);
-      if (noted === undefined || now - noted > CONFIRM_WITHIN_MS) this.#noted.set(key, now);
-      // Unanswered for now: the sled's re-ask a second later asks again.
-      if (noted === undefined || now - noted < CONFIRM_AFTER_MS || now - noted > CONFIRM_WITHIN_MS)
+      const since = noted === undefined ? Number.POSITIVE_INFINITY : now - noted;
+      if (since < CONFIRM_AFTER_MS || since > CONFIRM_WITHIN_MS) {
+        if (since > CONFIRM_WITHIN_MS) this.#noted.set(key, now);
+        // Unanswered for now: the sled's re-ask a second later asks again.
         return this.#command({ type: "end", sled: mac });
+      }
       this.#noted.delete(key);
     }
     let sled = this.#sleds.get(key);
@@ -748,7 +750,8 @@ export class BootServer {
       void this.#stopWorker(session.worker, session.stopped);
       const delivered = session.counters.get("deliveredBytes");
       const seconds = Math.round(SESSION_QUIET_MS / 1000);
-      if (session.counters.get("reads") > 0) {
+      // With admission a session starts only for a sled that READ its offer: it took it.
+      if (this.#admission || session.counters.get("reads") > 0) {
         this.#emit({
           type: "notice",
           message:
