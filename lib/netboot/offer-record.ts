@@ -202,7 +202,8 @@ export class OfferRecord {
     if (file === null) return;
     const sleds = this.entries().map(({ image: _, ...entry }) => entry);
     const text = `${JSON.stringify({ version: RECORD_VERSION, sleds }, null, 1)}\n`;
-    const temporary = `${file}.${process.pid}.tmp`;
+    // One name, not one per process: a temporary file left by a server killed mid-write is replaced by the next.
+    const temporary = `${file}.tmp`;
     try {
       const fd = openSync(temporary, "w", 0o644);
       try {
