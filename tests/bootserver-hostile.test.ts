@@ -17,7 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { python, ROOT } from "./helpers/common.ts";
+import { programEnv, python, ROOT } from "./helpers/common.ts";
 import { mkimage } from "./helpers/netboot.ts";
 
 const MIB = 1024 * 1024;
@@ -261,6 +261,7 @@ function checkRecordedData(
 function spawnServer(args: string[]) {
   const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), "--json-log", ...args], {
     cwd: dir,
+    env: programEnv(dir),
     stdout: "pipe",
     stderr: "pipe",
   });

@@ -5,7 +5,6 @@
  */
 
 import { expect } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,14 +13,18 @@ import { join } from "node:path";
 export const ROOT = join(import.meta.dir, "..", "..");
 
 /**
- * The bootservers the tests start keep their records of offers (lib/netboot/offer-record.ts) in a
- * directory of this test run, removed when it ends, never in the system's /var/lib: the children
- * inherit $STATE_DIRECTORY. Each server's file is named after its link, and every test makes
- * links of its own, so no test sees another's record.
+ * The environment to run one of our programs in `cwd` with: this process's,
+ * and $STATE_DIRECTORY in `cwd`, so that a bootserver a test starts keeps its
+ * record of offers (lib/netboot/offer-record.ts) in the test's scratch
+ * directory, removed with it, never in the system's /var/lib. (Bun.spawn
+ * passes the environment the process started with: setting process.env
+ * would not reach the children.)
+ *
+ * @example Bun.spawn(["bun", "apps/bootserver.ts", ...args], { cwd: dir, env: programEnv(dir) });
  */
-const TEST_STATE = mkdtempSync(join(tmpdir(), "ramdisk-tools-state-"));
-process.env.STATE_DIRECTORY = TEST_STATE;
-process.on("exit", () => rmSync(TEST_STATE, { recursive: true, force: true }));
+export function programEnv(cwd: string | undefined, env: Record<string, string | undefined> = process.env) {
+  return { ...env, STATE_DIRECTORY: join(cwd ?? tmpdir(), ".bootserver-state") };
+}
 
 /** The existing tools' outputs the tests compare against (tests/vectors/README.md says which tool made each). */
 export const VECTORS = join(ROOT, "tests", "vectors");
@@ -87,7 +90,7 @@ export async function runProgram(
 ): Promise<ProgramRun> {
   const child = Bun.spawn(["bun", join(ROOT, "apps", `${name}.ts`), ...args], {
     cwd: options.cwd,
-    env: options.env,
+    env: programEnv(options.cwd, options.env),
     stdout: "pipe",
     stderr: "pipe",
   });
