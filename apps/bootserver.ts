@@ -15,6 +15,7 @@ import { BootProgressDisplay, JsonLogDisplay } from "@ramdisk-tools/netboot/boot
 import type { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
 import { MetricsCollector } from "@ramdisk-tools/netboot/metrics.ts";
 import { type MetricsAddress, MetricsEndpoint, parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
+import { DEFAULT_STATE_DIR, stateDirectory } from "@ramdisk-tools/netboot/offer-record.ts";
 import { parseRate } from "@ramdisk-tools/netboot/pacing.ts";
 import { BootServer, type BootServerOptions, DEFAULT_MAX_SLEDS } from "@ramdisk-tools/netboot/server.ts";
 import { type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
@@ -112,6 +113,11 @@ function parseArguments(argv: string[]) {
       describe: "MiB of decompressed blocks kept for each zstd image, shared by its sleds",
       requiresArg: true,
     })
+    .option("state-dir", {
+      type: "string",
+      describe: `keep the record of what each sled took here, so a restarted server serves the sleds mid-boot (default $STATE_DIRECTORY, else ${DEFAULT_STATE_DIR}; --no-state-dir: none)`,
+      requiresArg: true,
+    })
     .option("json-log", {
       type: "boolean",
       default: false,
@@ -125,7 +131,8 @@ function parseArguments(argv: string[]) {
     .example("$0 -s --pcap boot.pcap eth1 recovery.img any", "record one boot for Wireshark (docs/wireshark.md)")
     .example("$0 --json-log eth1 host.img any > boots.jsonl", "a log a script can read, one JSON object per line")
     .example("$0 --metrics 127.0.0.1:9100 eth1 host.img any", "also serve metrics to Prometheus on port 9100")
-    .example("$0 --rate 100m eth1 host.img any", "sleds behind a 100 Mb/s port");
+    .example("$0 --rate 100m eth1 host.img any", "sleds behind a 100 Mb/s port")
+    .example("$0 --state-dir /run/bootserver eth1 host.img any", "keep the record of offers in /run/bootserver");
   return usageConventions(parser, "bootserver", {
     strict: "options",
     exitStatus:
@@ -177,7 +184,15 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
     admission: args.admission,
     maxSleds,
     zstdCacheBytes: cacheMib * MIB,
+    state: stateOption(args["state-dir"] as string | boolean | undefined),
   };
+}
+
+/** `--state-dir DIR`, `--no-state-dir` (false), or the default. */
+function stateOption(option: string | boolean | undefined): BootServerOptions["state"] {
+  if (option === false) return null;
+  if (option === true || option === "") throw new UserError("--state-dir needs a directory", EXIT_USAGE);
+  return { dir: stateDirectory(option, process.env), chosen: option !== undefined };
 }
 
 function metricsAddress(args: ReturnType<typeof parseArguments>): MetricsAddress | null {
@@ -197,7 +212,7 @@ function rateArgument(text: string, option: string): number | null {
   }
 }
 
-/** What the dispatcher counted, in words: frames dropped by reason, RESETs, HELLOs limited, sleds turned away. */
+/** What the dispatcher counted, in words: frames dropped by reason, RESETs, sleds resumed, HELLOs limited, sleds turned away. */
 const FRAME_SUMMARY: [(typeof DISPATCH_COUNTERS)[number], string][] = [
   ["malformed", "malformed"],
   ["ownFrames", "own frames"],
@@ -206,8 +221,9 @@ const FRAME_SUMMARY: [(typeof DISPATCH_COUNTERS)[number], string][] = [
   ["notAllowed", "not allowed"],
   ["unexpected", "unexpected"],
   ["sendFailures", "send failures"],
-  ["resets", "answered with RESET"],
+  ["resets", "answered with RESET (each logged with the reason)"],
   ["resetsLimited", "READs without a session over the RESET rate limit"],
+  ["resumed", "sled(s) served on without a new offer (after a restart or a quiet spell)"],
   ["hellosLimited", "HELLOs over the rate limit"],
   ["turnedAway", "sled(s) turned away (--max-sleds, --boots)"],
   ["droppedByCapture", "dropped by the capture (kernel buffer full)"],
@@ -217,6 +233,18 @@ const FRAME_SUMMARY: [(typeof DISPATCH_COUNTERS)[number], string][] = [
 function frameSummary(counts: Record<(typeof DISPATCH_COUNTERS)[number], number>): string | null {
   const parts = FRAME_SUMMARY.filter(([name]) => counts[name] > 0).map(([name, words]) => `${counts[name]} ${words}`);
   return parts.length > 0 ? `of ${counts.frames} frames received: ${parts.join(", ")}` : null;
+}
+
+/** Say, as the server stops on a signal, what becomes of the sleds mid-boot. */
+function stoppedBySignal(server: BootServer, signal: keyof typeof SIGNAL_EXIT, json: JsonLogDisplay | null) {
+  const { sleds, file } = server.midBoot;
+  if (json) return json.write({ event: "stopped", signal, mid_boot: sleds, record: file });
+  const which = `${sleds} sled${sleds === 1 ? "" : "s"} mid-boot`;
+  console.log(
+    file
+      ? `stopped by ${signal}: ${which}, recorded in ${file}; started again with the same images, the server serves them on from where they are`
+      : `stopped by ${signal}: ${which}, not recorded (--no-state-dir); started again, the server serves on only those whose READ fits exactly one image`,
+  );
 }
 
 async function bootserver(argv: string[]): Promise<number> {
@@ -250,7 +278,9 @@ async function bootserver(argv: string[]): Promise<number> {
       endpoint = MetricsEndpoint.start(metricsAt, () => metrics.snapshot(server));
       display.event({ type: "notice", message: `metrics on ${endpoint.url}metrics and ${endpoint.url}status` });
     }
-    return await Promise.race([server.done.then(() => EXIT_OK), signalled]);
+    const status = await Promise.race([server.done.then(() => EXIT_OK), signalled]);
+    if (status !== EXIT_OK) stoppedBySignal(server, status === SIGNAL_EXIT.SIGINT ? "SIGINT" : "SIGTERM", json);
+    return status;
   } catch (error) {
     json?.write({ event: "error", fatal: true, message: oneLine(error) });
     throw error;

@@ -71,10 +71,21 @@ async function netboot(): Promise<void> {
   await withVethPair(async ({ a, b }) => {
     console.log(`created veth pair ${a} (boot server) <-> ${b} (sleds); removed when done`);
     const server = Bun.spawn(
-      ["bun", join(ROOT, "apps", "bootserver.ts"), "--boots", String(SLEDS), a, "recovery.img", "any"],
+      // Its record of offers (docs/operators.md, "Restarting the server") stays in demo-out with the rest.
+      [
+        "bun",
+        join(ROOT, "apps", "bootserver.ts"),
+        "--state-dir",
+        "state",
+        "--boots",
+        String(SLEDS),
+        a,
+        "recovery.img",
+        "any",
+      ],
       { cwd: OUT, stdout: "pipe", stderr: "inherit" },
     );
-    console.log(`$ bun run bootserver --boots ${SLEDS} ${a} recovery.img any &`);
+    console.log(`$ bun run bootserver --state-dir state --boots ${SLEDS} ${a} recovery.img any &`);
     try {
       // Sleds say HELLO every 4 s; start them once the server listens, so the first HELLO is heard.
       await echoUntilServing(server.stdout);

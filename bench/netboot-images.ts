@@ -79,7 +79,8 @@ async function frameFor(link: PcapLink, type: string, ms: number) {
 
 async function serveOnce(serverLink: string, sledLink: string, image: string, checksumFile: string): Promise<Run> {
   const link = PcapLink.open(sledLink, { timeoutMs: 1 });
-  const server = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), serverLink, image, "any"], {
+  // No record of offers: each run's link is new, and a file for each would be left behind in /var/lib.
+  const server = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), "--no-state-dir", serverLink, image, "any"], {
     stdout: "pipe",
     stderr: "inherit",
   });

@@ -16,7 +16,7 @@ import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { buildRelease, EXECUTABLE, type Release } from "../scripts/build.ts";
-import { ROOT, runProgram, VALID_ARGUMENTS } from "./helpers/common.ts";
+import { programEnv, ROOT, runProgram, VALID_ARGUMENTS } from "./helpers/common.ts";
 
 // Compiling a ~100 MiB binary and packing it on a shared 2-core machine: generous room, no assertion on time.
 const BUILD_TIMEOUT_MS = 300_000;
@@ -262,7 +262,7 @@ describe.skipIf(!raw.ok)(
           // By its first argument here, through its link elsewhere: both ways find the embedded threads.
           const server = Bun.spawn([join(bin, EXECUTABLE), "bootserver", "--boots", "1", a, "pool.img", "any"], {
             cwd: dir,
-            env,
+            env: programEnv(dir, env),
             stdout: "pipe",
             stderr: "pipe",
           });

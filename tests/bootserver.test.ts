@@ -611,16 +611,22 @@ network("bootserver on a veth pair", () => {
     }, "rbs");
   });
 
-  test("RESETs a READ without a session, and serves only the sleds it was told to", async () => {
+  test("RESETs a READ that no image explains, saying why, and serves only the sleds it was told to", async () => {
     await withVethPair(async ({ a, b }) => {
       await withServer([a, "--allow", macText(OTHER), "a.img", macText(SLED)], async (server) => {
         const stranger = parseMac("02:5e:b5:00:00:c0")!;
         await withScriptedSled(b, SLED, async (sled) => {
-          sled.send(readFrame(SLED, linkMac(a), 1n, { 0: 4096n }));
+          // Far past a.img: no sled reading it would ask for this (a READ that fits is served: bootserver-restart.test.ts).
+          sled.send(readFrame(SLED, linkMac(a), 1n, { 0: 1n << 40n }));
           const reset = await sled.expect(TYPE.reset);
           expect(reset.len).toBe(0);
           expect(reset.source).toEqual(linkMac(a));
           expect(reset.frameLength).toBeGreaterThanOrEqual(60);
+          await server.waitFor(
+            new RegExp(
+              `^RESET to ${macText(SLED)}: no record of it, and its READ \\(up to offset ${1n << 40n}\\) fits none of the images served$`,
+            ),
+          );
           sled.hello();
           await sled.expect(TYPE.offer);
         });
@@ -695,7 +701,9 @@ network("bootserver on a veth pair", () => {
         expect(await server.exited()).toBe(143);
         expect(sent).toBeGreaterThan(100);
         expect(server.lines.at(-1)).toMatch(
-          new RegExp(`^of \\d+ frames received: ${sent} malformed, 1 answered with RESET$`),
+          new RegExp(
+            `^of \\d+ frames received: ${sent} malformed, 1 answered with RESET \\(each logged with the reason\\)$`,
+          ),
         );
       } finally {
         server.kill();

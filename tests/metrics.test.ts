@@ -141,7 +141,9 @@ describe("the formatter", () => {
     );
     // Every dispatcher counter is published, so the frames add up.
     const dispatched = samples.filter((s) =>
-      /^bootserver_(frames|resets|send|capture|offers|hellos|sleds_admitted|sleds_turned_away_total)/.test(s.name),
+      /^bootserver_(frames|resets|send|capture|offers|hellos|sleds_admitted|sleds_resumed|sleds_turned_away_total)/.test(
+        s.name,
+      ),
     );
     expect(dispatched).toHaveLength(DISPATCH_COUNTERS.length);
   });

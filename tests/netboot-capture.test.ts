@@ -22,7 +22,7 @@ import {
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { ROOT } from "./helpers/common.ts";
+import { programEnv, ROOT } from "./helpers/common.ts";
 
 const DISSECTOR = join(ROOT, "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");
@@ -76,7 +76,12 @@ afterAll(() => {
 });
 
 function spawn(app: string, args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, `apps/${app}.ts`), ...args], { cwd: dir, stdout: "pipe", stderr: "pipe" });
+  const child = Bun.spawn(["bun", join(ROOT, `apps/${app}.ts`), ...args], {
+    cwd: dir,
+    env: programEnv(dir),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   const output = Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
   return { child, output };
 }

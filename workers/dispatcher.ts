@@ -143,7 +143,8 @@ self.onmessage = (event: MessageEvent<DispatcherCommand>) => {
             hello: (sled, text) => report({ type: "hello", sled, text }),
             admit: command.admission ? (sled) => report({ type: "admit", sled }) : undefined,
             finished: (sled) => report({ type: "finished", sled }),
-            reset: (sled) => report({ type: "reset", sled }),
+            unknown: (sled, read) => report({ type: "unknown", sled, read }),
+            reset: (sled, reason) => report({ type: "reset", sled, reason }),
           },
           dispatchCounters(command.counters),
           command.admission ? new AdmissionLimits() : null,
@@ -160,6 +161,10 @@ self.onmessage = (event: MessageEvent<DispatcherCommand>) => {
         return dispatcher?.refuse(command.sled);
       case "end":
         return dispatcher?.end(command.sled);
+      case "resume":
+        return dispatcher?.resume(command.sled, command.bytes);
+      case "reset":
+        return dispatcher?.reset(command.sled, command.reason);
       case "stop":
         stopping = true;
         return;

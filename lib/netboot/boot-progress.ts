@@ -115,9 +115,9 @@ export function eventLines(event: BootEvent): string[] {
     case "session-start":
       return [];
     case "reset":
-      return [
-        `RESET to ${event.sled}: it asked for data without a session (the server restarted or its session ended)`,
-      ];
+      return [`RESET to ${event.sled}: ${event.reason}`];
+    case "resumed":
+      return [`serving ${event.sled} ${event.image.name} again, without a new offer: ${event.how}`];
     case "turned-away":
       return [
         `turned ${event.sled} away: all ${event.maxSleds} sessions --max-sleds allows are in use; ` +
@@ -272,7 +272,9 @@ export function jsonLogRecord(event: BootEvent): Omit<JsonLogRecord, "time"> {
     case "finished":
       return { event: "finished", ...transferFields(event.progress), boots: event.boots };
     case "reset":
-      return { event: "reset", sled: event.sled };
+      return { event: "reset", sled: event.sled, reason: event.reason };
+    case "resumed":
+      return { event: "resumed", sled: event.sled, ...imageFields(event.image), how: event.how };
     case "turned-away":
       return { event: "turned-away", sled: event.sled, max_sleds: event.maxSleds };
     case "notice":
@@ -289,7 +291,7 @@ export function jsonLogRecord(event: BootEvent): Omit<JsonLogRecord, "time"> {
  *
  * @example
  * const log = new JsonLogDisplay(process.stdout);
- * log.event({ type: "reset", sled: "02:00:00:00:00:01" }); // {"event":"reset","time":"...","sled":"02:00:00:00:00:01"}
+ * log.event({ type: "finished", progress, boots: 1 }); // {"event":"finished","time":"...","sled":"02:00:00:00:00:01",...}
  */
 export class JsonLogDisplay {
   readonly #sink: ProgressSink;

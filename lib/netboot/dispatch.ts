@@ -14,8 +14,11 @@
  *   offered an image but has no session yet is admitted: the main thread is
  *   asked to start one (or turns the sled away at `--max-sleds`), and the
  *   latest READ waits for it. A sled that READs without either (the server
- *   restarted mid-transfer, or the session ended) gets a RESET, so it starts
- *   over instead of stalling; RESETs are rate-limited too.
+ *   restarted mid-transfer, or its session was released while it was quiet)
+ *   is asked about: the main thread tells which image it is reading
+ *   (lib/netboot/resume.ts), and it is resumed like an offered sled, or told
+ *   to RESET with the reason, only when nothing explains its READ. These
+ *   questions, and so the RESETs, are rate-limited too.
  * - A FINISHED ends the sled's session here at once, then goes to the main
  *   thread for the summary.
  *
@@ -55,8 +58,9 @@ export const OFFER_TTL_MS = 30_000;
  * - groupSource: from a group (multicast, broadcast) or all-zero address, which no sled has;
  * - notAllowed: from a sled this server was told not to serve;
  * - unexpected: well formed but not for a server to receive (OFFER, DATA, RESET), or a FINISHED without a session;
- * - resets: RESETs sent to sleds that READ without a session;
- * - resetsLimited: RESETs not sent because of the rate limit;
+ * - resets: RESETs sent to sleds whose READ nothing explains (lib/netboot/resume.ts);
+ * - resetsLimited: READs without a session or offer over the RESET rate limit (not asked about, not answered);
+ * - resumed: sleds without a session or offer whose READ was explained, served again (a restart, a quiet sled);
  * - sendFailures: OFFER or RESET frames the link refused;
  * - hellosAnswered: OFFERs sent;
  * - hellosLimited: HELLOs not passed on because of the rate limits;
@@ -78,6 +82,7 @@ export const DISPATCH_COUNTERS = [
   "unexpected",
   "resets",
   "resetsLimited",
+  "resumed",
   "sendFailures",
   "hellosAnswered",
   "hellosLimited",
@@ -107,9 +112,17 @@ export interface DispatchEvents {
   admit?(sled: Mac): void;
   /** The sled said FINISHED; its session is already detached. */
   finished(sled: Mac): void;
-  /** The sled READ without a session and was sent a RESET. */
-  reset?(sled: Mac): void;
+  /**
+   * The sled READ without a session or offer: which image is it reading? Answered with resume() or
+   * reset(); its later READs wait meanwhile. Without it such a READ draws a RESET at once.
+   */
+  unknown?(sled: Mac, read: ReadRequest): void;
+  /** The sled was sent a RESET, for `reason`. */
+  reset?(sled: Mac, reason: string): void;
 }
+
+/** Why a READ drew a RESET when there is no main thread to ask (unit tests, the fallback). */
+const NO_SESSION = "it asked for data without a session or offer";
 
 /** A sled offered an image, without a session yet. */
 interface Offered {
@@ -119,6 +132,8 @@ interface Offered {
   waiting: ReadRequest | null;
   /** Turned away at least once (counted once). */
   turnedAway: boolean;
+  /** Offered by resume(): the main thread is starting its session without being asked (until it is turned away). */
+  resumed?: boolean;
 }
 
 /**
@@ -131,6 +146,8 @@ interface Offered {
 export class FrameDispatcher {
   readonly #sessions = new Map<number, SessionInbox>();
   readonly #offered = new Map<number, Offered>();
+  /** Sleds the main thread is asked about (events.unknown), with their latest READ. */
+  readonly #unknown = new Map<number, { waiting: ReadRequest; at: number }>();
   readonly #allowed: Set<number> | null;
   readonly #reset: (sled: Mac) => Uint8Array;
 
@@ -185,16 +202,47 @@ export class FrameDispatcher {
     const offered = this.#offered.get(macKey(sled));
     if (!offered) return;
     offered.waiting = null;
+    // Turned away like any offered sled: its next READ asks for admission again.
+    offered.resumed = false;
     if (!offered.turnedAway) this.counters.add("turnedAway");
     offered.turnedAway = true;
   }
 
-  /** End the sled's session or offer, if it has one; its READs draw RESETs from now on. */
+  /**
+   * End the sled's session or offer, if it has one, or the question about
+   * it (events.unknown) left unanswered: its next READ is asked about.
+   */
   end(sled: Mac): void {
     const key = macKey(sled);
     this.#sessions.get(key)?.close();
     this.#sessions.delete(key);
     this.#offered.delete(key);
+    this.#unknown.delete(key);
+  }
+
+  /**
+   * The sled asked about (events.unknown) reads `bytes`: it is offered them
+   * (without an OFFER frame: it took one before) with its latest READ
+   * waiting, to be attached or refused as an offered sled is.
+   */
+  resume(sled: Mac, bytes: ServedBytes): void {
+    const key = macKey(sled);
+    const asked = this.#unknown.get(key);
+    this.#unknown.delete(key);
+    this.counters.add("resumed");
+    this.#offered.set(key, {
+      bytes,
+      at: this.now(),
+      waiting: asked?.waiting ?? null,
+      turnedAway: false,
+      resumed: true,
+    });
+  }
+
+  /** Nothing explains the READs of the sled asked about: send it a RESET, for `reason`. */
+  reset(sled: Mac, reason: string): void {
+    this.#unknown.delete(macKey(sled));
+    this.#sendReset(sled, reason);
   }
 
   /** Forget offers never taken up and rate-limit state that has settled; call about once a second. */
@@ -202,6 +250,8 @@ export class FrameDispatcher {
     for (const [key, offered] of this.#offered) {
       if (offered.waiting === null && now - offered.at > OFFER_TTL_MS) this.#offered.delete(key);
     }
+    // The main thread answers at once; this only keeps a lost answer from leaving the sled unasked forever.
+    for (const [key, asked] of this.#unknown) if (now - asked.at > OFFER_TTL_MS) this.#unknown.delete(key);
     this.limits?.forget(now);
   }
 
@@ -247,16 +297,29 @@ export class FrameDispatcher {
     const session = this.#sessions.get(key);
     if (session) return session.read(read);
     const offered = this.#offered.get(key);
-    if (offered && this.events.admit) {
+    if (offered && (this.events.admit || offered.resumed)) {
       const asked = offered.waiting !== null;
       offered.waiting = read;
-      if (!asked) this.events.admit(source);
+      // A resumed sled's session is already being started (without admission too).
+      if (!asked && !offered.resumed) this.events.admit?.(source);
+      return;
+    }
+    const unknown = this.#unknown.get(key);
+    if (unknown) {
+      unknown.waiting = read;
       return;
     }
     if (this.limits && !this.limits.reset(this.now())) return this.counters.add("resetsLimited");
-    if (this.#send(this.#reset(source))) {
+    if (!this.events.unknown) return this.#sendReset(source, NO_SESSION);
+    this.#unknown.set(key, { waiting: read, at: this.now() });
+    // A copy: the waiting READ's slots are handed over to the session that answers it.
+    this.events.unknown(source, { type: "read", count: read.count, slots: read.slots.slice() });
+  }
+
+  #sendReset(sled: Mac, reason: string) {
+    if (this.#send(this.#reset(sled))) {
       this.counters.add("resets");
-      this.events.reset?.(source);
+      this.events.reset?.(sled, reason);
     }
   }
 
@@ -337,6 +400,9 @@ export type DispatcherCommand =
   | { type: "attach"; sled: Mac; port: MessagePort }
   | { type: "refuse"; sled: Mac }
   | { type: "end"; sled: Mac }
+  /** The answer to an "unknown" report: the sled reads `bytes`, or gets a RESET for `reason`. */
+  | { type: "resume"; sled: Mac; bytes: ServedBytes }
+  | { type: "reset"; sled: Mac; reason: string }
   | { type: "stop" };
 
 /** What the dispatcher thread tells the main thread. */
@@ -345,6 +411,7 @@ export type DispatcherReport =
   | { type: "hello"; sled: Mac; text: Uint8Array }
   | { type: "admit"; sled: Mac }
   | { type: "finished"; sled: Mac }
-  | { type: "reset"; sled: Mac }
+  | { type: "unknown"; sled: Mac; read: ReadRequest }
+  | { type: "reset"; sled: Mac; reason: string }
   | { type: "stopped" }
   | { type: "error"; message: string };

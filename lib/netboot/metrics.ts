@@ -100,10 +100,25 @@ const DISPATCH_METRICS: Record<DispatchCounterName, CounterRow> = {
   notAllowed: { family: FRAMES_IGNORED, labels: { reason: "not_allowed" } },
   unexpected: { family: FRAMES_IGNORED, labels: { reason: "unexpected" } },
   resets: {
-    family: { name: "resets_sent_total", type: "counter", help: "RESETs sent to sleds that READ without a session." },
+    family: {
+      name: "resets_sent_total",
+      type: "counter",
+      help: "RESETs sent to sleds whose READ no offer explains (each logged with the reason).",
+    },
   },
   resetsLimited: {
-    family: { name: "resets_limited_total", type: "counter", help: "RESETs not sent: over the RESET rate limit." },
+    family: {
+      name: "resets_limited_total",
+      type: "counter",
+      help: "READs without a session or offer not answered: over the RESET rate limit.",
+    },
+  },
+  resumed: {
+    family: {
+      name: "sleds_resumed_total",
+      type: "counter",
+      help: "Sleds served again without a new offer: after a restart, or after going quiet.",
+    },
   },
   sendFailures: {
     family: { name: "send_failures_total", type: "counter", help: "OFFER or RESET frames the link refused to send." },

@@ -26,10 +26,19 @@
  * `maxSleds` sessions are live: then the sled is turned away (said once in
  * the log) and admitted on a later re-ask once there is room. Without
  * admission (`--no-admission`, the old way) a session starts with the first
- * OFFER to a sled. A session ends when the sled says FINISHED, when it says
- * HELLO again (it started over), or when it has been silent for
- * SESSION_QUIET_MS (a sled re-asks every second, so that silence means it is
- * gone).
+ * OFFER to a sled. A session ends when the sled says FINISHED or when it
+ * says HELLO again (it started over).
+ *
+ * Silence is not death: a sled may go quiet for long stretches while it
+ * prints on a slow serial console (netboot.md, "The console"), or when it is
+ * simply slow. A session silent for SESSION_QUIET_MS is only parked: its
+ * thread is released, but the sled's offer stands, and its next READ starts
+ * a session again. What each sled took is kept in a record
+ * (lib/netboot/offer-record.ts), on disk in the state directory, so that a
+ * restarted server serves the sleds that were mid-boot the same way; a READ
+ * from a sled with no session is served whenever its record, or the READ
+ * itself, says which image it reads (lib/netboot/resume.ts), and RESET only
+ * when nothing does, with the reason.
  *
  * Each session paces its DATA (`rate`, and the shared `linkRate` cap:
  * lib/netboot/pacing.ts) and re-sends a batch whose next READ is late (`resend`:
@@ -37,7 +46,14 @@
  */
 
 import { oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
-import { datasetField, encodeFrame, formatMac, type Mac, macKey } from "@ramdisk-tools/protocol/frames.ts";
+import {
+  datasetField,
+  encodeFrame,
+  formatMac,
+  type Mac,
+  macKey,
+  type ReadRequest,
+} from "@ramdisk-tools/protocol/frames.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { COPY_CHOICES, type CopyChoice } from "./copy-policy.ts";
 import {
@@ -47,7 +63,9 @@ import {
   type DispatcherReport,
   dispatchCounters,
 } from "./dispatch.ts";
+import { OfferRecord } from "./offer-record.ts";
 import { LinkClock } from "./pacing.ts";
+import { resumeDecision } from "./resume.ts";
 import { type ServedImage, ServedImageFile } from "./served-image.ts";
 import {
   type SESSION_COUNTERS,
@@ -57,8 +75,16 @@ import {
   sessionCounters,
 } from "./session.ts";
 
-/** A session with no READ or HELLO for this long has lost its sled. */
+/** A session with no READ or HELLO for this long is parked: its thread goes, the sled's offer stays. */
 export const SESSION_QUIET_MS = 20_000;
+/**
+ * A sled with no record is resumed from its READ alone only when it READs
+ * again at least this long after (a sled re-asks every second; a made-up
+ * MAC that fires one READ gets neither a session nor a RESET)...
+ */
+const CONFIRM_AFTER_MS = 500;
+/** ...and no longer than this after. */
+const CONFIRM_WITHIN_MS = 10_000;
 /** Live sessions at most, by default: above a full rack of 32 sleds. */
 export const DEFAULT_MAX_SLEDS = 64;
 /** Pace each sled at its NIC's line rate by default (netboot.md: the sled's NIC is gigabit). */
@@ -97,6 +123,11 @@ export interface BootServerOptions {
   maxSleds?: number;
   /** Bytes of decompressed blocks kept for each zstd image (default DEFAULT_CACHE_BYTES, lib/netboot/block-cache.ts). */
   zstdCacheBytes?: number;
+  /**
+   * Where to keep the record of what each sled took (lib/netboot/offer-record.ts), and whether the operator
+   * chose it (then a directory that cannot be written is an error, else a notice); null keeps it in memory.
+   */
+  state?: { dir: string; chosen: boolean } | null;
   /** Where to report what happens. */
   onEvent: (event: BootEvent) => void;
 }
@@ -152,8 +183,10 @@ export type BootEvent =
   | { type: "offer"; sled: string; image: ServedImage }
   /** The sled was offered an image for the first time in this session: a session thread serves it from now on. */
   | { type: "session-start"; sled: string; image: ServedImage }
-  /** The sled READ without a session (the server restarted, or its session ended) and was told to start over. */
-  | { type: "reset"; sled: string }
+  /** The sled READ and nothing explains what it reads (lib/netboot/resume.ts): it was sent a RESET, for `reason`. */
+  | { type: "reset"; sled: string; reason: string }
+  /** The sled READ without a session (the server restarted, or it was quiet) and is served `image` again, as `how` says. */
+  | { type: "resumed"; sled: string; image: ServedImage; how: string }
   /** The sled READ an offer while `maxSleds` sessions were live: no session for now (said once per sled). */
   | { type: "turned-away"; sled: string; maxSleds: number }
   | { type: "reloaded"; image: ServedImage }
@@ -237,6 +270,9 @@ export class BootServer {
   readonly #sleds = new Map<number, Sled>();
   readonly #frameCounters: DispatchCounters = dispatchCounters();
   readonly #linkClock: LinkClock | null;
+  #record: OfferRecord = OfferRecord.inMemory();
+  /** Sleds with no record whose first READ fitted one image, by MAC key: when, to resume on their next. */
+  readonly #noted = new Map<number, number>();
   #dispatcher!: Worker;
   #dispatcherStopped!: Promise<void>;
   #serverMac!: Mac;
@@ -290,6 +326,7 @@ export class BootServer {
         }
       }),
     );
+    server.#openRecord();
     await server.#startDispatcher();
     server.#spare = server.#spawnSessionWorker();
     server.#options.onEvent({ type: "listening", link: options.link, mac: formatMac(server.#serverMac), images });
@@ -303,6 +340,11 @@ export class BootServer {
     }
     server.#quietTimer = setInterval(() => server.#endQuietSessions(Date.now()), 1000);
     return server;
+  }
+
+  /** The sleds that took an offer and have not finished, and the file that records them (null: in memory only). */
+  get midBoot(): { sleds: number; file: string | null } {
+    return { sleds: this.#record.size, file: this.#record.file };
   }
 
   /** The transfers under way, for a progress display. */
@@ -381,6 +423,22 @@ export class BootServer {
     );
   }
 
+  #openRecord() {
+    const state = this.#options.state;
+    if (!state) return;
+    try {
+      this.#record = OfferRecord.open(state.dir, this.#options.link, Date.now(), (message) =>
+        this.#emit({ type: "problem", message }),
+      );
+    } catch (error) {
+      if (state.chosen) throw new UserError(`--state-dir: ${oneLine(error)}`);
+      this.#options.onEvent({
+        type: "notice",
+        message: `not keeping a record of offers (${oneLine(error)}): after a restart, only sleds whose READ fits exactly one image are served on (--state-dir DIR)`,
+      });
+    }
+  }
+
   #command(command: DispatcherCommand, transfer: Bun.Transferable[] = []) {
     this.#dispatcher.postMessage(command, transfer);
   }
@@ -403,8 +461,10 @@ export class BootServer {
             return void this.#admit(report.sled);
           case "finished":
             return this.#sledFinished(report.sled);
+          case "unknown":
+            return this.#unknownRead(report.sled, report.read);
           case "reset":
-            return this.#emit({ type: "reset", sled: formatMac(report.sled) });
+            return this.#emit({ type: "reset", sled: formatMac(report.sled), reason: report.reason });
           case "stopped":
             return stopped();
           case "error":
@@ -447,6 +507,8 @@ export class BootServer {
       this.#sleds.set(key, sled);
     }
     sled.heardAt = Date.now();
+    // It started over: whatever it took before, it reads no more.
+    this.#record.forget(mac);
     this.#emit({ type: "hello", sled: sled.name, text: decoder.decode(text) });
     if (sled.answering) return;
     const session = sled.session;
@@ -509,6 +571,8 @@ export class BootServer {
     const session = sled.session ?? this.#startSession(sled, image);
     if (!sled.session) this.#emit({ type: "session-start", sled: sled.name, image });
     sled.session = session;
+    // Without admission the session serves this image from now on, taken or not.
+    this.#record.remember(sled.mac, image, Date.now());
     // Offer only once the session thread can answer: a sled READs as soon as
     // it accepts, and re-asks a whole batch if the answers take over a second
     // (a thread starting among many on busy cores can take that long).
@@ -529,8 +593,10 @@ export class BootServer {
     const sled = this.#sleds.get(macKey(mac));
     const image = sled?.offered;
     if (this.#closed || sled?.session) return;
-    // Forgotten here (quiet too long): the dispatcher forgets the offer too, and RESETs the next READ.
+    // Forgotten here: the dispatcher forgets the offer too, and asks about the next READ (#unknownRead).
     if (!sled || !image) return this.#command({ type: "end", sled: mac });
+    // It READ the offer: it took it, and reads it until it finishes, whatever happens to this server.
+    this.#record.remember(mac, image, Date.now());
     const maxSleds = this.#options.maxSleds ?? DEFAULT_MAX_SLEDS;
     let live = 0;
     for (const other of this.#sleds.values()) if (other.session) live++;
@@ -556,6 +622,53 @@ export class BootServer {
     if (this.#closed || sled.session !== session || !port) return;
     session.dispatcherPort = undefined;
     this.#command({ type: "attach", sled: mac, port }, [port]);
+  }
+
+  /**
+   * A sled READ with no session or offer here (the server restarted, or its
+   * session was parked): serve it the image its record or its READ names, or
+   * RESET it saying why nothing does (lib/netboot/resume.ts).
+   */
+  #unknownRead(mac: Mac, read: ReadRequest) {
+    if (this.#closed) return;
+    const key = macKey(mac);
+    const recorded = this.#record.get(mac);
+    const pinned = this.#pinned.get(key);
+    const served = pinned ? [this.#loaded.get(pinned)] : [...this.#loaded.values()];
+    const decision = resumeDecision(
+      recorded,
+      read,
+      served.filter((image) => image !== undefined),
+    );
+    if ("reason" in decision) return this.#command({ type: "reset", sled: mac, reason: decision.reason });
+    if (!recorded) {
+      const now = Date.now();
+      const noted = this.#noted.get(key);
+      const since = noted === undefined ? Number.POSITIVE_INFINITY : now - noted;
+      if (since < CONFIRM_AFTER_MS || since > CONFIRM_WITHIN_MS) {
+        if (since > CONFIRM_WITHIN_MS) this.#noted.set(key, now);
+        // Unanswered for now: the sled's re-ask a second later asks again.
+        return this.#command({ type: "end", sled: mac });
+      }
+      this.#noted.delete(key);
+    }
+    let sled = this.#sleds.get(key);
+    if (!sled) {
+      sled = {
+        mac,
+        name: formatMac(mac),
+        offers: 0,
+        answering: false,
+        deferred: false,
+        turnedAway: false,
+        heardAt: Date.now(),
+      };
+      this.#sleds.set(key, sled);
+    }
+    sled.offered = decision.image;
+    this.#command({ type: "resume", sled: mac, bytes: decision.image.bytes });
+    this.#emit({ type: "resumed", sled: sled.name, image: decision.image, how: decision.how });
+    void this.#admit(mac);
   }
 
   /** A session for `sled` on the spare thread, and a new spare. */
@@ -620,6 +733,7 @@ export class BootServer {
     const session = sled?.session;
     if (!sled || !session) return;
     sled.session = undefined;
+    this.#record.forget(mac);
     void this.#stopWorker(session.worker, session.stopped);
     this.#finished++;
     this.#emit({ type: "finished", progress: this.#progressOf(sled, session, Date.now()), boots: this.#finished });
@@ -627,6 +741,7 @@ export class BootServer {
   }
 
   #endQuietSessions(now: number) {
+    for (const [key, noted] of this.#noted) if (now - noted > CONFIRM_WITHIN_MS) this.#noted.delete(key);
     for (const [key, sled] of this.#sleds) {
       const session = sled.session;
       if (!session) {
@@ -637,15 +752,21 @@ export class BootServer {
       const heardAt = Math.max(session.heardAt, session.counters.get("lastReadAt"));
       if (now - heardAt < SESSION_QUIET_MS) continue;
       sled.session = undefined;
+      // Parked: the dispatcher asks about its next READ, which its record answers (#unknownRead).
       this.#command({ type: "end", sled: sled.mac });
       void this.#stopWorker(session.worker, session.stopped);
       const delivered = session.counters.get("deliveredBytes");
       const seconds = Math.round(SESSION_QUIET_MS / 1000);
-      if (delivered > 0) {
-        this.#problem(
-          `${sled.name} went quiet for ${seconds} s after ${delivered} of ${session.image.header.imageSize} bytes of ${session.image.name}`,
-        );
+      // With admission a session starts only for a sled that READ its offer: it took it.
+      if (this.#admission || session.counters.get("reads") > 0) {
+        this.#emit({
+          type: "notice",
+          message:
+            `${sled.name} has been quiet for ${seconds} s, ${delivered} of ${session.image.header.imageSize} bytes ` +
+            `of ${session.image.name} into its session: its thread is released; its offer stands and its next READ is served`,
+        });
       } else {
+        this.#record.forget(sled.mac);
         this.#emit({
           type: "notice",
           message: `${sled.name} did not take the offer of ${session.image.name} and went quiet`,

@@ -6,10 +6,25 @@
 
 import { expect } from "bun:test";
 import { mkdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 /** The project's root (the work tree). */
 export const ROOT = join(import.meta.dir, "..", "..");
+
+/**
+ * The environment to run one of our programs in `cwd` with: this process's,
+ * and $STATE_DIRECTORY in `cwd`, so that a bootserver a test starts keeps its
+ * record of offers (lib/netboot/offer-record.ts) in the test's scratch
+ * directory, removed with it, never in the system's /var/lib. (Bun.spawn
+ * passes the environment the process started with: setting process.env
+ * would not reach the children.)
+ *
+ * @example Bun.spawn(["bun", "apps/bootserver.ts", ...args], { cwd: dir, env: programEnv(dir) });
+ */
+export function programEnv(cwd: string | undefined, env: Record<string, string | undefined> = process.env) {
+  return { ...env, STATE_DIRECTORY: join(cwd ?? tmpdir(), ".bootserver-state") };
+}
 
 /** The existing tools' outputs the tests compare against (tests/vectors/README.md says which tool made each). */
 export const VECTORS = join(ROOT, "tests", "vectors");
@@ -93,7 +108,7 @@ export async function runProgram(
     : [python3(), "-c", EXEC_BYTES, ...words.map((word) => Buffer.from(word).toString("hex"))];
   const child = Bun.spawn(command, {
     cwd: options.cwd,
-    env: options.env,
+    env: programEnv(options.cwd, options.env),
     stdout: "pipe",
     stderr: "pipe",
   });

@@ -6,7 +6,7 @@
  */
 
 import { join } from "node:path";
-import { python, ROOT, runProgram } from "./common.ts";
+import { programEnv, python, ROOT, runProgram } from "./common.ts";
 
 /** A pool-like raw file: random records, zeros and text, from a fixed seed; prints its SHA-256. */
 const WRITE_POOL = `
@@ -57,6 +57,7 @@ export class ServerProcess {
   constructor(args: string[], cwd: string) {
     const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), ...args], {
       cwd,
+      env: programEnv(cwd),
       stdout: "pipe",
       stderr: "pipe",
     });
