@@ -164,6 +164,8 @@ export async function run(
       "bun",
       join(ROOT, "apps/bootserver.ts"),
       ...flags,
+      // A bench run leaves no record of offers behind (docs/operators.md, "Restarting the server").
+      "--no-state-dir",
       "--boots",
       String(condition.sleds),
       serverLink,

@@ -187,6 +187,11 @@ const SESSION_METRICS: Record<SessionCounterName, Family | null> = {
     type: "gauge",
     help: "At most this console time per line, noise included (0: not measured yet).",
   },
+  resets: {
+    name: "sled_resets",
+    type: "gauge",
+    help: "RESETs the sled's session sent it because a block or the image failed its check (each logged with why).",
+  },
   copyChoice: {
     name: "sled_copy_choice",
     type: "gauge",

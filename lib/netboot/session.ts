@@ -92,7 +92,8 @@ const ASKED_TABLE_SIZE = 256;
  * - roundTripMs: the smoothed READ round trip, 0 before the first sample;
  * - probeFrames: copies sent as probes of the sled's console (lib/netboot/console-cost.ts);
  * - consoleLineMs, consoleUpperMs: what a console line costs the sled, measured and at most; 0 before a probe;
- * - copyChoice: whether copies are sent to this sled, as an index of COPY_CHOICES (lib/netboot/copy-policy.ts).
+ * - copyChoice: whether copies are sent to this sled, as an index of COPY_CHOICES (lib/netboot/copy-policy.ts);
+ * - resets: RESETs this session sent (a block or the image failed its check; each reported with why through onProblem).
  */
 export const SESSION_COUNTERS = [
   "imageSize",
@@ -112,6 +113,7 @@ export const SESSION_COUNTERS = [
   "consoleLineMs",
   "consoleUpperMs",
   "copyChoice",
+  "resets",
 ] as const;
 export type SessionCounters = CountersOf<typeof SESSION_COUNTERS>;
 /** Counters for one session, over a new buffer or the main thread's. */
@@ -581,6 +583,7 @@ export class SledSession {
   #sendReset(): void {
     try {
       this.send(this.#reset);
+      this.counters.add("resets");
     } catch {
       // The link is going away; the sled RESETs on its next READ, or the session ends.
       this.counters.add("sendFailures");

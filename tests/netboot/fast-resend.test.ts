@@ -8,10 +8,11 @@
  * printed, or not at all when a frame was lost.
  */
 import { describe, expect, test } from "bun:test";
+import { ImageFormatError } from "@ramdisk-tools/image/format.ts";
 import { ConsoleCost, JITTER_FLOOR_MS, MAX_PROBE_SIZE } from "@ramdisk-tools/netboot/console-cost.ts";
 import { COPY_CHOICES, copiesPay, copyOrder } from "@ramdisk-tools/netboot/copy-policy.ts";
 import { RESEND_CAP_MS, RESEND_FLOOR_MS, ResendTimeout } from "@ramdisk-tools/netboot/resend-timer.ts";
-import { type ResendClock, SledSession } from "@ramdisk-tools/netboot/session.ts";
+import { type ImageSource, type ResendClock, SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { CHUNK_SIZE, parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
 
 const MIB = 1024 * 1024;
@@ -299,5 +300,29 @@ describe("SledSession fast re-send", () => {
     clock.advance(10_000);
     expect(sent.map((send) => send.offsets.length)).toEqual(Array(11).fill(READ_SLOTS));
     expect(choice()).toBe("disabled");
+  });
+
+  test("a block that fails its check draws a RESET, counted and said once with why", () => {
+    const problems: string[] = [];
+    const sent: number[] = [];
+    const sledSession = new SledSession(SLED, SERVER, (frames) => sent.push(frames.length), undefined, {
+      clock: new FakeClock(),
+      onProblem: (message) => problems.push(message),
+    });
+    const damaged: ImageSource = {
+      size: 4 * MIB,
+      answer: () => {
+        throw new ImageFormatError("block 0: checksum mismatch");
+      },
+      release: () => {},
+      until: () => null,
+      failed: null,
+    };
+    sledSession.serve(damaged);
+    sledSession.answer(batchRead(0));
+    sledSession.answer(batchRead(0));
+    expect(sent).toEqual([1, 1]);
+    expect(sledSession.counters.get("resets")).toBe(2);
+    expect(problems).toEqual(["sent a RESET instead of bytes that failed their check: block 0: checksum mismatch"]);
   });
 });
