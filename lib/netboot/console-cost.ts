@@ -17,13 +17,18 @@
  * usual. "Usual" is the median of the sled's recent plain round trips (last
  * DATA to next READ, answers without copies), and their spread (1.5 times
  * the median absolute deviation, at least JITTER_FLOOR_MS) is the noise a
- * probe must rise above. A probe's excess round trip D over the median gives,
- * over all probes so far, the cost per line ΣD / Σn and an upper bound
- * (ΣD + 2·spread·√probes) / Σn. Probes start small (one copy: 47 ms on the
- * slowest console) and grow while the bound says they are cheap, so that
- * each costs at most PROBE_BUDGET_MS of console time; they stop once the
- * estimate is good to about half its value, after MAX_PROBES, or once
- * MAX_PROBE_COPIES copies say the console is too fast to matter.
+ * probe must rise above. A probe of n copies whose READ came D later than
+ * the median measures D / n a line. The cost per line is the median of
+ * those rates, each counted n times (a large probe outweighs a small one,
+ * and one probe that met a status line or a stall of the host does not move
+ * it), and its upper bound adds the noise 2·spread / √(copies probed).
+ * Probes start small (one copy: 47 ms on the slowest console) and grow,
+ * each as large as PROBE_BUDGET_MS of console time at the bound allows, or
+ * twice the one before where the measure (not the bound) says that fits
+ * the budget (so a bound that noise holds up cannot keep them small); they
+ * stop once the measure is good to about half its value (after 3 probes at
+ * least), after MAX_PROBES, or once MAX_PROBE_COPIES copies say the console
+ * is too fast to matter.
  *
  * One probe of one copy goes out with the second batch, against the first
  * batch's round trip alone, so a boot that meets a loss early has a bound
@@ -40,11 +45,12 @@
 /** Below this a spread of round trips is not told from timer resolution on a busy host. */
 export const JITTER_FLOOR_MS = 0.25;
 /** Console time one probe may cost at the upper bound. */
-export const PROBE_BUDGET_MS = 8;
+export const PROBE_BUDGET_MS = 16;
 /** Copies in one probe at most (half a batch: the rest carries the sled's own frames). */
 export const MAX_PROBE_SIZE = 64;
-/** Probes at most, and copies in all after which a console is too fast to matter. */
+/** Probes at most, at least before the measure counts as precise, and copies in all after which a console is too fast to matter. */
 export const MAX_PROBES = 8;
+const MIN_PROBES = 3;
 export const MAX_PROBE_COPIES = 128;
 /** Plain round trips kept for the median and spread, and needed before the probes after the first. */
 const PLAIN_SAMPLES = 16;
@@ -65,9 +71,9 @@ const PRECISION = 0.5;
  */
 export class ConsoleCost {
   readonly #plain: number[] = [];
-  #excess = 0;
+  /** Each probe's excess round trip per copy, and its copies (its weight). */
+  readonly #rates: { rate: number; copies: number }[] = [];
   #copies = 0;
-  #probes = 0;
   #done = false;
 
   /** A plain round trip: last DATA of an answer without copies to the sled's next READ. */
@@ -90,18 +96,18 @@ export class ConsoleCost {
 
   /** Milliseconds a line costs the sled, as measured; null before any probe. */
   get perLineMs(): number | null {
-    return this.#copies === 0 ? null : this.#excess / this.#copies;
+    return this.#rates.length === 0 ? null : Math.max(0, weightedMedian(this.#rates));
   }
 
   /** At most this many milliseconds a line, with the noise taken into account; null before any probe. */
   get upperMs(): number | null {
-    if (this.#copies === 0) return null;
-    return (this.#excess + 2 * this.jitterMs * Math.sqrt(this.#probes)) / this.#copies;
+    const measured = this.perLineMs;
+    return measured === null ? null : measured + this.#noisePerLine();
   }
 
   /** Probes whose round trip was measured. */
   get probes(): number {
-    return this.#probes;
+    return this.#rates.length;
   }
 
   /** True once probing has stopped (the estimate is good enough). */
@@ -112,28 +118,50 @@ export class ConsoleCost {
   /**
    * How many copies the next answer to a full batch should carry as a probe,
    * 0 for none: the first after one plain round trip, the others only after
-   * the sled showed loss or lateness, and against several.
+   * the sled showed loss or lateness. Each is as large as the budget allows
+   * at the upper bound, or twice the one before where the measure says that
+   * fits the budget: a bound that noise holds up still lets probes grow.
    */
   probeSize(lateSeen: boolean): number {
     if (this.#done || this.baselineMs === null) return 0;
-    if (this.#probes === 0) return 1;
-    if (!lateSeen || this.#plain.length < MIN_PLAIN_SAMPLES) return 0;
-    const upper = this.upperMs!;
-    return Math.min(MAX_PROBE_SIZE, Math.max(1, Math.floor(PROBE_BUDGET_MS / Math.max(upper, 1e-3))));
+    if (this.#rates.length === 0) return 1;
+    if (!lateSeen) return 0;
+    const budget = Math.max(1, Math.floor(PROBE_BUDGET_MS / Math.max(this.upperMs!, 1e-3)));
+    const doubled = 2 * this.#rates.at(-1)!.copies;
+    const cheap = doubled * this.perLineMs! <= PROBE_BUDGET_MS;
+    return Math.min(MAX_PROBE_SIZE, cheap ? Math.max(doubled, budget) : budget);
   }
 
   /** The round trip of an answer that carried `copies` probe copies. */
   probe(roundTripMs: number, copies: number): void {
     const baseline = this.baselineMs;
     if (baseline === null || copies <= 0) return;
-    this.#excess += Math.max(0, roundTripMs - baseline);
+    this.#rates.push({ rate: (roundTripMs - baseline) / copies, copies });
     this.#copies += copies;
-    this.#probes++;
-    const noise = 2 * this.jitterMs * Math.sqrt(this.#probes);
-    this.#done =
+    const measured = this.perLineMs!;
+    const precise =
+      this.#rates.length >= MIN_PROBES &&
       this.#plain.length >= MIN_PLAIN_SAMPLES &&
-      (this.#probes >= MAX_PROBES || this.#copies >= MAX_PROBE_COPIES || noise <= PRECISION * this.#excess);
+      this.#noisePerLine() <= PRECISION * measured;
+    this.#done = precise || this.#rates.length >= MAX_PROBES || this.#copies >= MAX_PROBE_COPIES;
   }
+
+  /** How far noise may move the measure: twice the spread, over the copies probed so far. */
+  #noisePerLine(): number {
+    return (2 * this.jitterMs) / Math.sqrt(this.#copies);
+  }
+}
+
+/** The median of the rates, each counted as often as its copies: a big probe outweighs a small one, and one probe that met a status line or a stall does not move it. */
+function weightedMedian(rates: readonly { rate: number; copies: number }[]): number {
+  const sorted = [...rates].sort((a, b) => a.rate - b.rate);
+  const half = sorted.reduce((sum, each) => sum + each.copies, 0) / 2;
+  let seen = 0;
+  for (const each of sorted) {
+    seen += each.copies;
+    if (seen >= half) return each.rate;
+  }
+  return sorted.at(-1)!.rate;
 }
 
 function median(values: readonly number[]): number {

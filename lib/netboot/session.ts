@@ -438,8 +438,9 @@ export class SledSession {
       counters.set("consoleUpperMs", this.#console.upperMs ?? 0);
     }
     this.#afterCopies = firstCopyAt !== null;
-    const probe =
-      this.#resend && reasked === 0 && frames.length === READ_SLOTS ? this.#console.probeSize(this.#lateSeen) : 0;
+    // Never two probes in a row: the answers between them give the plain round trips they are measured against.
+    const probing = this.#resend && reasked === 0 && frames.length === READ_SLOTS && probeCopies === 0;
+    const probe = probing ? this.#console.probeSize(this.#lateSeen) : 0;
     if (!this.#sendData(this.#withProbe(probe))) return;
     counters.add("sentBytes", sentBytes);
     counters.add("deliveredBytes", deliveredBytes);
