@@ -185,7 +185,9 @@ describe("SledSession", () => {
     const next: Record<number, bigint> = {};
     for (let slot = 0; slot < READ_SLOTS; slot++) next[slot] = BigInt((128 + slot) * 1024);
     sled.answer(readRequest(128n, next));
-    expect(sent.length).toBe(258);
+    // Every offset answered once, plus the console probe the last answer carries (lib/netboot/console-cost.ts).
+    expect(sled.counters.get("probeFrames")).toBe(1);
+    expect(sent.length).toBe(258 + 1);
     expect(sled.counters.get("reasked")).toBe(2);
     expect(sled.counters.get("deliveredBytes")).toBe(256 * 1024);
     expect(sled.counters.get("sentBytes")).toBe(258 * 1024);
