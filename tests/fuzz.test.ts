@@ -57,9 +57,9 @@ import {
   blockIndexForOffset,
   decodeSeekTable,
   encodeSeekTable,
-  MAX_BLOCK_SIZE,
   type SeekTable,
   type SeekTableEntry,
+  ZSTD_MAX_BLOCK_SIZE,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import {
   BODY_OFFSET,
@@ -1176,7 +1176,7 @@ function zstdPayload(random: Random): ZstdPayload {
 
 /**
  * Check a decoded seek table against the payload and the expectations: the
- * blocks tile the frames and the image, each 1..MAX_BLOCK_SIZE bytes; then
+ * blocks tile the frames and the image, each 1..ZSTD_MAX_BLOCK_SIZE bytes; then
  * blockIndexForOffset on edge offsets, and decompressBlock on every block.
  * Returns the raw image when every block decompressed and passed its checksum.
  */
@@ -1197,7 +1197,7 @@ function checkTable(
       block.decompressedOffset !== decompressed ||
       block.compressedSize < 1 ||
       block.decompressedSize < 1 ||
-      block.decompressedSize > MAX_BLOCK_SIZE
+      block.decompressedSize > ZSTD_MAX_BLOCK_SIZE
     ) {
       tally.fail(label, `block ${index} ${JSON.stringify(block)} does not follow the one before`);
     }
@@ -1207,7 +1207,18 @@ function checkTable(
   if (compressed + table.tableSize !== payload.length || decompressed !== imageSize || table.imageSize !== imageSize) {
     tally.fail(label, `blocks cover ${compressed} + ${table.tableSize} payload bytes and ${decompressed} image bytes`);
   }
-  const probes = [-1, 0, imageSize - 1, imageSize, imageSize + 1, 2 ** 53, Number.NaN, Infinity, 0.5, MAX_BLOCK_SIZE];
+  const probes = [
+    -1,
+    0,
+    imageSize - 1,
+    imageSize,
+    imageSize + 1,
+    2 ** 53,
+    Number.NaN,
+    Infinity,
+    0.5,
+    ZSTD_MAX_BLOCK_SIZE,
+  ];
   for (const block of table.blocks)
     probes.push(block.decompressedOffset, block.decompressedOffset + block.decompressedSize - 1);
   for (const offset of probes) {
@@ -1321,7 +1332,7 @@ describe("fuzz: zstd seekable payload", () => {
           ["decompressed size", 4],
           ["checksum", 8],
         ] as const) {
-          for (const value of [0, 1, 4095, 4096, MAX_BLOCK_SIZE, MAX_BLOCK_SIZE + 1, 2 ** 31, U32_MAX]) {
+          for (const value of [0, 1, 4095, 4096, ZSTD_MAX_BLOCK_SIZE, ZSTD_MAX_BLOCK_SIZE + 1, 2 ** 31, U32_MAX]) {
             write(`entry ${entry} ${field} ${value}`, table + 8 + entry * 12 + at, value);
           }
         }
@@ -1507,7 +1518,7 @@ describe("fuzz: zstd seekable payload", () => {
       }
       // Frames of 1 GiB (no content size, a true one, 2^64 - 1) under entries that promise far less.
       for (const [b, bomb] of bombs.entries()) {
-        for (const decompressedSize of [1, 4096, MAX_BLOCK_SIZE]) {
+        for (const decompressedSize of [1, 4096, ZSTD_MAX_BLOCK_SIZE]) {
           tally.cases++;
           const result = outcome(() =>
             decompressBlock(bomb, { index: 0, compressedSize: bomb.length, decompressedSize, checksum: 0 }),

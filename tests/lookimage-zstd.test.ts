@@ -15,14 +15,22 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { link, mkdir, mkdtemp, readdir, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { decodeHeader, encodeHeader, HEADER_SIZE, type Header } from "@ramdisk-tools/image/format.ts";
-import { FLAG_ZSTD, ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL, ZSTD_VERSION } from "@ramdisk-tools/image/zstd-image.ts";
+import {
+  decodeHeader,
+  encodeHeader,
+  FLAG_ZSTD,
+  HEADER_SIZE,
+  type Header,
+  ZSTD_VERSION,
+} from "@ramdisk-tools/image/format.ts";
 import {
   encodeSeekTable,
   SEEK_TABLE_ENTRY_SIZE,
   SEEK_TABLE_FOOTER_SIZE,
   type SeekTableEntry,
   SKIPPABLE_HEADER_SIZE,
+  ZSTD_BLOCK_SIZE,
+  ZSTD_DEFAULT_LEVEL,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import { VECTORS } from "./helpers/common.ts";

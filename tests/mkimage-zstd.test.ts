@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeHeader, HEADER_SIZE, ImageFormatError, MIB } from "@ramdisk-tools/image/format.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
-import { ZSTD_BLOCK_SIZE } from "@ramdisk-tools/image/zstd-image.ts";
+import { ZSTD_BLOCK_SIZE } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import { python, ROOT } from "./helpers/common.ts";
 

@@ -13,9 +13,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { resolveTarget } from "@ramdisk-tools/cli/pending-file.ts";
-import { encodeHeader, type Header, MIB, toHex } from "@ramdisk-tools/image/format.ts";
+import { encodeHeader, FLAG_ZSTD, type Header, MIB, toHex, ZSTD_VERSION } from "@ramdisk-tools/image/format.ts";
 import { extractPayload, verifyPayload } from "@ramdisk-tools/image/verify.ts";
-import { FLAG_ZSTD, ZSTD_VERSION } from "@ramdisk-tools/image/zstd-image.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import { seekablePayload } from "../helpers/zstd.ts";
 

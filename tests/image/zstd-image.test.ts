@@ -9,19 +9,19 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { decodeHeader, HEADER_SIZE, type Header, ImageFormatError, VERSION } from "@ramdisk-tools/image/format.ts";
+import {
+  decodeHeader,
+  flagNames,
+  HEADER_SIZE,
+  type Header,
+  ImageFormatError,
+  VERSION,
+  ZSTD_VERSION,
+} from "@ramdisk-tools/image/format.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { decompressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
-import {
-  flagNames,
-  IMAGE_VERSIONS,
-  payloadCodec,
-  readSeekTable,
-  ZSTD_BLOCK_SIZE,
-  ZSTD_DEFAULT_LEVEL,
-  ZSTD_VERSION,
-} from "@ramdisk-tools/image/zstd-image.ts";
-import type { Block } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
+import { type Block, ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { BunFile } from "bun";
 import { VECTORS } from "../helpers/common.ts";
