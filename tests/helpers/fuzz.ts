@@ -30,8 +30,9 @@
  * bombs of 1 GiB) run while the process's peak resident memory is watched.
  */
 
-import { expect } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { afterAll, beforeAll, expect, setDefaultTimeout } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/image/format.ts";
 import { Xorshift32 } from "@ramdisk-tools/sled/random.ts";
@@ -208,6 +209,29 @@ export async function peakGrowthMiB(run: () => Promise<void>): Promise<number> {
  * size would take.
  */
 export const MEMORY_SLACK_MIB = 256;
+
+/**
+ * Set up a fuzz test file that writes files: its default timeout for the
+ * scale, and a scratch directory made before its tests and removed after
+ * them. Call it at the top of the file; the function it returns gives the
+ * directory inside a test.
+ *
+ * @example const scratch = fuzzFile(); ... writeFileSync(join(scratch(), "case.img"), bytes);
+ */
+export function fuzzFile(): () => string {
+  setDefaultTimeout(FUZZ_TIMEOUT_MS);
+  let dir: string | undefined;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "fuzz-test-"));
+  });
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+  return () => {
+    if (!dir) throw new Error("the fuzz scratch directory exists only while the file's tests run");
+    return dir;
+  };
+}
 
 /** Run a python3 program on `input`, handed over as a JSON file in `dir`; what it prints, parsed as JSON. */
 export function pythonJson(dir: string, script: string, input: unknown): unknown {

@@ -5,9 +5,8 @@
  * tally and shared checks are tests/helpers/fuzz.ts's.
  */
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   decodeHeader,
@@ -30,8 +29,8 @@ import { IMAGE_VERSIONS, payloadCodec } from "@ramdisk-tools/image/zstd-image.ts
 import { VECTORS } from "../helpers/common.ts";
 import {
   concat,
-  FUZZ_TIMEOUT_MS,
   flipBits,
+  fuzzFile,
   hex,
   isOneLine,
   MAX_SAFE,
@@ -47,15 +46,7 @@ import {
   U64_MAX,
 } from "../helpers/fuzz.ts";
 
-setDefaultTimeout(FUZZ_TIMEOUT_MS);
-
-let dir: string;
-beforeAll(() => {
-  dir = mkdtempSync(join(tmpdir(), "fuzz-test-"));
-});
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const scratch = fuzzFile();
 
 /** A header to write byte by byte, names included as raw fields (not lib/image/format.ts's HeaderFields). */
 interface RawHeader {
@@ -415,7 +406,7 @@ for case in json.load(open(sys.argv[1])):
 print(json.dumps(out))
 `;
     const theirs = pythonJson(
-      dir,
+      scratch(),
       script,
       cases.map(({ bytes, fileSize, versions }) => ({ hex: hex(bytes), fileSize, versions })),
     ) as { ok: boolean; fields: string[] | null }[];

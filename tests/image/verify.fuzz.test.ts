@@ -5,9 +5,8 @@
  * generator, tally and shared checks are tests/helpers/fuzz.ts's.
  */
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { deflateRawSync, deflateSync, constants as zlibConstants } from "node:zlib";
 import {
@@ -25,8 +24,8 @@ import { verifyPayload } from "@ramdisk-tools/image/verify.ts";
 import { PieceSender } from "@ramdisk-tools/threads/link.ts";
 import {
   concat,
-  FUZZ_TIMEOUT_MS,
   flipBits,
+  fuzzFile,
   hex,
   imageLike,
   isOneLine,
@@ -40,15 +39,7 @@ import {
 } from "../helpers/fuzz.ts";
 import { zstdPayload } from "../helpers/zstd.ts";
 
-setDefaultTimeout(FUZZ_TIMEOUT_MS);
-
-let dir: string;
-beforeAll(() => {
-  dir = mkdtempSync(join(tmpdir(), "fuzz-test-"));
-});
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const scratch = fuzzFile();
 
 interface InflateRun {
   report: InflateReport | "hang";
@@ -180,7 +171,7 @@ function showStatuses(statuses: InflateStatuses): string {
 
 async function checkInflates(tally: Tally, cases: InflateCase[]): Promise<InflateStatuses> {
   const theirs = pythonJson(
-    dir,
+    scratch(),
     PYTHON_INFLATE,
     cases.map(({ stream }) => hex(stream)),
   ) as PythonInflate[];
@@ -345,13 +336,13 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
       });
     }
     const theirs = pythonJson(
-      dir,
+      scratch(),
       PYTHON_INFLATE,
       cases.map(({ stream }) => hex(stream)),
     ) as PythonInflate[];
     for (const [i, { stream, imageSize, sha256 }] of cases.entries()) {
       const label = `case ${i}`;
-      const path = join(dir, `verify-${i}.img`);
+      const path = join(scratch(), `verify-${i}.img`);
       const header: Header = {
         version: VERSION,
         flags: FLAG_COMPRESSED,
@@ -415,7 +406,7 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
         dataset: "rpool/ROOT/ramdisk",
         imageName: "fuzz",
       };
-      const path = join(dir, `verify-zstd-${i}.img`);
+      const path = join(scratch(), `verify-zstd-${i}.img`);
       writeFileSync(path, concat(new Uint8Array(HEADER_SIZE), payload));
       tally.cases++;
       const verdict = await withDeadline(verifyPayload(path, header), HANG_MS);

@@ -6,9 +6,8 @@
  * shared checks are tests/helpers/fuzz.ts's.
  */
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { HEADER_SIZE, ImageFormatError, MIB } from "@ramdisk-tools/image/format.ts";
 import { compressBlock, decompressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
@@ -22,8 +21,8 @@ import {
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import {
   concat,
-  FUZZ_TIMEOUT_MS,
   flipBits,
+  fuzzFile,
   hex,
   imageLike,
   MEMORY_SLACK_MIB,
@@ -38,15 +37,7 @@ import {
 } from "../helpers/fuzz.ts";
 import { zstdPayload, zstdRleBomb } from "../helpers/zstd.ts";
 
-setDefaultTimeout(FUZZ_TIMEOUT_MS);
-
-let dir: string;
-beforeAll(() => {
-  dir = mkdtempSync(join(tmpdir(), "fuzz-test-"));
-});
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const scratch = fuzzFile();
 
 /**
  * Check a decoded seek table against the payload and the expectations: the
@@ -221,7 +212,7 @@ describe("fuzz: zstd seekable payload", () => {
 
     // Debian's zstd reads every payload our tables and blocks accepted, to the same bytes.
     const files = readable.map(({ payload }, i) => {
-      const path = join(dir, `readable-${i}.zst`);
+      const path = join(scratch(), `readable-${i}.zst`);
       writeFileSync(path, payload);
       return path;
     });
@@ -308,7 +299,7 @@ describe("fuzz: zstd seekable payload", () => {
     const frameOf = (last: number) =>
       concat(Uint8Array.of(0x28, 0xb5, 0x2f, 0xfd, 0x20, 200, ((200 << 3) & 0xff) | last, (200 << 3) >> 8, 0), raw);
     const zstd = (frame: Uint8Array) => {
-      const path = join(dir, "one-raw-block.zst");
+      const path = join(scratch(), "one-raw-block.zst");
       writeFileSync(path, frame);
       return Bun.spawnSync(["zstd", "-d", "-c", path], { stdout: "pipe", stderr: "pipe" });
     };
@@ -348,7 +339,7 @@ describe("fuzz: zstd seekable payload", () => {
         else tally.refusal(`count ${count}`, result.error, ImageFormatError);
       }
       // readSeekTable trusts the header's data size only as far as the file backs it.
-      const path = join(dir, "zstd-hostile.img");
+      const path = join(scratch(), "zstd-hostile.img");
       writeFileSync(path, concat(new Uint8Array(HEADER_SIZE), base.payload));
       const lies = [
         0,
@@ -419,7 +410,7 @@ describe("fuzz: zstd seekable payload", () => {
           : kind === 1
             ? base.payload.subarray(0, random.scaled(base.payload.length))
             : base.payload;
-      const path = join(dir, `read-seek-table-${i}.img`);
+      const path = join(scratch(), `read-seek-table-${i}.img`);
       writeFileSync(path, concat(new Uint8Array(HEADER_SIZE), payload));
       const dataSize = random.chance(0.7)
         ? payload.length

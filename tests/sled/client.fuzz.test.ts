@@ -6,15 +6,12 @@
  * tests/helpers/fuzz-frames.ts's.
  */
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
 import { MIB } from "@ramdisk-tools/image/format.ts";
 import { decodeFrame, encodeFrame, requestedOffsets } from "@ramdisk-tools/protocol/frames.ts";
 import { SledClient, type SledReport } from "@ramdisk-tools/sled/client.ts";
 import {
-  FUZZ_TIMEOUT_MS,
+  fuzzFile,
   hex,
   imageLike,
   nameField,
@@ -27,15 +24,7 @@ import {
 } from "../helpers/fuzz.ts";
 import { mutateFrame, OFFSET_EDGES, OTHER_MAC, randomFrame, SERVER_MAC, SLED_MAC } from "../helpers/fuzz-frames.ts";
 
-setDefaultTimeout(FUZZ_TIMEOUT_MS);
-
-let dir: string;
-beforeAll(() => {
-  dir = mkdtempSync(join(tmpdir(), "fuzz-test-"));
-});
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const scratch = fuzzFile();
 
 const COUNTED: (keyof SledReport)[] = ["invalid", "ignored", "dataDropped", "offersRefused", "resets"];
 
@@ -156,7 +145,7 @@ describe("fuzz: sled emulator input", () => {
     const image = imageLike(random, MIB);
     const checksum = new Uint8Array(new Bun.CryptoHasher("sha256").update(image).digest());
     const wanted = pythonJson(
-      dir,
+      scratch(),
       "import hashlib, json, sys; print(json.dumps(hashlib.sha256(bytes.fromhex(json.load(open(sys.argv[1])))).hexdigest()))",
       hex(image),
     );
