@@ -14,11 +14,12 @@ import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "@ramdisk-tools/image/
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { type Compression, DEFAULT_JOBS, MAX_JOBS } from "@ramdisk-tools/image/payload-encoders.ts";
 import type { ZlibLevel } from "@ramdisk-tools/image/zlib-stream.ts";
-import { ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-image.ts";
 import {
-  MAX_BLOCK_SIZE as ZSTD_MAX_BLOCK_SIZE,
-  MAX_LEVEL as ZSTD_MAX_LEVEL,
-  MIN_LEVEL as ZSTD_MIN_LEVEL,
+  ZSTD_BLOCK_SIZE,
+  ZSTD_DEFAULT_LEVEL,
+  ZSTD_MAX_BLOCK_SIZE,
+  ZSTD_MAX_LEVEL,
+  ZSTD_MIN_LEVEL,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import yargs from "yargs";
 

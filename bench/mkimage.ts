@@ -45,7 +45,7 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { formatBytes } from "@ramdisk-tools/cli/progress.ts";
 import { MIB } from "@ramdisk-tools/image/format.ts";
-import { ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-image.ts";
+import { ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";

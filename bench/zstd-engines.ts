@@ -34,12 +34,12 @@ import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
 import * as wasm from "@bokuweb/zstd-wasm";
+import { MIB } from "@ramdisk-tools/image/format.ts";
 import { compressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
 import { frameCapacity } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import yargs from "yargs";
 
-const MIB = 1024 * 1024;
 const LEVELS = [1, 2, 3, 6];
 const BLOCK_SIZES = [1 * MIB, 4 * MIB] as const;
 const SEED = 1;

@@ -16,7 +16,17 @@ import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { buildRelease, EXECUTABLE, type Release } from "../scripts/build.ts";
-import { programEnv, ROOT, runProgram, VALID_ARGUMENTS } from "./helpers/common.ts";
+import {
+  commandOutput,
+  programEnv,
+  python,
+  ROOT,
+  type RunOptions,
+  runCommand,
+  runProgram,
+  sha256sum,
+  VALID_ARGUMENTS,
+} from "./helpers/common.ts";
 
 // Compiling a ~100 MiB binary and packing it on a shared 2-core machine: generous room, no assertion on time.
 const BUILD_TIMEOUT_MS = 300_000;
@@ -42,22 +52,11 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Run `bin/program` (a link to the executable, or the executable itself) with no bun on the PATH. */
-async function run(program: string, args: string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
-  const child = Bun.spawn([join(bin, program), ...args], { cwd: dir, env, stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, exitCode] = await Promise.all([
-    new Response(child.stdout).text(),
-    new Response(child.stderr).text(),
-    child.exited,
-  ]);
-  return { exitCode, stdout, stderr };
-}
-
 test("the build made one executable with a link per program, and bun is not on the test's PATH", async () => {
   expect(release.executable.path).toBe(join(bin, EXECUTABLE));
   expect(release.executable.bytes).toBeGreaterThan(0);
   for (const program of PROGRAMS) expect(readlinkSync(join(bin, program))).toBe(EXECUTABLE);
-  const which = Bun.spawnSync(["/usr/bin/which", "bun"], { env });
+  const which = await runCommand(["/usr/bin/which", "bun"], { env });
   expect(which.exitCode).not.toBe(0);
 });
 
@@ -65,37 +64,24 @@ test(
   "mkimage -z and lookimage, compiled, make and read a compressed image",
   async () => {
     await writeSamplePool(join(dir, "pool.raw"), POOL_SIZE);
-    const made = await run("mkimage", [
-      "-i",
-      "pool.raw",
-      "-o",
-      "pool.img",
-      "-O",
-      "pool.csum",
-      "-N",
-      "binaries",
-      "-s",
-      "64",
-      "-z",
-    ]);
+    const made = await runCommand(
+      [join(bin, "mkimage"), "-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "binaries", "-s", "64", "-z"],
+      { cwd: dir, env },
+    );
     expect(made.stderr).toBe("");
     expect(made.exitCode).toBe(0);
     expect(made.stdout).toBe("ok, image written!\nok, boot_image_csum file written!\n");
 
     // Independent checks: sha256sum of the pool is the checksum file; python3's zlib inflates the payload to the pool.
-    const poolSum = Bun.spawnSync(["sha256sum", join(dir, "pool.raw")])
-      .stdout.toString()
-      .split(" ")[0]!;
+    const poolSum = await sha256sum(join(dir, "pool.raw"));
     expect(Buffer.from(await readFile(join(dir, "pool.csum"))).toString("hex")).toBe(poolSum);
-    const inflated = Bun.spawnSync([
-      "python3",
-      "-c",
+    const inflated = python(
       "import sys, zlib, hashlib; d = open(sys.argv[1], 'rb').read()[4096:]; print(hashlib.sha256(zlib.decompress(d)).hexdigest())",
       join(dir, "pool.img"),
-    ]);
-    expect(inflated.stdout.toString().trim()).toBe(poolSum);
+    );
+    expect(inflated.trim()).toBe(poolSum);
 
-    const looked = await run("lookimage", ["pool.img"]);
+    const looked = await runCommand([join(bin, "lookimage"), "pool.img"], { cwd: dir, env });
     expect(looked.stderr).toBe("");
     expect(looked.exitCode).toBe(0);
     const lines = looked.stdout.trimEnd().split("\n");
@@ -112,14 +98,18 @@ const { version } = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"))
 test(
   "the executable answers --help, --version and a wrong program name itself",
   async () => {
-    const help = await run(EXECUTABLE, ["--help"]);
+    const help = await runCommand([join(bin, EXECUTABLE), "--help"], { cwd: dir, env });
     expect(help.stderr).toBe("");
     expect(help.exitCode).toBe(0);
     for (const program of PROGRAMS) expect(help.stdout).toMatch(new RegExp(`^  ${program} `, "m"));
     expect(help.stdout).toMatch(/Exit status: 0 ok, 1 failure, 2 usage error/);
-    expect(await run(EXECUTABLE, ["--version"])).toEqual({ exitCode: 0, stdout: `${version}\n`, stderr: "" });
+    expect(await runCommand([join(bin, EXECUTABLE), "--version"], { cwd: dir, env })).toEqual({
+      exitCode: 0,
+      stdout: `${version}\n`,
+      stderr: "",
+    });
     for (const args of [[], ["mkimagex", "-i", "x"]]) {
-      const refused = await run(EXECUTABLE, args);
+      const refused = await runCommand([join(bin, EXECUTABLE), ...args], { cwd: dir, env });
       expect(refused.exitCode).toBe(2);
       expect(refused.stdout).toBe("");
       expect(refused.stderr).toMatch(/^ramdisk-tools: [^\n]*mkimage, lookimage, bootserver, sled[^\n]*\n$/);
@@ -132,16 +122,23 @@ for (const program of PROGRAMS) {
   test(
     `${program}, through its link and as \`${EXECUTABLE} ${program}\`: the same --help as from source, --version, usage errors`,
     async () => {
-      const fromSource = Bun.spawnSync(["bun", join(ROOT, "apps", `${program}.ts`), "--help"]);
+      const fromSource = await runProgram(program, ["--help"]);
       expect(fromSource.exitCode).toBe(0);
       for (const [command, args] of [
         [program, []],
         [EXECUTABLE, [program]],
       ] as const) {
-        const help = await run(command, [...args, "--help"]);
-        expect(help).toEqual({ exitCode: 0, stdout: fromSource.stdout.toString(), stderr: "" });
-        expect(await run(command, [...args, "--version"])).toEqual({ exitCode: 0, stdout: `${version}\n`, stderr: "" });
-        const refused = await run(command, [...args, ...VALID_ARGUMENTS[program]!, "--bogus-option"]);
+        const help = await runCommand([join(bin, command), ...args, "--help"], { cwd: dir, env });
+        expect(help).toEqual({ exitCode: 0, stdout: fromSource.stdout, stderr: "" });
+        expect(await runCommand([join(bin, command), ...args, "--version"], { cwd: dir, env })).toEqual({
+          exitCode: 0,
+          stdout: `${version}\n`,
+          stderr: "",
+        });
+        const refused = await runCommand(
+          [join(bin, command), ...args, ...VALID_ARGUMENTS[program]!, "--bogus-option"],
+          { cwd: dir, env },
+        );
         expect(refused.exitCode).toBe(2);
         expect(refused.stdout).toBe("");
         expect(refused.stderr).toMatch(new RegExp(`^${program}: [^\\n]*bogus-option[^\\n]*\\n$`));
@@ -157,7 +154,7 @@ test(
     expect(Bun.file(join(dir, "pool.raw")).size).toBe(POOL_SIZE);
     for (const codec of ["-z", "--zstd"]) {
       const args = (name: string) => ["-i", "pool.raw", "-o", `${name}.img`, "-O", `${name}.csum`, "-N", "same", codec];
-      const compiled = await run(EXECUTABLE, ["mkimage", ...args("compiled")]);
+      const compiled = await runCommand([join(bin, EXECUTABLE), "mkimage", ...args("compiled")], { cwd: dir, env });
       const source = await runProgram("mkimage", args("source"), { cwd: dir });
       expect(compiled).toEqual(source);
       expect(source.exitCode).toBe(0);
@@ -177,8 +174,7 @@ test(
     expect(release.archive.bytes).toBeLessThan(120 * 1024 * 1024);
     const unpacked = join(dir, "unpacked");
     await mkdir(unpacked);
-    const tar = Bun.spawnSync(["tar", "-xzf", release.archive.path, "-C", unpacked]);
-    expect(tar.exitCode).toBe(0);
+    await commandOutput(["tar", "-xzf", release.archive.path, "-C", unpacked]);
     const [top] = readdirSync(unpacked);
     expect(top).toBe(`${EXECUTABLE}-${version}-linux-x64`);
     const root = join(unpacked, top!);
@@ -189,33 +185,33 @@ test(
       readFileSync(join(ROOT, "wireshark", "oxide-netboot.lua"), "utf8"),
     );
     // The unpacked link runs, with no bun on the PATH.
-    const looked = Bun.spawnSync([join(root, "lookimage"), "-s", "pool.img"], { cwd: dir, env });
-    expect(looked.stderr.toString()).toBe("");
-    expect(looked.stdout.toString()).toStartWith("image name = binaries\n");
+    const looked = await runCommand([join(root, "lookimage"), "-s", "pool.img"], { cwd: dir, env });
+    expect(looked.stderr).toBe("");
+    expect(looked.stdout).toStartWith("image name = binaries\n");
     expect(looked.exitCode).toBe(0);
   },
   RUN_TIMEOUT_MS,
 );
 
-/** Run a shell script with the release's links first on the PATH (and still no bun). */
-function shell(program: "bash" | "zsh", script: string): { exitCode: number; stdout: string; stderr: string } {
-  const done = Bun.spawnSync([`/usr/bin/${program}`, "-c", script], {
-    cwd: dir,
-    env: { ...env, PATH: `${bin}:${env.PATH}` },
-  });
-  return { exitCode: done.exitCode, stdout: done.stdout.toString(), stderr: done.stderr.toString() };
+/** Where a shell script runs: the release's links first on the PATH (and still no bun). */
+function linksFirst(): RunOptions {
+  return { cwd: dir, env: { ...env, PATH: `${bin}:${env.PATH}` } };
 }
 
 test(
   "bash completes the programs' options from the scripts they print with --completion bash",
-  () => {
-    const completed = shell(
-      "bash",
-      `source <(mkimage --completion bash)
+  async () => {
+    const completed = await runCommand(
+      [
+        "/usr/bin/bash",
+        "-c",
+        `source <(mkimage --completion bash)
 complete -p mkimage
 COMP_WORDS=(mkimage --ta); COMP_CWORD=1; _mkimage_complete; printf '%s\n' "\${COMPREPLY[@]}"
 source <(sled --completion bash)
 COMP_WORDS=(sled veth0 --drop); COMP_CWORD=2; _sled_complete; printf '%s\n' "\${COMPREPLY[@]}"`,
+      ],
+      linksFirst(),
     );
     expect(completed.stderr).toBe("");
     expect(completed.stdout).toBe(
@@ -228,15 +224,19 @@ COMP_WORDS=(sled veth0 --drop); COMP_CWORD=2; _sled_complete; printf '%s\n' "\${
 
 test(
   "zsh registers the completion --completion zsh prints, and it offers the options with their help",
-  () => {
+  async () => {
     // Outside an interactive line editor _describe cannot draw a menu: a stand-in prints what it was given.
-    const completed = shell(
-      "zsh",
-      `autoload -U compinit && compinit -u -D
+    const completed = await runCommand(
+      [
+        "/usr/bin/zsh",
+        "-c",
+        `autoload -U compinit && compinit -u -D
 source <(lookimage --completion zsh)
 print -r -- "$_comps[lookimage]"
 _describe() { print -rl -- "\${(@P)2}" }
 words=(lookimage --ex); CURRENT=2; _lookimage_complete`,
+      ],
+      linksFirst(),
     );
     expect(completed.stderr).toBe("");
     const [registered, ...offered] = completed.stdout.trimEnd().split("\n");
@@ -276,7 +276,10 @@ describe.skipIf(!raw.ok)(
               output += new TextDecoder().decode(value);
             }
             expect(output).toContain("serving on");
-            const sled = await run("sled", [b, "--checksum-file", "pool.csum", "--timeout", "60"]);
+            const sled = await runCommand([join(bin, "sled"), b, "--checksum-file", "pool.csum", "--timeout", "60"], {
+              cwd: dir,
+              env,
+            });
             expect(sled.stderr).toBe("");
             expect(sled.stdout).toMatch(new RegExp(`^\\S+ booted: ${POOL_SIZE} bytes`, "m"));
             expect(sled.exitCode).toBe(0);

@@ -41,9 +41,8 @@ function flag(name: string): string {
   return name.length === 1 ? `-${name}` : `--${name}`;
 }
 
-function run(program: string, args: string[]) {
-  return runProgram(program, args, { cwd: ROOT, env: { ...process.env, NO_COLOR: "1" } });
-}
+/** Where the programs run: from the root, without colour, so the output compared is plain text. */
+const PLAIN = { cwd: ROOT, env: { ...process.env, NO_COLOR: "1" } };
 
 for (const [program, validArgs] of Object.entries(VALID_ARGUMENTS)) {
   describe(program, () => {
@@ -54,7 +53,7 @@ for (const [program, validArgs] of Object.entries(VALID_ARGUMENTS)) {
     test(
       "--help documents every option, its default, an example and the exit codes",
       async () => {
-        const help = await run(program, ["--help"]);
+        const help = await runProgram(program, ["--help"], PLAIN);
         expect(help.stderr).toBe("");
         expect(help.exitCode).toBe(0);
         const lines = help.stdout.split("\n");
@@ -77,7 +76,7 @@ for (const [program, validArgs] of Object.entries(VALID_ARGUMENTS)) {
     test(
       "--version prints the package version",
       async () => {
-        const shown = await run(program, ["--version"]);
+        const shown = await runProgram(program, ["--version"], PLAIN);
         expect(shown.stderr).toBe("");
         expect(shown.stdout).toBe(`${version}\n`);
         expect(shown.exitCode).toBe(0);
@@ -88,7 +87,7 @@ for (const [program, validArgs] of Object.entries(VALID_ARGUMENTS)) {
     test(
       "an unknown option exits 2 with one line on stderr",
       async () => {
-        const refused = await run(program, [...validArgs, "--bogus-option"]);
+        const refused = await runProgram(program, [...validArgs, "--bogus-option"], PLAIN);
         expect(refused.exitCode).toBe(2);
         expect(refused.stdout).toBe("");
         expect(refused.stderr).toMatch(new RegExp(`^${program}: [^\\n]*bogus-option[^\\n]*\\n$`));
@@ -102,13 +101,17 @@ describe("ramdisk-tools, the four programs in one", () => {
   test(
     "--help names every program and the exit codes; --version prints the package version",
     async () => {
-      const help = await run("ramdisk-tools", ["--help"]);
+      const help = await runProgram("ramdisk-tools", ["--help"], PLAIN);
       expect(help.stderr).toBe("");
       expect(help.exitCode).toBe(0);
       for (const program of Object.keys(VALID_ARGUMENTS))
         expect(help.stdout).toMatch(new RegExp(`^  ${program} `, "m"));
       expect(help.stdout).toMatch(/Exit status: 0 ok, 1 failure, 2 usage error/);
-      expect(await run("ramdisk-tools", ["--version"])).toEqual({ exitCode: 0, stdout: `${version}\n`, stderr: "" });
+      expect(await runProgram("ramdisk-tools", ["--version"], PLAIN)).toEqual({
+        exitCode: 0,
+        stdout: `${version}\n`,
+        stderr: "",
+      });
     },
     TIMEOUT_MS,
   );
@@ -117,9 +120,9 @@ describe("ramdisk-tools, the four programs in one", () => {
     "runs the program its first argument names, as that program (its --help, its name in errors)",
     async () => {
       for (const [program, validArgs] of Object.entries(VALID_ARGUMENTS)) {
-        const own = await run(program, ["--help"]);
-        expect(await run("ramdisk-tools", [program, "--help"])).toEqual(own);
-        const refused = await run("ramdisk-tools", [program, ...validArgs, "--bogus-option"]);
+        const own = await runProgram(program, ["--help"], PLAIN);
+        expect(await runProgram("ramdisk-tools", [program, "--help"], PLAIN)).toEqual(own);
+        const refused = await runProgram("ramdisk-tools", [program, ...validArgs, "--bogus-option"], PLAIN);
         expect(refused.exitCode).toBe(2);
         expect(refused.stderr).toMatch(new RegExp(`^${program}: [^\\n]*bogus-option[^\\n]*\\n$`));
       }
@@ -131,7 +134,7 @@ describe("ramdisk-tools, the four programs in one", () => {
     "no program, or one it does not have, exits 2 with one line on stderr",
     async () => {
       for (const args of [[], ["mkimages"], ["--bogus-option"]]) {
-        const refused = await run("ramdisk-tools", args);
+        const refused = await runProgram("ramdisk-tools", args, PLAIN);
         expect(refused.exitCode).toBe(2);
         expect(refused.stdout).toBe("");
         expect(refused.stderr).toMatch(/^ramdisk-tools: [^\n]*one of mkimage, lookimage, bootserver, sled[^\n]*\n$/);
@@ -146,12 +149,12 @@ describe("--completion", () => {
     "prints a bash or a zsh script that asks the program itself, even without the program's required arguments",
     async () => {
       for (const program of Object.keys(VALID_ARGUMENTS)) {
-        const bash = await run(program, ["--completion", "bash"]);
+        const bash = await runProgram(program, ["--completion", "bash"], PLAIN);
         expect(bash.stderr).toBe("");
         expect(bash.exitCode).toBe(0);
         expect(bash.stdout).toContain(`complete -o bashdefault -o default -F _${program}_complete ${program}\n`);
         expect(bash.stdout).toContain(`${program} --get-yargs-completions`);
-        const zsh = await run(program, ["--completion=zsh"]);
+        const zsh = await runProgram(program, ["--completion=zsh"], PLAIN);
         expect(zsh.exitCode).toBe(0);
         expect(zsh.stdout).toStartWith(`#compdef ${program}\n`);
         expect(zsh.stdout).toContain(`compdef _${program}_complete ${program}\n`);
@@ -167,7 +170,7 @@ describe("--completion", () => {
       expect(zsh.stdout).toStartWith("#compdef sled\n");
       const bash = await runProgram("sled", ["--completion"], { env: { ...process.env, SHELL: "/bin/bash" } });
       expect(bash.stdout).toStartWith("# bash completion for sled");
-      const refused = await run("mkimage", ["--completion", "fish"]);
+      const refused = await runProgram("mkimage", ["--completion", "fish"], PLAIN);
       expect(refused).toEqual({
         exitCode: 2,
         stdout: "",
@@ -192,7 +195,7 @@ describe("whole-number options", () => {
         ],
       ];
       for (const [options, message] of cases) {
-        const refused = await run("sled", ["lo", "--checksum", "00", ...options]);
+        const refused = await runProgram("sled", ["lo", "--checksum", "00", ...options], PLAIN);
         expect(refused).toEqual({ exitCode: 2, stdout: "", stderr: `sled: ${message}; see sled --help\n` });
       }
     },

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdir, mkdtemp, readFile, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ROOT, VALID_ARGUMENTS } from "./helpers/common.ts";
+import { commandOutput, ROOT, runCommand, VALID_ARGUMENTS } from "./helpers/common.ts";
 
 const TIMEOUT_MS = 60_000;
 const { version } = JSON.parse(await readFile(join(ROOT, "package.json"), "utf8")) as { version: string };
@@ -22,31 +22,29 @@ beforeAll(async () => {
   await mkdir(bunOnly);
   await symlink(process.execPath, join(bunOnly, "bun"));
   env = { BUN_INSTALL: dir, HOME: dir, PATH: `${join(dir, "bin")}:${bunOnly}` };
-  const linked = Bun.spawnSync(["bun", "link"], { cwd: ROOT, env: { ...process.env, BUN_INSTALL: dir } });
-  if (linked.exitCode !== 0) throw new Error(`bun link failed: ${linked.stderr.toString()}`);
+  await commandOutput(["bun", "link"], { cwd: ROOT, env: { ...process.env, BUN_INSTALL: dir } });
 }, TIMEOUT_MS);
 
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function run(command: string, args: string[]) {
-  const done = Bun.spawnSync([command, ...args], { cwd: dir, env });
-  return { exitCode: done.exitCode, stdout: done.stdout.toString(), stderr: done.stderr.toString() };
-}
-
 test(
   "after bun link, mkimage, lookimage, bootserver, sled and ramdisk-tools are commands on the PATH",
-  () => {
+  async () => {
     for (const program of [...Object.keys(VALID_ARGUMENTS), "ramdisk-tools"]) {
-      expect(run(program, ["--version"])).toEqual({ exitCode: 0, stdout: `${version}\n`, stderr: "" });
+      expect(await runCommand([program, "--version"], { cwd: dir, env })).toEqual({
+        exitCode: 0,
+        stdout: `${version}\n`,
+        stderr: "",
+      });
     }
     for (const [program, validArgs] of Object.entries(VALID_ARGUMENTS)) {
-      const refused = run(program, [...validArgs, "--bogus-option"]);
+      const refused = await runCommand([program, ...validArgs, "--bogus-option"], { cwd: dir, env });
       expect(refused.exitCode).toBe(2);
       expect(refused.stderr).toMatch(new RegExp(`^${program}: [^\\n]*bogus-option[^\\n]*\\n$`));
     }
-    const help = run("ramdisk-tools", ["lookimage", "--help"]);
+    const help = await runCommand(["ramdisk-tools", "lookimage", "--help"], { cwd: dir, env });
     expect(help.exitCode).toBe(0);
     expect(help.stdout).toStartWith("Usage: lookimage ");
   },

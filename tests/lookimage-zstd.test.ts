@@ -15,17 +15,25 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { link, mkdir, mkdtemp, readdir, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { decodeHeader, encodeHeader, HEADER_SIZE, type Header } from "@ramdisk-tools/image/format.ts";
-import { FLAG_ZSTD, ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL, ZSTD_VERSION } from "@ramdisk-tools/image/zstd-image.ts";
+import {
+  decodeHeader,
+  encodeHeader,
+  FLAG_ZSTD,
+  HEADER_SIZE,
+  type Header,
+  ZSTD_VERSION,
+} from "@ramdisk-tools/image/format.ts";
 import {
   encodeSeekTable,
   SEEK_TABLE_ENTRY_SIZE,
   SEEK_TABLE_FOOTER_SIZE,
   type SeekTableEntry,
   SKIPPABLE_HEADER_SIZE,
+  ZSTD_BLOCK_SIZE,
+  ZSTD_DEFAULT_LEVEL,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
-import { VECTORS } from "./helpers/common.ts";
+import { python, runCommand, runCommandBytes, sha256sum, VECTORS } from "./helpers/common.ts";
 import { expectFailure, lookimage } from "./helpers/lookimage.ts";
 import { seekablePayload } from "./helpers/zstd.ts";
 
@@ -35,21 +43,9 @@ setDefaultTimeout(SLOW);
 
 const BOOT_NOTE = "lookimage: warning: a zstd image boots only through this project's bootserver";
 
-function sh(command: string[], stdin?: Uint8Array): { exitCode: number; stdout: Buffer; stderr: string } {
-  const result = Bun.spawnSync(command, { stdin: stdin ?? "ignore", stdout: "pipe", stderr: "pipe" });
-  return { exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr.toString() };
-}
-
-/** SHA-256 of a file by sha256sum, in hex. */
-function sha256sum(path: string): string {
-  const run = sh(["sha256sum", path]);
-  if (run.exitCode !== 0) throw new Error(`sha256sum ${path}: ${run.stderr}`);
-  return run.stdout.toString().split(" ")[0]!;
-}
-
 /** True when `cmp` finds the two files identical. */
-function same(a: string, b: string): boolean {
-  return sh(["cmp", "-s", a, b]).exitCode === 0;
+async function same(a: string, b: string): Promise<boolean> {
+  return (await runCommand(["cmp", "-s", a, b])).exitCode === 0;
 }
 
 /** A zstd image's parts, kept apart so tests can damage one and put the file together again. */
@@ -118,21 +114,17 @@ afterAll(async () => {
 }, SLOW);
 
 describe("a zstd image", () => {
-  test("is what the format says, by independent tools: zstd -d gives the raw pool, sha256sum the header's sum", () => {
-    const payload = sh(["tail", "-c", `+${HEADER_SIZE + 1}`, goodPath]).stdout;
-    const decompressed = sh(["zstd", "-d", "-q", "-c"], payload);
+  test("is what the format says, by independent tools: zstd -d gives the raw pool, sha256sum the header's sum", async () => {
+    const payload = (await runCommandBytes(["tail", "-c", `+${HEADER_SIZE + 1}`, goodPath])).stdout;
+    const decompressed = await runCommandBytes(["zstd", "-d", "-q", "-c"], { stdin: payload });
     expect(decompressed.exitCode).toBe(0);
     expect(Buffer.compare(decompressed.stdout, raw)).toBe(0);
-    expect(Buffer.from(good.header.sha256).toString("hex")).toBe(sha256sum(rawPath));
-    const fields = sh([
-      "python3",
-      "-c",
+    expect(Buffer.from(good.header.sha256).toString("hex")).toBe(await sha256sum(rawPath));
+    const fields = python(
       "import struct, sys; print(*struct.unpack_from('<IIQQQQ', open(sys.argv[1], 'rb').read(40)))",
       goodPath,
-    ]);
-    expect(fields.stdout.toString().trim()).toBe(
-      `${0x1deb0075} ${0x80000002} 2 ${payload.length} ${raw.length} ${64 * 1024 * 1024}`,
     );
+    expect(fields.trim()).toBe(`${0x1deb0075} ${0x80000002} 2 ${payload.length} ${raw.length} ${64 * 1024 * 1024}`);
   });
 
   test("a version 2 reader refuses its header; a zstd flag in a version 2 header is refused too", async () => {
@@ -171,7 +163,7 @@ describe("a zstd image", () => {
       `data size = ${payloadSize}`,
       `image size = ${raw.length}`,
       "target size = 67108864",
-      `image sum = ${sha256sum(rawPath)}`,
+      `image sum = ${await sha256sum(rawPath)}`,
       "dataset name = rpool/ROOT/ramdisk",
       `ratio = ${(raw.length / payloadSize).toFixed(2)}x`,
       "",
@@ -188,7 +180,7 @@ describe("a zstd image", () => {
     const run = await lookimage("--json", goodPath);
     expect(run.exitCode).toBe(0);
     const report = JSON.parse(run.stdout);
-    const sum = sha256sum(rawPath);
+    const sum = await sha256sum(rawPath);
     const payloadSize = Bun.file(goodPath).size - HEADER_SIZE;
     expect(report).toEqual({
       imageName: "zstd-testing",
@@ -258,7 +250,9 @@ describe("a zstd image that does not match", () => {
     });
     expectFailure(
       await lookimage(damaged),
-      new RegExp(`^lookimage: image sum ${sha256sum(rawPath)} does not match sum from header ${"ab".repeat(32)}$`),
+      new RegExp(
+        `^lookimage: image sum ${await sha256sum(rawPath)} does not match sum from header ${"ab".repeat(32)}$`,
+      ),
     );
   });
 
@@ -363,12 +357,14 @@ describe("--extract", () => {
 
   test("round-trips every kind of image: zstd, stored and zlib (the Rust tools' vectors and a python zlib image)", async () => {
     const pythonZlib = path("python-z.img");
-    const stream = sh([
-      "python3",
-      "-c",
-      "import sys, zlib; sys.stdout.buffer.write(zlib.compress(open(sys.argv[1], 'rb').read(), 6))",
-      rawPath,
-    ]).stdout;
+    const stream = (
+      await runCommandBytes([
+        "python3",
+        "-c",
+        "import sys, zlib; sys.stdout.buffer.write(zlib.compress(open(sys.argv[1], 'rb').read(), 6))",
+        rawPath,
+      ])
+    ).stdout;
     const header = encodeHeader({ ...good.header, version: 2, flags: 1n, dataSize: stream.length });
     await Bun.write(pythonZlib, Buffer.concat([header, stream]));
     const cases: [string, string][] = [
@@ -386,8 +382,8 @@ describe("--extract", () => {
       expect(run.exitCode).toBe(0);
       const plain = await lookimage(image);
       expect(run.stdout).toBe(`${plain.stdout}ok, raw image written!\n`);
-      expect(same(output, expected)).toBe(true);
-      expect(sha256sum(output)).toBe(sha256sum(expected));
+      expect(await same(output, expected)).toBe(true);
+      expect(await sha256sum(output)).toBe(await sha256sum(expected));
     }
     expect(await leftovers()).toEqual([]);
   });
@@ -398,7 +394,7 @@ describe("--extract", () => {
     const run = await lookimage("--json", "--extract", output, goodPath);
     expect(run.exitCode).toBe(0);
     expect(JSON.parse(run.stdout).verification.ok).toBe(true);
-    expect(same(output, rawPath)).toBe(true);
+    expect(await same(output, rawPath)).toBe(true);
   });
 
   test("leaves nothing, and an existing file as it was, when the image does not verify", async () => {
@@ -438,7 +434,7 @@ describe("--extract", () => {
   test("refuses the image's own path, also through a symbolic or a hard link, and leaves the image alone", async () => {
     const image = path("own.img");
     await Bun.write(image, imageBytes(good));
-    const before = sha256sum(image);
+    const before = await sha256sum(image);
     await symlink(image, path("own-symlink.img"));
     await link(image, path("own-hardlink.img"));
     for (const output of [image, path("own-symlink.img"), path("own-hardlink.img"), join(scratch, ".", "own.img")]) {
@@ -446,14 +442,14 @@ describe("--extract", () => {
       expectFailure(run, /^lookimage: raw output .* is the image .*own\.img; refusing to overwrite it$/);
       expect(run.stdout).toBe("");
     }
-    expect(sha256sum(image)).toBe(before);
+    expect(await sha256sum(image)).toBe(before);
   });
 
   // A full disk, made as a 1 MiB tmpfs of our own (root only, as CI and the netboot tests run).
   test.skipIf(process.getuid?.() !== 0)("a disk that fills up: one line, exit 1, no file left", async () => {
     const small = path("small-fs");
     await mkdir(small, { recursive: true });
-    const mounted = sh(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small]);
+    const mounted = await runCommand(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small]);
     expect(mounted.stderr).toBe("");
     try {
       const output = join(small, "pool.raw");
@@ -463,7 +459,7 @@ describe("--extract", () => {
       );
       expect(await readdir(small)).toEqual([]);
     } finally {
-      sh(["umount", small]);
+      await runCommand(["umount", small]);
     }
   });
 

@@ -17,14 +17,24 @@ import { randomBytes } from "node:crypto";
 import { chmod, copyFile, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { caseDirs, expectRefusal, ROOT, VECTORS } from "./helpers/common.ts";
+import {
+  caseDirs,
+  commandOutput,
+  expectRefusal,
+  type ProgramRun,
+  python,
+  runCommand,
+  sha256sum,
+  VECTORS,
+} from "./helpers/common.ts";
+import { mkimage, nobodyReachesMkimage } from "./helpers/mkimage.ts";
 
-const APP = join(ROOT, "apps", "mkimage.ts");
 /** 1 MiB, a multiple of 128 KiB: with -s 64 mkimage has no warning to print. */
 const POOL_1M = join(VECTORS, "pool-1m.raw");
 // Real processes on a shared machine: room, but no assertion on time.
 const SLOW = 120_000;
 const asRoot = process.getuid?.() === 0;
+const nobodyReachesApp = await nobodyReachesMkimage();
 
 let dir: string;
 /** 4 MiB of random bytes: zlib cannot shrink them below the 1 MiB of a small tmpfs. */
@@ -38,50 +48,26 @@ beforeAll(async () => {
   await writeFile(random4m, randomBytes(4 * 1024 * 1024));
 }, SLOW);
 afterAll(async () => {
-  for (const mount of mounts) unmount(mount);
+  for (const mount of mounts) await unmount(mount);
   await rm(dir, { recursive: true, force: true });
 }, SLOW);
 
 /** A fresh directory for one case, so its listing shows exactly what the run left. */
 const caseDir = caseDirs(() => dir);
 
-function sh(command: string[]): { exitCode: number; stdout: string; stderr: string } {
-  const run = Bun.spawnSync(command, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  return { exitCode: run.exitCode, stdout: run.stdout.toString(), stderr: run.stderr.toString() };
-}
-
 /** Mount a tmpfs of our own at `path` (`options` as mount -o takes them). */
-function mountTmpfs(path: string, options: string) {
-  const run = sh(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path]);
-  if (run.exitCode !== 0) throw new Error(`mount ${path}: ${run.stderr}`);
+async function mountTmpfs(path: string, options: string) {
+  await commandOutput(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path]);
   mounts.add(path);
 }
 
-function unmount(path: string) {
-  if (sh(["umount", path]).exitCode !== 0) sh(["umount", "-l", path]);
+async function unmount(path: string) {
+  if ((await runCommand(["umount", path])).exitCode !== 0) await runCommand(["umount", "-l", path]);
   mounts.delete(path);
 }
 
-interface Run {
-  exitCode: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-async function mkimage(args: string[], options: { user?: number } = {}): Promise<Run> {
-  const command = ["bun", APP, ...args];
-  const child = Bun.spawn(
-    options.user === undefined
-      ? command
-      : ["setpriv", `--reuid=${options.user}`, `--regid=${options.user}`, "--clear-groups", ...command],
-    { env: { ...process.env, HOME: tmpdir() }, stdout: "pipe", stderr: "pipe" },
-  );
-  const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
-  return { exitCode: await child.exited, stdout, stderr };
-}
-
 /** A refusal by mkimage (tests/helpers/common.ts expectRefusal). */
-function expectRefused(run: Run, message: RegExp) {
+function expectRefused(run: ProgramRun, message: RegExp) {
   expectRefusal(run, "mkimage", message);
 }
 
@@ -103,16 +89,7 @@ ok = (magic, version, flags, data_size, image_size) == (0x1DEB0075, 2, 0, len(ra
     and image[40:72] == hashlib.sha256(raw).digest() and image[4096:] == raw
 print('yes' if ok else 'no')
 `;
-  const run = sh(["python3", "-c", program, image, raw]);
-  if (run.exitCode !== 0) throw new Error(`python3 failed: ${run.stderr}`);
-  return run.stdout.trim() === "yes";
-}
-
-/** SHA-256 of a file by sha256sum, in hex. */
-function sha256sum(path: string): string {
-  const run = sh(["sha256sum", path]);
-  if (run.exitCode !== 0) throw new Error(`sha256sum ${path}: ${run.stderr}`);
-  return run.stdout.split(" ")[0]!;
+  return python(program, image, raw).trim() === "yes";
 }
 
 describe("a read-only output directory", () => {
@@ -122,11 +99,11 @@ describe("a read-only output directory", () => {
     async () => {
       const readOnly = await caseDir();
       const writable = await caseDir();
-      mountTmpfs(readOnly, "size=1m");
+      await mountTmpfs(readOnly, "size=1m");
       try {
         await Bun.write(join(readOnly, "x.img"), "the previous image");
         await Bun.write(join(readOnly, "x.csum"), "the previous checksum");
-        const remounted = sh(["mount", "-o", "remount,ro", readOnly]);
+        const remounted = await runCommand(["mount", "-o", "remount,ro", readOnly]);
         expect(remounted.stderr).toBe("");
         for (const codec of [[], ["-z"]]) {
           const args = [
@@ -165,15 +142,13 @@ describe("a read-only output directory", () => {
         expect(await listing(writable)).toEqual(["x.img"]);
         expect(await Bun.file(join(writable, "x.img")).text()).toBe("the previous image");
       } finally {
-        unmount(readOnly);
+        await unmount(readOnly);
       }
     },
     SLOW,
   );
 
   // As root the program runs as nobody, which needs to reach the program, the input and the case directory.
-  const nobodyReachesApp =
-    !asRoot || sh(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "test", "-r", APP]).exitCode === 0;
   test.skipIf(!nobodyReachesApp)(
     "a directory of mode 555 (as nobody when root): refused, the existing output kept",
     async () => {
@@ -207,7 +182,7 @@ describe("a full disk (root only: a 1 MiB tmpfs of the test's own)", () => {
     "a 4 MiB input, stored and -z: refused, the existing output kept",
     async () => {
       const small = await caseDir();
-      mountTmpfs(small, "size=1m");
+      await mountTmpfs(small, "size=1m");
       try {
         await Bun.write(join(small, "x.img"), "the previous image");
         for (const codec of [[], ["-z"]]) {
@@ -227,7 +202,7 @@ describe("a full disk (root only: a 1 MiB tmpfs of the test's own)", () => {
           expect(await Bun.file(join(small, "x.img")).text()).toBe("the previous image");
         }
       } finally {
-        unmount(small);
+        await unmount(small);
       }
     },
     SLOW,
@@ -238,10 +213,10 @@ describe("a full disk (root only: a 1 MiB tmpfs of the test's own)", () => {
     async () => {
       const out = await caseDir();
       const small = await caseDir();
-      mountTmpfs(small, "size=1m");
+      await mountTmpfs(small, "size=1m");
       try {
         // Fill the tmpfs to its last page: dd stops at "no space left on device".
-        const filled = sh(["dd", "if=/dev/zero", `of=${join(small, "filler")}`, "bs=4096"]);
+        const filled = await runCommand(["dd", "if=/dev/zero", `of=${join(small, "filler")}`, "bs=4096"]);
         expect(filled.exitCode).not.toBe(0);
         expect(filled.stderr).toMatch(/no space left on device/i);
         await Bun.write(join(out, "x.img"), "the previous image");
@@ -263,7 +238,7 @@ describe("a full disk (root only: a 1 MiB tmpfs of the test's own)", () => {
           expect(await listing(small)).toEqual(["filler"]);
         }
       } finally {
-        unmount(small);
+        await unmount(small);
       }
     },
     SLOW,
@@ -300,7 +275,7 @@ describe("an output path that is a symbolic link", () => {
       expect(await readlink(join(links, "current.img"))).toBe(join(targets, "pool.img"));
       expect(storedImageOf(join(targets, "pool.img"), POOL_1M)).toBe(true);
       expect(Buffer.from(await Bun.file(join(targets, "pool.csum")).arrayBuffer()).toString("hex")).toBe(
-        sha256sum(POOL_1M),
+        await sha256sum(POOL_1M),
       );
       // The temporary files were beside the targets, and are gone.
       expect(await listing(links)).toEqual(["current.csum", "current.img"]);
@@ -378,7 +353,7 @@ describe("an output path that is a symbolic link", () => {
       for (const [args, message] of cases)
         expectRefused(await mkimage(["-i", raw, ...args, "-s", "64", "-z"]), message);
       expect(await listing(out)).toEqual(["in.raw", "link-1", "link-2", "same-dir"]);
-      expect(sha256sum(raw)).toBe(sha256sum(POOL_1M));
+      expect(await sha256sum(raw)).toBe(await sha256sum(POOL_1M));
     },
     SLOW,
   );

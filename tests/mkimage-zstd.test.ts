@@ -14,9 +14,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeHeader, HEADER_SIZE, ImageFormatError, MIB } from "@ramdisk-tools/image/format.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
-import { ZSTD_BLOCK_SIZE } from "@ramdisk-tools/image/zstd-image.ts";
+import { ZSTD_BLOCK_SIZE } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
-import { python, ROOT } from "./helpers/common.ts";
+import { type ProgramRun, python, runCommand, runCommandBytes, runProgram, sha256sum } from "./helpers/common.ts";
 
 // Every test runs several processes (bun, zstd, python3) on two cores shared with other work:
 // room, but no assertion on time.
@@ -35,21 +35,6 @@ afterAll(async () => {
   await Promise.all(caseDirs.map((dir) => rm(dir, { recursive: true, force: true })));
 }, SLOW);
 
-interface Outcome {
-  exitCode: number;
-  stdout: Buffer;
-  stderr: string;
-}
-
-/** Run a command to its end; our programs are `bun apps/NAME.ts`. */
-function run(command: string[], stdin?: Uint8Array): Outcome {
-  const [program, ...args] = command;
-  const argv =
-    program === "mkimage" || program === "lookimage" ? ["bun", join(ROOT, "apps", `${program}.ts`), ...args] : command;
-  const done = Bun.spawnSync(argv, { stdin: stdin ?? "ignore", stdout: "pipe", stderr: "pipe" });
-  return { exitCode: done.exitCode, stdout: done.stdout, stderr: done.stderr.toString() };
-}
-
 /** Pool-like bytes (lab/sample-pool.ts), written to `path`. */
 async function writeRaw(path: string, size: number, seed: number): Promise<Uint8Array> {
   const raw = new Uint8Array(Buffer.concat([...samplePoolChunks(size, seed)]));
@@ -58,8 +43,8 @@ async function writeRaw(path: string, size: number, seed: number): Promise<Uint8
 }
 
 /** The payload after the 4096-byte header, cut off by `tail` rather than by our code. */
-function payloadOf(image: string): Buffer {
-  const tail = run(["tail", "-c", `+${HEADER_SIZE + 1}`, image]);
+async function payloadOf(image: string): Promise<Buffer> {
+  const tail = await runCommandBytes(["tail", "-c", `+${HEADER_SIZE + 1}`, image]);
   expect(tail.exitCode).toBe(0);
   return tail.stdout;
 }
@@ -95,12 +80,12 @@ function blockSizes(size: number, blockSize = ZSTD_BLOCK_SIZE): number[] {
 }
 
 /** Frames `zstd -lv` counts in a payload: [zstd frames, skippable frames, decompressed bytes]. */
-function zstdCounts(payload: Uint8Array, dir: string): [number, number, number] {
+async function zstdCounts(payload: Uint8Array, dir: string): Promise<[number, number, number]> {
   const path = join(dir, "payload.zst");
   writeFileSync(path, payload);
-  const listed = run(["zstd", "-lv", path]);
+  const listed = await runCommand(["zstd", "-lv", path]);
   expect(listed.exitCode).toBe(0);
-  const text = listed.stdout.toString() + listed.stderr;
+  const text = listed.stdout + listed.stderr;
   const number = (pattern: RegExp) => Number(text.match(pattern)?.[1]);
   return [
     number(/# Zstandard Frames: (\d+)/),
@@ -125,8 +110,7 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
     test(`${size} bytes, --jobs ${jobs}, blocks of ${blockSize} bytes: zstd -d gives the input, a frame per block, every field as python3 reads it`, async () => {
       const dir = await freshDir();
       const raw = await writeRaw(join(dir, "in.raw"), size, size);
-      const made = run([
-        "mkimage",
+      const made = await runProgram("mkimage", [
         "-i",
         join(dir, "in.raw"),
         "-o",
@@ -143,16 +127,16 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
         ...blockArgs,
       ]);
       expect(made.exitCode).toBe(0);
-      expect(made.stdout.toString()).toBe("ok, image written!\nok, boot_image_csum file written!\n");
+      expect(made.stdout).toBe("ok, image written!\nok, boot_image_csum file written!\n");
       const warnings = made.stderr.trimEnd().split("\n");
       expect(warnings[0]).toStartWith(BOOT_NOTE);
       for (const line of warnings) expect(line).toStartWith("mkimage: warning: ");
 
-      const payload = payloadOf(join(dir, "z.img"));
-      const decompressed = run(["zstd", "-d", "-q", "-c"], payload);
+      const payload = await payloadOf(join(dir, "z.img"));
+      const decompressed = await runCommandBytes(["zstd", "-d", "-q", "-c"], { stdin: payload });
       expect(decompressed.exitCode).toBe(0);
       expect(Buffer.compare(decompressed.stdout, raw)).toBe(0);
-      expect(zstdCounts(payload, dir)).toEqual([blockSizes(size, blockSize).length, 1, size]);
+      expect(await zstdCounts(payload, dir)).toEqual([blockSizes(size, blockSize).length, 1, size]);
 
       const sha256 = new Bun.CryptoHasher("sha256").update(raw).digest("hex");
       expect(pythonReads(join(dir, "z.img"))).toEqual({
@@ -175,9 +159,7 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
         decompressedSizes: blockSizes(size, blockSize),
         framesEnd: payload.length,
       });
-      const sum = run(["sha256sum", join(dir, "in.raw")])
-        .stdout.toString()
-        .split(" ")[0];
+      const sum = await sha256sum(join(dir, "in.raw"));
       expect(Buffer.from(await Bun.file(join(dir, "z.csum")).bytes()).toString("hex")).toBe(sum!);
       expect((await readdir(dir)).sort()).toEqual(["in.raw", "payload.zst", "z.csum", "z.img"]);
     });
@@ -187,9 +169,16 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
     const dir = await freshDir();
     await writeRaw(join(dir, "in.raw"), 4 * MIB + 999, 8);
     for (const jobs of ["1", "2", "5"]) {
-      expect(
-        run(["mkimage", "-i", join(dir, "in.raw"), "-o", join(dir, `${jobs}.img`), "--zstd", "--jobs", jobs]).exitCode,
-      ).toBe(0);
+      const made = await runProgram("mkimage", [
+        "-i",
+        join(dir, "in.raw"),
+        "-o",
+        join(dir, `${jobs}.img`),
+        "--zstd",
+        "--jobs",
+        jobs,
+      ]);
+      expect(made.exitCode).toBe(0);
     }
     const one = await Bun.file(join(dir, "1.img")).bytes();
     expect(Buffer.compare(await Bun.file(join(dir, "2.img")).bytes(), one)).toBe(0);
@@ -207,9 +196,10 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
       compression: { codec: "zstd", level: 2, jobs: 5, blockSize: 5000 },
     });
     expect(header.imageSize).toBe(raw.length);
-    const payload = payloadOf(join(dir, "z.img"));
-    expect(Buffer.compare(run(["zstd", "-d", "-q", "-c"], payload).stdout, raw)).toBe(0);
-    expect(zstdCounts(payload, dir)).toEqual([blockSizes(raw.length, 5000).length, 1, raw.length]);
+    const payload = await payloadOf(join(dir, "z.img"));
+    const decompressed = await runCommandBytes(["zstd", "-d", "-q", "-c"], { stdin: payload });
+    expect(Buffer.compare(decompressed.stdout, raw)).toBe(0);
+    expect(await zstdCounts(payload, dir)).toEqual([blockSizes(raw.length, 5000).length, 1, raw.length]);
   });
 
   test("--level: another level, another payload, the same raw image; 12 is a zstd level, not a zlib one", async () => {
@@ -217,11 +207,19 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
     const raw = await writeRaw(join(dir, "in.raw"), 2 * MIB, 4);
     const sizes: number[] = [];
     for (const level of ["1", "12", "19"]) {
-      expect(
-        run(["mkimage", "-i", join(dir, "in.raw"), "-o", join(dir, "z.img"), "--zstd", "--level", level]).exitCode,
-      ).toBe(0);
-      const payload = payloadOf(join(dir, "z.img"));
-      expect(Buffer.compare(run(["zstd", "-d", "-q", "-c"], payload).stdout, raw)).toBe(0);
+      const made = await runProgram("mkimage", [
+        "-i",
+        join(dir, "in.raw"),
+        "-o",
+        join(dir, "z.img"),
+        "--zstd",
+        "--level",
+        level,
+      ]);
+      expect(made.exitCode).toBe(0);
+      const payload = await payloadOf(join(dir, "z.img"));
+      const decompressed = await runCommandBytes(["zstd", "-d", "-q", "-c"], { stdin: payload });
+      expect(Buffer.compare(decompressed.stdout, raw)).toBe(0);
       sizes.push(payload.length);
     }
     // Pool-like data compresses better at higher levels.
@@ -235,8 +233,7 @@ describe("readers", () => {
   beforeAll(async () => {
     dir = await freshDir();
     raw = await writeRaw(join(dir, "in.raw"), 3 * MIB + 4096, 9);
-    const made = run([
-      "mkimage",
+    const made = await runProgram("mkimage", [
       "-i",
       join(dir, "in.raw"),
       "-o",
@@ -250,29 +247,29 @@ describe("readers", () => {
     if (made.exitCode !== 0) throw new Error(`mkimage --zstd failed: ${made.stderr}`);
   }, SLOW);
 
-  test("lookimage verifies it and shows its codec", () => {
-    const looked = run(["lookimage", join(dir, "z.img")]);
+  test("lookimage verifies it and shows its codec", async () => {
+    const looked = await runProgram("lookimage", [join(dir, "z.img")]);
     expect(looked.exitCode).toBe(0);
-    expect(looked.stdout.toString()).toContain("flags = 0x2 (ZSTD)\n");
-    expect(looked.stdout.toString()).toContain(`image size = ${raw.length}\n`);
+    expect(looked.stdout).toContain("flags = 0x2 (ZSTD)\n");
+    expect(looked.stdout).toContain(`image size = ${raw.length}\n`);
   });
 
-  test("lookimage --extract writes the raw input back, byte for byte", () => {
-    const extracted = run(["lookimage", "--extract", join(dir, "back.raw"), join(dir, "z.img")]);
+  test("lookimage --extract writes the raw input back, byte for byte", async () => {
+    const extracted = await runProgram("lookimage", ["--extract", join(dir, "back.raw"), join(dir, "z.img")]);
     expect(extracted.exitCode).toBe(0);
-    expect(run(["cmp", join(dir, "in.raw"), join(dir, "back.raw")]).exitCode).toBe(0);
+    expect((await runCommand(["cmp", join(dir, "in.raw"), join(dir, "back.raw")])).exitCode).toBe(0);
   });
 
   test("input that does not compress: a payload larger than the image, which lookimage accepts", async () => {
     const random = join(dir, "random.raw");
     await Bun.write(random, crypto.getRandomValues(new Uint8Array(MIB + 128 * 1024)));
-    const made = run(["mkimage", "-i", random, "-o", join(dir, "random.img"), "-s", "8", "--zstd"]);
+    const made = await runProgram("mkimage", ["-i", random, "-o", join(dir, "random.img"), "-s", "8", "--zstd"]);
     expect(made.exitCode).toBe(0);
     const facts = pythonReads(join(dir, "random.img"));
     expect(facts.dataSize).toBeGreaterThan(facts.imageSize);
-    const looked = run(["lookimage", join(dir, "random.img")]);
+    const looked = await runProgram("lookimage", [join(dir, "random.img")]);
     expect(looked.exitCode).toBe(0);
-    expect(looked.stdout.toString()).toContain(`data size = ${facts.dataSize}\n`);
+    expect(looked.stdout).toContain(`data size = ${facts.dataSize}\n`);
   });
 
   test("a strict version 2 reader (decodeHeader with its default versions, as the sled kernel) refuses the header", async () => {
@@ -285,7 +282,7 @@ describe("readers", () => {
 
 describe("refusals and usage errors leave no file", () => {
   /** Exit `code` with a single `mkimage: ` line matching `message`, nothing on stdout. */
-  function expectOneLine(outcome: Outcome, code: number, message: RegExp) {
+  function expectOneLine(outcome: ProgramRun, code: number, message: RegExp) {
     expect(outcome.exitCode).toBe(code);
     expect(outcome.stdout.length).toBe(0);
     expect(outcome.stderr.trimEnd().split("\n")).toHaveLength(1);
@@ -308,7 +305,7 @@ describe("refusals and usage errors leave no file", () => {
       [["-i", join(dir, "in.raw"), ...image, "-N", "n".repeat(128)], /image name is 128 bytes long/],
       [["-i", join(dir, "in.raw"), "-o", join(dir, "in.raw"), "--zstd"], /output .*in\.raw is the input file/],
     ];
-    for (const [args, message] of refusals) expectOneLine(run(["mkimage", ...args]), 1, message);
+    for (const [args, message] of refusals) expectOneLine(await runProgram("mkimage", args), 1, message);
     expect((await readdir(dir)).sort()).toEqual(["in.raw", "small.raw"]);
   });
 
@@ -327,7 +324,7 @@ describe("refusals and usage errors leave no file", () => {
       [[...image, "-z", "--block-size", "2"], /--block-size is for --zstd images only/],
       [[...image, "--block-size", "2"], /--block-size is for --zstd images only/],
     ];
-    for (const [args, message] of usage) expectOneLine(run(["mkimage", ...args]), 2, message);
+    for (const [args, message] of usage) expectOneLine(await runProgram("mkimage", args), 2, message);
     expect(await readdir(dir)).toEqual(["in.raw"]);
   });
 

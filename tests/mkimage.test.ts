@@ -15,11 +15,23 @@ import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { ZLIB_BLOCK_SIZE } from "@ramdisk-tools/image/payload-encoders.ts";
 import { FLUSH_INTERVAL, type ZlibLevel } from "@ramdisk-tools/image/zlib-stream.ts";
 import { samplePoolChunks, writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
-import { caseDirs, expectRefusal, python, ROOT, VECTORS } from "./helpers/common.ts";
+import {
+  caseDirs,
+  expectRefusal,
+  type ProgramRun,
+  python,
+  ROOT,
+  runCommandBytes,
+  runProgram,
+  VECTORS,
+} from "./helpers/common.ts";
+import { mkimage, nobodyReachesMkimage } from "./helpers/mkimage.ts";
 
 const APP = join(ROOT, "apps", "mkimage.ts");
 // Real processes, python3 and pigz on a shared machine: room, but no assertion on time.
 const SLOW = 120_000;
+/** As root the unreadable-input case runs mkimage as nobody, who must reach the program. */
+const nobodyReachesApp = await nobodyReachesMkimage();
 
 let dir: string;
 /** A 64 MiB pool-like file, for runs long enough to interrupt. */
@@ -35,23 +47,6 @@ afterAll(async () => {
 
 /** A fresh directory for one case, so its listing shows exactly what the run left. */
 const caseDir = caseDirs(() => dir);
-
-interface Run {
-  exitCode: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function mkimage(args: string[], options: { user?: number } = {}): Run {
-  const command = ["bun", APP, ...args];
-  const run = Bun.spawnSync(
-    options.user === undefined
-      ? command
-      : ["setpriv", `--reuid=${options.user}`, `--regid=${options.user}`, "--clear-groups", ...command],
-    { env: { ...process.env, HOME: tmpdir() } },
-  );
-  return { exitCode: run.exitCode, stdout: run.stdout.toString(), stderr: run.stderr.toString() };
-}
 
 /** Pool-like bytes of any size, the same for the same size and seed. */
 async function writePool(path: string, size: number, seed = 3): Promise<string> {
@@ -107,7 +102,7 @@ print(json.dumps({'differ': differ[:16], 'payloadOk': payload_ok}))
 
 async function pigzInflates(image: string, raw: string): Promise<boolean> {
   const payload = Bun.file(image).slice(4096);
-  const pigz = Bun.spawnSync(["pigz", "-dz"], { stdin: new Uint8Array(await payload.arrayBuffer()) });
+  const pigz = await runCommandBytes(["pigz", "-dz"], { stdin: new Uint8Array(await payload.arrayBuffer()) });
   return pigz.exitCode === 0 && pigz.stdout.equals(Buffer.from(await Bun.file(raw).arrayBuffer()));
 }
 
@@ -124,7 +119,7 @@ describe("uncompressed images are the vectors, byte for byte", () => {
     "pool-1m with checksum file, name and target size",
     async () => {
       const out = await caseDir();
-      const run = mkimage([
+      const run = await mkimage([
         "-i",
         `${VECTORS}/pool-1m.raw`,
         "-o",
@@ -152,7 +147,7 @@ describe("uncompressed images are the vectors, byte for byte", () => {
     "pool-odd with defaults, warned that it cannot be netbooted",
     async () => {
       const out = await caseDir();
-      const run = mkimage(["-i", `${VECTORS}/pool-odd.raw`, "-o", `${out}/odd.img`, "-N", "odd"]);
+      const run = await mkimage(["-i", `${VECTORS}/pool-odd.raw`, "-o", `${out}/odd.img`, "-N", "odd"]);
       expect(run.exitCode).toBe(0);
       expect(run.stdout).toBe("ok, image written!\n");
       const warnings = run.stderr.trim().split("\n");
@@ -170,7 +165,7 @@ describe("uncompressed images are the vectors, byte for byte", () => {
     async () => {
       const out = await caseDir();
       await Bun.write(`${out}/pool.img`, "an older image");
-      const run = mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/pool.img`, "-N", "testing", "-s", "1"]);
+      const run = await mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/pool.img`, "-N", "testing", "-s", "1"]);
       expect(run.exitCode).toBe(0);
       expect(
         pythonCheck(`${out}/pool.img`, `${VECTORS}/pool-1m.raw`, {
@@ -202,7 +197,7 @@ describe("compressed images", () => {
     async () => {
       const out = await caseDir();
       const raw = `${VECTORS}/pool-1m.raw`;
-      const run = mkimage([
+      const run = await mkimage([
         "-i",
         raw,
         "-o",
@@ -239,7 +234,7 @@ describe("compressed images", () => {
     "pool-odd -z: the vector's header but data_size",
     async () => {
       const out = await caseDir();
-      const run = mkimage(["-i", `${VECTORS}/pool-odd.raw`, "-o", `${out}/z.img`, "-z"]);
+      const run = await mkimage(["-i", `${VECTORS}/pool-odd.raw`, "-o", `${out}/z.img`, "-z"]);
       expect(run.exitCode).toBe(0);
       await sameHeaderButDataSize(`${out}/z.img`, `${VECTORS}/pool-odd-z.img`);
       expect(await pigzInflates(`${out}/z.img`, `${VECTORS}/pool-odd.raw`)).toBe(true);
@@ -264,7 +259,19 @@ describe("compressed images", () => {
       async () => {
         const out = await caseDir();
         const raw = await writePool(`${out}/in.raw`, size, size);
-        const run = mkimage(["-i", raw, "-o", `${out}/z.img`, "-N", "sized", "-s", "16", "-z", "--jobs", String(jobs)]);
+        const run = await mkimage([
+          "-i",
+          raw,
+          "-o",
+          `${out}/z.img`,
+          "-N",
+          "sized",
+          "-s",
+          "16",
+          "-z",
+          "--jobs",
+          String(jobs),
+        ]);
         expect(run.exitCode).toBe(0);
         expect(run.stdout).toBe("ok, image written!\n");
         expect(pythonCheck(`${out}/z.img`, raw, { name: "sized", targetSize: 16 * MIB, compressed: true })).toEqual({
@@ -284,7 +291,7 @@ describe("compressed images", () => {
       const out = await caseDir();
       const raw = await writePool(`${out}/in.raw`, 5 * MIB + 12345, 5);
       for (const jobs of ["1", "2", "5"])
-        expect(mkimage(["-i", raw, "-o", `${out}/${jobs}.img`, "-z", "--jobs", jobs]).exitCode).toBe(0);
+        expect((await mkimage(["-i", raw, "-o", `${out}/${jobs}.img`, "-z", "--jobs", jobs])).exitCode).toBe(0);
       expect(await sameBytes(`${out}/1.img`, `${out}/2.img`)).toBe(true);
       expect(await sameBytes(`${out}/1.img`, `${out}/5.img`)).toBe(true);
       expect(await pigzInflates(`${out}/1.img`, raw)).toBe(true);
@@ -301,7 +308,7 @@ describe("compressed images", () => {
         ["1", [0x78, 0x01]],
         ["6", [0x78, 0x9c]],
       ] as const) {
-        const run = mkimage(["-i", raw, "-o", `${out}/z.img`, "-z", "--level", level]);
+        const run = await mkimage(["-i", raw, "-o", `${out}/z.img`, "-z", "--level", level]);
         expect(run.exitCode).toBe(0);
         expect([...new Uint8Array(await Bun.file(`${out}/z.img`).slice(4096, 4098).arrayBuffer())]).toEqual([
           ...header,
@@ -318,7 +325,7 @@ describe("compressed images", () => {
       const out = await caseDir();
       const name = "n".repeat(127);
       const dataset = `rpool/${"d".repeat(121)}`;
-      const run = mkimage([
+      const run = await mkimage([
         "-i",
         `${VECTORS}/pool-odd.raw`,
         "-o",
@@ -386,7 +393,7 @@ describe("compressed images", () => {
 
 describe("refusals: one line, exit 1, no output and no temporary file", () => {
   /** A refusal by mkimage (tests/helpers/common.ts expectRefusal). */
-  function expectRefused(run: Run, message: RegExp) {
+  function expectRefused(run: ProgramRun, message: RegExp) {
     expectRefusal(run, "mkimage", message);
   }
 
@@ -395,7 +402,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
     async () => {
       const out = await caseDir();
       expectRefused(
-        mkimage(["-i", `${out}/absent.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`]),
+        await mkimage(["-i", `${out}/absent.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`]),
         /cannot read input .*absent\.raw: no such file or directory/,
       );
       expect(await listing(out)).toEqual([]);
@@ -409,7 +416,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       const out = await caseDir();
       await Bun.write(`${out}/file`, "x");
       expectRefused(
-        mkimage(["-i", `${out}/file/pool.raw`, "-o", `${out}/x.img`]),
+        await mkimage(["-i", `${out}/file/pool.raw`, "-o", `${out}/x.img`]),
         /cannot read input .*: not a directory/,
       );
       expect(await listing(out)).toEqual(["file"]);
@@ -420,9 +427,6 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
   // Root reads anything, so as root the program runs as nobody, which needs to reach the program and
   // write to the case directory.
   const asRoot = process.getuid?.() === 0;
-  const nobodyReachesApp =
-    !asRoot ||
-    Bun.spawnSync(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "test", "-r", APP]).exitCode === 0;
   test.skipIf(!nobodyReachesApp)(
     "unreadable input",
     async () => {
@@ -433,7 +437,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
         await chmod(dir, 0o755);
         await chmod(out, 0o777);
       }
-      const run = mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`], asRoot ? { user: 65534 } : {});
+      const run = await mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`], asRoot ? { user: 65534 } : {});
       expectRefused(run, /cannot read input .*in\.raw: permission denied/);
       expect(await listing(out)).toEqual(["in.raw"]);
     },
@@ -445,8 +449,11 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
     async () => {
       const out = await caseDir();
       await mkdir(`${out}/pool`);
-      expectRefused(mkimage(["-i", `${out}/pool`, "-o", `${out}/x.img`]), /input .*pool is a directory/);
-      expectRefused(mkimage(["-i", "/dev/null", "-o", `${out}/x.img`]), /input \/dev\/null is not a regular file/);
+      expectRefused(await mkimage(["-i", `${out}/pool`, "-o", `${out}/x.img`]), /input .*pool is a directory/);
+      expectRefused(
+        await mkimage(["-i", "/dev/null", "-o", `${out}/x.img`]),
+        /input \/dev\/null is not a regular file/,
+      );
       expect(await listing(out)).toEqual(["pool"]);
     },
     SLOW,
@@ -459,7 +466,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
         const out = await caseDir();
         await Bun.write(`${out}/in.raw`, new Uint8Array(size).fill(7));
         expectRefused(
-          mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-z"]),
+          await mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-z"]),
           new RegExp(
             `^mkimage: the sled kernel would refuse this image: image size of ${size} bytes ` +
               "is below the kernel's minimum of 4096$",
@@ -478,7 +485,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       await Bun.write(`${out}/in.raw`, "");
       await truncate(`${out}/in.raw`, 4 * 1024 * MIB + 1);
       expectRefused(
-        mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-s", "8192"]),
+        await mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-s", "8192"]),
         /refuse this image: image size of 4294967297 bytes is above the kernel's maximum of 4294967296 \(4 GiB\)$/,
       );
       expect(await listing(out)).toEqual(["in.raw"]);
@@ -492,7 +499,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       const out = await caseDir();
       await writePool(`${out}/in.raw`, MIB + 1);
       expectRefused(
-        mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-s", "1", "-z"]),
+        await mkimage(["-i", `${out}/in.raw`, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-s", "1", "-z"]),
         /: the sled kernel would refuse this image: target size of 1048576 bytes is less than image size of 1048577$/,
       );
       expect(await listing(out)).toEqual(["in.raw"]);
@@ -512,7 +519,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
         ["-o", `${out}/keep.img`, "-O", `${out}/x.csum`, "--level", "1"],
       ]) {
         expectRefused(
-          mkimage(["-i", raw, ...args, "-z", "-s", "64"]),
+          await mkimage(["-i", raw, ...args, "-z", "-s", "64"]),
           new RegExp(
             `^mkimage: cannot write a compressed image that lookimage refuses ` +
               `\\(image size ${MIB} < data size \\d+\\): ` +
@@ -523,9 +530,9 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
         expect(await Bun.file(`${out}/keep.img`).text()).toBe("an earlier image");
       }
       // The plain image the message points to is written, and lookimage accepts it.
-      const plain = mkimage(["-i", raw, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-s", "64"]);
+      const plain = await mkimage(["-i", raw, "-o", `${out}/x.img`, "-O", `${out}/x.csum`, "-s", "64"]);
       expect(plain.exitCode).toBe(0);
-      const look = Bun.spawnSync(["bun", join(ROOT, "apps", "lookimage.ts"), `${out}/x.img`]);
+      const look = await runProgram("lookimage", [`${out}/x.img`]);
       expect(look.exitCode).toBe(0);
     },
     SLOW,
@@ -537,15 +544,18 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       const out = await caseDir();
       const raw = `${VECTORS}/pool-1m.raw`;
       expectRefused(
-        mkimage(["-i", raw, "-o", `${out}/x.img`, "-N", "n".repeat(128)]),
+        await mkimage(["-i", raw, "-o", `${out}/x.img`, "-N", "n".repeat(128)]),
         /image name is 128 bytes long; at most 127/,
       );
       expectRefused(
-        mkimage(["-i", raw, "-o", `${out}/x.img`, "--dataset", "d".repeat(128)]),
+        await mkimage(["-i", raw, "-o", `${out}/x.img`, "--dataset", "d".repeat(128)]),
         /dataset name is 128 bytes long; at most 127/,
       );
       // Bytes, not characters: 64 two-byte characters do not fit either.
-      expectRefused(mkimage(["-i", raw, "-o", `${out}/x.img`, "-N", "é".repeat(64)]), /image name is 128 bytes long/);
+      expectRefused(
+        await mkimage(["-i", raw, "-o", `${out}/x.img`, "-N", "é".repeat(64)]),
+        /image name is 128 bytes long/,
+      );
       expect(await listing(out)).toEqual([]);
     },
     SLOW,
@@ -567,7 +577,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
         [["-o", `${out}/x.img`, "-O", raw], /checksum file .*in\.raw is the input file/],
         [["-o", `${out}/x.img`, "-O", `${out}/x.img`], /checksum file .*x\.img is the same file as output/],
       ];
-      for (const [args, message] of refusals) expectRefused(mkimage(["-i", raw, ...args, "-z"]), message);
+      for (const [args, message] of refusals) expectRefused(await mkimage(["-i", raw, ...args, "-z"]), message);
       expect(await listing(out)).toEqual(["in.raw", "via-hardlink", "via-symlink"]);
       expect(await sameBytes(raw, `${VECTORS}/pool-1m.raw`)).toBe(true);
     },
@@ -579,9 +589,12 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
     async () => {
       const out = await caseDir();
       await mkdir(`${out}/image`);
-      expectRefused(mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/image`]), /output .*image is a directory/);
       expectRefused(
-        mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/missing/x.img`]),
+        await mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/image`]),
+        /output .*image is a directory/,
+      );
+      expectRefused(
+        await mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/missing/x.img`]),
         /cannot write output .*missing.*no such file or directory/,
       );
       expect(await listing(out)).toEqual(["image"]);
@@ -699,7 +712,7 @@ describe("command line", () => {
         [["-i", raw, "-o", `${out}/x.img`, "-N"], /-N needs a value/],
       ];
       for (const [args, message] of usage) {
-        const run = mkimage(args);
+        const run = await mkimage(args);
         expect(run.exitCode).toBe(2);
         expect(run.stdout).toBe("");
         expect(run.stderr.trimEnd().split("\n")).toHaveLength(1);
@@ -715,7 +728,7 @@ describe("command line", () => {
     async () => {
       const out = await caseDir();
       for (const size of ["+8", "008", "+08"]) {
-        const run = mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/x.img`, "-s", size]);
+        const run = await mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/x.img`, "-s", size]);
         expect(run.exitCode).toBe(0);
         const target = new DataView((await Bun.file(`${out}/x.img`).slice(32, 40).arrayBuffer()) as ArrayBuffer);
         expect(target.getBigUint64(0, true)).toBe(8n * BigInt(MIB));
@@ -728,7 +741,7 @@ describe("command line", () => {
     "-s 8589934591, the largest, is written exactly: (2^33 - 1) MiB, below 2^53 bytes",
     async () => {
       const out = await caseDir();
-      const run = mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/x.img`, "-s", "8589934591"]);
+      const run = await mkimage(["-i", `${VECTORS}/pool-1m.raw`, "-o", `${out}/x.img`, "-s", "8589934591"]);
       expect(run.exitCode).toBe(0);
       const target = new DataView((await Bun.file(`${out}/x.img`).slice(32, 40).arrayBuffer()) as ArrayBuffer);
       expect(target.getBigUint64(0, true)).toBe((2n ** 33n - 1n) * BigInt(MIB));
@@ -739,7 +752,7 @@ describe("command line", () => {
   test(
     "--help shows the options and examples; --version the package version",
     async () => {
-      const help = mkimage(["--help"]);
+      const help = await mkimage(["--help"]);
       expect(help.exitCode).toBe(0);
       for (const flag of [
         "--input",
@@ -756,7 +769,7 @@ describe("command line", () => {
         expect(help.stdout).toContain(flag);
       }
       expect(help.stdout).toContain("Examples:");
-      const version = mkimage(["--version"]);
+      const version = await mkimage(["--version"]);
       expect(version.exitCode).toBe(0);
       expect(version.stdout.trim()).toBe((await Bun.file(join(ROOT, "package.json")).json()).version);
     },

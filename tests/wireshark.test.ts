@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BROADCAST_MAC, datasetField, encodeFrame, type Message, READ_SLOTS } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapFileError, PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
+import { commandOutput, python } from "./helpers/common.ts";
 
 const DISSECTOR = join(import.meta.dir, "..", "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");
@@ -33,14 +34,6 @@ beforeAll(() => {
 afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
-
-function run(command: string[]): { stdout: string; stderr: string } {
-  const result = Bun.spawnSync(command, { stdout: "pipe", stderr: "pipe" });
-  const stdout = result.stdout.toString();
-  const stderr = result.stderr.toString();
-  if (result.exitCode !== 0) throw new Error(`${command.join(" ")} exited ${result.exitCode}: ${stderr}`);
-  return { stdout, stderr };
-}
 
 function setLen(frame: Uint8Array, len: number): Uint8Array {
   new DataView(frame.buffer, frame.byteOffset).setUint32(22, len);
@@ -73,7 +66,7 @@ while at < len(data):
     at += 16 + kept
 print(json.dumps({"header": header, "records": records}))
 `;
-  return JSON.parse(run([PYTHON!, "-c", script, path]).stdout);
+  return JSON.parse(python(script, path));
 }
 
 describe("PcapFileWriter", () => {
@@ -392,14 +385,14 @@ describe.skipIf(!TSHARK)(
     let rows: Record<string, string>[];
     let trees: string[];
 
-    function tshark(...args: string[]): string {
-      const { stdout } = run([TSHARK!, "-r", path, "-X", `lua_script:${DISSECTOR}`, ...args]);
+    async function tshark(...args: string[]): Promise<string> {
+      const stdout = await commandOutput([TSHARK!, "-r", path, "-X", `lua_script:${DISSECTOR}`, ...args]);
       // A Lua runtime error does not fail tshark; it shows in the output.
       expect(stdout).not.toContain("Lua Error");
       return stdout;
     }
 
-    beforeAll(() => {
+    beforeAll(async () => {
       path = join(dir, "every-frame.pcap");
       const capture = PcapFileWriter.open(path);
       cases.forEach((c, i) => capture.write(c.frame, Number(FIRST_MICROSECOND + BigInt(i) * STEP_MICROSECONDS) / 1000));
@@ -407,7 +400,7 @@ describe.skipIf(!TSHARK)(
 
       const names = Object.keys(FIELDS);
       const fieldArgs = names.flatMap((name) => ["-e", FIELDS[name]!]);
-      const out = tshark(
+      const out = await tshark(
         "-T",
         "fields",
         "-E",
@@ -422,9 +415,7 @@ describe.skipIf(!TSHARK)(
         .trimEnd()
         .split("\n")
         .map((line) => Object.fromEntries(line.split("\t").map((value, i) => [names[i]!, value])));
-      trees = tshark("-V", "-O", "oxide_netboot")
-        .split(/^Frame \d+: /m)
-        .slice(1);
+      trees = (await tshark("-V", "-O", "oxide_netboot")).split(/^Frame \d+: /m).slice(1);
     });
 
     test("tshark reads the capture frame for frame, with its timestamps", () => {
@@ -438,8 +429,8 @@ describe.skipIf(!TSHARK)(
       });
     });
 
-    test.skipIf(!CAPINFOS)("capinfos sees a classic pcap of Ethernet frames", () => {
-      const { stdout } = run([CAPINFOS!, "-M", "-t", "-E", "-l", "-c", path]);
+    test.skipIf(!CAPINFOS)("capinfos sees a classic pcap of Ethernet frames", async () => {
+      const stdout = await commandOutput([CAPINFOS!, "-M", "-t", "-E", "-l", "-c", path]);
       expect(stdout).toMatch(/^File type:\s+pcap$/m);
       expect(stdout).toMatch(/^File encapsulation:\s+ether$/m);
       expect(stdout).toMatch(/^Packet size limit:\s+file hdr: 65535 bytes$/m);
@@ -459,14 +450,15 @@ describe.skipIf(!TSHARK)(
       });
     });
 
-    test("display filters select frames by decoded field", () => {
-      const numbers = (filter: string) => tshark("-Y", filter, "-T", "fields", "-e", "frame.number").trim().split("\n");
+    test("display filters select frames by decoded field", async () => {
+      const numbers = async (filter: string) =>
+        (await tshark("-Y", filter, "-T", "fields", "-e", "frame.number")).trim().split("\n");
       const position = (name: string) => String(cases.findIndex((c) => c.name === name) + 1);
-      expect(numbers("oxide_netboot.read.offset == 92160 && oxide_netboot.read.count < 128")).toEqual([
+      expect(await numbers("oxide_netboot.read.offset == 92160 && oxide_netboot.read.count < 128")).toEqual([
         position("READ, scattered re-request"),
       ]);
-      expect(numbers("oxide_netboot.data.end_of_image")).toEqual([position("DATA, end of image")]);
-      expect(numbers('_ws.expert.group == "Malformed" && oxide_netboot')).toEqual(
+      expect(await numbers("oxide_netboot.data.end_of_image")).toEqual([position("DATA, end of image")]);
+      expect(await numbers('_ws.expert.group == "Malformed" && oxide_netboot')).toEqual(
         [
           "wrong magic",
           "OFFER of len 100",

@@ -13,6 +13,13 @@
  */
 
 import { copyBytes } from "@ramdisk-tools/bytes/copy.ts";
+import { MIB } from "@ramdisk-tools/cli/units.ts";
+// The header carries the SHA-256 that the bootserver offers a sled in its OFFER
+// frame, so the digest has one size, defined with the frames on the floor below.
+import { SHA256_SIZE } from "@ramdisk-tools/protocol/frames.ts";
+
+/** Image sizes are given in MiB (`mkimage -s`); importers of the format take the unit from here. */
+export { MIB };
 
 export const MAGIC = 0x1deb0075;
 export const VERSION = 2;
@@ -63,23 +70,18 @@ export const OFFSET_TARGET_SIZE = 32;
 export const OFFSET_SHA256 = 40;
 export const OFFSET_DATASET = 72;
 export const OFFSET_IMAGE_NAME = 200;
-export const OFFSET_PADDING = 328;
 
-export const SHA256_SIZE = 32;
 /** Both name fields are 128 bytes; the last byte is always NUL, so 127 are usable. */
 export const NAME_FIELD_SIZE = 128;
 export const NAME_MAX_BYTES = NAME_FIELD_SIZE - 1;
 
 export const DEFAULT_DATASET = "rpool/ROOT/ramdisk";
-export const MIB = 1024 * 1024;
 /** `mkimage -s` defaults to 4096 MiB, as the existing tool does. */
 export const DEFAULT_TARGET_SIZE = 4096 * MIB;
 
 /** The sled kernel refuses an image_size outside [4096, 4 GiB]. */
 export const KERNEL_MIN_IMAGE_SIZE = 4096;
 export const KERNEL_MAX_IMAGE_SIZE = 4 * 1024 * MIB;
-/** The kernel rounds target_size up to a whole page for the ramdisk. */
-export const KERNEL_PAGE_SIZE = 4096;
 
 /** A netbooting sled ignores offers whose ramdisk or image size is below 1 MiB. */
 export const NETBOOT_MIN_SIZE = MIB;

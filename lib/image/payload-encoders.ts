@@ -16,7 +16,7 @@
 import { runInOrder, WorkerPool } from "@ramdisk-tools/threads/pool.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { BlockBuffers } from "./block-buffers.ts";
-import { FLAG_COMPRESSED, VERSION } from "./format.ts";
+import { FLAG_COMPRESSED, FLAG_ZSTD, VERSION, ZSTD_VERSION } from "./format.ts";
 import {
   ADLER32_EMPTY,
   adler32Combine,
@@ -28,8 +28,7 @@ import {
   zlibTrailer,
 } from "./zlib-stream.ts";
 import type { CompressedBlock, ZstdBlockJob } from "./zstd-frames.ts";
-import { FLAG_ZSTD, ZSTD_BLOCK_SIZE, ZSTD_VERSION } from "./zstd-image.ts";
-import { encodeSeekTable, frameCapacity, type SeekTableEntry } from "./zstd-seekable.ts";
+import { encodeSeekTable, frameCapacity, type SeekTableEntry, ZSTD_BLOCK_SIZE } from "./zstd-seekable.ts";
 
 /** How the payload after the header is encoded. */
 export type Compression =
@@ -44,7 +43,7 @@ export type Compression =
     }
   | {
       codec: "zstd";
-      /** zstd level, MIN_LEVEL to MAX_LEVEL (lib/image/zstd-seekable.ts); ZSTD_DEFAULT_LEVEL is mkimage's default. */
+      /** zstd level, ZSTD_MIN_LEVEL to ZSTD_MAX_LEVEL (lib/image/zstd-seekable.ts); ZSTD_DEFAULT_LEVEL is mkimage's default. */
       level: number;
       /** Compressing worker threads. */
       jobs: number;

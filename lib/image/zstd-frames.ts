@@ -14,10 +14,10 @@ import {
   blockChecksum,
   frameCapacity,
   hex32,
-  MAX_LEVEL,
-  MIN_LEVEL,
   type SeekTableEntry,
   ZSTD_FRAME_MAGIC,
+  ZSTD_MAX_LEVEL,
+  ZSTD_MIN_LEVEL,
 } from "./zstd-seekable.ts";
 
 /**
@@ -34,8 +34,8 @@ import {
  * @example const frame = compressBlock(raw, 3);
  */
 export function compressBlock(raw: Uint8Array, level: number, out?: Uint8Array): Uint8Array {
-  if (!Number.isInteger(level) || level < MIN_LEVEL || level > MAX_LEVEL) {
-    throw new RangeError(`zstd level ${level} is not a whole number from ${MIN_LEVEL} to ${MAX_LEVEL}`);
+  if (!Number.isInteger(level) || level < ZSTD_MIN_LEVEL || level > ZSTD_MAX_LEVEL) {
+    throw new RangeError(`zstd level ${level} is not a whole number from ${ZSTD_MIN_LEVEL} to ${ZSTD_MAX_LEVEL}`);
   }
   const capacity = frameCapacity(raw.length);
   if (out && out.length < capacity)

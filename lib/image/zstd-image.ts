@@ -11,8 +11,10 @@
  * can never collide. The flag bit ZSTD names the codec, as COMPRESSED names
  * zlib, so lookimage can print it.
  *
- * Reading the seek table and single blocks from an image file lives here, at
- * the edge; the format itself is pure in lib/image/zstd-seekable.ts.
+ * The version and the flag are header fields, so they live with the header
+ * in lib/image/format.ts. Reading the seek table and single blocks from an
+ * image file lives here, at the edge; the payload's layout, block sizes and
+ * levels are pure in lib/image/zstd-seekable.ts.
  */
 
 import type { BunFile } from "bun";
@@ -23,41 +25,14 @@ import {
   flagNames,
   HEADER_SIZE,
   ImageFormatError,
-  MIB,
   VERSION,
   ZSTD_VERSION,
 } from "./format.ts";
 import type { SeekTable } from "./zstd-seekable.ts";
 import { decodeSeekTable, SEEK_TABLE_FOOTER_SIZE, seekTableSize } from "./zstd-seekable.ts";
 
-export { FLAG_ZSTD, flagNames, ZSTD_VERSION } from "./format.ts";
 /** The versions lookimage and the bootserver read; pass to decodeHeader's `versions`. */
 export const IMAGE_VERSIONS: readonly number[] = [VERSION, ZSTD_VERSION];
-
-/**
- * Raw bytes per frame. A multiple of the sled's 128 KiB batch, so a batch of
- * READs never straddles two blocks. Every frame starts with no history, so
- * smaller frames give a larger payload: on a tar of /usr/bin and
- * /usr/lib/x86_64-linux-gnu (256 MiB, level 3) 1 MiB frames came out 1.7%
- * larger than `zstd -3` compressing the whole file as one stream, 2 MiB
- * frames 0.4% larger, 4 MiB frames 0.5% smaller; on the generated sample all
- * three are smaller than the CLI's. mkimage's time was the same for the three
- * (bench/mkimage.ts, ten alternating runs each). What larger blocks cost is
- * at the bootserver: a sled's first DATA waits for 4 MiB to be decompressed
- * (about 3 ms), and its cache holds fewer blocks for its budget
- * (lib/netboot/block-cache.ts, DEFAULT_CACHE_BYTES).
- */
-export const ZSTD_BLOCK_SIZE = 4 * MIB;
-/**
- * mkimage's default level, chosen by measurement (bench/mkimage.ts, 256 MiB
- * in 1 MiB frames): level 3, zstd's own default. Level 2 was 20-25% cheaper
- * but 4.4% larger than zlib level 9 on a tar of /usr/bin and
- * /usr/lib/x86_64-linux-gnu; level 3 is 0.8% smaller there, at 8-26% more
- * CPU, still many times faster than zlib level 9. On the generated sample
- * (whose binaries are short repeats, which zlib's lazy matching finds and
- * zstd's fast levels skip) no level below 7 matches zlib's size.
- */
-export const ZSTD_DEFAULT_LEVEL = 3;
 
 /** What mkimage and lookimage tell a person about a zstd image. */
 export const ZSTD_BOOT_NOTE =

@@ -25,7 +25,8 @@
  *
  * Reference: zstd's contrib/seekable_format/zstd_seekable_compression_format.md.
  * This module is the layout, pure arithmetic on bytes: the seek table, the
- * blocks it describes, the bounds a frame keeps to. Compressing and
+ * blocks it describes, the bounds a frame keeps to, and the block size and
+ * level mkimage picks within them. Compressing and
  * decompressing the frames is lib/image/zstd-frames.ts's, kept apart because
  * it loads node:zlib (about 10 ms at start-up), which the threads that only
  * read or write the table (mkimage's and lookimage's main threads) need not;
@@ -60,10 +61,34 @@ export const MAX_FRAMES = 0x8000000;
  * (the bootserver caches several for its sleds), so a table asking for more
  * is refused rather than trusted; mkimage writes blocks far smaller.
  */
-export const MAX_BLOCK_SIZE = 64 * MIB;
+export const ZSTD_MAX_BLOCK_SIZE = 64 * MIB;
+/**
+ * Raw bytes per frame. A multiple of the sled's 128 KiB batch, so a batch of
+ * READs never straddles two blocks. Every frame starts with no history, so
+ * smaller frames give a larger payload: on a tar of /usr/bin and
+ * /usr/lib/x86_64-linux-gnu (256 MiB, level 3) 1 MiB frames came out 1.7%
+ * larger than `zstd -3` compressing the whole file as one stream, 2 MiB
+ * frames 0.4% larger, 4 MiB frames 0.5% smaller; on the generated sample all
+ * three are smaller than the CLI's. mkimage's time was the same for the three
+ * (bench/mkimage.ts, ten alternating runs each). What larger blocks cost is
+ * at the bootserver: a sled's first DATA waits for 4 MiB to be decompressed
+ * (about 3 ms), and its cache holds fewer blocks for its budget
+ * (lib/netboot/block-cache.ts, DEFAULT_CACHE_BYTES).
+ */
+export const ZSTD_BLOCK_SIZE = 4 * MIB;
+/**
+ * mkimage's default level, chosen by measurement (bench/mkimage.ts, 256 MiB
+ * in 1 MiB frames): level 3, zstd's own default. Level 2 was 20-25% cheaper
+ * but 4.4% larger than zlib level 9 on a tar of /usr/bin and
+ * /usr/lib/x86_64-linux-gnu; level 3 is 0.8% smaller there, at 8-26% more
+ * CPU, still many times faster than zlib level 9. On the generated sample
+ * (whose binaries are short repeats, which zlib's lazy matching finds and
+ * zstd's fast levels skip) no level below 7 matches zlib's size.
+ */
+export const ZSTD_DEFAULT_LEVEL = 3;
 /** The compression levels zstd has. */
-export const MIN_LEVEL = 1;
-export const MAX_LEVEL = 22;
+export const ZSTD_MIN_LEVEL = 1;
+export const ZSTD_MAX_LEVEL = 22;
 
 /** One seek table entry: the sizes and checksum of one frame. */
 export interface SeekTableEntry {
@@ -115,7 +140,7 @@ function checkU32(what: string, value: number): void {
  * Encode the seek table's skippable frame for these frames, in order, with
  * checksums. Append it to the frames to finish a seekable payload. Refuses
  * what decodeSeekTable would: a size beyond a u32, an empty frame or block,
- * a block above MAX_BLOCK_SIZE.
+ * a block above ZSTD_MAX_BLOCK_SIZE.
  *
  * @example
  * const table = encodeSeekTable([{ compressedSize: frame.length, decompressedSize: raw.length,
@@ -134,9 +159,9 @@ export function encodeSeekTable(entries: readonly SeekTableEntry[]): Uint8Array 
     checkU32(`frame ${index}'s compressed size`, entry.compressedSize);
     checkU32(`frame ${index}'s decompressed size`, entry.decompressedSize);
     checkU32(`frame ${index}'s checksum`, entry.checksum);
-    if (entry.compressedSize === 0 || entry.decompressedSize === 0 || entry.decompressedSize > MAX_BLOCK_SIZE) {
+    if (entry.compressedSize === 0 || entry.decompressedSize === 0 || entry.decompressedSize > ZSTD_MAX_BLOCK_SIZE) {
       throw new ImageFormatError(
-        `frame ${index} of ${entry.compressedSize} bytes for a block of ${entry.decompressedSize}: blocks hold 1 to ${MAX_BLOCK_SIZE} bytes`,
+        `frame ${index} of ${entry.compressedSize} bytes for a block of ${entry.decompressedSize}: blocks hold 1 to ${ZSTD_MAX_BLOCK_SIZE} bytes`,
       );
     }
     const at = SKIPPABLE_HEADER_SIZE + index * SEEK_TABLE_ENTRY_SIZE;
@@ -258,9 +283,9 @@ export function decodeSeekTable(payloadTail: Uint8Array, expect: SeekTableExpect
         `seek table entry ${index} has ${compressedSize} compressed and ${decompressedSize} decompressed bytes; no frame is empty`,
       );
     }
-    if (decompressedSize > MAX_BLOCK_SIZE) {
+    if (decompressedSize > ZSTD_MAX_BLOCK_SIZE) {
       throw new ImageFormatError(
-        `seek table entry ${index} promises a block of ${decompressedSize} bytes, above the ${MAX_BLOCK_SIZE}-byte limit`,
+        `seek table entry ${index} promises a block of ${decompressedSize} bytes, above the ${ZSTD_MAX_BLOCK_SIZE}-byte limit`,
       );
     }
     blocks.push({ index, compressedSize, decompressedSize, checksum, compressedOffset, decompressedOffset });

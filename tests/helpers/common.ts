@@ -75,11 +75,29 @@ export const VALID_ARGUMENTS: Record<string, string[]> = {
   bootserver: ["eth1", "pool.img", "any"],
 };
 
+/** How a command ended: its exit status and everything it printed, standard output as bytes. */
+export interface CommandRun {
+  exitCode: number;
+  stdout: Buffer;
+  stderr: string;
+}
+
 /** How one of our programs ended: its exit status and everything it printed. */
 export interface ProgramRun {
   exitCode: number;
   stdout: string;
   stderr: string;
+}
+
+/** Where and how a command runs. */
+export interface RunOptions {
+  cwd?: string;
+  /** Replaces the environment when given. */
+  env?: Record<string, string | undefined>;
+  /** Bytes on its standard input; none (end of file at once) when absent. */
+  stdin?: Uint8Array;
+  /** Run as this user and group id (through setpriv), with no supplementary groups. */
+  user?: number;
 }
 
 /**
@@ -90,34 +108,76 @@ export interface ProgramRun {
 const EXEC_BYTES = "import os, sys; words = [bytes.fromhex(word) for word in sys.argv[1:]]; os.execvp(words[0], words)";
 
 /**
- * Run `bun apps/NAME.ts ARGS...` to its end as a real process and collect its
- * exit status and output. `env` replaces the environment when given. An
- * argument given as bytes reaches the program as exactly those bytes, UTF-8
- * or not.
+ * Run any command to its end as a real process and collect its exit status
+ * and output, standard output as bytes: the one way the tests start a process
+ * that runs to its end (runCommand, runProgram and commandOutput shape what it
+ * gives). A word given as bytes reaches the program as exactly those bytes,
+ * UTF-8 or not.
  *
- * @example const { exitCode, stderr } = await runProgram("lookimage", ["pool.img"], { cwd: dir });
+ * @example const { exitCode, stdout } = await runCommandBytes(["zstd", "-d", "-q", "-c"], { stdin: payload });
  */
-export async function runProgram(
-  name: string,
-  args: (string | Uint8Array)[],
-  options: { cwd?: string; env?: Record<string, string | undefined> } = {},
-): Promise<ProgramRun> {
-  const words = ["bun", join(ROOT, "apps", `${name}.ts`), ...args];
-  const command = words.every((word) => typeof word === "string")
-    ? words
-    : [python3(), "-c", EXEC_BYTES, ...words.map((word) => Buffer.from(word).toString("hex"))];
+export async function runCommandBytes(words: (string | Uint8Array)[], options: RunOptions = {}): Promise<CommandRun> {
+  const asUser =
+    options.user === undefined
+      ? []
+      : ["setpriv", `--reuid=${options.user}`, `--regid=${options.user}`, "--clear-groups"];
+  const command = [...asUser, ...words].every((word) => typeof word === "string")
+    ? ([...asUser, ...words] as string[])
+    : [...asUser, python3(), "-c", EXEC_BYTES, ...words.map((word) => Buffer.from(word).toString("hex"))];
   const child = Bun.spawn(command, {
     cwd: options.cwd,
     env: programEnv(options.cwd, options.env),
+    stdin: options.stdin ?? "ignore",
     stdout: "pipe",
     stderr: "pipe",
   });
   const [stdout, stderr, exitCode] = await Promise.all([
-    new Response(child.stdout).text(),
+    new Response(child.stdout).arrayBuffer(),
     new Response(child.stderr).text(),
     child.exited,
   ]);
-  return { exitCode, stdout, stderr };
+  return { exitCode, stdout: Buffer.from(stdout), stderr };
+}
+
+/**
+ * Run any command to its end (runCommandBytes), its standard output as text.
+ *
+ * @example const { exitCode, stdout } = await runCommand([join(bin, "mkimage"), "--version"], { env });
+ */
+export async function runCommand(words: (string | Uint8Array)[], options: RunOptions = {}): Promise<ProgramRun> {
+  const run = await runCommandBytes(words, options);
+  return { exitCode: run.exitCode, stdout: new TextDecoder().decode(run.stdout), stderr: run.stderr };
+}
+
+/**
+ * Run `bun apps/NAME.ts ARGS...` to its end as a real process, the way the
+ * build and users run it, and collect its exit status and output.
+ *
+ * @example const { exitCode, stderr } = await runProgram("lookimage", ["pool.img"], { cwd: dir });
+ */
+export function runProgram(name: string, args: (string | Uint8Array)[], options: RunOptions = {}): Promise<ProgramRun> {
+  return runCommand(["bun", join(ROOT, "apps", `${name}.ts`), ...args], options);
+}
+
+/**
+ * Run a command that must succeed: its standard output as text, or a thrown
+ * error with its exit status and stderr.
+ *
+ * @example const digest = (await commandOutput(["sha256sum", path])).split(" ")[0];
+ */
+export async function commandOutput(words: string[], options: RunOptions = {}): Promise<string> {
+  const run = await runCommand(words, options);
+  if (run.exitCode !== 0) throw new Error(`${words.join(" ")} exited ${run.exitCode}: ${run.stderr}`);
+  return run.stdout;
+}
+
+/**
+ * SHA-256 of a file by `sha256sum`, an implementation that is not ours, in hex.
+ *
+ * @example expect(await sha256sum(rawPath)).toBe(toHex(header.sha256));
+ */
+export async function sha256sum(path: string): Promise<string> {
+  return (await commandOutput(["sha256sum", path])).split(" ")[0]!;
 }
 
 /**

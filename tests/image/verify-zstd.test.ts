@@ -13,10 +13,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { resolveTarget } from "@ramdisk-tools/cli/pending-file.ts";
-import { encodeHeader, type Header, MIB, toHex } from "@ramdisk-tools/image/format.ts";
+import { encodeHeader, FLAG_ZSTD, type Header, MIB, toHex, ZSTD_VERSION } from "@ramdisk-tools/image/format.ts";
 import { extractPayload, verifyPayload } from "@ramdisk-tools/image/verify.ts";
-import { FLAG_ZSTD, ZSTD_VERSION } from "@ramdisk-tools/image/zstd-image.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
+import { runCommand, sha256sum } from "../helpers/common.ts";
 import { seekablePayload } from "../helpers/zstd.ts";
 
 setDefaultTimeout(60_000);
@@ -51,8 +51,7 @@ beforeAll(async () => {
   raw = new Uint8Array(Buffer.concat([...samplePoolChunks(RAW_SIZE, 17)]));
   rawPath = join(scratch, "pool.raw");
   await Bun.write(rawPath, raw);
-  const sum = Bun.spawnSync(["sha256sum", rawPath]);
-  expectedSha256 = sum.stdout.toString().split(" ")[0]!;
+  expectedSha256 = await sha256sum(rawPath);
   parts = seekablePayload(raw, BLOCK, 1);
   header = {
     version: ZSTD_VERSION,
@@ -113,7 +112,7 @@ describe("zstd verification threads", () => {
       const output = join(scratch, `extracted-${zstdThreads}.raw`);
       const verdict = await extractPayload(path, header, await resolveTarget("raw output", output), { zstdThreads });
       expect(verdict.error).toBeNull();
-      expect(Bun.spawnSync(["cmp", rawPath, output]).exitCode).toBe(0);
+      expect((await runCommand(["cmp", rawPath, output])).exitCode).toBe(0);
     }
   });
 });

@@ -21,7 +21,7 @@ import {
   zlibTrailer,
 } from "@ramdisk-tools/image/zlib-stream.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
-import { python } from "../helpers/common.ts";
+import { python, runCommandBytes } from "../helpers/common.ts";
 
 let dir: string;
 beforeAll(async () => {
@@ -227,7 +227,7 @@ describe("the stream made of blocks", () => {
       inputPath,
     );
     expect(verdict.trim()).toBe("True 0 True");
-    const pigz = Bun.spawnSync(["pigz", "-dz"], { stdin: Bun.file(streamPath) });
+    const pigz = await runCommandBytes(["pigz", "-dz"], { stdin: await Bun.file(streamPath).bytes() });
     expect(pigz.exitCode).toBe(0);
     expect(pigz.stdout.equals(Buffer.from(input))).toBe(true);
   }

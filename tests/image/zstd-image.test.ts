@@ -9,22 +9,22 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { decodeHeader, HEADER_SIZE, type Header, ImageFormatError, VERSION } from "@ramdisk-tools/image/format.ts";
+import {
+  decodeHeader,
+  flagNames,
+  HEADER_SIZE,
+  type Header,
+  ImageFormatError,
+  VERSION,
+  ZSTD_VERSION,
+} from "@ramdisk-tools/image/format.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { decompressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
-import {
-  flagNames,
-  IMAGE_VERSIONS,
-  payloadCodec,
-  readSeekTable,
-  ZSTD_BLOCK_SIZE,
-  ZSTD_DEFAULT_LEVEL,
-  ZSTD_VERSION,
-} from "@ramdisk-tools/image/zstd-image.ts";
-import type { Block } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
+import { type Block, ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { BunFile } from "bun";
-import { VECTORS } from "../helpers/common.ts";
+import { python, runCommandBytes, sha256sum, VECTORS } from "../helpers/common.ts";
 
 /** One block of an image file, as a reader with the seek table takes it: its frame alone, decompressed and checked. */
 async function readBlock(file: BunFile, block: Block): Promise<Uint8Array> {
@@ -56,11 +56,6 @@ async function writeZstdImage(path: string, raw: Uint8Array): Promise<Header> {
   });
 }
 
-function run(command: string[]): { exitCode: number; stdout: Buffer } {
-  const result = Bun.spawnSync(command, { stdout: "pipe", stderr: "pipe" });
-  return { exitCode: result.exitCode, stdout: result.stdout };
-}
-
 describe("a zstd image file", () => {
   const raw = new Uint8Array(Buffer.concat([...samplePoolChunks(2 * ZSTD_BLOCK_SIZE + 384 * 1024, 11)]));
   let path: string;
@@ -71,13 +66,11 @@ describe("a zstd image file", () => {
   }, SLOW);
 
   test("its header has version 0x80000002 and flags 0x2, read by python3", () => {
-    const fields = run([
-      "python3",
-      "-c",
+    const fields = python(
       "import struct, sys; print(*struct.unpack_from('<IIQQQ', open(sys.argv[1], 'rb').read(40)))",
       path,
-    ]);
-    expect(fields.stdout.toString().trim()).toBe(`${0x1deb0075} ${0x80000002} 2 ${header.dataSize} ${raw.length}`);
+    );
+    expect(fields.trim()).toBe(`${0x1deb0075} ${0x80000002} 2 ${header.dataSize} ${raw.length}`);
   });
 
   test("a strict version 2 reader refuses the header, as the sled kernel does", async () => {
@@ -89,12 +82,12 @@ describe("a zstd image file", () => {
   });
 
   test("zstd -d turns its payload into the raw image, whose sha256sum is the header's", async () => {
-    const restored = run(["sh", "-c", `tail -c +${HEADER_SIZE + 1} "$0" | zstd -d -q -c`, path]);
+    const restored = await runCommandBytes(["sh", "-c", `tail -c +${HEADER_SIZE + 1} "$0" | zstd -d -q -c`, path]);
     expect(restored.exitCode).toBe(0);
     expect(Buffer.compare(restored.stdout, raw)).toBe(0);
     const rawPath = join(dir, "restored.raw");
     await Bun.write(rawPath, restored.stdout);
-    const sum = run(["sha256sum", rawPath]).stdout.toString().split(" ")[0];
+    const sum = await sha256sum(rawPath);
     expect(sum).toBe(Buffer.from(header.sha256).toString("hex"));
   });
 

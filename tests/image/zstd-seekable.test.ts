@@ -27,6 +27,7 @@ import {
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { WorkerReply } from "@ramdisk-tools/threads/pool.ts";
+import { pythonWithInput, runCommand, runCommandBytes } from "../helpers/common.ts";
 import { seekablePayload } from "../helpers/zstd.ts";
 
 const KIB = 1024;
@@ -58,11 +59,6 @@ interface Payload {
 function buildPayload(raw: Uint8Array, blockSize = BLOCK, level = 3): Payload {
   const { frames, entries, table } = seekablePayload(raw, blockSize, level);
   return { raw, frames, entries, table, payload: new Uint8Array(Buffer.concat([...frames, table])) };
-}
-
-function zstd(args: string[], input?: Uint8Array): { exitCode: number; stdout: Buffer; stderr: string } {
-  const result = Bun.spawnSync(["zstd", ...args], { stdin: input ?? "ignore", stdout: "pipe", stderr: "pipe" });
-  return { exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr.toString() };
 }
 
 /** Expect `run` to throw an ImageFormatError whose one-line message matches `reason`. */
@@ -99,41 +95,41 @@ describe("a payload of our frames and seek table", () => {
       const built = buildPayload(poolBytes(size), blockSize);
       const path = join(dir, `payload-${size}.zst`);
       await Bun.write(path, built.payload);
-      const restored = zstd(["-d", "-q", "-c", path]);
+      const restored = await runCommandBytes(["zstd", "-d", "-q", "-c", path]);
       expect(restored.stderr).toBe("");
       expect(restored.exitCode).toBe(0);
       expect(Buffer.compare(restored.stdout, built.raw)).toBe(0);
 
-      const listing = zstd(["-l", "-v", path]);
+      const listing = await runCommand(["zstd", "-l", "-v", path]);
       expect(listing.exitCode).toBe(0);
-      expect(listing.stdout.toString()).toContain(`# Zstandard Frames: ${Math.ceil(size / blockSize)}\n`);
-      expect(listing.stdout.toString()).toContain("# Skippable Frames: 1\n");
-      expect(listing.stdout.toString()).toContain(`(${size} B)`); // the decompressed size, from the frame headers
+      expect(listing.stdout).toContain(`# Zstandard Frames: ${Math.ceil(size / blockSize)}\n`);
+      expect(listing.stdout).toContain("# Skippable Frames: 1\n");
+      expect(listing.stdout).toContain(`(${size} B)`); // the decompressed size, from the frame headers
     });
   }
 
-  test("every frame decompresses alone to its block, at the offsets the table gives", () => {
+  test("every frame decompresses alone to its block, at the offsets the table gives", async () => {
     const built = buildPayload(poolBytes(3 * BLOCK + 999));
     const table = decodeSeekTable(built.payload, { payloadSize: built.payload.length, imageSize: built.raw.length });
     expect(table.blocks.length).toBe(4);
     for (const block of table.blocks) {
       const frame = built.payload.subarray(block.compressedOffset, block.compressedOffset + block.compressedSize);
-      const alone = zstd(["-d", "-q", "-c"], frame);
+      const alone = await runCommandBytes(["zstd", "-d", "-q", "-c"], { stdin: frame });
       expect(alone.exitCode).toBe(0);
       const expected = built.raw.subarray(block.decompressedOffset, block.decompressedOffset + block.decompressedSize);
       expect(Buffer.compare(alone.stdout, expected)).toBe(0);
     }
   });
 
-  test("the table's checksums are the low 32 bits of XXH64, as zstd --check computes them", () => {
+  test("the table's checksums are the low 32 bits of XXH64, as zstd --check computes them", async () => {
     const built = buildPayload(poolBytes(2 * BLOCK + 5000));
-    built.entries.forEach((entry, index) => {
+    for (const [index, entry] of built.entries.entries()) {
       const block = built.raw.subarray(index * BLOCK, (index + 1) * BLOCK);
       // zstd --check ends its frame with the same value: XXH64's low 32 bits, little-endian.
-      const checked = zstd(["-q", "-c", "--check", "-1"], block);
+      const checked = await runCommandBytes(["zstd", "-q", "-c", "--check", "-1"], { stdin: block });
       expect(checked.exitCode).toBe(0);
       expect(entry.checksum).toBe(checked.stdout.readUInt32LE(checked.stdout.length - 4));
-    });
+    }
   });
 
   test("the seek table's bytes, read by python3's struct module", () => {
@@ -148,9 +144,7 @@ entries = [struct.unpack_from("<III", data, start + 8 + 12 * i) for i in range(c
 print(json.dumps({"magic": magic, "descriptor": descriptor, "skippable": skippable, "frameSize": frame_size,
                   "framesEnd": start, "entries": entries}))
 `;
-    const result = Bun.spawnSync(["python3", "-c", script], { stdin: built.payload, stdout: "pipe", stderr: "pipe" });
-    expect(result.stderr.toString()).toBe("");
-    const parsed = JSON.parse(result.stdout.toString());
+    const parsed = JSON.parse(pythonWithInput(built.payload, script));
     expect(parsed.magic).toBe(0x8f92eab1);
     expect(parsed.descriptor).toBe(0x80);
     expect(parsed.skippable).toBe(0x184d2a5e);
@@ -188,7 +182,7 @@ describe("encodeSeekTable and decodeSeekTable", () => {
     expect(decodeSeekTable(table, { payloadSize: table.length, imageSize: 0 }).blocks).toEqual([]);
     const path = join(dir, "empty.zst");
     await Bun.write(path, table);
-    const restored = zstd(["-d", "-q", "-c", path]);
+    const restored = await runCommandBytes(["zstd", "-d", "-q", "-c", path]);
     expect(restored.exitCode).toBe(0);
     expect(restored.stdout.length).toBe(0);
   });
@@ -367,10 +361,10 @@ describe("decompressBlock", () => {
     expect(Buffer.compare(decompressBlock(frame, block), raw)).toBe(0);
   });
 
-  test("detects a flipped byte by the checksum", () => {
+  test("detects a flipped byte by the checksum", async () => {
     const damaged = Uint8Array.from(frame);
     damaged[damaged.length - 100]! ^= 0x01;
-    expect(zstd(["-d", "-q", "-c"], damaged).exitCode).toBe(0); // zstd alone does not notice
+    expect((await runCommandBytes(["zstd", "-d", "-q", "-c"], { stdin: damaged })).exitCode).toBe(0); // zstd alone does not notice
     expectRefusal(
       () => decompressBlock(damaged, block),
       /^block 5: checksum of the decompressed bytes is 0x[0-9a-f]{8}, the seek table says 0x[0-9a-f]{8}$/,
@@ -451,7 +445,8 @@ describe("workers/zstd-block.ts", () => {
         decompressedSize: raw.length,
         checksum: blockChecksum(raw),
       });
-      expect(Buffer.compare(zstd(["-d", "-q", "-c"], frame).stdout, raw)).toBe(0);
+      const decompressed = await runCommandBytes(["zstd", "-d", "-q", "-c"], { stdin: frame });
+      expect(Buffer.compare(decompressed.stdout, raw)).toBe(0);
       expect(Buffer.compare(shared, raw)).toBe(0); // read only
 
       const refused = await ask(worker, { raw: shared, level: 23 }, []);
