@@ -30,15 +30,17 @@
  * least), after MAX_PROBES, or once MAX_PROBE_COPIES copies say the console
  * is too fast to matter.
  *
- * One probe of one copy goes out with the second batch, against the first
- * batch's round trip alone, so a boot that meets a loss early has a bound
- * after a single batch. (The first round trip of a boot may run long while
- * threads and caches warm up, which makes that first bound low; the later
- * probes, against the median of several, correct it as soon as the sled
- * shows loss.) The rest are sent only once
- * the sled has shown loss or lateness (`lateSeen`), so a clean boot costs
- * its sled one console line. Until the first probe's READ, a late READ
- * draws no copies: the sled re-asks after its second, as it would from a
+ * One probe of one copy goes out with the first batch. With no plain round
+ * trip to compare yet, its whole round trip counts as console time: a
+ * bound, too high if anything (the first round trip of a boot also runs
+ * long while threads and caches warm up), so copies start out paced too
+ * slowly rather than too fast, and a slow console is told at once (47 ms
+ * stands out of any round trip). The rest are sent only once the sled has
+ * shown loss or lateness (`lateSeen`), every other batch, against the
+ * median of the plain round trips between them, and they soon outweigh the
+ * first; a clean boot costs its sled one console line. Until the first
+ * probe's READ, a late READ draws no copies: the sled re-asks after its
+ * second, as it would from a
  * server that never sends copies.
  */
 
@@ -123,9 +125,9 @@ export class ConsoleCost {
    * fits the budget: a bound that noise holds up still lets probes grow.
    */
   probeSize(lateSeen: boolean): number {
-    if (this.#done || this.baselineMs === null) return 0;
+    if (this.#done) return 0;
     if (this.#rates.length === 0) return 1;
-    if (!lateSeen) return 0;
+    if (!lateSeen || this.baselineMs === null) return 0;
     const budget = Math.max(1, Math.floor(PROBE_BUDGET_MS / Math.max(this.upperMs!, 1e-3)));
     const doubled = 2 * this.#rates.at(-1)!.copies;
     const cheap = doubled * this.perLineMs! <= PROBE_BUDGET_MS;
@@ -134,8 +136,9 @@ export class ConsoleCost {
 
   /** The round trip of an answer that carried `copies` probe copies. */
   probe(roundTripMs: number, copies: number): void {
-    const baseline = this.baselineMs;
-    if (baseline === null || copies <= 0) return;
+    if (copies <= 0) return;
+    // Before any plain round trip the whole round trip counts: a bound, too high if anything.
+    const baseline = this.baselineMs ?? 0;
     this.#rates.push({ rate: (roundTripMs - baseline) / copies, copies });
     this.#copies += copies;
     const measured = this.perLineMs!;
