@@ -30,15 +30,16 @@
  * to it. Before any sample the timeout is the cap, so a sled of any pace up
  * to it is measured on its first batch and never sent copies.
  *
- * After a late READ the next answer waits twice as long, and so on while
- * READs keep coming late, up to 2^MAX_DOUBLINGS times (`timeoutAfter`);
- * a READ in time starts again from the estimate. This is TCP's backoff
- * carried over to the next segments, and here it is what teaches the timer a
- * sled that turned slow: copies paced until its READ comes leave no READ
- * that is plainly no copy's answer, but a wait that doubles soon outlasts
- * the sled's pace, and its READ in time is then a sample. On a lossy link
- * it makes a loss that follows a loss wait a few milliseconds longer, where
- * the sled itself would wait a second.
+ * After a late READ whose copies a slow console paces (lib/netboot/session.ts)
+ * the next answer waits twice as long, and so on while READs keep coming
+ * late, up to 2^MAX_DOUBLINGS times (`timeoutAfter`); a READ in time
+ * starts again from the estimate. Copies paced by a slow console run on
+ * until whatever READ comes, so a sled that turned slow leaves no READ that
+ * is plainly no copy's answer; a wait that doubles soon outlasts its pace,
+ * and its READ in time is then a sample. (Copies for a fast console all go
+ * out within a few milliseconds, and a slow sled's READ long after them is
+ * a sample at once, so there is no backoff: on a lossy link it would make
+ * every loss that follows a loss wait longer.)
  */
 /** Margin over the smoothed round trip below which the timeout would fire on ordinary scheduling jitter. */
 export const RESEND_FLOOR_MS = 5;

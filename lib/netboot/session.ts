@@ -498,12 +498,17 @@ export class SledSession {
   #late(): void {
     this.#cancelResend = null;
     this.#wasLate = true;
-    this.#lateRun++;
     this.counters.add("resends");
     const upper = this.#console.upperMs;
     if (upper === null) return this.#choose("learning");
     if (!this.#copiesPay(this.#frames.length)) return this.#choose("off");
     this.#choose("on");
+    // Copies paced by a slow console run on until whatever READ comes, so a
+    // sled that is merely slow leaves no READ that is plainly no copy's
+    // answer: the backoff is what outlasts it (lib/netboot/resend-timer.ts).
+    // Copies of a fast console go out within a few timers, and a slow sled's
+    // READ after them is a sample already.
+    if (this.#copyGap() >= TIMER_MS) this.#lateRun++;
     this.#sendCopies(copyOrder(this.#slots, this.#losses), 0, this.#clock.now());
   }
 
