@@ -54,7 +54,7 @@ import {
 import { type CountersOf, countersOf } from "@ramdisk-tools/threads/shared-counters.ts";
 import { type ZstdImageMemory, ZstdImageReader } from "./block-cache.ts";
 import { sharedNowMs } from "./pacing.ts";
-import { RawImageView } from "./raw-image.ts";
+import { type RawImageHandle, RawImageReadError, RawImageReader } from "./raw-image.ts";
 import { ResendTimeout } from "./resend-timer.ts";
 import type { ServedBytes } from "./served-image.ts";
 
@@ -110,8 +110,14 @@ export interface ImageSource {
   answer(writer: DataFrameWriter, offset: bigint): Uint8Array;
   /** Done with the bytes of the last answer (a shared cache may reuse them). */
   release(): void;
-  /** null when every offset of `read` can be answered now; else resolves when they can (the image is being filled). */
+  /**
+   * Called for every READ before its answers: null when every offset of `read` can be answered now (a file-backed
+   * image has read their bytes); else resolves when the READ should be tried again (the image is being filled, or
+   * its file could not be read).
+   */
   until(read: ReadRequest): Promise<void> | null;
+  /** The session serves something else: let go of what this source holds (a file's descriptor). */
+  close?(): void;
   /**
    * For an image still being filled: resolves when the fill ends, true when it failed its check after serving
    * began (lib/netboot/raw-image.ts); the sled is then RESET.
@@ -119,30 +125,139 @@ export interface ImageSource {
   readonly failed: Promise<boolean> | null;
 }
 
-/** A raw image in memory as an ImageSource, whole or still being filled (lib/netboot/raw-image.ts). */
+/** A raw image whole in memory as an ImageSource (tests serve one). */
 class RawImage implements ImageSource {
-  readonly bytes: Uint8Array;
-  readonly failed: Promise<boolean> | null;
-  readonly #filling: RawImageView | undefined;
-  constructor(image: Uint8Array | RawImageView) {
-    this.bytes = image instanceof Uint8Array ? image : image.bytes;
-    this.#filling = image instanceof Uint8Array ? undefined : image;
-    this.failed = this.#filling?.failed ?? null;
-  }
+  readonly failed = null;
+  constructor(readonly bytes: Uint8Array) {}
   get size(): number {
     return this.bytes.length;
   }
   answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
-    if (this.#filling?.broken) throw new ImageFormatError("the image failed its check after serving began");
     return writer.answer(offset, this.bytes);
   }
   release(): void {}
+  until(): null {
+    return null;
+  }
+}
+
+/** Image bytes one READ's answers are read into: two batches, for a READ that straddles them. */
+const READ_SPAN = 2 * READ_SLOTS * CHUNK_SIZE;
+/** A READ held because the image's file could not be read is tried again after this long. */
+const UNREADABLE_RETRY_MS = 1000;
+const NO_BYTES = new Uint8Array(0);
+
+/**
+ * A raw image read from its file (lib/netboot/raw-image.ts) as an ImageSource,
+ * whole or still being filled. The bytes a READ asks for are read once per
+ * READ, in one pread of the span its offsets cover (a batch: 128 KiB), into a
+ * buffer the session keeps, and each DATA takes its chunk from there.
+ *
+ * The file can change under the server. Replaced by a rename, or removed, it
+ * stays readable here (the session keeps its descriptor) and nothing changes.
+ * Shorter than the image (truncated in place, or being rewritten), its bytes
+ * are gone for good: no answer can be right, so the READ draws the RESET of
+ * an image that failed (answer throws ImageFormatError) and the sled starts
+ * over with the file as it is then. Unreadable (an I/O error): the READ is
+ * held and tried again after UNREADABLE_RETRY_MS, said once through
+ * `onProblem`, as the error may pass and a RESET reboots the sled.
+ */
+class FileImage implements ImageSource {
+  readonly failed: Promise<boolean> | null;
+  readonly size: number;
+  readonly #reader: RawImageReader | null;
+  readonly #onProblem: (message: string) => void;
+  readonly #buffer: Uint8Array;
+  /** Image bytes [#from, #to) are in #buffer from its start. */
+  #from = 0;
+  #to = 0;
+  /** For a READ whose offsets span more than READ_SPAN: where each offset's chunk is in #buffer. */
+  #scattered: Map<number, number> | null = null;
+  /** Why the file cannot serve this boot any more (it was truncated): every answer throws it. */
+  #gone: string | null = null;
+  #saidUnreadable = false;
+
+  constructor(image: RawImageHandle | null, onProblem: (message: string) => void = () => {}) {
+    this.#reader = image ? new RawImageReader(image) : null;
+    this.size = image?.size ?? 0;
+    this.failed = this.#reader?.failed ?? null;
+    this.#onProblem = onProblem;
+    this.#buffer = new Uint8Array(image ? READ_SPAN : 0);
+  }
+  answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
+    if (this.#reader?.broken) throw new ImageFormatError("the image failed its check after serving began");
+    if (this.#gone !== null) throw new ImageFormatError(this.#gone);
+    if (offset >= BigInt(this.size)) return writer.frame(offset, NO_BYTES);
+    const at = Number(offset);
+    const length = Math.min(CHUNK_SIZE, this.size - at);
+    const start = this.#scattered ? this.#scattered.get(at) : at - this.#from;
+    if (start === undefined || start < 0 || at + length > this.#to)
+      throw new Error(`offset ${at} was not read for this READ`);
+    return writer.frame(offset, this.#buffer.subarray(start, start + length));
+  }
+  release(): void {}
+  /** Read the bytes `read` asks for; hold it while they are not filled, or the file cannot be read. */
   until(read: ReadRequest): Promise<void> | null {
-    if (!this.#filling?.filling) return null;
-    // Filled in order from the start, so the furthest offset asked decides (an empty slot's 0 never does).
-    let furthest = 0n;
-    for (const offset of read.slots) if (offset > furthest) furthest = offset;
-    return this.#filling.until(furthest);
+    const reader = this.#reader;
+    if (!reader || this.#gone !== null || reader.broken) return null;
+    const offsets = requestedOffsets(read);
+    if (reader.filling) {
+      // Filled in order from the start, so the furthest offset asked decides (an empty slot's 0 never does).
+      let furthest = 0n;
+      for (const offset of offsets) if (offset > furthest) furthest = offset;
+      const filled = reader.until(furthest);
+      if (filled) return filled;
+    }
+    try {
+      this.#read(reader, offsets);
+      return null;
+    } catch (error) {
+      if (!(error instanceof RawImageReadError)) throw error;
+      if (error.lasting) {
+        this.#gone = `${error.message}; no answer can be right, the sled starts over`;
+        return null;
+      }
+      if (!this.#saidUnreadable) this.#onProblem(`holding the sled's READs: ${error.message}`);
+      this.#saidUnreadable = true;
+      return Bun.sleep(UNREADABLE_RETRY_MS);
+    }
+  }
+  close(): void {
+    this.#reader?.close();
+  }
+
+  /** One pread of the span the offsets cover, or one per offset when they are far apart. */
+  #read(reader: RawImageReader, offsets: readonly bigint[]): void {
+    let low = this.size;
+    let high = 0;
+    for (const offset of offsets) {
+      if (offset >= BigInt(this.size)) continue;
+      const at = Number(offset);
+      if (at < low) low = at;
+      if (at + CHUNK_SIZE > high) high = Math.min(at + CHUNK_SIZE, this.size);
+    }
+    this.#scattered = null;
+    if (high <= low) {
+      this.#from = this.#to = 0;
+      return;
+    }
+    if (high - low <= READ_SPAN) {
+      reader.read(this.#buffer, 0, low, high - low);
+      this.#from = low;
+      this.#to = high;
+      return;
+    }
+    const scattered = new Map<number, number>();
+    for (const offset of offsets) {
+      if (offset >= BigInt(this.size) || scattered.has(Number(offset))) continue;
+      const at = Number(offset);
+      const start = scattered.size * CHUNK_SIZE;
+      reader.read(this.#buffer, start, at, Math.min(CHUNK_SIZE, this.size - at));
+      scattered.set(at, start);
+    }
+    this.#scattered = scattered;
+    this.#from = 0;
+    this.#to = this.size;
   }
 }
 
@@ -184,15 +299,19 @@ class ZstdImage implements ImageSource {
 }
 
 /**
- * The source a session reads an image's shared bytes from: the raw pool
+ * The source a session reads an image's bytes from: the raw pool's file
  * (answered as far as it is filled), or a zstd payload through the shared
- * block cache.
+ * block cache. `onProblem` hears, once, that a raw image's file cannot be
+ * read and its sled's READs are held.
  *
- * @example session.serve(imageSource(message.bytes));
+ * @example session.serve(imageSource(message.bytes, report));
  */
-export function imageSource(bytes: ServedBytes | Uint8Array): ImageSource {
+export function imageSource(
+  bytes: ServedBytes | Uint8Array,
+  onProblem: (message: string) => void = () => {},
+): ImageSource {
   if (bytes instanceof Uint8Array) return new RawImage(bytes);
-  if (bytes.kind === "raw") return new RawImage(new RawImageView(bytes));
+  if (bytes.kind === "raw") return new FileImage(bytes, onProblem);
   return new ZstdImage(bytes);
 }
 
