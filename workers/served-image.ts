@@ -4,10 +4,20 @@
  * lib/netboot/served-image.ts, loadServedImage, starts it and waits for the
  * answer while the image is already being served.
  */
+import { setPriority } from "node:os";
 import { oneLine } from "@ramdisk-tools/cli/errors.ts";
 import { type FillRequest, type FillResult, fillRawImage } from "@ramdisk-tools/netboot/served-image.ts";
 
 declare var self: Worker;
+
+/**
+ * Below the sessions: checking an image must never slow the sleds already
+ * booting from it. On Linux the priority is the calling thread's alone, and
+ * the inflate thread this one starts inherits it; nice 10 leaves this work
+ * about a tenth of a core its sessions want, so it still ends on a busy
+ * machine.
+ */
+setPriority(10);
 
 self.onmessage = async (event: MessageEvent<FillRequest>) => {
   let result: FillResult;

@@ -41,9 +41,20 @@
  * session waiting for bytes still takes its channel's messages.
  */
 
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { dlopen, FFIType, type Pointer } from "bun:ffi";
+import { closeSync, fstatSync, openSync, readSync, readvSync } from "node:fs";
 import { systemReason } from "@ramdisk-tools/cli/errors.ts";
 import { CHUNK_SIZE } from "@ramdisk-tools/protocol/frames.ts";
+
+const LIBC_SYMBOLS = {
+  preadv: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.i64], returns: FFIType.i64 },
+} as const;
+let libcLoaded: ReturnType<typeof dlopen<typeof LIBC_SYMBOLS>>["symbols"] | undefined;
+/** libc's preadv, loaded on first use. */
+function libc() {
+  libcLoaded ??= dlopen("libc.so.6", LIBC_SYMBOLS).symbols;
+  return libcLoaded;
+}
 
 /** One raw image being served, as sent to session threads: where its bytes are read from, and how far they go. */
 export interface RawImageHandle {
@@ -222,6 +233,44 @@ export class RawImageReader {
         true,
       );
     }
+  }
+
+  /**
+   * Read `length` image bytes from `position` into `buffers`, in order, with
+   * one readv(2) (each buffer filled whole, the last as far as `length` goes);
+   * throws as `read` does.
+   */
+  readv(buffers: readonly Uint8Array[], position: number, length: number): void {
+    const fd = this.#open();
+    let done: number;
+    try {
+      done = readvSync(fd, buffers as Uint8Array[], this.#handle.start + position);
+    } catch (error) {
+      throw new RawImageReadError(`cannot read ${this.name} at byte ${position}: ${systemReason(error)}`, false);
+    }
+    if (done === length) return;
+    // Short: the end of the file, or an interruption; finish buffer by buffer, which says which.
+    let at = 0;
+    for (const buffer of buffers) {
+      const end = at + buffer.length;
+      if (end > done) {
+        const from = Math.max(done - at, 0);
+        this.read(buffer, from, position + at + from, buffer.length - from);
+      }
+      at = end;
+    }
+  }
+
+  /**
+   * Like readv, but into `count` struct iovec the caller keeps at `vectors`
+   * (made once, pointing at buffers that do not move): one preadv(2) and no
+   * work per buffer here. Returns false, having read nothing certain, when
+   * the call came back short, for the caller to read again with readv, which
+   * says why.
+   */
+  preadv(vectors: Pointer, count: number, position: number, length: number): boolean {
+    const fd = this.#open();
+    return Number(libc().preadv(fd, vectors, count, this.#handle.start + position)) === length;
   }
 
   /** Give up this reader's descriptor. */

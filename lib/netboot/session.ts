@@ -41,9 +41,11 @@
  * memory whatever the image size.
  */
 
+import { type Pointer, ptr } from "bun:ffi";
 import { ImageFormatError } from "@ramdisk-tools/image/format.ts";
 import {
   CHUNK_SIZE,
+  DATA_IMAGE_OFFSET,
   DataFrameWriter,
   encodeFrame,
   type Mac,
@@ -141,17 +143,25 @@ class RawImage implements ImageSource {
   }
 }
 
-/** Image bytes one READ's answers are read into: two batches, for a READ that straddles them. */
-const READ_SPAN = 2 * READ_SLOTS * CHUNK_SIZE;
+/** A DATA frame of a whole chunk: headers, offset and 1024 image bytes (1058 bytes). */
+const FRAME_BYTES = DATA_IMAGE_OFFSET + CHUNK_SIZE;
 /** A READ held because the image's file could not be read is tried again after this long. */
 const UNREADABLE_RETRY_MS = 1000;
 const NO_BYTES = new Uint8Array(0);
 
 /**
  * A raw image read from its file (lib/netboot/raw-image.ts) as an ImageSource,
- * whole or still being filled. The bytes a READ asks for are read once per
- * READ, in one pread of the span its offsets cover (a batch: 128 KiB), into a
- * buffer the session keeps, and each DATA takes its chunk from there.
+ * whole or still being filled.
+ *
+ * Its bytes are never copied in JavaScript. The source keeps one DATA frame
+ * per slot in one buffer, and until() reads the chunks a READ asks for
+ * straight into those frames, behind their headers: one readv(2) for each
+ * run of consecutive offsets, so one system call for a READ of a new batch.
+ * answer() then only writes each frame's headers, length and offset around
+ * its bytes (DataFrameWriter.wrap), and the link sends the frames where they
+ * are. So answer() must follow until() for the same READ, offset by offset
+ * in requestedOffsets order, as SledSession does; the frames stay as they
+ * are, for re-sending, until the next until().
  *
  * The file can change under the server. Replaced by a rename, or removed, it
  * stays readable here (the session keeps its descriptor) and nothing changes.
@@ -167,36 +177,45 @@ class FileImage implements ImageSource {
   readonly size: number;
   readonly #reader: RawImageReader | null;
   readonly #onProblem: (message: string) => void;
-  readonly #buffer: Uint8Array;
-  /** Image bytes [#from, #to) are in #buffer from its start. */
-  #from = 0;
-  #to = 0;
-  /** For a READ whose offsets span more than READ_SPAN: where each offset's chunk is in #buffer. */
-  #scattered: Map<number, number> | null = null;
+  /** One whole DATA frame per slot, and the image bytes of each (views made once). */
+  readonly #frames: Uint8Array[] = [];
+  readonly #chunks: Uint8Array[] = [];
+  /** A struct iovec per slot, at its image bytes, for preadv (made once: the frames do not move). */
+  readonly #vectors = new BigUint64Array(READ_SLOTS * 2);
+  readonly #vectorsAt: number;
+  /** The offsets until() read, in answer order, and the next to answer. */
+  #offsets: bigint[] = [];
+  #next = 0;
   /** Why the file cannot serve this boot any more (it was truncated): every answer throws it. */
   #gone: string | null = null;
   #saidUnreadable = false;
 
-  constructor(image: RawImageHandle | null, onProblem: (message: string) => void = () => {}) {
-    this.#reader = image ? new RawImageReader(image) : null;
-    this.size = image?.size ?? 0;
-    this.failed = this.#reader?.failed ?? null;
+  constructor(image: RawImageHandle, onProblem: (message: string) => void = () => {}) {
+    this.#reader = new RawImageReader(image);
+    this.size = image.size;
+    this.failed = this.#reader.failed;
     this.#onProblem = onProblem;
-    this.#buffer = new Uint8Array(image ? READ_SPAN : 0);
+    const slab = new Uint8Array(READ_SLOTS * FRAME_BYTES);
+    const slabAt = ptr(slab);
+    for (let slot = 0; slot < READ_SLOTS; slot++) {
+      const frame = slab.subarray(slot * FRAME_BYTES, (slot + 1) * FRAME_BYTES);
+      this.#frames.push(frame);
+      this.#chunks.push(frame.subarray(DATA_IMAGE_OFFSET));
+      this.#vectors[slot * 2] = BigInt(slabAt + slot * FRAME_BYTES + DATA_IMAGE_OFFSET);
+      this.#vectors[slot * 2 + 1] = BigInt(CHUNK_SIZE);
+    }
+    this.#vectorsAt = ptr(this.#vectors);
   }
   answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
     if (this.#reader?.broken) throw new ImageFormatError("the image failed its check after serving began");
     if (this.#gone !== null) throw new ImageFormatError(this.#gone);
+    const slot = this.#next++;
+    if (this.#offsets[slot] !== offset) throw new Error(`offset ${offset} was not read for this READ`);
     if (offset >= BigInt(this.size)) return writer.frame(offset, NO_BYTES);
-    const at = Number(offset);
-    const length = Math.min(CHUNK_SIZE, this.size - at);
-    const start = this.#scattered ? this.#scattered.get(at) : at - this.#from;
-    if (start === undefined || start < 0 || at + length > this.#to)
-      throw new Error(`offset ${at} was not read for this READ`);
-    return writer.frame(offset, this.#buffer.subarray(start, start + length));
+    return writer.wrap(offset, this.#frames[slot]!, Math.min(CHUNK_SIZE, this.size - Number(offset)));
   }
   release(): void {}
-  /** Read the bytes `read` asks for; hold it while they are not filled, or the file cannot be read. */
+  /** Read the chunks `read` asks for into the frames; hold it while they are not filled, or the file cannot be read. */
   until(read: ReadRequest): Promise<void> | null {
     const reader = this.#reader;
     if (!reader || this.#gone !== null || reader.broken) return null;
@@ -208,6 +227,8 @@ class FileImage implements ImageSource {
       const filled = reader.until(furthest);
       if (filled) return filled;
     }
+    this.#offsets = offsets;
+    this.#next = 0;
     try {
       this.#read(reader, offsets);
       return null;
@@ -226,38 +247,33 @@ class FileImage implements ImageSource {
     this.#reader?.close();
   }
 
-  /** One pread of the span the offsets cover, or one per offset when they are far apart. */
+  /** One readv for each run of consecutive offsets inside the image. */
   #read(reader: RawImageReader, offsets: readonly bigint[]): void {
-    let low = this.size;
-    let high = 0;
-    for (const offset of offsets) {
-      if (offset >= BigInt(this.size)) continue;
-      const at = Number(offset);
-      if (at < low) low = at;
-      if (at + CHUNK_SIZE > high) high = Math.min(at + CHUNK_SIZE, this.size);
+    const size = this.size;
+    for (let first = 0; first < offsets.length; ) {
+      const offset = offsets[first]!;
+      if (offset >= BigInt(size)) {
+        first++;
+        continue;
+      }
+      const start = Number(offset);
+      let end = first + 1;
+      while (
+        end < offsets.length &&
+        start + (end - first) * CHUNK_SIZE < size &&
+        offsets[end] === offset + BigInt((end - first) * CHUNK_SIZE)
+      )
+        end++;
+      const length = Math.min((end - first) * CHUNK_SIZE, size - start);
+      // Images are whole 128 KiB batches, so only a damaged one ends inside a chunk.
+      const whole = length === (end - first) * CHUNK_SIZE;
+      if (!whole || !reader.preadv((this.#vectorsAt + first * 16) as Pointer, end - first, start, length)) {
+        const chunks = this.#chunks.slice(first, end);
+        if (!whole) chunks[chunks.length - 1] = chunks.at(-1)!.subarray(0, length % CHUNK_SIZE);
+        reader.readv(chunks, start, length);
+      }
+      first = end;
     }
-    this.#scattered = null;
-    if (high <= low) {
-      this.#from = this.#to = 0;
-      return;
-    }
-    if (high - low <= READ_SPAN) {
-      reader.read(this.#buffer, 0, low, high - low);
-      this.#from = low;
-      this.#to = high;
-      return;
-    }
-    const scattered = new Map<number, number>();
-    for (const offset of offsets) {
-      if (offset >= BigInt(this.size) || scattered.has(Number(offset))) continue;
-      const at = Number(offset);
-      const start = scattered.size * CHUNK_SIZE;
-      reader.read(this.#buffer, start, at, Math.min(CHUNK_SIZE, this.size - at));
-      scattered.set(at, start);
-    }
-    this.#scattered = scattered;
-    this.#from = 0;
-    this.#to = this.size;
   }
 }
 
