@@ -199,7 +199,12 @@ async function serverRun(pair: VethPair, image: string, size: number, rate: stri
   }
 }
 
-/** The floor sender (compiled C where cc is, else the bun:ffi loop), for `seconds`; its figures. */
+/**
+ * The floor sender (compiled C where cc is, else the bun:ffi loop), for
+ * `seconds`; its figures. The scripted sleds' sending socket is open on the
+ * other end meanwhile, as in the server's runs: the kernel hands every frame
+ * that arrives there to it (its filter drops them), which the sender pays.
+ */
 async function floorRun(
   floor: string[],
   pair: VethPair,
@@ -208,17 +213,19 @@ async function floorRun(
   seconds: number,
   rate: number,
 ) {
-  const run = Bun.spawn(
-    [...floor, pair.a, framesFile, String(FRAME_SIZE), String(chunk), String(seconds), String(rate)],
-    {
-      stdout: "pipe",
-      stderr: "inherit",
-    },
-  );
-  const out = (await new Response(run.stdout).text()).trim();
-  if ((await run.exited) !== 0) throw new Error(`floor sender failed: ${out}`);
-  const [frames, cpu] = out.split(" ").map(Number);
-  return sendRun(frames!, cpu!, seconds);
+  const sledSocket = PcapLink.open(pair.b, { capture: false });
+  try {
+    const run = Bun.spawn(
+      [...floor, pair.a, framesFile, String(FRAME_SIZE), String(chunk), String(seconds), String(rate)],
+      { stdout: "pipe", stderr: "inherit" },
+    );
+    const out = (await new Response(run.stdout).text()).trim();
+    if ((await run.exited) !== 0) throw new Error(`floor sender failed: ${out}`);
+    const [frames, cpu] = out.split(" ").map(Number);
+    return sendRun(frames!, cpu!, seconds);
+  } finally {
+    sledSocket.close();
+  }
 }
 
 /** A DATA frame of a full chunk: 14 + 12 + 8 + 1024 bytes. */

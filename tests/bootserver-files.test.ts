@@ -13,18 +13,24 @@
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
+  closeSync,
   copyFileSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   readFileSync,
   renameSync,
   rmSync,
   truncateSync,
+  writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import { RawImageFill, rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
+import { imageSource, SledSession } from "@ramdisk-tools/netboot/session.ts";
+import { parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 
 setDefaultTimeout(120_000);
@@ -73,6 +79,69 @@ async function bootWhile(link: string, checksum: string, change: () => void) {
   change();
   return sled;
 }
+
+describe("SledSession serving from a file", () => {
+  const SIZE = 2 * MIB;
+  const image = new Uint8Array(SIZE).map((_, i) => (i * 13 + (i >> 10)) & 0xff);
+  const SLED = parseMac("02:5e:17:00:00:a0")!;
+  const SERVER = parseMac("02:5e:17:00:00:01")!;
+
+  /** The frames a session sends for `reads`, serving `source`. */
+  function framesFor(source: Parameters<SledSession["serve"]>[0], reads: ReadRequest[]): Uint8Array[] {
+    const sent: Uint8Array[] = [];
+    const session = new SledSession(
+      SLED,
+      SERVER,
+      (frames) => sent.push(...frames.map((frame) => frame.slice())),
+      undefined,
+      {
+        resend: false,
+      },
+    );
+    session.serve(source);
+    for (const read of reads) session.answer(read);
+    return sent;
+  }
+
+  function read(count: bigint, slots: Record<number, bigint>): ReadRequest {
+    const array = new BigUint64Array(READ_SLOTS);
+    for (const [slot, offset] of Object.entries(slots)) array[Number(slot)] = offset;
+    return { type: "read", count, slots: array };
+  }
+
+  test("sends, byte for byte, what it sends from memory: batches, re-asks, offset 0, the end, far apart", () => {
+    const path = join(dir, "unit.img");
+    const file = new Uint8Array(4096 + SIZE);
+    file.set(image, 4096);
+    writeFileSync(path, file);
+    const fd = openSync(path, "r");
+    try {
+      const handle = rawImageHandle(SIZE, { fd, start: 4096, name: "unit.img" });
+      const fill = new RawImageFill(handle);
+      fill.filledTo(SIZE);
+      fill.settle(true);
+      const batch = (first: number) =>
+        read(
+          128n,
+          Object.fromEntries(Array.from({ length: READ_SLOTS }, (_, slot) => [slot, BigInt(first + slot * 1024)])),
+        );
+      const reads = [
+        batch(0),
+        batch(SIZE - 128 * 1024),
+        batch(SIZE - 64 * 1024), // half past the end
+        read(3n, { 5: 5n * 1024n, 90: 90n * 1024n }), // a re-ask with offset 0 in it
+        read(4n, { 3: 5000n, 40: BigInt(SIZE - 100), 77: BigInt(SIZE), 127: 2n ** 64n - 1n }),
+        read(3n, { 0: 1024n, 1: BigInt(SIZE / 2), 2: 2048n }), // far apart
+      ];
+      const fromFile = framesFor(imageSource(handle), reads);
+      const fromMemory = framesFor(image, reads);
+      expect(fromFile.length).toBe(128 * 3 + 3 + 4 + 3);
+      expect(fromFile).toEqual(fromMemory);
+    } finally {
+      closeSync(fd);
+    }
+  });
+});
 
 const raw = canUseRawNetwork();
 const network = describe.skipIf(!raw.ok);

@@ -175,6 +175,7 @@ const NO_BYTES = new Uint8Array(0);
 class FileImage implements ImageSource {
   readonly failed: Promise<boolean> | null;
   readonly size: number;
+  readonly #end: bigint;
   readonly #reader: RawImageReader | null;
   readonly #onProblem: (message: string) => void;
   /** One whole DATA frame per slot, and the image bytes of each (views made once). */
@@ -183,8 +184,12 @@ class FileImage implements ImageSource {
   /** A struct iovec per slot, at its image bytes, for preadv (made once: the frames do not move). */
   readonly #vectors = new BigUint64Array(READ_SLOTS * 2);
   readonly #vectorsAt: number;
-  /** The offsets until() read, in answer order, and the next to answer. */
-  #offsets: bigint[] = [];
+  /**
+   * The offsets until() read, in answer order (requestedOffsets'), as Numbers: -1 for one at or past the end of
+   * the image; how many, and the next to answer.
+   */
+  readonly #starts = new Float64Array(READ_SLOTS + 1);
+  #count = 0;
   #next = 0;
   /** Why the file cannot serve this boot any more (it was truncated): every answer throws it. */
   #gone: string | null = null;
@@ -193,6 +198,7 @@ class FileImage implements ImageSource {
   constructor(image: RawImageHandle, onProblem: (message: string) => void = () => {}) {
     this.#reader = new RawImageReader(image);
     this.size = image.size;
+    this.#end = BigInt(image.size);
     this.failed = this.#reader.failed;
     this.#onProblem = onProblem;
     const slab = new Uint8Array(READ_SLOTS * FRAME_BYTES);
@@ -210,27 +216,31 @@ class FileImage implements ImageSource {
     if (this.#reader?.broken) throw new ImageFormatError("the image failed its check after serving began");
     if (this.#gone !== null) throw new ImageFormatError(this.#gone);
     const slot = this.#next++;
-    if (this.#offsets[slot] !== offset) throw new Error(`offset ${offset} was not read for this READ`);
-    if (offset >= BigInt(this.size)) return writer.frame(offset, NO_BYTES);
-    return writer.wrap(offset, this.#frames[slot]!, Math.min(CHUNK_SIZE, this.size - Number(offset)));
+    const at = this.#starts[slot]!;
+    if (at < 0) {
+      if (slot < this.#count && offset >= this.#end) return writer.frame(offset, NO_BYTES);
+    } else if (slot < this.#count && Number(offset) === at) {
+      return writer.wrap(at, this.#frames[slot]!, Math.min(CHUNK_SIZE, this.size - at));
+    }
+    throw new Error(`offset ${offset} was not read for this READ`);
   }
   release(): void {}
   /** Read the chunks `read` asks for into the frames; hold it while they are not filled, or the file cannot be read. */
   until(read: ReadRequest): Promise<void> | null {
     const reader = this.#reader;
     if (!reader || this.#gone !== null || reader.broken) return null;
-    const offsets = requestedOffsets(read);
+    const count = this.#offsetsOf(read);
+    this.#count = count;
     if (reader.filling) {
       // Filled in order from the start, so the furthest offset asked decides (an empty slot's 0 never does).
-      let furthest = 0n;
-      for (const offset of offsets) if (offset > furthest) furthest = offset;
-      const filled = reader.until(furthest);
+      let furthest = 0;
+      for (let slot = 0; slot < count; slot++) furthest = Math.max(furthest, this.#starts[slot]!);
+      const filled = reader.until(BigInt(furthest));
       if (filled) return filled;
     }
-    this.#offsets = offsets;
     this.#next = 0;
     try {
-      this.#read(reader, offsets);
+      this.#read(reader, count);
       return null;
     } catch (error) {
       if (!(error instanceof RawImageReadError)) throw error;
@@ -243,27 +253,45 @@ class FileImage implements ImageSource {
       return Bun.sleep(UNREADABLE_RETRY_MS);
     }
   }
+  /**
+   * requestedOffsets(read) into #starts as Numbers, read as 32-bit halves (no BigInt per slot): every non-zero
+   * slot in order, after a 0 when fewer than `count` are non-zero; -1 for an offset at or past the end. Returns how
+   * many.
+   */
+  #offsetsOf(read: ReadRequest): number {
+    const slots = read.slots;
+    const words = new Uint32Array(slots.buffer, slots.byteOffset, slots.length * 2);
+    const starts = this.#starts;
+    const size = this.size;
+    let count = 0;
+    for (let slot = 0; slot < slots.length; slot++) {
+      const low = words[slot * 2]!;
+      const high = words[slot * 2 + 1]!;
+      if (low === 0 && high === 0) continue;
+      // Past 2^53 the Number is inexact, but far past any image all the same.
+      const at = high * 0x1_0000_0000 + low;
+      starts[++count] = at < size ? at : -1;
+    }
+    if (BigInt(count) < read.count) starts[0] = 0;
+    else starts.copyWithin(0, 1, count + 1);
+    return BigInt(count) < read.count ? count + 1 : count;
+  }
   close(): void {
     this.#reader?.close();
   }
 
-  /** One readv for each run of consecutive offsets inside the image. */
-  #read(reader: RawImageReader, offsets: readonly bigint[]): void {
+  /** One preadv for each run of consecutive offsets inside the image, into the frames of their slots. */
+  #read(reader: RawImageReader, count: number): void {
+    const starts = this.#starts;
     const size = this.size;
-    for (let first = 0; first < offsets.length; ) {
-      const offset = offsets[first]!;
-      if (offset >= BigInt(size)) {
+    for (let first = 0; first < count; ) {
+      const start = starts[first]!;
+      if (start < 0) {
         first++;
         continue;
       }
-      const start = Number(offset);
       let end = first + 1;
-      while (
-        end < offsets.length &&
-        start + (end - first) * CHUNK_SIZE < size &&
-        offsets[end] === offset + BigInt((end - first) * CHUNK_SIZE)
-      )
-        end++;
+      while (end < count && starts[end] === start + (end - first) * CHUNK_SIZE) end++;
       const length = Math.min((end - first) * CHUNK_SIZE, size - start);
       // Images are whole 128 KiB batches, so only a damaged one ends inside a chunk.
       const whole = length === (end - first) * CHUNK_SIZE;

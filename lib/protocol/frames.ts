@@ -371,16 +371,18 @@ export class DataFrameWriter {
   }
 
   /**
-   * The DATA frame for `imageBytes` bytes at `offset` whose image bytes
+   * The DATA frame for `imageBytes` bytes at offset `at` whose image bytes
    * already lie in `frame` from DATA_IMAGE_OFFSET on (read there from the
    * image, so they are never copied): this writer's headers, the length and
-   * the offset are written around them. `frame` holds at least
-   * DATA_IMAGE_OFFSET + imageBytes bytes, and MIN_FRAME_SIZE; the result is
-   * `frame` itself when it is exactly as long as the DATA, else a view of it.
+   * the offset are written around them. `at` is a byte offset inside an image
+   * (below 2^53, so a Number holds it exactly; DATA for offsets past the end
+   * is `frame()`'s). `frame` holds at least DATA_IMAGE_OFFSET + imageBytes
+   * bytes, and MIN_FRAME_SIZE; the result is `frame` itself when it is
+   * exactly as long as the DATA, else a view of it.
    *
-   * @example const data = writer.wrap(offset, slot, 1024); // slot: a 1058-byte buffer, image bytes from byte 34
+   * @example const data = writer.wrap(4096, slot, 1024); // slot: a 1058-byte buffer, image bytes from byte 34
    */
-  wrap(offset: bigint, frame: Uint8Array, imageBytes: number): Uint8Array {
+  wrap(at: number, frame: Uint8Array, imageBytes: number): Uint8Array {
     this.imageBytes = imageBytes;
     frame.set(this.header);
     const bodySize = 8 + imageBytes;
@@ -389,8 +391,6 @@ export class DataFrameWriter {
     frame[ETHER_HEADER_SIZE + 9] = (bodySize >>> 16) & 0xff;
     frame[ETHER_HEADER_SIZE + 10] = (bodySize >>> 8) & 0xff;
     frame[ETHER_HEADER_SIZE + 11] = bodySize & 0xff;
-    // Offsets past 2^53 never carry bytes (they are past any image); below it Number is exact.
-    const at = offset > MAX_SAFE_OFFSET ? 0 : Number(offset);
     const high = Math.floor(at / 0x1_0000_0000);
     const low = at >>> 0;
     frame[BODY_OFFSET] = high >>> 24;
