@@ -37,7 +37,7 @@
  * The machine has 2 cores shared with whatever else runs, this script's
  * sleds included: CPU time per GiB moves less than rates do.
  */
-import { existsSync, readFileSync, truncateSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, truncateSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -82,6 +82,40 @@ const FIRST_MAC = consecutiveMacs(parseMac("02:5e:5e:00:00:01")!, 4);
 /** A link's counter from /sys/class/net/LINK/statistics. */
 function linkCounter(link: string, name: string): number {
   return Number(readFileSync(`/sys/class/net/${link}/statistics/${name}`, "utf8"));
+}
+
+/** CPU seconds so far of each thread of a process, by thread id, with its name. */
+function threadCpuSeconds(pid: number): Map<string, { name: string; seconds: number }> {
+  const threads = new Map<string, { name: string; seconds: number }>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+    } catch {
+      continue; // ended meanwhile
+    }
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    threads.set(tid, { name, seconds: (Number(fields[11]) + Number(fields[12])) / 100 });
+  }
+  return threads;
+}
+
+/**
+ * Where one sled's server spent its CPU between two threadCpuSeconds: its
+ * session thread (the busiest worker), the dispatcher (the next; the spare
+ * session is idle) and the rest (main thread, JIT, GC).
+ */
+function threadShares(before: ReturnType<typeof threadCpuSeconds>, after: ReturnType<typeof threadCpuSeconds>) {
+  const spent = [...after].map(([tid, thread]) => ({
+    worker: thread.name === "Worker",
+    seconds: thread.seconds - (before.get(tid)?.seconds ?? 0),
+  }));
+  const workers = spent.filter((thread) => thread.worker).sort((a, b) => b.seconds - a.seconds);
+  const total = spent.reduce((sum, thread) => sum + thread.seconds, 0);
+  const session = workers[0]?.seconds ?? 0;
+  const dispatcher = workers[1]?.seconds ?? 0;
+  return { session, dispatcher, rest: total - session - dispatcher };
 }
 
 /** Peak resident memory of a process so far (VmHWM). */
@@ -166,6 +200,8 @@ interface SendRun {
   cpuPerGib: number;
   /** CPU microseconds per DATA frame. */
   usPerFrame: number;
+  /** The server's: microseconds per DATA frame in its session thread, its dispatcher and the rest (threadShares). */
+  threads?: { session: number; dispatcher: number; rest: number };
 }
 
 function sendRun(frames: number, cpuSeconds: number, wallSeconds: number): SendRun {
@@ -189,10 +225,21 @@ async function serverRun(pair: VethPair, image: string, size: number, rate: stri
     const client = readWithoutListening(pair.b, serverMac, macs, size);
     await Bun.sleep(WARM_UP_MS);
     const [frames0, cpu0, t0] = [client.sample(), await processCpuSeconds(server.pid), performance.now()];
+    const threads0 = threadCpuSeconds(server.pid);
     await Bun.sleep(seconds * 1000);
     const [frames1, cpu1, t1] = [client.sample(), await processCpuSeconds(server.pid), performance.now()];
+    const shares = threadShares(threads0, threadCpuSeconds(server.pid));
     await client.stop();
-    return sendRun(frames1 - frames0, cpu1 - cpu0, (t1 - t0) / 1000);
+    const frames = frames1 - frames0;
+    const perFrame = (cpuSeconds: number) => (cpuSeconds / frames) * 1e6;
+    return {
+      ...sendRun(frames, cpu1 - cpu0, (t1 - t0) / 1000),
+      threads: {
+        session: perFrame(shares.session),
+        dispatcher: perFrame(shares.dispatcher),
+        rest: perFrame(shares.rest),
+      },
+    };
   } finally {
     server.kill("SIGTERM");
     await server.exited;
@@ -312,6 +359,12 @@ export async function sendRows(
       ours: `${lineOurs.usPerFrame.toFixed(2)} / ${fullOurs.usPerFrame.toFixed(2)} us`,
       peer: `${lineFloor.usPerFrame.toFixed(2)} / ${fullFloor.usPerFrame.toFixed(2)} us`,
       ratio: `${(lineOurs.usPerFrame - lineFloor.usPerFrame).toFixed(2)} / ${(fullOurs.usPerFrame - fullFloor.usPerFrame).toFixed(2)} us above the floor`,
+    },
+    {
+      name: "line rate, CPU per frame: session thread / dispatcher / the rest",
+      ours: `${lineOurs.threads!.session.toFixed(2)} / ${lineOurs.threads!.dispatcher.toFixed(2)} / ${lineOurs.threads!.rest.toFixed(2)} us`,
+      peer: `${lineFloor.usPerFrame.toFixed(2)} us`,
+      ratio: `the session thread is ${(lineOurs.threads!.session / lineFloor.usPerFrame).toFixed(2)}x the floor`,
     },
     {
       name: "rack: cores for 32 sleds at 1 Gbit/s (3.7M frames/s), at line rate's cost",

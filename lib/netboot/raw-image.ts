@@ -42,7 +42,8 @@
  */
 
 import { dlopen, FFIType, type Pointer } from "bun:ffi";
-import { closeSync, fstatSync, openSync, readSync, readvSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readSync, readvSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { systemReason } from "@ramdisk-tools/cli/errors.ts";
 import { CHUNK_SIZE } from "@ramdisk-tools/protocol/frames.ts";
 
@@ -72,6 +73,17 @@ export interface RawImageHandle {
   start: number;
   /** Int32 words: KiB filled, fill state. */
   progress: SharedArrayBuffer;
+}
+
+/**
+ * Where a zlib image is inflated to: $TMPDIR, else /var/tmp (on disk where
+ * /tmp may be memory), else the system's temporary directory.
+ *
+ * @example inflateDirectory() // "/var/tmp"
+ */
+export function inflateDirectory(): string {
+  if (process.env.TMPDIR) return process.env.TMPDIR;
+  return existsSync("/var/tmp") ? "/var/tmp" : tmpdir();
 }
 
 const FILLED_KIB = 0;

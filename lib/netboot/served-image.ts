@@ -39,9 +39,8 @@
  * removed, stays readable to them (lib/netboot/raw-image.ts).
  */
 
-import { closeSync, existsSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
 import { type FileHandle, open, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { oneLine, systemReason } from "@ramdisk-tools/cli/errors.ts";
 import {
@@ -61,7 +60,7 @@ import type { SeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { PieceSender, receivePieces } from "@ramdisk-tools/threads/link.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { stopReadAhead, type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
-import { RawImageFill, type RawImageHandle, RawImageReader, rawImageHandle } from "./raw-image.ts";
+import { inflateDirectory, RawImageFill, type RawImageHandle, RawImageReader, rawImageHandle } from "./raw-image.ts";
 
 /** What identifies one version of a file: a rebuilt image differs in one of these. */
 export interface FileStamp {
@@ -269,17 +268,6 @@ function writeWhole(fd: number, bytes: Uint8Array, position: number, path: strin
       `${path}: cannot write the inflated image to ${inflateDirectory()}: ${systemReason(error)}`,
     );
   }
-}
-
-/**
- * Where a zlib image is inflated to: $TMPDIR, else /var/tmp (on disk where
- * /tmp may be memory), else the system's temporary directory.
- *
- * @example inflateDirectory() // "/var/tmp"
- */
-export function inflateDirectory(): string {
-  if (process.env.TMPDIR) return process.env.TMPDIR;
-  return existsSync("/var/tmp") ? "/var/tmp" : tmpdir();
 }
 
 /**

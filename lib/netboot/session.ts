@@ -181,8 +181,11 @@ class FileImage implements ImageSource {
   /** One whole DATA frame per slot, and the image bytes of each (views made once). */
   readonly #frames: Uint8Array[] = [];
   readonly #chunks: Uint8Array[] = [];
-  /** A struct iovec per slot, at its image bytes, for preadv (made once: the frames do not move). */
-  readonly #vectors = new BigUint64Array(READ_SLOTS * 2);
+  /**
+   * A struct iovec per slot, at its image bytes, for preadv, made once. Both it and the frames are views of
+   * ArrayBuffers of their own, whose memory the garbage collector never moves.
+   */
+  readonly #vectors = new BigUint64Array(new ArrayBuffer(READ_SLOTS * 16));
   readonly #vectorsAt: number;
   /**
    * The offsets until() read, in answer order (requestedOffsets'), as Numbers: -1 for one at or past the end of
@@ -201,7 +204,7 @@ class FileImage implements ImageSource {
     this.#end = BigInt(image.size);
     this.failed = this.#reader.failed;
     this.#onProblem = onProblem;
-    const slab = new Uint8Array(READ_SLOTS * FRAME_BYTES);
+    const slab = new Uint8Array(new ArrayBuffer(READ_SLOTS * FRAME_BYTES));
     const slabAt = ptr(slab);
     for (let slot = 0; slot < READ_SLOTS; slot++) {
       const frame = slab.subarray(slot * FRAME_BYTES, (slot + 1) * FRAME_BYTES);
