@@ -31,6 +31,7 @@ import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { RawImageFill, rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import { imageSource, SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
+import { runProgram } from "./helpers/common.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 
 setDefaultTimeout(120_000);
@@ -141,6 +142,19 @@ describe("SledSession serving from a file", () => {
       closeSync(fd);
     }
   });
+});
+
+test("a zlib image with nowhere to be inflated is refused in one line, before any link is opened", async () => {
+  const missing = join(dir, "no-such-directory");
+  const { exitCode, stdout, stderr } = await runProgram("bootserver", ["no-link-0", "a-z.img", "any"], {
+    cwd: dir,
+    env: { ...process.env, TMPDIR: missing },
+  });
+  expect(exitCode).toBe(1);
+  expect(stdout).toBe("");
+  expect(stderr).toBe(
+    `bootserver: cannot serve a-z.img: cannot make a file to inflate it into in ${missing}: no such file or directory\n`,
+  );
 });
 
 const raw = canUseRawNetwork();
