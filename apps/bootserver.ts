@@ -33,7 +33,8 @@ function parseArguments(argv: string[]) {
         "Serve boot images on the Ethernet link LINK to sleds that boot from the network. " +
         "The last argument is the one sled to serve, or `any`. With several images, a sled " +
         "is offered each in turn on its successive HELLOs until it takes the one whose " +
-        "checksum it carries. Compressed images are inflated once, in memory.",
+        "checksum it carries. Images are served from their files; compressed ones are inflated " +
+        "once, to an unnamed temporary file in $TMPDIR (default /var/tmp).",
     )
     // Options may come between positionals, as in `LINK --sled MAC=IMAGE IMAGE any`: an array option takes one value each time.
     .parserConfiguration({ "parse-positional-numbers": false, "greedy-arrays": false })

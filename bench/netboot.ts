@@ -6,8 +6,9 @@
  * network models (lib/sled/faults.ts) on the other. Needs root; run with
  * `bun run bench:netboot`.
  *
- *   bun bench/netboot.ts [--rows loss,burst,port,slow,flood,images] [--sleds 1,32] [--mib-one 64] [--mib-many 16]
- *                        [--cap 45] [--ours-flags "..."] [--peer-flags "..."] [--image-mib 256] [--veth-prefix rbn]
+ *   bun bench/netboot.ts [--rows loss,burst,port,slow,flood,images,send] [--sleds 1,32] [--mib-one 64] [--mib-many 16]
+ *                        [--cap 45] [--ours-flags "..."] [--peer-flags "..."] [--image-mib 256]
+ *                        [--send-seconds 8] [--big-gib 4] [--veth-prefix rbn]
  *
  * Every row but the images rows runs twice in the same run: "ours" is the
  * server with its defaults (fast re-send, pacing at gigabit per sled,
@@ -24,7 +25,13 @@
  *   `--image-mib` MiB sample pool as a plain, a zlib and a zstd image, served
  *   one sled at a time by the server with its defaults; the zstd and zlib
  *   images' boot rate, server CPU and first DATA against the plain image's,
- *   median of 3 runs.
+ *   median of 3 runs;
+ * - send: two tables of their own, from bench/netboot-send.ts (sendRows,
+ *   memoryRows): the server's CPU per GiB sent to sleds that READ without
+ *   listening against a floor sender of the same frames (C, sendmmsg), at
+ *   line rate and at saturation, the cores a rack would need; and its
+ *   resident memory serving a `--big-gib` GiB plain and zlib image, with the
+ *   rate of a sled that says HELLO as it starts.
  *
  * Figures per row and server: time until the last sled booted (or "not
  * booted in N s": `--cap` bounds every row, since today's server stalls a
@@ -63,6 +70,7 @@ import {
   run,
   writeImage,
 } from "./netboot-run.ts";
+import { memoryRows, SEND_DEFAULTS, sendRows } from "./netboot-send.ts";
 
 /** The server as it ships: its defaults are fast re-send, pacing at 1g per sled and admission. */
 const OURS_FLAGS: readonly string[] = [];
@@ -71,7 +79,7 @@ const PEER_FLAGS: readonly string[] = ["--no-resend", "--rate", "off", "--no-adm
 
 const { values } = parseArgs({
   options: {
-    rows: { type: "string", default: "loss,burst,port,slow,flood,console,images" },
+    rows: { type: "string", default: "loss,burst,port,slow,flood,console,images,send" },
     sleds: { type: "string", default: "1,32" },
     "mib-one": { type: "string", default: "64" },
     "mib-many": { type: "string", default: "16" },
@@ -84,11 +92,14 @@ const { values } = parseArgs({
     "console-mib": { type: "string", default: String(CONSOLE_DEFAULTS.imageMib) },
     consoles: { type: "string", default: CONSOLE_DEFAULTS.bauds.join(",") },
     "console-cap": { type: "string", default: String(CONSOLE_DEFAULTS.capSeconds) },
+    /** The send rows: seconds measured per server, and GiB of each image in the memory rows (0: none). */
+    "send-seconds": { type: "string", default: String(SEND_DEFAULTS.seconds) },
+    "big-gib": { type: "string", default: String(SEND_DEFAULTS.bigGib) },
     /** Names of the veth pair made for the run start with this. */
     "veth-prefix": { type: "string", default: "rbn" },
   },
 });
-const ROW_GROUPS = ["loss", "burst", "port", "slow", "flood", "console", "images"];
+const ROW_GROUPS = ["loss", "burst", "port", "slow", "flood", "console", "images", "send"];
 const rowGroups = values.rows.split(",").filter(Boolean);
 for (const group of rowGroups) {
   if (group === "first-data") {
@@ -273,6 +284,21 @@ try {
     const { heading, rows } = await withVethPair((pair) => imageRows(pair, dir, options), values["veth-prefix"]);
     console.log(`\n${heading}`);
     printRows(rows);
+  }
+  if (rowGroups.includes("send")) {
+    await withVethPair(async (pair) => {
+      const send = await sendRows(pair, dir, {
+        seconds: Number(values["send-seconds"]),
+        imageMib: SEND_DEFAULTS.imageMib,
+      });
+      console.log(`\n${send.heading}`);
+      printRows(send.rows);
+      if (Number(values["big-gib"]) > 0) {
+        const memory = await memoryRows(pair, dir, Number(values["big-gib"]));
+        console.log(`\n${memory.heading}`);
+        printRows(memory.rows);
+      }
+    }, values["veth-prefix"]);
   }
 } finally {
   await rm(dir, { recursive: true, force: true });

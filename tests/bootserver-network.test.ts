@@ -25,7 +25,7 @@ import { wireBytes } from "@ramdisk-tools/wire/rate.ts";
 
 const wireBits = (length: number) => wireBytes(length) * 8;
 
-import { rawImageMemory } from "@ramdisk-tools/netboot/raw-image.ts";
+import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import {
   BROADCAST_MAC,
   CHUNK_SIZE,
@@ -163,7 +163,7 @@ describe("admission", () => {
   test("an offered sled's READ asks for admission once, waits, and reaches the session attached to it", () => {
     const { frames, sent, admitted } = dispatcher();
     const offer = encodeFrame(SLED, SERVER, { type: "finished" }); // any frame stands for the OFFER here
-    const bytes = rawImageMemory(MIB);
+    const bytes = rawImageHandle(MIB);
     frames.offer(SLED, offer, bytes);
     expect(sent).toEqual([offer]);
     expect(frames.counters.get("hellosAnswered")).toBe(1);
@@ -184,7 +184,7 @@ describe("admission", () => {
 
   test("a sled turned away is counted once and asks again on its next READ", () => {
     const { frames, admitted } = dispatcher();
-    frames.offer(SLED, new Uint8Array(60), rawImageMemory(MIB));
+    frames.offer(SLED, new Uint8Array(60), rawImageHandle(MIB));
     const read = encodeFrame(SERVER, SLED, batchRead(0));
     frames.dispatch(read);
     frames.refuse(SLED);
@@ -213,7 +213,7 @@ describe("admission", () => {
     }
     expect(sent.length).toBeLessThan(100);
     expect(frames.counters.get("resets") + frames.counters.get("resetsLimited")).toBe(1000);
-    frames.offer(SLED, new Uint8Array(60), rawImageMemory(MIB));
+    frames.offer(SLED, new Uint8Array(60), rawImageHandle(MIB));
     expect(frames.offeredCount).toBe(1);
     setNow(60_000);
     frames.expire();

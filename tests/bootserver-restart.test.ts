@@ -18,7 +18,7 @@ import { toHex } from "@ramdisk-tools/image/format.ts";
 import { canUseRawNetwork, createVethPair, type VethPair, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { dispatchCounters, FrameDispatcher } from "@ramdisk-tools/netboot/dispatch.ts";
 import { MAX_RECORDED_SLEDS, OfferRecord, stateDirectory } from "@ramdisk-tools/netboot/offer-record.ts";
-import { rawImageMemory } from "@ramdisk-tools/netboot/raw-image.ts";
+import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import { readFits, resumeDecision } from "@ramdisk-tools/netboot/resume.ts";
 import type { ServedImage } from "@ramdisk-tools/netboot/served-image.ts";
 import {
@@ -52,7 +52,7 @@ function fakeImage(name: string, imageSize: number, shaByte: number): ServedImag
     path: `/images/${name}`,
     name,
     header: { imageSize, targetSize: imageSize * 2, sha256: new Uint8Array(32).fill(shaByte) },
-    bytes: rawImageMemory(imageSize),
+    bytes: rawImageHandle(imageSize),
     stamp: { size: 0, mtimeMs: 0, ino: 0, dev: 0 },
   } as unknown as ServedImage;
 }
@@ -184,7 +184,7 @@ describe("which image a READ with no session reads", () => {
     expect(asked).toHaveLength(1);
     expect(sent).toEqual([]);
     const inbox = { served: 0, reads: [] as ReadRequest[] };
-    frames.resume(SLED, rawImageMemory(MIB));
+    frames.resume(SLED, rawImageHandle(MIB));
     frames.attach(SLED, {
       serve: () => inbox.served++,
       read: (read) => inbox.reads.push(read),
@@ -218,7 +218,7 @@ describe("a resumed sled turned away", () => {
       unknown: () => {},
     });
     frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
-    frames.resume(SLED, rawImageMemory(MIB));
+    frames.resume(SLED, rawImageHandle(MIB));
     frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
     // The main thread starts a resumed sled's session itself: no admit asked for.
     expect(admits).toEqual([]);

@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "@ramdisk-tools/netboot/dispatch.ts";
-import { rawImageMemory } from "@ramdisk-tools/netboot/raw-image.ts";
+import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import { SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { encodeFrame, type Mac, parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
@@ -247,7 +247,7 @@ describe("FrameDispatcher", () => {
     expect(sent[0]!.destination).toEqual(SLED);
     expect(dispatcher.counters.get("resets")).toBe(1);
 
-    dispatcher.offer(SLED, offerFrame(), rawImageMemory(8), inbox);
+    dispatcher.offer(SLED, offerFrame(), rawImageHandle(8), inbox);
     expect(inbox.served).toBe(1);
     expect(sent.map((frame) => frame.type)).toEqual([TYPE.reset, TYPE.offer]);
     dispatcher.dispatch(readFrame(SLED, SERVER, 1n, { 0: 4096n }));
@@ -257,7 +257,7 @@ describe("FrameDispatcher", () => {
 
   test("a FINISHED ends the session: later READs draw a RESET", () => {
     const { dispatcher, sent, finished, inbox } = harness();
-    dispatcher.offer(SLED, offerFrame(), rawImageMemory(8), inbox);
+    dispatcher.offer(SLED, offerFrame(), rawImageHandle(8), inbox);
     dispatcher.dispatch(encodeFrame(SERVER, SLED, { type: "finished" }));
     expect(finished).toEqual([macText(SLED)]);
     expect(inbox.closed).toBe(true);

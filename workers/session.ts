@@ -11,6 +11,7 @@ import { oneLine } from "@ramdisk-tools/cli/errors.ts";
 import { packSentFrames } from "@ramdisk-tools/netboot/dispatch.ts";
 import { LinkClock, Pacer } from "@ramdisk-tools/netboot/pacing.ts";
 import {
+  type ImageSource,
   imageSource,
   type SessionCommand,
   type SessionMessage,
@@ -25,6 +26,8 @@ declare var self: Worker;
 
 let link: PcapLink | undefined;
 let port: MessagePort | undefined;
+/** What the session serves from, closed when it serves another or stops. */
+let source: ImageSource | undefined;
 
 function report(message: SessionReport) {
   self.postMessage(message);
@@ -37,6 +40,7 @@ self.onmessage = (event: MessageEvent<SessionCommand>) => {
   const command = event.data;
   if (command.type === "stop") {
     port?.close();
+    source?.close?.();
     link?.close();
     report({ type: "stopped" });
     return;
@@ -64,11 +68,16 @@ self.onmessage = (event: MessageEvent<SessionCommand>) => {
         onProblem: (message) => report({ type: "problem", message }),
       });
       port = channel;
+      const problem = (message: string) => report({ type: "problem", message });
       // The channel queues what the dispatcher sends until this handler is set.
       port.onmessage = (message) => {
         const data = message.data as SessionMessage;
-        if (data.type === "serve") session.serve(imageSource(data.bytes));
-        else if (data.type === "read")
+        if (data.type === "serve") {
+          const previous = source;
+          source = imageSource(data.bytes, problem);
+          session.serve(source);
+          previous?.close?.();
+        } else if (data.type === "read")
           session.answer({ type: "read", count: data.count, slots: data.slots }, Date.now(), data.receivedAt);
         else session.end();
       };

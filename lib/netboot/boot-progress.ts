@@ -97,7 +97,7 @@ export function eventLines(event: BootEvent): string[] {
       return [`reloaded ${event.image.path}: the file changed (now sha256 ${toHex(event.image.header.sha256)})`];
     case "loaded":
       return [
-        `loaded ${event.image.path}: all ${formatBytes(event.image.header.imageSize)} in memory, SHA-256 checked, ` +
+        `loaded ${event.image.path}: all ${formatBytes(event.image.header.imageSize)} SHA-256 checked, ` +
           `${event.seconds.toFixed(2)} s after loading began (served meanwhile)`,
       ];
     case "refused":

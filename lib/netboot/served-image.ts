@@ -1,28 +1,31 @@
 /**
- * The images a boot server offers, each held in memory once as the raw pool
- * bytes a sled fetches.
+ * The images a boot server offers, each served from a file through the page
+ * cache as the raw pool bytes a sled fetches.
  *
  * A sled asks for offsets into the raw (uncompressed) image (netboot.md), so
- * a compressed image is inflated once, when it is loaded, and never again per
- * sled. The bytes live in a SharedArrayBuffer that every session thread reads
- * directly: however many sleds boot from an image, it is in memory once.
- * Loading (reading, inflating, hashing) runs on a worker thread so the server
- * keeps answering sleds that are already booting, and the SHA-256 of what was
- * loaded must equal the header's, since that is what a sled checks after the
- * transfer and what the OFFER promises.
+ * a zlib image is inflated once, when it is loaded, into a temporary file
+ * (inflateDirectory: $TMPDIR, else /var/tmp) that is removed from its
+ * directory as soon as it is made, so it goes when the server exits however
+ * it exits; a plain image is served from its own file. Session threads read
+ * the bytes they send with pread (lib/netboot/raw-image.ts), so resident memory
+ * does not grow with the image, and however many sleds boot from an image,
+ * it is in the page cache once. Checking (hashing, and inflating) runs on a
+ * worker thread beside the sessions, and the SHA-256 of the raw image must
+ * equal the header's, since that is what a sled checks after the transfer
+ * and what the OFFER promises.
  *
- * The image is served while it loads (lib/netboot/raw-image.ts): sessions answer the
- * offsets already in memory and hold READs for the rest, so a sled's first
- * DATA does not wait for a large pool to be inflated. The sled checks the
- * SHA-256 itself, so nothing unchecked reaches a booted sled; an image whose
- * check fails at the end has its sleds RESET and is refused from then on
+ * The image is served while it is checked: a plain image's bytes are all in
+ * its file from the start, and a zlib image's as far as it is inflated
+ * (sessions hold READs for the rest), so a sled's first DATA waits neither
+ * for a large pool to be hashed nor inflated. The sled checks the SHA-256
+ * itself, so nothing unchecked reaches a booted sled; an image whose check
+ * fails at the end has its sleds RESET and is refused from then on
  * (ServedImage.filled, ServedImageFile).
  *
- * A zstd image (docs/format.md) is the exception: inflating a large pool
- * before the first DATA would keep a sled waiting for seconds, so only its
- * seek table is checked and its compressed payload read into shared memory
- * at load; sessions decompress the blocks READs touch through a block cache
- * they share (lib/netboot/block-cache.ts). Its SHA-256 is not checked here, as that
+ * A zstd image (docs/format.md) is the exception: only its seek table is
+ * checked and its compressed payload read into shared memory at load;
+ * sessions decompress the blocks READs touch through a block cache they
+ * share (lib/netboot/block-cache.ts). Its SHA-256 is not checked here, as that
  * needs every block; each block's checksum is checked as it is decompressed.
  *
  * An image is refused, saying why, when a sled could not boot it over the
@@ -32,11 +35,13 @@
  * ServedImageFile rereads the file when it changed (size, mtime or inode
  * differ), as the existing bootserver rereads the image on each HELLO so a
  * rebuilt image is picked up without a restart. Sessions already running
- * keep the bytes they started with: they hold their own reference.
+ * keep the file they started with open: a file replaced by a rename, or
+ * removed, stays readable to them (lib/netboot/raw-image.ts).
  */
 
+import { closeSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
 import { type FileHandle, open, stat } from "node:fs/promises";
-import { basename } from "node:path";
+import { basename, join } from "node:path";
 import { oneLine, systemReason } from "@ramdisk-tools/cli/errors.ts";
 import {
   decodeHeader,
@@ -55,7 +60,7 @@ import type { SeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { PieceSender, receivePieces } from "@ramdisk-tools/threads/link.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { stopReadAhead, type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
-import { RawImageFill, type RawImageMemory, rawImageMemory } from "./raw-image.ts";
+import { inflateDirectory, RawImageFill, type RawImageHandle, RawImageReader, rawImageHandle } from "./raw-image.ts";
 
 /** What identifies one version of a file: a rebuilt image differs in one of these. */
 export interface FileStamp {
@@ -66,13 +71,13 @@ export interface FileStamp {
 }
 
 /**
- * An image's bytes in shared memory, as sessions read them: the raw pool
+ * An image's bytes as sessions read them: the file holding the raw pool
  * (exactly header.imageSize bytes, filled as it loads) for plain and zlib
- * images, the payload and block cache for a zstd one.
+ * images, the payload and block cache in shared memory for a zstd one.
  */
-export type ServedBytes = RawImageMemory | ZstdImageMemory;
+export type ServedBytes = RawImageHandle | ZstdImageMemory;
 
-/** An image ready to serve: its header and its bytes in shared memory. */
+/** An image ready to serve: its header and where sessions read its bytes. */
 export interface ServedImage {
   path: string;
   /** The file's base name, for messages and progress lines. */
@@ -82,11 +87,15 @@ export interface ServedImage {
   stamp: FileStamp;
   /**
    * A raw image's load, which goes on while it is served: resolves with the
-   * seconds it took once every byte is in memory and the SHA-256 matched,
+   * seconds it took once every byte is in its file and the SHA-256 matched,
    * rejects (ImageFormatError) when it did not. Absent for a zstd image.
    */
   filled?: Promise<number>;
-  /** End the thread a zstd image has beside its sessions (its read-ahead); sessions still serving it go on. */
+  /**
+   * The image is no longer offered: end the thread a zstd image has beside its sessions (its read-ahead), or
+   * close a raw image's file once its fill has ended and a sled offered it has had time to open its own;
+   * sessions still serving it go on.
+   */
   retire?: () => void;
 }
 
@@ -108,6 +117,13 @@ function sameStamp(a: FileStamp, b: FileStamp): boolean {
  * @example const { header } = await readServableHeader("recovery.img");
  */
 export async function readServableHeader(path: string): Promise<{ header: Header; stamp: FileStamp }> {
+  const { header, stamp, fd } = await openServable(path);
+  closeSync(fd);
+  return { header, stamp };
+}
+
+/** readServableHeader, keeping the file open: the descriptor is the caller's to close. */
+async function openServable(path: string): Promise<{ header: Header; stamp: FileStamp; fd: number }> {
   let file: FileHandle;
   try {
     file = await open(path, "r");
@@ -127,28 +143,30 @@ export async function readServableHeader(path: string): Promise<{ header: Header
     }
     const refusals = [...kernelRefusals(header), ...netbootRefusals(header)];
     if (refusals.length > 0) throw new ImageFormatError(`cannot serve ${path}: ${refusals.join("; ")}`);
-    return { header, stamp: stampOf(stats) };
+    // The descriptor outlives the FileHandle: a duplicate of it, so closing the handle leaves it open.
+    return { header, stamp: stampOf(stats), fd: openSync(`/proc/self/fd/${file.fd}`, "r") };
   } finally {
     await file.close();
   }
 }
 
 /**
- * Fill `memory` (header.imageSize bytes) with the raw image of the file at
- * `path`, saying after each piece how far it is filled, and check its byte
- * count and SHA-256 against the header; the memory's state then says whether
- * it is whole or failed (lib/netboot/raw-image.ts). A plain payload is read straight
- * into it. A compressed one goes through the inflate stage of lib/image/verify.ts
- * on a thread of its own (workers/inflate.ts), which stops at the first
- * output past image_size; its output is copied in and hashed here while it
- * inflates the next piece. This is the work of workers/served-image.ts.
+ * Fill and check the raw image of `request` (workers/served-image.ts does
+ * this beside the sessions): a plain image is already whole in its file, so
+ * only its SHA-256 is checked, read through the page cache as the sessions
+ * read it; a compressed one goes through the inflate stage of
+ * lib/image/verify.ts on a thread of its own (workers/inflate.ts), which stops
+ * at the first output past image_size, and its output is written to the
+ * handle's temporary file and hashed here while it inflates the next piece.
+ * The handle's state then says whether it is whole or failed
+ * (lib/netboot/raw-image.ts).
  *
- * @example await fillRawImage("recovery.img", header, rawImageMemory(header.imageSize));
+ * @example await fillRawImage({ path, header, handle, source });
  */
-export async function fillRawImage(path: string, header: Header, memory: RawImageMemory): Promise<void> {
-  const fill = new RawImageFill(memory);
+export async function fillRawImage(request: FillRequest): Promise<void> {
+  const fill = new RawImageFill(request.handle);
   try {
-    await fillAndCheck(path, header, new Uint8Array(memory.bytes), fill);
+    await fillAndCheck(request, fill);
   } catch (error) {
     fill.settle(false);
     throw error;
@@ -156,11 +174,10 @@ export async function fillRawImage(path: string, header: Header, memory: RawImag
   fill.settle(true);
 }
 
-async function fillAndCheck(path: string, header: Header, target: Uint8Array, fill: RawImageFill): Promise<void> {
+async function fillAndCheck(request: FillRequest, fill: RawImageFill): Promise<void> {
+  const { path, header } = request;
   const hasher = new Bun.CryptoHasher("sha256");
-  const filled = isCompressed(header)
-    ? await inflateInto(path, header, target, hasher, fill)
-    : await readInto(path, header, target, hasher, fill);
+  const filled = isCompressed(header) ? await inflateInto(request, hasher, fill) : hashFile(request, hasher);
   if (filled !== header.imageSize) {
     throw new ImageFormatError(
       `${path}: payload holds ${filled} bytes of image, but the header's image size is ${header.imageSize}`,
@@ -174,37 +191,30 @@ async function fillAndCheck(path: string, header: Header, target: Uint8Array, fi
   }
 }
 
-async function readInto(
-  path: string,
-  header: Header,
-  target: Uint8Array,
-  hasher: Bun.CryptoHasher,
-  fill: RawImageFill,
-): Promise<number> {
-  const file = await open(path, "r");
+/** Hash a plain image's file as it is served (its own descriptor on the loader's open file). */
+function hashFile(request: FillRequest, hasher: Bun.CryptoHasher): number {
+  const reader = new RawImageReader(request.handle);
+  const buffer = new Uint8Array(READ_CHUNK);
   try {
-    let filled = 0;
-    while (filled < header.imageSize) {
-      const length = Math.min(READ_CHUNK, header.imageSize - filled);
-      const { bytesRead } = await file.read(target, filled, length, HEADER_SIZE + filled);
-      if (bytesRead === 0) break;
-      filled += bytesRead;
-      fill.filledTo(filled);
-      hasher.update(target.subarray(filled - bytesRead, filled));
+    let done = 0;
+    while (done < reader.size) {
+      const length = Math.min(READ_CHUNK, reader.size - done);
+      try {
+        reader.read(buffer, 0, done, length);
+      } catch (error) {
+        throw new ImageFormatError(oneLine(error));
+      }
+      hasher.update(buffer.subarray(0, length));
+      done += length;
     }
-    return filled;
+    return done;
   } finally {
-    await file.close();
+    reader.close();
   }
 }
 
-async function inflateInto(
-  path: string,
-  header: Header,
-  target: Uint8Array,
-  hasher: Bun.CryptoHasher,
-  fill: RawImageFill,
-): Promise<number> {
+async function inflateInto(request: FillRequest, hasher: Bun.CryptoHasher, fill: RawImageFill): Promise<number> {
+  const { path, header, handle } = request;
   const inflater = new Worker(workerUrl("inflate").href);
   const toInflater = new MessageChannel();
   const fromInflater = new MessageChannel();
@@ -216,7 +226,8 @@ async function inflateInto(
   const order: InflateOrder = { input: toInflater.port2, output: fromInflater.port1, imageSize: header.imageSize };
   inflater.postMessage(order, [toInflater.port2, fromInflater.port1]);
   try {
-    const feeding = sendPayload(path, header.dataSize, input).catch((error: unknown) => {
+    // The file as the loader opened it, even if it has been replaced since.
+    const feeding = sendPayload(`/proc/self/fd/${request.source}`, header.dataSize, input).catch((error: unknown) => {
       throw new ImageFormatError(`${path}: ${oneLine(error)}`);
     });
     // A failed inflate stops taking input; its report says why, so the feeder's own error adds nothing.
@@ -224,7 +235,7 @@ async function inflateInto(
     let filled = 0;
     const storing = (async () => {
       for await (const piece of receivePieces(fromInflater.port2)) {
-        target.set(piece, filled);
+        writeWhole(handle.fd, piece, filled, path);
         filled += piece.length;
         // Published before it is hashed: sessions may send it while the hash catches up.
         fill.filledTo(filled);
@@ -248,44 +259,112 @@ async function inflateInto(
   }
 }
 
+/** Write all of `bytes` at `position` of the inflated image's temporary file. */
+function writeWhole(fd: number, bytes: Uint8Array, position: number, path: string): void {
+  try {
+    for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
+  } catch (error) {
+    throw new ImageFormatError(
+      `${path}: cannot write the inflated image to ${inflateDirectory()}: ${systemReason(error)}`,
+    );
+  }
+}
+
+/**
+ * A temporary file for an inflated image of `size` bytes, already removed
+ * from its directory: it lives as long as a descriptor on it does, so it is
+ * gone when the server exits however it exits. Throws ImageFormatError when
+ * the directory cannot hold it.
+ */
+function inflatedFile(path: string, size: number): number {
+  const directory = inflateDirectory();
+  try {
+    const free = statfsSync(directory);
+    const available = free.bavail * free.bsize;
+    if (available < size)
+      throw new ImageFormatError(
+        `cannot serve ${path}: inflating it needs ${mib(size)} in ${directory}, which has ${mib(available)} free (TMPDIR chooses another place)`,
+      );
+    const made = mkdtempSync(join(directory, "bootserver-"));
+    const file = join(made, basename(path));
+    const fd = openSync(file, "w+", 0o600);
+    rmSync(made, { recursive: true });
+    return fd;
+  } catch (error) {
+    if (error instanceof ImageFormatError) throw error;
+    throw new ImageFormatError(
+      `cannot serve ${path}: cannot make a file to inflate it into in ${directory}: ${systemReason(error)}`,
+    );
+  }
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(0)} MiB`;
+}
+
 /** What workers/served-image.ts is asked to do. */
 export interface FillRequest {
   path: string;
   header: Header;
-  memory: RawImageMemory;
+  handle: RawImageHandle;
+  /** The loader's descriptor on the image file (for a plain image, the handle's own). */
+  source: number;
 }
 
 /** What workers/served-image.ts answers: nothing on success, else the reason. */
 export type FillResult = { ok: true } | { ok: false; message: string };
 
 /**
- * Load an image for serving: check its header, then start reading or
- * inflating it into shared memory on a worker thread, which verifies it as
- * it goes. Returns as soon as the image can be offered; `filled` says how
- * the load ended. A zstd image gets a block cache of `zstdCacheBytes`
- * (DEFAULT_CACHE_BYTES when absent).
+ * How long a retired image's descriptors stay open: a sled offered it just
+ * before it was retired has its session open its own within that time
+ * (lib/netboot/dispatch.ts forgets an offer not taken up after as long).
+ */
+const RETIRED_CLOSE_MS = 30_000;
+
+/**
+ * Load an image for serving: check its header, then serve it from its file
+ * (plain) or from a temporary file it is inflated into (zlib), with a worker
+ * thread checking its SHA-256 beside the sessions. Returns as soon as the
+ * image can be offered; `filled` says how the load ended. A zstd image gets
+ * a block cache of `zstdCacheBytes` (DEFAULT_CACHE_BYTES when absent).
  *
  * @example
- * const image = await loadServedImage("recovery.img"); // image.bytes: the raw pool, filling
+ * const image = await loadServedImage("recovery.img"); // image.bytes: served from the file at once
  * await image.filled; // every byte in, SHA-256 checked
  */
 export async function loadServedImage(path: string, zstdCacheBytes?: number): Promise<ServedImage> {
-  const { header, stamp } = await readServableHeader(path);
+  const source = await openServable(path);
+  const { header, stamp } = source;
   if (payloadCodec(header) === "zstd") {
+    closeSync(source.fd);
     const memory = await loadZstdPayload(path, header, zstdCacheBytes);
     return { path, name: basename(path), header, bytes: memory, stamp, retire: startReadAhead(memory) };
   }
-  const memory = rawImageMemory(header.imageSize);
+  const name = basename(path);
+  let handle: RawImageHandle;
+  try {
+    const inflated = isCompressed(header) ? inflatedFile(path, header.imageSize) : null;
+    handle = rawImageHandle(header.imageSize, {
+      fd: inflated ?? source.fd,
+      start: inflated === null ? HEADER_SIZE : 0,
+      name,
+    });
+  } catch (error) {
+    closeSync(source.fd);
+    throw error;
+  }
+  // A plain image is in its file whole: only its check goes on.
+  if (!isCompressed(header)) new RawImageFill(handle).filledTo(header.imageSize);
   const started = performance.now();
   const worker = new Worker(workerUrl("served-image").href);
   const filled = new Promise<FillResult>((resolve) => {
     worker.onmessage = (event: MessageEvent<FillResult>) => resolve(event.data);
     worker.onerror = (event) => {
       // The thread died without saying how the fill ended: the sessions must not wait for it.
-      new RawImageFill(memory).settle(false);
+      new RawImageFill(handle).settle(false);
       resolve({ ok: false, message: event.message });
     };
-    worker.postMessage({ path, header, memory } satisfies FillRequest);
+    worker.postMessage({ path, header, handle, source: source.fd } satisfies FillRequest);
   }).then((result) => {
     worker.terminate();
     if (!result.ok) throw new ImageFormatError(result.message);
@@ -293,7 +372,18 @@ export async function loadServedImage(path: string, zstdCacheBytes?: number): Pr
   });
   // Whoever serves the image handles the outcome; this keeps a failure nobody awaited from being "unhandled".
   filled.catch(() => {});
-  return { path, name: basename(path), header, bytes: memory, stamp, filled };
+  let retired = false;
+  // Sessions booting from it keep their own descriptors; the fill, if still going, finishes for them.
+  const retire = () => {
+    if (retired) return;
+    retired = true;
+    const close = () => {
+      closeSync(source.fd);
+      if (handle.fd !== source.fd) closeSync(handle.fd);
+    };
+    void filled.catch(() => {}).then(() => setTimeout(close, RETIRED_CLOSE_MS).unref());
+  };
+  return { path, name, header, bytes: handle, stamp, filled, retire };
 }
 
 /**
@@ -389,6 +479,7 @@ export class ServedImageFile {
       this.#failure = undefined;
       image.filled?.catch((error: Error) => {
         if (this.#image !== image) return;
+        image.retire?.();
         this.#image = undefined;
         this.#failure = { stamp, error };
       });

@@ -190,7 +190,7 @@ export type BootEvent =
   /** The sled READ an offer while `maxSleds` sessions were live: no session for now (said once per sled). */
   | { type: "turned-away"; sled: string; maxSleds: number }
   | { type: "reloaded"; image: ServedImage }
-  /** A raw image is all in memory and its SHA-256 matched, `seconds` after its load began (it was served meanwhile). */
+  /** A raw image is all in its file and its SHA-256 matched, `seconds` after its load began (it was served meanwhile). */
   | { type: "loaded"; image: ServedImage; seconds: number }
   /**
    * A raw image failed its check after serving began: refused until its file changes, and the sessions

@@ -26,6 +26,8 @@ export const MAC_SIZE = 6;
 export const PROTOCOL_HEADER_SIZE = 12;
 /** Where the body starts in a whole frame. */
 export const BODY_OFFSET = ETHER_HEADER_SIZE + PROTOCOL_HEADER_SIZE;
+/** Where a DATA frame's image bytes start: after the body's u64 offset. */
+export const DATA_IMAGE_OFFSET = BODY_OFFSET + 8;
 /** Ethernet frames are at least 60 bytes without the FCS; NICs pad shorter ones. */
 export const MIN_FRAME_SIZE = 60;
 
@@ -344,6 +346,8 @@ export function encodeFrame(destination: Mac, source: Mac, message: Message): Ui
 export class DataFrameWriter {
   private readonly buffer = new Uint8Array(BODY_OFFSET + 8 + DATA_MAX_BODY);
   private readonly view = new DataView(this.buffer.buffer);
+  /** The Ethernet and protocol headers up to the length field, the same in every frame. */
+  private readonly header = this.buffer.subarray(0, ETHER_HEADER_SIZE + 8);
   /** Image bytes in the frame written last. */
   imageBytes = 0;
 
@@ -366,6 +370,42 @@ export class DataFrameWriter {
     // is past any image, and below it Number(offset) is exact.
     const start = offset > MAX_SAFE_OFFSET ? image.length : Math.min(Number(offset), image.length);
     return this.frame(offset, image.subarray(start, Math.min(start + CHUNK_SIZE, image.length)));
+  }
+
+  /**
+   * The DATA frame for `imageBytes` bytes at offset `at` whose image bytes
+   * already lie in `frame` from DATA_IMAGE_OFFSET on (read there from the
+   * image, so they are never copied): this writer's headers, the length and
+   * the offset are written around them. `at` is a byte offset inside an image
+   * (below 2^53, so a Number holds it exactly; DATA for offsets past the end
+   * is `frame()`'s). `frame` holds at least DATA_IMAGE_OFFSET + imageBytes
+   * bytes, and MIN_FRAME_SIZE; the result is `frame` itself when it is
+   * exactly as long as the DATA, else a view of it.
+   *
+   * @example const data = writer.wrap(4096, slot, 1024); // slot: a 1058-byte buffer, image bytes from byte 34
+   */
+  wrap(at: number, frame: Uint8Array, imageBytes: number): Uint8Array {
+    this.imageBytes = imageBytes;
+    frame.set(this.header);
+    const bodySize = 8 + imageBytes;
+    const end = BODY_OFFSET + bodySize;
+    frame[ETHER_HEADER_SIZE + 8] = bodySize >>> 24;
+    frame[ETHER_HEADER_SIZE + 9] = (bodySize >>> 16) & 0xff;
+    frame[ETHER_HEADER_SIZE + 10] = (bodySize >>> 8) & 0xff;
+    frame[ETHER_HEADER_SIZE + 11] = bodySize & 0xff;
+    const high = Math.floor(at / 0x1_0000_0000);
+    const low = at >>> 0;
+    frame[BODY_OFFSET] = high >>> 24;
+    frame[BODY_OFFSET + 1] = (high >>> 16) & 0xff;
+    frame[BODY_OFFSET + 2] = (high >>> 8) & 0xff;
+    frame[BODY_OFFSET + 3] = high & 0xff;
+    frame[BODY_OFFSET + 4] = low >>> 24;
+    frame[BODY_OFFSET + 5] = (low >>> 16) & 0xff;
+    frame[BODY_OFFSET + 6] = (low >>> 8) & 0xff;
+    frame[BODY_OFFSET + 7] = low & 0xff;
+    if (end < MIN_FRAME_SIZE) frame.fill(0, end, MIN_FRAME_SIZE);
+    const length = Math.max(end, MIN_FRAME_SIZE);
+    return frame.length === length ? frame : frame.subarray(0, length);
   }
 
   /** The whole frame for `bytes` at `offset`: a view valid until the next call. */

@@ -54,10 +54,11 @@ export class ServerProcess {
   readonly process: Bun.Subprocess<"ignore", "pipe", "pipe">;
   readonly #done: Promise<void>;
 
-  constructor(args: string[], cwd: string) {
+  /** `env`: variables to set for it, beside the test's own. */
+  constructor(args: string[], cwd: string, env: Record<string, string> = {}) {
     const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), ...args], {
       cwd,
-      env: programEnv(cwd),
+      env: programEnv(cwd, { ...process.env, ...env }),
       stdout: "pipe",
       stderr: "pipe",
     });
