@@ -77,28 +77,43 @@ export class ConsoleCost {
   readonly #rates: { rate: number; copies: number }[] = [];
   #copies = 0;
   #done = false;
+  // Worked out when a sample comes, not on every READ that asks (a session asks several times a READ).
+  #baseline: number | null = null;
+  #fastest = Number.POSITIVE_INFINITY;
+  #jitter = JITTER_FLOOR_MS;
+  #perLine: number | null = null;
 
   /** A plain round trip: last DATA of an answer without copies to the sled's next READ. */
   plain(roundTripMs: number): void {
     this.#plain.push(roundTripMs);
     if (this.#plain.length > PLAIN_SAMPLES) this.#plain.shift();
+    const middle = median(this.#plain);
+    this.#baseline = middle;
+    this.#fastest = Math.min(this.#fastest, roundTripMs);
+    this.#jitter =
+      this.#plain.length < MIN_PLAIN_SAMPLES
+        ? JITTER_FLOOR_MS
+        : Math.max(JITTER_FLOOR_MS, 1.5 * median(this.#plain.map((rtt) => Math.abs(rtt - middle))));
   }
 
   /** The median plain round trip, or null before the first. */
   get baselineMs(): number | null {
-    return this.#plain.length === 0 ? null : median(this.#plain);
+    return this.#baseline;
+  }
+
+  /** The shortest plain round trip seen, 0 before the first. */
+  get fastestMs(): number {
+    return Number.isFinite(this.#fastest) ? this.#fastest : 0;
   }
 
   /** The spread of plain round trips: noise a probe must rise above. */
   get jitterMs(): number {
-    const middle = this.baselineMs;
-    if (middle === null || this.#plain.length < MIN_PLAIN_SAMPLES) return JITTER_FLOOR_MS;
-    return Math.max(JITTER_FLOOR_MS, 1.5 * median(this.#plain.map((rtt) => Math.abs(rtt - middle))));
+    return this.#jitter;
   }
 
   /** Milliseconds a line costs the sled, as measured; null before any probe. */
   get perLineMs(): number | null {
-    return this.#rates.length === 0 ? null : Math.max(0, weightedMedian(this.#rates));
+    return this.#perLine;
   }
 
   /** At most this many milliseconds a line, with the noise taken into account; null before any probe. */
@@ -141,6 +156,7 @@ export class ConsoleCost {
     const baseline = this.baselineMs ?? 0;
     this.#rates.push({ rate: (roundTripMs - baseline) / copies, copies });
     this.#copies += copies;
+    this.#perLine = Math.max(0, weightedMedian(this.#rates));
     const measured = this.perLineMs!;
     const precise =
       this.#rates.length >= MIN_PROBES &&

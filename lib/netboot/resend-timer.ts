@@ -17,8 +17,10 @@
  *
  * Samples come only from a READ of a new batch. When the answer before it
  * was copied, which copy the READ answers is unknown (Karn's rule), with two
- * exceptions: a READ that reached the server before the copies began proves
- * them spurious, and the time since the first send is a true round trip; a
+ * exceptions: a READ that reached the server before the first copy could
+ * have reached the sled and been answered (sooner after it than the sled's
+ * fastest round trip) proves the copies spurious, and the time since the
+ * first send is a true round trip; a
  * READ that came later after the last copy than a round trip and its
  * variation (plus COPY_EVIDENCE_MS) cannot be the answer to any copy (a sled
  * that lost a frame answers the copy it needed within about one round trip,
@@ -99,11 +101,14 @@ export class ResendTimeout {
    * A READ of a new batch came after its answer was copied, so many
    * milliseconds after the first send, the first copy and the last copy
    * (negative: it was captured before): a sample when it says something
-   * (see the module comment).
+   * (see the module comment). `fastestMs` is the sled's shortest round trip
+   * seen: a READ that came sooner than that after the first copy was on its
+   * way before the copy could have reached the sled.
    */
-  afterResend(sinceSentMs: number, sinceFirstCopyMs: number, sinceLastCopyMs: number): void {
+  afterResend(sinceSentMs: number, sinceFirstCopyMs: number, sinceLastCopyMs: number, fastestMs = 0): void {
+    const beforeAnyCopy = sinceFirstCopyMs < fastestMs;
     const answersNoCopy = sinceLastCopyMs > (this.#srtt ?? 0) + K * this.#rttvar + COPY_EVIDENCE_MS;
-    if (sinceFirstCopyMs < 0 || answersNoCopy) this.sample(sinceSentMs);
+    if (beforeAnyCopy || answersNoCopy) this.sample(sinceSentMs);
   }
 }
 

@@ -593,7 +593,13 @@ export class SledSession {
       this.#lateSeen = true;
     if (sentAt !== null && reasked === 0 && frames.length > 0) {
       const roundTrip = receivedAt - sentAt;
-      if (firstCopyAt !== null) this.#timeout.afterResend(roundTrip, receivedAt - firstCopyAt, receivedAt - lastCopyAt);
+      if (firstCopyAt !== null)
+        this.#timeout.afterResend(
+          roundTrip,
+          receivedAt - firstCopyAt,
+          receivedAt - lastCopyAt,
+          this.#console.fastestMs,
+        );
       else if (probeCopies > 0) this.#console.probe(roundTrip, probeCopies);
       else {
         this.#timeout.sample(roundTrip);
