@@ -72,6 +72,8 @@ import type { ServedBytes } from "./served-image.ts";
 const STATUS_PER_DROP_LINE = 48 / 45;
 /** Before a console's cost is measured, a probe's copies may hold the sled up this long each (9600 baud). */
 const SLOWEST_LINE_MS = 50;
+/** Lines' time a session waits beyond the re-send timeout before copies (see #armResend). */
+const SPURIOUS_LINES = 2;
 /** Timers of the event loop do not fire sooner than this: faster-paced copies go out several per timer. */
 const TIMER_MS = 1;
 
@@ -653,9 +655,13 @@ export class SledSession {
     const line = this.#console.perLineMs ?? 0;
     const upper = this.#console.upperMs;
     const backlog = this.#afterCopies ? line * (1 + this.#timeout.timeoutMs / this.#copyGap()) : 0;
+    // A copy sent on a READ that was only late costs a line for nothing, so
+    // the more a line costs, the surer of a loss the session waits to be:
+    // SPURIOUS_LINES more lines' time, a few milliseconds at 115,200 baud
+    // against the quarter of a second a lossy batch then takes.
     const wait =
       this.#timeout.timeoutAfter(this.#lateRun) +
-      line * STATUS_PER_DROP_LINE +
+      line * (STATUS_PER_DROP_LINE + SPURIOUS_LINES) +
       this.#probeCopies * (upper ?? SLOWEST_LINE_MS) +
       backlog;
     this.#cancelResend = this.#clock.after(wait, () => this.#late());
