@@ -59,7 +59,7 @@ import {
 import { consecutiveMacs } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
-import { processCpuSeconds, watchLines } from "./server-process.ts";
+import { eachLines, processCpuSeconds, watchLines } from "./server-process.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const GIB = 1024 * MIB;
@@ -376,19 +376,31 @@ export async function sendRows(
   return { heading, rows };
 }
 
+/**
+ * Run and print the send rows, then the memory rows with `bigGib` GiB images (none for 0).
+ *
+ * @example await withVethPair((pair) => printSendRows(pair, dir, SEND_DEFAULTS, 4));
+ */
+export async function printSendRows(
+  pair: VethPair,
+  dir: string,
+  options: { seconds: number; imageMib: number },
+  bigGib: number,
+): Promise<void> {
+  const send = await sendRows(pair, dir, options);
+  console.log(`\n${send.heading}`);
+  printRows(send.rows);
+  if (bigGib > 0) {
+    const memory = await memoryRows(pair, dir, bigGib);
+    console.log(`\n${memory.heading}`);
+    printRows(memory.rows);
+  }
+}
+
 /** A server's standard output, line by line as it comes. */
 function collectLines(stream: ReadableStream<Uint8Array>): string[] {
   const lines: string[] = [];
-  void (async () => {
-    const decoder = new TextDecoder();
-    let pending = "";
-    for await (const chunk of stream) {
-      pending += decoder.decode(chunk, { stream: true });
-      const complete = pending.split("\n");
-      pending = complete.pop()!;
-      lines.push(...complete);
-    }
-  })();
+  void eachLines(stream, (complete) => lines.push(...complete));
   return lines;
 }
 
@@ -533,16 +545,7 @@ if (import.meta.main) {
   const dir = await mkdtemp(join(tmpdir(), "bench-netboot-send-"));
   try {
     const options = { seconds: Number(values.seconds), imageMib: Number(values["image-mib"]) };
-    await withVethPair(async (pair) => {
-      const send = await sendRows(pair, dir, options);
-      console.log(send.heading);
-      printRows(send.rows);
-      if (Number(values["big-gib"]) > 0) {
-        const memory = await memoryRows(pair, dir, Number(values["big-gib"]));
-        console.log(`\n${memory.heading}`);
-        printRows(memory.rows);
-      }
-    }, values["veth-prefix"]);
+    await withVethPair((pair) => printSendRows(pair, dir, options, Number(values["big-gib"])), values["veth-prefix"]);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

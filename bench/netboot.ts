@@ -70,7 +70,7 @@ import {
   run,
   writeImage,
 } from "./netboot-run.ts";
-import { memoryRows, SEND_DEFAULTS, sendRows } from "./netboot-send.ts";
+import { printSendRows, SEND_DEFAULTS } from "./netboot-send.ts";
 
 /** The server as it ships: its defaults are fast re-send, pacing at 1g per sled and admission. */
 const OURS_FLAGS: readonly string[] = [];
@@ -286,19 +286,8 @@ try {
     printRows(rows);
   }
   if (rowGroups.includes("send")) {
-    await withVethPair(async (pair) => {
-      const send = await sendRows(pair, dir, {
-        seconds: Number(values["send-seconds"]),
-        imageMib: SEND_DEFAULTS.imageMib,
-      });
-      console.log(`\n${send.heading}`);
-      printRows(send.rows);
-      if (Number(values["big-gib"]) > 0) {
-        const memory = await memoryRows(pair, dir, Number(values["big-gib"]));
-        console.log(`\n${memory.heading}`);
-        printRows(memory.rows);
-      }
-    }, values["veth-prefix"]);
+    const options = { seconds: Number(values["send-seconds"]), imageMib: SEND_DEFAULTS.imageMib };
+    await withVethPair((pair) => printSendRows(pair, dir, options, Number(values["big-gib"])), values["veth-prefix"]);
   }
 } finally {
   await rm(dir, { recursive: true, force: true });

@@ -20,6 +20,22 @@ export async function processCpuSeconds(pid: number): Promise<number> {
 }
 
 /**
+ * Read a stream to its end, handing on its complete lines as they come.
+ *
+ * @example await eachLines(server.stdout, (lines) => log.push(...lines));
+ */
+export async function eachLines(stream: ReadableStream<Uint8Array>, take: (lines: string[]) => void): Promise<void> {
+  const decoder = new TextDecoder();
+  let pending = "";
+  for await (const chunk of stream) {
+    pending += decoder.decode(chunk, { stream: true });
+    const complete = pending.split("\n");
+    pending = complete.pop()!;
+    take(complete);
+  }
+}
+
+/**
  * Read a child's output to its end, line by line; `ready` resolves at the
  * first line matching `wanted` (and rejects if the output ends before one).
  *
@@ -31,19 +47,11 @@ export function watchLines(
 ): { ready: Promise<void>; lines: Promise<string[]> } {
   let seen!: () => void;
   const ready = new Promise<void>((resolve) => (seen = resolve));
-  const lines = (async () => {
-    const all: string[] = [];
-    const decoder = new TextDecoder();
-    let pending = "";
-    for await (const chunk of stream) {
-      pending += decoder.decode(chunk, { stream: true });
-      const complete = pending.split("\n");
-      pending = complete.pop()!;
-      all.push(...complete);
-      if (complete.some((line) => wanted.test(line))) seen();
-    }
-    return all;
-  })();
+  const all: string[] = [];
+  const lines = eachLines(stream, (complete) => {
+    all.push(...complete);
+    if (complete.some((line) => wanted.test(line))) seen();
+  }).then(() => all);
   return {
     ready: Promise.race([
       ready,
