@@ -38,7 +38,7 @@ export function linkFigures(progress: SledProgress): string {
   const parts = [`${progress.reasked} re-asked offsets`];
   if (progress.resentFrames > 0) {
     const cost = progress.consoleLineMs > 0 ? ` (~${progress.copiesConsoleSeconds.toFixed(2)} s of console)` : "";
-    parts.push(`${progress.resentFrames} copies${cost}`);
+    parts.push(`${progress.resentFrames} ${progress.resentFrames === 1 ? "copy" : "copies"}${cost}`);
   }
   const line = progress.consoleLineMs > 0 ? ` (${progress.consoleLineMs.toFixed(2)} ms a console line)` : "";
   if (progress.copyChoice === "on") parts.push(`copies on${line}`);
