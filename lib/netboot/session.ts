@@ -517,6 +517,7 @@ export class SledSession {
     this.#console = new ConsoleCost();
     this.#lateSeen = false;
     this.#afterCopies = false;
+    this.#lateRun = 0;
     this.#losses.fill(0);
     this.counters.clear();
     this.counters.set("imageSize", this.#image.size);
