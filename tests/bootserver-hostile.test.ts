@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { programEnv, python, ROOT } from "./helpers/common.ts";
-import { mkimage } from "./helpers/netboot.ts";
+import { mkimage, runSleds } from "./helpers/netboot.ts";
 
 const MIB = 1024 * 1024;
 const IMAGE_SIZE = 4 * MIB;
@@ -288,26 +288,6 @@ function spawnServer(args: string[]) {
   return { child, lines, events, waitFor, stderr, reading };
 }
 
-function spawnSleds(link: string, args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, "apps/sled.ts"), link, "--timeout", "60", "--json", ...args], {
-    cwd: dir,
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  return (async () => {
-    const [stdout, stderr, exitCode] = await Promise.all([
-      new Response(child.stdout).text(),
-      new Response(child.stderr).text(),
-      child.exited,
-    ]);
-    const reports = stdout
-      .split("\n")
-      .filter((line) => line.startsWith("{"))
-      .map((line) => JSON.parse(line));
-    return { exitCode, stderr, reports };
-  })();
-}
-
 function vmRssKiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)![1]);
@@ -366,7 +346,8 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
         let sledsDone = false;
         // Every DATA held 150 ms in the sleds: a 4 MiB boot then takes at least 4.8 s, so the storm meets the boots (the link takes some 30,000 frames a second here).
         const slow = ["--delay-rate", "1", "--delay-ms", "150"];
-        const sleds = spawnSleds(b, [
+        const sleds = runSleds(dir, b, [
+          "--json",
           "--checksum-file",
           "pool.csum",
           "--sleds",
@@ -434,7 +415,14 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
       try {
         await proc.waitFor("listening");
         const flags = ["--drop-rate", "0.01", "--duplicate-rate", "0.01", "--reorder-rate", "0.01", "--seed", "3"];
-        const result = await spawnSleds(b, ["--checksum-file", "small.csum", "--sleds", String(SLEDS), ...flags]);
+        const result = await runSleds(dir, b, [
+          "--json",
+          "--checksum-file",
+          "small.csum",
+          "--sleds",
+          String(SLEDS),
+          ...flags,
+        ]);
         expect(result.reports.map((report) => report.outcome)).toEqual(Array(SLEDS).fill("booted"));
         expect(result.exitCode).toBe(0);
         expect(await proc.child.exited).toBe(0);
@@ -465,7 +453,7 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
         await first.waitFor("listening");
         // Every DATA held 20 ms: at most 128 KiB per 20 ms, so 16 MiB takes at least 2.6 s however fast the machine.
         const slow = ["--delay-rate", "1", "--delay-ms", "20"];
-        const sled = spawnSleds(b, ["--checksum-file", "big.csum", "--restart-on-reset", ...slow]);
+        const sled = runSleds(dir, b, ["--json", "--checksum-file", "big.csum", "--restart-on-reset", ...slow]);
         await first.waitFor("offer");
         await Bun.sleep(300); // well inside the transfer
         first.child.kill("SIGKILL");

@@ -31,7 +31,7 @@ import {
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { ROOT } from "./helpers/common.ts";
-import { mkimage, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { mkimage, ServerProcess, sledReports, writePool } from "./helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 
@@ -315,10 +315,7 @@ function bootSleds(link: string, sleds: SledGroup[], extra: string[] = []) {
         new Response(child.stderr).text(),
         child.exited,
       ]);
-      const reports = stdout
-        .split("\n")
-        .filter((line) => line.startsWith("{"))
-        .map((line) => JSON.parse(line) as { outcome: string; resets: number; mac: string; detail: string });
+      const reports = sledReports(stdout) as { outcome: string; resets: number; mac: string; detail: string }[];
       return { kind, exitCode, stderr, reports };
     })();
     return { child, result };

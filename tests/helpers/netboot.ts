@@ -122,13 +122,17 @@ export async function runSleds(cwd: string, link: string, args: string[], timeou
   const { exitCode, stdout, stderr } = await runProgram("sled", [link, "--timeout", String(timeoutSeconds), ...args], {
     cwd,
   });
-  return {
-    exitCode,
-    stdout,
-    stderr,
-    reports: stdout
-      .split("\n")
-      .filter((line) => line.startsWith("{"))
-      .map((line) => JSON.parse(line)),
-  };
+  return { exitCode, stdout, stderr, reports: sledReports(stdout) };
+}
+
+/**
+ * The JSON reports among the lines `sled --json` printed, one per sled.
+ *
+ * @example const [report] = sledReports(await new Response(child.stdout).text());
+ */
+export function sledReports(stdout: string) {
+  return stdout
+    .split("\n")
+    .filter((line) => line.startsWith("{"))
+    .map((line) => JSON.parse(line));
 }
