@@ -19,7 +19,7 @@ import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/image/format.ts";
 import type { VethPair } from "@ramdisk-tools/lab/veth.ts";
 import { goal } from "./measure.ts";
-import { type Condition, HEADER, line, type Run, ratio, run, writeImage } from "./netboot-run.ts";
+import { type Condition, conditionName, HEADER, printPair, type Run, run, writeImage } from "./netboot-run.ts";
 
 export const CONSOLE_DEFAULTS = { imageMib: 16, bauds: [0, 3_000_000, 115_200, 9600], capSeconds: 150 };
 
@@ -116,10 +116,7 @@ export async function consoleRows(
     }
     const ours = medianRun(oursRuns);
     const peer = medianRun(peerRuns);
-    const { label, sleds } = row.condition;
-    console.log(line(`${label}, ${sleds} sled${sleds > 1 ? "s" : ""}`, "ours", ours));
-    console.log(line("", "peer", peer));
-    console.log(ratio(ours, peer));
+    printPair(row.condition, ours, peer);
     done.push({ ...row, ours, peer });
   }
   printConsoleGoals(done);
@@ -129,7 +126,7 @@ function printConsoleGoals(rows: ConsoleRow[]): void {
   const lines: string[] = [];
   const booted = (result: Run) => result.booted === result.sleds;
   for (const { condition, baud, lossy, ours, peer } of rows) {
-    const name = `${condition.label}, ${condition.sleds} sled${condition.sleds > 1 ? "s" : ""}`;
+    const name = conditionName(condition);
     const speedup = booted(ours) ? (booted(peer) ? peer.seconds : peer.capSeconds) / ours.seconds : 0;
     const atLeast = booted(peer) ? "" : "at least ";
     if (!lossy) {

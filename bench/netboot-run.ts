@@ -264,7 +264,7 @@ export async function run(
 export const HEADER =
   "condition                                server  booted   time s  slowest MB/s  mean MB/s  all MB/s  sent/image  CPU s/GiB  peak MiB  threads  emulator us/frame  copies  console lines, s  RESETs";
 
-export function line(label: string, server: string, result: Run): string {
+function line(label: string, server: string, result: Run): string {
   const time =
     result.booted === result.sleds ? result.seconds.toFixed(2) : `not booted in ${result.capSeconds} s`.padStart(8);
   const cells = [
@@ -287,8 +287,20 @@ export function line(label: string, server: string, result: Run): string {
   return cells.join("  ") + (result.emulatorNote ? `  (${result.emulatorNote})` : "");
 }
 
+/** A condition as a row names it: its label and how many sleds. */
+export function conditionName(condition: Condition): string {
+  return `${condition.label}, ${condition.sleds} sled${condition.sleds > 1 ? "s" : ""}`;
+}
+
+/** Print one condition's rows: ours, the peer, and their ratio. */
+export function printPair(condition: Condition, ours: Run, peer: Run): void {
+  console.log(line(conditionName(condition), "ours", ours));
+  console.log(line("", "peer", peer));
+  console.log(ratio(ours, peer));
+}
+
 /** Ours over the peer: time (how many times faster) and aggregate rate. */
-export function ratio(ours: Run, peer: Run): string {
+function ratio(ours: Run, peer: Run): string {
   const peerDone = peer.booted === peer.sleds;
   const oursDone = ours.booted === ours.sleds;
   const speed =

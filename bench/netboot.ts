@@ -64,9 +64,8 @@ import {
   GIGABIT_FRAME_US,
   HEADER,
   LINE_RATE_MB_PER_S,
-  line,
+  printPair,
   type Run,
-  ratio,
   run,
   writeImage,
 } from "./netboot-run.ts";
@@ -248,14 +247,11 @@ async function networkRows(dir: string): Promise<void> {
   await withVethPair(async ({ a, b }) => {
     for (const condition of list) {
       const image = sizes.get(sizeFor(condition.sleds))!;
-      const label = `${condition.label}, ${condition.sleds} sled${condition.sleds > 1 ? "s" : ""}`;
       const [ours, peer] = [
         await run(a, b, image, SERVERS[0].flags, condition),
         await run(a, b, image, SERVERS[1].flags, condition),
       ];
-      console.log(line(label, "ours", ours));
-      console.log(line("", "peer", peer));
-      console.log(ratio(ours, peer));
+      printPair(condition, ours, peer);
       results.set(`${condition.label}/${condition.sleds}`, { ours, peer });
     }
   }, values["veth-prefix"]);
