@@ -4,7 +4,20 @@
  * protocol frames, threads -> program conventions and bytes), and every
  * package imports only what its package.json names.
  */
-const FLOORS = { bytes: 0, cli: 0, threads: 1, protocol: 1, wire: 2, image: 2, netboot: 3, sled: 3, lab: 4 };
+const FLOORS = {
+  bytes: 0,
+  errors: 0,
+  files: 1,
+  progress: 1,
+  cli: 1,
+  threads: 1,
+  protocol: 1,
+  wire: 2,
+  image: 2,
+  netboot: 3,
+  sled: 3,
+  lab: 4,
+};
 const home = (pkg) => (pkg === "lab" ? "^lab/" : `^lib/${pkg}/`);
 
 const climbing = Object.entries(FLOORS).map(([pkg, floor]) => {

@@ -1,4 +1,5 @@
 #!/usr/bin/env bun
+
 /**
  * bootserver: serve boot images to sleds booting from the network over raw
  * Ethernet (docs/netboot.md), many sleds at once.
@@ -8,7 +9,7 @@
  */
 
 import { runMain, usageConventions, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
-import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/errors/errors.ts";
 import { MIB } from "@ramdisk-tools/image/format.ts";
 import { DEFAULT_CACHE_BYTES, MAX_CACHE_BYTES } from "@ramdisk-tools/netboot/block-cache.ts";
 import { BootProgressDisplay, JsonLogDisplay } from "@ramdisk-tools/netboot/boot-progress.ts";
@@ -21,6 +22,7 @@ import { BootServer, type BootServerOptions, DEFAULT_MAX_SLEDS } from "@ramdisk-
 import { type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
+import packageJson from "../package.json" with { type: "json" };
 
 /** Conventional exit statuses for a program ended by a signal: 128 + its number. */
 const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
@@ -135,6 +137,7 @@ function parseArguments(argv: string[]) {
     .example("$0 --rate 100m eth1 host.img any", "sleds behind a 100 Mb/s port")
     .example("$0 --state-dir /run/bootserver eth1 host.img any", "keep the record of offers in /run/bootserver");
   return usageConventions(parser, "bootserver", {
+    version: packageJson.version,
     strict: "options",
     exitStatus:
       "Exit status: 0 when the sleds asked for (-s, --boots) have finished; 1 on a failure " +

@@ -8,10 +8,10 @@
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { runMain } from "@ramdisk-tools/cli/conventions.ts";
-import { UserError } from "@ramdisk-tools/cli/errors.ts";
-import { formatBytes } from "@ramdisk-tools/cli/progress.ts";
+import { UserError } from "@ramdisk-tools/errors/errors.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const OUT = join(ROOT, "demo-out");

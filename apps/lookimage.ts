@@ -12,12 +12,13 @@
  */
 
 import { parseLikeGetopts, runMain } from "@ramdisk-tools/cli/conventions.ts";
-import { EXIT_FAILURE, EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
-import { startProgress } from "@ramdisk-tools/cli/progress.ts";
+import { EXIT_FAILURE, EXIT_USAGE, UserError } from "@ramdisk-tools/errors/errors.ts";
 import { payloadHeader, payloadSizeRefusal } from "@ramdisk-tools/image/format.ts";
 import { formatRatio, headerLines, jsonReport, jsonText, readHeader, warnings } from "@ramdisk-tools/image/report.ts";
 import { extractPayload, type PayloadVerdict, rawOutputTarget, verifyPayload } from "@ramdisk-tools/image/verify.ts";
+import { startProgress } from "@ramdisk-tools/progress/progress.ts";
 import yargs from "yargs";
+import packageJson from "../package.json" with { type: "json" };
 
 const PROGRAM = "lookimage";
 
@@ -61,7 +62,7 @@ async function main(): Promise<number> {
     .example("$0 recovery.img", "print the header, then inflate and check the payload's size and SHA-256")
     .example("$0 -s --json recovery.img", "the header as JSON, without reading the payload")
     .example("$0 --extract pool.raw recovery.img", "verify, and write the raw pool to pool.raw");
-  const { args, free } = await parseLikeGetopts(parser, PROGRAM);
+  const { args, free } = await parseLikeGetopts(parser, PROGRAM, packageJson.version);
   // The existing lookimage's question, for anything but one image.
   if (free.length !== 1) {
     const given = free.length === 0 ? "none given" : `not ${free.length}: ${free.join(" ")}`;

@@ -9,7 +9,7 @@
  */
 
 import { parseLikeGetopts, runMain, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
-import { EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { EXIT_USAGE, UserError } from "@ramdisk-tools/errors/errors.ts";
 import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "@ramdisk-tools/image/format.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { type Compression, DEFAULT_JOBS, MAX_JOBS } from "@ramdisk-tools/image/payload-encoders.ts";
@@ -22,6 +22,7 @@ import {
   ZSTD_MIN_LEVEL,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import yargs from "yargs";
+import packageJson from "../package.json" with { type: "json" };
 
 const PROGRAM = "mkimage";
 /** The zlib levels, and the default: level 9 is what existing images use (format.md). */
@@ -109,7 +110,7 @@ async function main(): Promise<void> {
       "$0 -i pool.raw -N testing -o pool.img -O pool.csum --zstd",
       "zstd image for a quick netboot through our bootserver",
     );
-  const { args, free } = await parseLikeGetopts(parser, PROGRAM);
+  const { args, free } = await parseLikeGetopts(parser, PROGRAM, packageJson.version);
   for (const word of free) console.error(`${PROGRAM}: warning: ignoring "${word}", as the existing mkimage does`);
 
   if (args.compress && args.zstd)

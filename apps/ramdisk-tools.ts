@@ -7,8 +7,8 @@
  */
 import { basename } from "node:path";
 import { EXIT_STATUS_HELP, runMain } from "@ramdisk-tools/cli/conventions.ts";
-import { EXIT_USAGE, UserError } from "@ramdisk-tools/cli/errors.ts";
 import { PROGRAMS, type Program } from "@ramdisk-tools/cli/programs.ts";
+import { EXIT_USAGE, UserError } from "@ramdisk-tools/errors/errors.ts";
 import { hideBin } from "yargs/helpers";
 import packageJson from "../package.json" with { type: "json" };
 

@@ -1,11 +1,7 @@
 #!/usr/bin/env bun
-/**
- * sled: emulate the sled kernel's netboot client, one or many sleds at once,
- * to test a boot server. Exits 0 only when every emulated sled would boot.
- */
 import { readFileSync } from "node:fs";
 import { runMain, usageConventions, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, systemReason, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, systemReason, UserError } from "@ramdisk-tools/errors/errors.ts";
 import { formatMac, parseMac, SHA256_SIZE, sameMac } from "@ramdisk-tools/protocol/frames.ts";
 import { DEFAULT_PORT_BUFFER_BYTES } from "@ramdisk-tools/sled/faults.ts";
 import { consecutiveMacs, describeSledReport, emulateSleds, sledMacFor } from "@ramdisk-tools/sled/runner.ts";
@@ -13,6 +9,11 @@ import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
 import { parseBitRate } from "@ramdisk-tools/wire/rate.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
+/**
+ * sled: emulate the sled kernel's netboot client, one or many sleds at once,
+ * to test a boot server. Exits 0 only when every emulated sled would boot.
+ */
+import packageJson from "../package.json" with { type: "json" };
 
 /** The link is polled this often when idle, well inside the kernel's 50 ms. */
 const POLL_MS = 10;
@@ -123,7 +124,7 @@ function parseArguments(argv: string[]) {
       "$0 veth1 --checksum-file csum --port-rate 1g",
       "boot one sled behind a gigabit port with 64 KiB of buffer",
     );
-  return usageConventions(parser, "sled").parseSync();
+  return usageConventions(parser, "sled", { version: packageJson.version }).parseSync();
 }
 
 function readChecksum(args: { checksum?: string; "checksum-file"?: string }): Uint8Array {

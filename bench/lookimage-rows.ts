@@ -23,9 +23,9 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { formatBytes } from "@ramdisk-tools/cli/progress.ts";
 import { decodeHeader, encodeHeader, HEADER_SIZE, type Header, toHex } from "@ramdisk-tools/image/format.ts";
 import { IMAGE_VERSIONS, type PayloadCodec, payloadCodec } from "@ramdisk-tools/image/zstd-image.ts";
+import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
 import { type BenchRow, goal, type Measured, printRows, race, seconds, timeRows } from "./measure.ts";
 import { verifyFloor } from "./verify-floor.ts";
 

@@ -12,7 +12,7 @@
 import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { formatBytes } from "@ramdisk-tools/cli/progress.ts";
+import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
 
 /** What one run of a command cost. */
 export interface Measured {

@@ -7,7 +7,7 @@
  */
 
 import { existsSync, writeFileSync } from "node:fs";
-import { oneLine } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine } from "@ramdisk-tools/errors/errors.ts";
 import { libpcapVersion } from "@ramdisk-tools/wire/libpcap.ts";
 
 export interface VethPair {

@@ -20,9 +20,9 @@ import { cp, mkdir, mkdtemp, readdir, rm, stat, symlink } from "node:fs/promises
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { runMain } from "@ramdisk-tools/cli/conventions.ts";
-import { UserError } from "@ramdisk-tools/cli/errors.ts";
 import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
-import { formatBytes } from "@ramdisk-tools/cli/progress.ts";
+import { UserError } from "@ramdisk-tools/errors/errors.ts";
+import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
 import packageJson from "../package.json" with { type: "json" };
 
 const ROOT = join(import.meta.dir, "..");

@@ -12,7 +12,7 @@
  * on their way are recorded too.
  */
 
-import { oneLine } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine } from "@ramdisk-tools/errors/errors.ts";
 import { AdmissionLimits } from "@ramdisk-tools/netboot/admission.ts";
 import {
   type DispatcherCommand,

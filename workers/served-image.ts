@@ -5,7 +5,7 @@
  * answer while the image is already being served.
  */
 import { setPriority } from "node:os";
-import { oneLine } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine } from "@ramdisk-tools/errors/errors.ts";
 import { type FillRequest, type FillResult, fillRawImage } from "@ramdisk-tools/netboot/served-image.ts";
 
 declare var self: Worker;

@@ -7,7 +7,7 @@
  * a sled was RESET because its image failed a check.
  */
 
-import { oneLine } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine } from "@ramdisk-tools/errors/errors.ts";
 import { packSentFrames } from "@ramdisk-tools/netboot/dispatch.ts";
 import { LinkClock, Pacer } from "@ramdisk-tools/netboot/pacing.ts";
 import {

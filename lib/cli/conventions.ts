@@ -3,11 +3,10 @@
  * exit codes (0 ok, 1 failure, 2 usage), and no stack trace for a person.
  */
 
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/errors/errors.ts";
 import type { Argv } from "yargs";
 import { hideBin, Parser } from "yargs/helpers";
-import packageJson from "../../package.json" with { type: "json" };
 import { COMPLETION_SHELLS, type CompletionShell, completionScript, defaultShell } from "./completion.ts";
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, oneLine, UserError } from "./errors.ts";
 import { type DeclaredOptions, getoptsArguments, optionSpecs } from "./getopts.ts";
 import { escapedBytes, programArguments } from "./raw-arguments.ts";
 
@@ -46,20 +45,22 @@ export const EXIT_STATUS_HELP = "Exit status: 0 ok, 1 failure, 2 usage error.";
 /**
  * The command-line conventions all the programs share, applied to a yargs
  * parser once its options and examples are declared: --help, --version (the
- * package's), the exit status in the help's epilogue, unknown options refused,
+ * toolkit's, which the program hands down from its package.json), the exit status in the help's epilogue, unknown options refused,
  * `--completion [bash|zsh]` (lib/cli/completion.ts), and a usage error thrown as a
  * UserError with exit code 2, on one line that points to --help. `strict: "options"` refuses unknown options only, for a
  * program whose positional arguments it checks itself.
  *
- * @example const args = await usageConventions(yargs(argv).option("level", {...}), "mkimage").parseAsync();
+ * @example const args = await usageConventions(yargs(argv).option("level", {...}), "sled", { version }).parseAsync();
  */
-export function usageConventions<T>(parser: Argv<T>, program: string, conventions: Conventions = {}): Argv<T> {
+export function usageConventions<T>(parser: Argv<T>, program: string, conventions: Conventions): Argv<T> {
   printCompletionIfAsked(program, hideBin(process.argv));
   return withConventions(parser, program, conventions);
 }
 
-/** What a program may change in the shared conventions. */
+/** What a program tells the shared conventions, and may change in them. */
 interface Conventions {
+  /** The toolkit's version, for --version. */
+  version: string;
   exitStatus?: string;
   strict?: "all" | "options";
 }
@@ -67,7 +68,7 @@ interface Conventions {
 function withConventions<T>(
   parser: Argv<T>,
   program: string,
-  { exitStatus = EXIT_STATUS_HELP, strict = "all" }: Conventions,
+  { version, exitStatus = EXIT_STATUS_HELP, strict = "all" }: Conventions,
 ): Argv<T> {
   const checked = strict === "all" ? parser.strict() : parser.strictOptions();
   return checked
@@ -77,7 +78,7 @@ function withConventions<T>(
     })
     .epilogue(exitStatus)
     .help()
-    .version(packageJson.version)
+    .version(version)
     .wrap(null)
     .fail((message, error) => {
       throw new UserError(`${message ?? error?.message ?? "bad arguments"}; see ${program} --help`, EXIT_USAGE);
@@ -95,9 +96,9 @@ const COMPLETION_REQUEST = "--get-yargs-completions";
  * options nor their values, are returned as they are for the program to
  * judge, as the existing tools leave them to theirs.
  *
- * @example const { args, free } = await parseLikeGetopts(yargs().option("name", {...}), "mkimage");
+ * @example const { args, free } = await parseLikeGetopts(yargs().option("name", {...}), "mkimage", version);
  */
-export async function parseLikeGetopts<T>(parser: Argv<T>, program: string) {
+export async function parseLikeGetopts<T>(parser: Argv<T>, program: string, version: string) {
   const { args: given, undecodable } = programArguments(hideBin(process.argv));
   if (undecodable) {
     throw new UserError(
@@ -106,7 +107,7 @@ export async function parseLikeGetopts<T>(parser: Argv<T>, program: string) {
       EXIT_USAGE,
     );
   }
-  const checked = withConventions(parser, program, { strict: "options" });
+  const checked = withConventions(parser, program, { version, strict: "options" });
   if (given[0] === COMPLETION_REQUEST) return { args: await checked.parseAsync(given), free: [] };
   // yargs' getOptions() is public, but missing from its type declarations.
   const { options, free } = getoptsArguments(given, optionSpecs(checked as unknown as DeclaredOptions), program);

@@ -21,7 +21,7 @@
  * Pure: the caller reports the errors and the free arguments.
  */
 
-import { EXIT_USAGE, UserError } from "./errors.ts";
+import { EXIT_USAGE, UserError } from "@ramdisk-tools/errors/errors.ts";
 
 /** One declared option: its names (the first is the one written back), and whether it takes a value. */
 export interface OptionSpec {

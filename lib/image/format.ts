@@ -13,7 +13,7 @@
  */
 
 import { copyBytes } from "@ramdisk-tools/bytes/copy.ts";
-import { MIB } from "@ramdisk-tools/cli/units.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 // The header carries the SHA-256 that the bootserver offers a sled in its OFFER
 // frame, so the digest has one size, defined with the frames on the floor below.
 import { SHA256_SIZE } from "@ramdisk-tools/protocol/frames.ts";

@@ -10,7 +10,7 @@
  */
 
 import { closeSync, openSync, writeSync } from "node:fs";
-import { systemReason } from "@ramdisk-tools/cli/errors.ts";
+import { systemReason } from "@ramdisk-tools/errors/errors.ts";
 import { receivePieces, UpstreamFailure } from "@ramdisk-tools/threads/link.ts";
 
 /** Where the SHA-256 stage writes the raw bytes: a file it opens by path, and its name for messages. */

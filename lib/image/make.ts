@@ -16,7 +16,7 @@
  * are in flight, so memory stays the same whatever the image size. Hashing
  * on its own thread keeps it out of the loop that feeds the compressors.
  * Payload bytes go, in order, to a temporary file beside the
- * output (lib/cli/pending-file.ts), starting after the header; the 4096-byte
+ * output (lib/files/pending-file.ts), starting after the header; the 4096-byte
  * header is written last, at offset 0, once the sizes and the checksum are
  * known. The file is then synced and renamed over the output, so a reader
  * sees either the old file or the complete new one. Any failure, and
@@ -29,15 +29,15 @@
 
 import type { Stats } from "node:fs";
 import { type FileHandle, open, realpath, stat } from "node:fs/promises";
-import { systemReason, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { systemReason, UserError } from "@ramdisk-tools/errors/errors.ts";
 import {
   discardOnSignal,
   isSameFile,
   PendingFile,
   resolveTarget,
   type Target,
-} from "@ramdisk-tools/cli/pending-file.ts";
-import { startProgress } from "@ramdisk-tools/cli/progress.ts";
+} from "@ramdisk-tools/files/pending-file.ts";
+import { startProgress } from "@ramdisk-tools/progress/progress.ts";
 import { BlockBuffers } from "./block-buffers.ts";
 import { BlockHasher } from "./block-hasher.ts";
 import {

@@ -8,7 +8,7 @@
 
 import type { Stats } from "node:fs";
 import { stat } from "node:fs/promises";
-import { systemReason, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { systemReason, UserError } from "@ramdisk-tools/errors/errors.ts";
 import {
   decodeHeaderFields,
   FLAG_COMPRESSED,

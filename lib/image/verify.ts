@@ -44,14 +44,14 @@
  */
 
 import { open, realpath, stat } from "node:fs/promises";
-import { oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine, UserError } from "@ramdisk-tools/errors/errors.ts";
 import {
   discardOnSignal,
   isSameFile,
   PendingFile,
   resolveTarget,
   type Target,
-} from "@ramdisk-tools/cli/pending-file.ts";
+} from "@ramdisk-tools/files/pending-file.ts";
 import { PieceSender, QUEUE_DEPTH } from "@ramdisk-tools/threads/link.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { HEADER_SIZE, ImageFormatError, type PayloadHeader, payloadSizeRefusal, toHex } from "./format.ts";

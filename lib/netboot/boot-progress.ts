@@ -13,8 +13,8 @@
  * docs/bootserver-json-log.md, for a script to read.
  */
 
-import { formatBytes } from "@ramdisk-tools/cli/progress.ts";
 import { isCompressed, toHex, ZSTD_VERSION } from "@ramdisk-tools/image/format.ts";
+import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
 import type { BootEvent, SledProgress } from "./server.ts";
 
 /** Decimal megabytes, as line rates are quoted (gigabit is about 117 MB/s of image data). */

@@ -7,7 +7,7 @@
  * listens only on the address given: there is no default address.
  */
 
-import { systemReason, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { systemReason, UserError } from "@ramdisk-tools/errors/errors.ts";
 import { type MetricsSnapshot, prometheusText } from "./metrics.ts";
 
 /** Where to listen. */

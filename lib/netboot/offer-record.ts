@@ -25,7 +25,7 @@
 
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { systemReason } from "@ramdisk-tools/cli/errors.ts";
+import { systemReason } from "@ramdisk-tools/errors/errors.ts";
 import { toHex } from "@ramdisk-tools/image/format.ts";
 import { formatMac, type Mac, macKey, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 import type { ServedImage } from "./served-image.ts";

@@ -44,7 +44,7 @@
 import { dlopen, FFIType, type Pointer } from "bun:ffi";
 import { closeSync, existsSync, fstatSync, openSync, readSync, readvSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { systemReason } from "@ramdisk-tools/cli/errors.ts";
+import { systemReason } from "@ramdisk-tools/errors/errors.ts";
 import { CHUNK_SIZE } from "@ramdisk-tools/protocol/frames.ts";
 
 const LIBC_SYMBOLS = {

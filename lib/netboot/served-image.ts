@@ -42,7 +42,7 @@
 import { closeSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
 import { type FileHandle, open, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
-import { oneLine, systemReason } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine, systemReason } from "@ramdisk-tools/errors/errors.ts";
 import {
   decodeHeader,
   HEADER_SIZE,

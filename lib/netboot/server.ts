@@ -45,7 +45,7 @@
  * lib/netboot/resend-timer.ts).
  */
 
-import { oneLine, UserError } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine, UserError } from "@ramdisk-tools/errors/errors.ts";
 import {
   datasetField,
   encodeFrame,

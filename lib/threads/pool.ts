@@ -8,7 +8,7 @@
  * fails the whole pool, and every job waiting with it.
  */
 
-import { oneLine } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine } from "@ramdisk-tools/errors/errors.ts";
 
 /** What a pool worker posts back: its result, or why it failed. */
 export type WorkerReply<Result> = { ok: true; value: Result } | { ok: false; message: string };

@@ -49,7 +49,7 @@
 
 import { dlopen, FFIType, type Pointer, ptr, read, toArrayBuffer } from "bun:ffi";
 import { readFileSync } from "node:fs";
-import { oneLine, systemReason } from "@ramdisk-tools/cli/errors.ts";
+import { oneLine, systemReason } from "@ramdisk-tools/errors/errors.ts";
 
 /** An error from libpcap or about a link; the message carries libpcap's own text. */
 export class PcapError extends Error {

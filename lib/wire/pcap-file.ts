@@ -20,7 +20,7 @@
 
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { systemReason } from "@ramdisk-tools/cli/errors.ts";
+import { systemReason } from "@ramdisk-tools/errors/errors.ts";
 
 /** Written little-endian, it reads as d4 c3 b2 a1: microsecond timestamps. */
 export const PCAP_MAGIC = 0xa1b2c3d4;

@@ -5,7 +5,7 @@
  * so output that scripts read stays exactly as the existing tools print it.
  */
 
-import { MIB } from "./units.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 
 /** Human-readable bytes, binary units: `formatBytes(3 * 1024 * 1024)` is "3.0 MiB". */
 export function formatBytes(bytes: number): string {

@@ -20,7 +20,7 @@
 import { unlinkSync } from "node:fs";
 import { type FileHandle, lstat, open, readlink, realpath, rename, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { systemReason, UserError } from "./errors.ts";
+import { systemReason, UserError } from "@ramdisk-tools/errors/errors.ts";
 
 /** Bytes written between two flushes behind the writer. */
 const WRITE_BEHIND = 8 * 1024 * 1024;
