@@ -23,10 +23,10 @@ import {
   type SessionInbox,
   unpackSentFrames,
 } from "@ramdisk-tools/netboot/dispatch.ts";
-import { sharedNowMs } from "@ramdisk-tools/netboot/pacing.ts";
 import type { SessionMessage } from "@ramdisk-tools/netboot/session.ts";
+import { nowMs } from "@ramdisk-tools/threads/clock.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { nowMs, PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
+import { PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
 
 declare var self: Worker;
 
@@ -66,7 +66,7 @@ function inboxOf(port: MessagePort): SessionInbox {
     serve: (bytes) => post({ type: "serve", bytes }),
     read: (read) => {
       if (closed) return;
-      const message: SessionMessage = { type: "read", count: read.count, slots: read.slots, receivedAt: sharedNowMs() };
+      const message: SessionMessage = { type: "read", count: read.count, slots: read.slots, receivedAt: nowMs() };
       post(message, [read.slots.buffer as ArrayBuffer]);
     },
     close: () => {

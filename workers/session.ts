@@ -19,8 +19,8 @@ import {
   SledSession,
   sessionCounters,
 } from "@ramdisk-tools/netboot/session.ts";
+import { nowMs } from "@ramdisk-tools/threads/clock.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { nowMs } from "@ramdisk-tools/wire/pcap-file.ts";
 
 declare var self: Worker;
 

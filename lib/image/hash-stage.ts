@@ -1,7 +1,7 @@
 /**
  * The SHA-256 stage of payload verification (lib/image/verify.ts) for a
  * stored or zlib payload, run by workers/sha256.ts: it takes the raw image's
- * pieces in image order from one link, hashes them, and, for lookimage
+ * pieces in image order from one queue, hashes them, and, for lookimage
  * --extract, writes each to the raw output file before acknowledging it
  * (writeRaw, which the zstd hasher of lib/image/verify-zstd.ts uses too). It
  * sees every raw byte once, in order, which is why the writing is here. Kept
@@ -11,7 +11,7 @@
 
 import { closeSync, openSync, writeSync } from "node:fs";
 import { systemReason } from "@ramdisk-tools/errors/errors.ts";
-import { receivePieces, UpstreamFailure } from "@ramdisk-tools/threads/link.ts";
+import { receivePieces, UpstreamFailure } from "@ramdisk-tools/threads/piece-queue.ts";
 
 /** Where the SHA-256 stage writes the raw bytes: a file it opens by path, and its name for messages. */
 export interface RawSink {

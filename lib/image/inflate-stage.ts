@@ -1,7 +1,7 @@
 /**
  * The inflate stage of payload verification (lib/image/verify.ts), run by
  * workers/inflate.ts, and of the bootserver's fill of shared memory
- * (lib/netboot/served-image.ts): a zlib stream arrives in pieces on one link and
+ * (lib/netboot/served-image.ts): a zlib stream arrives in pieces on one queue and
  * leaves as raw image bytes on another. A zlib stream is one long chain of
  * back-references, so it is inflated on one thread.
  *
@@ -12,7 +12,7 @@
  */
 
 import { createInflate } from "node:zlib";
-import { PieceSender, receivePieces } from "@ramdisk-tools/threads/link.ts";
+import { PieceSender, receivePieces } from "@ramdisk-tools/threads/piece-queue.ts";
 import { CodecError, NativeCodec } from "./native-codec.ts";
 
 /** Raw image bytes per piece of inflater output. */

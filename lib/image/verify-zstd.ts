@@ -17,8 +17,8 @@
  * decompresses whatever share the hashing leaves it time for.
  *
  * Everything goes through shared memory and Atomics, with no message per
- * block. An earlier design sent every block down a message link to a SHA-256
- * thread of its own (lib/threads/link.ts); on a 256 MiB image with two
+ * block. An earlier design sent every block down a message queue to a SHA-256
+ * thread of its own (lib/threads/piece-queue.ts); on a 256 MiB image with two
  * cores its three threads spent about 0.6 s of CPU against 0.4 s for the same
  * decompressing and hashing on one thread, waiting on each other's messages,
  * and a block was always hashed on another core than the one that wrote it.

@@ -14,8 +14,8 @@
  *
  * A zlib stream is one long chain of back-references, so it is inflated on
  * one thread. Those stages are linked by bounded queues whose buffers travel
- * back to be filled again (lib/threads/link.ts), so memory in use is a few
- * pieces per link whatever the image size, and nothing is copied between
+ * back to be filled again (lib/threads/piece-queue.ts), so memory in use is a few
+ * pieces per queue whatever the image size, and nothing is copied between
  * threads.
  *
  * A zstd payload is a row of independent frames, one per block
@@ -52,7 +52,7 @@ import {
   resolveTarget,
   type Target,
 } from "@ramdisk-tools/files/pending-file.ts";
-import { PieceSender, QUEUE_DEPTH } from "@ramdisk-tools/threads/link.ts";
+import { PieceSender, QUEUE_DEPTH } from "@ramdisk-tools/threads/piece-queue.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { HEADER_SIZE, ImageFormatError, type PayloadHeader, payloadSizeRefusal, toHex } from "./format.ts";
 import type { HashOrder, HashReport, RawSink } from "./hash-stage.ts";
@@ -323,7 +323,7 @@ class StageFailure extends Error {
 }
 
 /**
- * The threads and links of one verification. The first failure of any
+ * The threads and queues of one verification. The first failure of any
  * stage decides the verdict and stops the rest.
  */
 class StageThreads {
@@ -348,7 +348,7 @@ class StageThreads {
     return report;
   }
 
-  /** The sending end of a link from this thread; closed when the pipeline stops. */
+  /** The sending end of a queue from this thread; closed when the pipeline stops. */
   sender(port: MessagePort, depth = QUEUE_DEPTH): PieceSender {
     const sender = new PieceSender(port, depth);
     this.#senders.push(sender);
@@ -371,7 +371,7 @@ class StageThreads {
   }
 }
 
-/** The payload's pieces in order, each with the link it goes down, and the links to end after the last. */
+/** The payload's pieces in order, each with the queue it goes down, and the queues to end after the last. */
 interface PlannedReads {
   reads: Iterable<{ length: number; output: PieceSender }>;
   /** Bytes of the buffers to read into: at least the longest piece, so every buffer can be used again. */
@@ -379,7 +379,7 @@ interface PlannedReads {
   outputs: PieceSender[];
 }
 
-/** A stored or zlib payload, read in PAYLOAD_PIECE pieces down one link. */
+/** A stored or zlib payload, read in PAYLOAD_PIECE pieces down one queue. */
 function chunked(dataSize: number, output: PieceSender): PlannedReads {
   function* reads() {
     for (let at = 0; at < dataSize; at += PAYLOAD_PIECE)
@@ -390,8 +390,8 @@ function chunked(dataSize: number, output: PieceSender): PlannedReads {
 
 /**
  * Send the payload after the header of the image at `path` down `output` in
- * PAYLOAD_PIECE pieces, waiting for room on the link (so memory stays bounded),
- * then end the link. For a stage outside verifyPayload, such as the boot
+ * PAYLOAD_PIECE pieces, waiting for room on the queue (so memory stays bounded),
+ * then end the queue. For a stage outside verifyPayload, such as the boot
  * server's inflate into shared memory.
  *
  * @example await sendPayload(path, header.dataSize, new PieceSender(channel.port1));
@@ -400,7 +400,7 @@ export function sendPayload(path: string, dataSize: number, output: PieceSender)
   return readPayload(path, dataSize, chunked(dataSize, output), {});
 }
 
-/** Read the planned pieces of the payload after the header, in order, and send each down its link. */
+/** Read the planned pieces of the payload after the header, in order, and send each down its queue. */
 async function readPayload(path: string, dataSize: number, plan: PlannedReads, options: VerifyOptions): Promise<void> {
   const file = await open(path, "r");
   try {

@@ -27,6 +27,7 @@
  * all sessions stays under it.
  */
 
+import { nowMs } from "@ramdisk-tools/threads/clock.ts";
 import { parseBitRate, wireBytes } from "@ramdisk-tools/wire/rate.ts";
 
 /** Frames per sendmmsg at most when pacing: 44 DATA frames are 46.5 KB, inside a 64 KiB port buffer. */
@@ -46,17 +47,6 @@ export function parseRate(text: string): number | null {
   const bits = parseBitRate(text);
   if (bits === null) throw new Error(`"${text}" is not a rate like 1g, 200m, 500k or off`);
   return bits;
-}
-
-/**
- * Milliseconds on a clock every thread shares: epoch-based, with
- * sub-millisecond precision (each thread's performance.now() counts from its
- * own start).
- *
- * @example const capturedAt = sharedNowMs();
- */
-export function sharedNowMs(): number {
-  return performance.timeOrigin + performance.now();
 }
 
 /**
@@ -129,7 +119,7 @@ export class Pacer {
       const chunk = frames.slice(from, from + chunkFrames);
       let bits = 0;
       for (const frame of chunk) bits += wireBytes(frame.length) * 8;
-      const now = sharedNowMs();
+      const now = nowMs();
       let start = Math.max(this.#nextFree, now);
       if (this.link) start = this.link.reserve(bits, start);
       const wait = start - now;

@@ -57,7 +57,7 @@ import type { InflateOrder, InflateReport } from "@ramdisk-tools/image/inflate-s
 import { sendPayload } from "@ramdisk-tools/image/verify.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
 import type { SeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
-import { PieceSender, receivePieces } from "@ramdisk-tools/threads/link.ts";
+import { PieceSender, receivePieces } from "@ramdisk-tools/threads/piece-queue.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { stopReadAhead, type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
 import { inflateDirectory, RawImageFill, type RawImageHandle, RawImageReader, rawImageHandle } from "./raw-image.ts";

@@ -59,11 +59,11 @@ import {
   type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
+import { nowMs } from "@ramdisk-tools/threads/clock.ts";
 import { type CountersOf, countersOf } from "@ramdisk-tools/threads/shared-counters.ts";
 import { type ZstdImageMemory, ZstdImageReader } from "./block-cache.ts";
 import { ConsoleCost } from "./console-cost.ts";
 import { COPY_CHOICES, type CopyChoice, copiesPay, copyOrder, MIN_COPY_GAP_MS } from "./copy-policy.ts";
-import { sharedNowMs } from "./pacing.ts";
 import { type RawImageHandle, RawImageReadError, RawImageReader } from "./raw-image.ts";
 import { ResendTimeout } from "./resend-timer.ts";
 import type { ServedBytes } from "./served-image.ts";
@@ -406,7 +406,7 @@ class AskedOffsets {
 
 /** The clock and timer a session's fast re-send runs on; tests pass their own. */
 export interface ResendClock {
-  /** Milliseconds on the clock the dispatcher stamps READs with (lib/netboot/pacing.ts sharedNowMs). */
+  /** Milliseconds on the clock the dispatcher stamps READs with (lib/threads/clock.ts nowMs). */
   now(): number;
   /** Call `action` after `ms`; the function returned cancels it. */
   after(ms: number, action: () => void): () => void;
@@ -414,7 +414,7 @@ export interface ResendClock {
 
 /** The event loop's timers and the clock threads share. */
 export const EVENT_LOOP_CLOCK: ResendClock = {
-  now: sharedNowMs,
+  now: nowMs,
   after: (ms, action) => {
     const timer = setTimeout(action, ms);
     return () => clearTimeout(timer);
@@ -806,7 +806,7 @@ export type SessionCommand =
  */
 export type SessionMessage =
   | { type: "serve"; bytes: ServedBytes }
-  /** `receivedAt`: when the dispatcher captured it (lib/netboot/pacing.ts sharedNowMs). */
+  /** `receivedAt`: when the dispatcher captured it (lib/threads/clock.ts nowMs). */
   | { type: "read"; count: bigint; slots: BigUint64Array; receivedAt: number }
   /** The sled finished or was reset: stop re-sending. */
   | { type: "end" };

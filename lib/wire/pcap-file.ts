@@ -21,6 +21,7 @@
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { systemReason } from "@ramdisk-tools/errors/errors.ts";
+import { nowMs } from "@ramdisk-tools/threads/clock.ts";
 
 /** Written little-endian, it reads as d4 c3 b2 a1: microsecond timestamps. */
 export const PCAP_MAGIC = 0xa1b2c3d4;
@@ -80,11 +81,6 @@ export function encodeRecord(frame: Uint8Array, timestampMs: number, snaplen: nu
   const record = new Uint8Array(RECORD_HEADER_SIZE + kept);
   writeRecord(record, new DataView(record.buffer), 0, frame, kept, timestampMs);
   return record;
-}
-
-/** The current wall-clock time in milliseconds, finer than Date.now(). */
-export function nowMs(): number {
-  return performance.timeOrigin + performance.now();
 }
 
 /** Write one record at `at` in `target` (`view` spans all of `target`). */

@@ -21,7 +21,7 @@ import {
 import { type HashReport, hashStage } from "@ramdisk-tools/image/hash-stage.ts";
 import { type InflateReport, inflateStage } from "@ramdisk-tools/image/inflate-stage.ts";
 import { verifyPayload } from "@ramdisk-tools/image/verify.ts";
-import { PieceSender } from "@ramdisk-tools/threads/link.ts";
+import { PieceSender } from "@ramdisk-tools/threads/piece-queue.ts";
 import {
   concat,
   flipBits,

@@ -1,40 +1,40 @@
 /**
- * The link between two threads of a pipeline: a bounded queue of byte
+ * The queue between two threads of a pipeline: a bounded queue of byte
  * pieces over a MessagePort, whose buffers travel back to be filled again.
  *
  * Pieces move by transferring their buffers, so nothing is copied between
  * threads. A sender may have at most `depth` pieces unacknowledged, and a
  * receiver acknowledges a piece once it has finished with it by sending the
  * buffer back, which the sender fills again. Memory in use is therefore a
- * few pieces per link whatever the stream's size, and after the first few
+ * few pieces per queue whatever the stream's size, and after the first few
  * pieces no buffer is allocated at all: a fresh megabyte buffer costs Bun a
  * page fault per 4 KiB and its zeroing, about as much as inflating the
  * megabyte, and several times as much as decompressing it with zstd.
  *
- * A stage that fails says so in its link, in the place of the piece it could
+ * A stage that fails says so in its queue, in the place of the piece it could
  * not make (PieceSender.fail), so the receiver meets the failure where the
  * piece would have been. lookimage's verify pipeline
  * (lib/image/verify.ts) and the bootserver's fill of shared memory
- * (lib/netboot/served-image.ts) both run on these links.
+ * (lib/netboot/served-image.ts) both run on these queues.
  */
 
-/** Pieces a stage may send before the next stage acknowledges one, unless the link says otherwise. */
+/** Pieces a stage may send before the next stage acknowledges one, unless the queue says otherwise. */
 export const QUEUE_DEPTH = 4;
 
 type LinkMessage = { kind: "piece"; bytes: Uint8Array } | { kind: "end" } | { kind: "failed"; reason: string };
 type LinkAck = { kind: "ack"; buffer: ArrayBuffer };
 
 /**
- * The sending end of a link. At most `depth` (QUEUE_DEPTH) pieces are unacknowledged;
+ * The sending end of a piece queue. At most `depth` (QUEUE_DEPTH) pieces are unacknowledged;
  * wait for `room()` before each `send`. Acknowledged buffers come back and
  * are handed out again by `buffer()`.
  *
  * @example
- * const link = new PieceSender(port);
- * await link.room();
- * const piece = link.buffer(1024 * 1024);
- * link.send(piece.subarray(0, filled));
- * link.end();
+ * const queue = new PieceSender(port);
+ * await queue.room();
+ * const piece = queue.buffer(1024 * 1024);
+ * queue.send(piece.subarray(0, filled));
+ * queue.end();
  */
 export class PieceSender {
   #inFlight = 0;
@@ -105,7 +105,7 @@ export class PieceSender {
 }
 
 /**
- * The receiving end of a link, as an async iterable of pieces. A piece is
+ * The receiving end of a piece queue, as an async iterable of pieces. A piece is
  * acknowledged (its buffer sent back) when the consumer asks for the next
  * one, so the consumer must be done with a piece by then. A sender that
  * failed (PieceSender.fail) ends it with an UpstreamFailure thrown.
