@@ -9,17 +9,18 @@
  */
 
 import { runMain, usageConventions, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
+import { parseListenAddress } from "@ramdisk-tools/cli/listen-address.ts";
 import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/errors/errors.ts";
 import { MIB } from "@ramdisk-tools/image/format.ts";
 import { DEFAULT_CACHE_BYTES, MAX_CACHE_BYTES } from "@ramdisk-tools/netboot/block-cache.ts";
 import { BootProgressDisplay, JsonLogDisplay } from "@ramdisk-tools/netboot/boot-progress.ts";
 import type { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
 import { MetricsCollector } from "@ramdisk-tools/netboot/metrics.ts";
-import { type MetricsAddress, MetricsEndpoint, parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
+import { type MetricsAddress, MetricsEndpoint } from "@ramdisk-tools/netboot/metrics-server.ts";
 import { DEFAULT_STATE_DIR, stateDirectory } from "@ramdisk-tools/netboot/offer-record.ts";
-import { parseRate } from "@ramdisk-tools/netboot/pacing.ts";
 import { BootServer, type BootServerOptions, DEFAULT_MAX_SLEDS } from "@ramdisk-tools/netboot/server.ts";
 import { type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
+import { parseRate } from "@ramdisk-tools/wire/rate.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import packageJson from "../package.json" with { type: "json" };
@@ -153,13 +154,11 @@ function macArgument(text: string, where: string): Mac {
 }
 
 function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServerOptions, "onEvent"> {
-  const positionals = args._.map(String);
-  if (positionals.length < 3) {
+  const [link, image, ...more] = args._.map(String);
+  const target = more.pop();
+  if (link === undefined || image === undefined || target === undefined) {
     throw new UserError("expected LINK IMAGE [IMAGE...] MAC|any (see --help)", EXIT_USAGE);
   }
-  const link = positionals[0]!;
-  const images = positionals.slice(1, -1);
-  const target = positionals.at(-1)!;
   const pinned = args.sled.map((pin): [Mac, string] => {
     const at = pin.indexOf("=");
     if (at < 0 || at === pin.length - 1) throw new UserError(`--sled "${pin}" is not MAC=IMAGE`, EXIT_USAGE);
@@ -175,7 +174,7 @@ function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServer
   const cacheMib = wholeNumber("--zstd-cache", args["zstd-cache"], 1, MAX_CACHE_BYTES / MIB);
   return {
     link,
-    images,
+    images: [image, ...more],
     pinned,
     allowed: serveAny && listed.length === 0 ? null : listed,
     boots: boots ?? (args.s ? 1 : undefined),
@@ -201,7 +200,7 @@ function stateOption(option: string | boolean | undefined): BootServerOptions["s
 
 function metricsAddress(args: ReturnType<typeof parseArguments>): MetricsAddress | null {
   if (args.metrics === undefined) return null;
-  const address = parseMetricsAddress(args.metrics);
+  const address = parseListenAddress(args.metrics);
   if (!address) {
     throw new UserError(`--metrics "${args.metrics}" is not ADDR:PORT, like 127.0.0.1:9100 or [::1]:9100`, EXIT_USAGE);
   }

@@ -20,8 +20,8 @@ import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { AdmissionLimits, TokenBucket } from "@ramdisk-tools/netboot/admission.ts";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "@ramdisk-tools/netboot/dispatch.ts";
-import { Pacer, parseRate } from "@ramdisk-tools/netboot/pacing.ts";
-import { wireBytes } from "@ramdisk-tools/wire/rate.ts";
+import { Pacer } from "@ramdisk-tools/netboot/pacing.ts";
+import { parseRate, wireBytes } from "@ramdisk-tools/wire/rate.ts";
 
 const wireBits = (length: number) => wireBytes(length) * 8;
 

@@ -8,10 +8,10 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { parseListenAddress } from "@ramdisk-tools/cli/listen-address.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
 import { type MetricsSnapshot, prometheusText } from "@ramdisk-tools/netboot/metrics.ts";
-import { parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
 import { SESSION_COUNTERS } from "@ramdisk-tools/netboot/session.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
 
@@ -149,11 +149,11 @@ describe("the formatter", () => {
   });
 
   test("reads ADDR:PORT, IPv6 in brackets, and nothing else", () => {
-    expect(parseMetricsAddress("127.0.0.1:9100")).toEqual({ hostname: "127.0.0.1", port: 9100 });
-    expect(parseMetricsAddress("[::1]:0")).toEqual({ hostname: "::1", port: 0 });
-    expect(parseMetricsAddress("localhost:65535")).toEqual({ hostname: "localhost", port: 65535 });
+    expect(parseListenAddress("127.0.0.1:9100")).toEqual({ hostname: "127.0.0.1", port: 9100 });
+    expect(parseListenAddress("[::1]:0")).toEqual({ hostname: "::1", port: 0 });
+    expect(parseListenAddress("localhost:65535")).toEqual({ hostname: "localhost", port: 65535 });
     for (const bad of ["9100", "127.0.0.1", "127.0.0.1:65536", ":9100", "::1:9100", "a b:1", "127.0.0.1:-1"]) {
-      expect(parseMetricsAddress(bad)).toBeNull();
+      expect(parseListenAddress(bad)).toBeNull();
     }
   });
 });

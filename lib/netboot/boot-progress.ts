@@ -14,17 +14,11 @@
  */
 
 import { isCompressed, toHex, ZSTD_VERSION } from "@ramdisk-tools/image/format.ts";
-import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
+import { formatBytes, type ProgressSink } from "@ramdisk-tools/progress/progress.ts";
 import type { BootEvent, SledProgress } from "./server.ts";
 
 /** Decimal megabytes, as line rates are quoted (gigabit is about 117 MB/s of image data). */
 const MB = 1_000_000;
-
-/** Where the lines go: standard output in the program. */
-export interface ProgressSink {
-  isTTY?: boolean;
-  write(text: string): unknown;
-}
 
 /**
  * How the sled's link fared: re-asked offsets, copies sent (with what they

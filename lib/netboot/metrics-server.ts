@@ -10,26 +10,11 @@
 import { systemReason, UserError } from "@ramdisk-tools/errors/errors.ts";
 import { type MetricsSnapshot, prometheusText } from "./metrics.ts";
 
-/** Where to listen. */
+/** Where to listen (`bootserver --metrics ADDR:PORT`, lib/cli/listen-address.ts). */
 export interface MetricsAddress {
   hostname: string;
   /** 0 lets the system choose a free port (the endpoint's `url` tells which). */
   port: number;
-}
-
-/**
- * `ADDR:PORT` as a MetricsAddress, or null: an IPv4 address or a host name,
- * or an IPv6 address in brackets, then a port from 0 to 65535.
- *
- * @example parseMetricsAddress("127.0.0.1:9100") // { hostname: "127.0.0.1", port: 9100 }
- * @example parseMetricsAddress("[::1]:9100") // { hostname: "::1", port: 9100 }
- */
-export function parseMetricsAddress(text: string): MetricsAddress | null {
-  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
-  if (!match) return null;
-  const port = Number(match[3]);
-  if (port > 65535) return null;
-  return { hostname: match[1] ?? match[2]!, port };
 }
 
 /** The Prometheus text format's content type. */

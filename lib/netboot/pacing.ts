@@ -28,26 +28,12 @@
  */
 
 import { nowMs } from "@ramdisk-tools/threads/clock.ts";
-import { parseBitRate, wireBytes } from "@ramdisk-tools/wire/rate.ts";
+import { wireBytes } from "@ramdisk-tools/wire/rate.ts";
 
 /** Frames per sendmmsg at most when pacing: 44 DATA frames are 46.5 KB, inside a 64 KiB port buffer. */
 export const PACING_CHUNK_FRAMES = 44;
 /** A wait shorter than this is not worth a system call; the next chunk makes it up. */
 const MIN_WAIT_MS = 0.05;
-
-/**
- * A `--rate` or `--link-rate` value in bits per second (lib/wire/rate.ts
- * parseBitRate: `1g`, `200m`, `500k`, `1000000`), or null for `off` or 0
- * (no pacing). Throws on anything else.
- *
- * @example parseRate("1g") // 1_000_000_000
- */
-export function parseRate(text: string): number | null {
-  if (text.trim().toLowerCase() === "off" || /^\s*0+(\.0+)?\s*[kmg]?\s*$/i.test(text)) return null;
-  const bits = parseBitRate(text);
-  if (bits === null) throw new Error(`"${text}" is not a rate like 1g, 200m, 500k or off`);
-  return bits;
-}
 
 /**
  * A pacing clock in shared memory: when the server's link is next free, for

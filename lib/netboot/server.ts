@@ -97,8 +97,8 @@ const RECORDING_STOP_GRACE_MS = 10_000;
 export interface BootServerOptions {
   /** The Ethernet link the sleds are on. */
   link: string;
-  /** Image files offered in turn to sleds without a pinned image. */
-  images: string[];
+  /** Image files offered in turn to sleds without a pinned image: at least one. */
+  images: [string, ...string[]];
   /** Image file pinned to a sled, by MAC. */
   pinned: [Mac, string][];
   /** The sleds to serve (pinned sleds are served too); null serves any sled. */
@@ -312,7 +312,6 @@ export class BootServer {
    * open the link, and start answering sleds.
    */
   static async start(options: BootServerOptions): Promise<BootServer> {
-    if (options.images.length === 0) throw new UserError("no image to serve", 2);
     const server = new BootServer(options);
     const files = [...new Set([...server.#rotation, ...server.#pinned.values()])];
     const images = await Promise.all(

@@ -35,7 +35,7 @@ export interface Progress {
   finish(): void;
 }
 
-/** Where progress goes; standard error by default. */
+/** Where progress goes: a text stream, drawn over in place only on a terminal (startProgress: standard error by default; the boot server's display: standard output). */
 export interface ProgressSink {
   isTTY?: boolean;
   write(text: string): unknown;

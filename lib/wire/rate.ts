@@ -39,3 +39,17 @@ export function parseBitRate(text: string): number | null {
   const rate = Number(match[1]) * SUFFIXES[match[2]!.toLowerCase()]!;
   return rate > 0 && Number.isFinite(rate) ? rate : null;
 }
+
+/**
+ * A pacing rate (`bootserver --rate`, `--link-rate`) in bits per second, as
+ * parseBitRate reads it (`1g`, `200m`, `500k`, `1000000`), or null for `off`
+ * or 0 (no pacing). Throws on anything else.
+ *
+ * @example parseRate("1g") // 1_000_000_000
+ */
+export function parseRate(text: string): number | null {
+  if (text.trim().toLowerCase() === "off" || /^\s*0+(\.0+)?\s*[kmg]?\s*$/i.test(text)) return null;
+  const bits = parseBitRate(text);
+  if (bits === null) throw new Error(`"${text}" is not a rate like 1g, 200m, 500k or off`);
+  return bits;
+}
