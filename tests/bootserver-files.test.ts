@@ -28,8 +28,9 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
+import { imageSource } from "@ramdisk-tools/netboot/image-source.ts";
 import { RawImageFill, rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
-import { imageSource, SledSession } from "@ramdisk-tools/netboot/session.ts";
+import { SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
 import { runProgram } from "./helpers/common.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";

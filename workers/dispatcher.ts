@@ -23,7 +23,7 @@ import {
   type SessionInbox,
   unpackSentFrames,
 } from "@ramdisk-tools/netboot/dispatch.ts";
-import type { SessionMessage } from "@ramdisk-tools/netboot/session.ts";
+import type { SessionMessage } from "@ramdisk-tools/netboot/session-messages.ts";
 import { nowMs } from "@ramdisk-tools/threads/clock.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";

@@ -9,16 +9,11 @@
 
 import { oneLine } from "@ramdisk-tools/errors/errors.ts";
 import { packSentFrames } from "@ramdisk-tools/netboot/dispatch.ts";
+import { type ImageSource, imageSource } from "@ramdisk-tools/netboot/image-source.ts";
 import { LinkClock, Pacer } from "@ramdisk-tools/netboot/pacing.ts";
-import {
-  type ImageSource,
-  imageSource,
-  type SessionCommand,
-  type SessionMessage,
-  type SessionReport,
-  SledSession,
-  sessionCounters,
-} from "@ramdisk-tools/netboot/session.ts";
+import { SledSession } from "@ramdisk-tools/netboot/session.ts";
+import { sessionCounters } from "@ramdisk-tools/netboot/session-counters.ts";
+import type { SessionCommand, SessionMessage, SessionReport } from "@ramdisk-tools/netboot/session-messages.ts";
 import { nowMs } from "@ramdisk-tools/threads/clock.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 

@@ -8,13 +8,13 @@
  * Publishing another counter is one row in a table below: DISPATCH_METRICS
  * for a dispatcher counter (lib/netboot/dispatch.ts DISPATCH_COUNTERS; the compiler
  * asks for a row for each new name), SESSION_METRICS for a session counter
- * (lib/netboot/session.ts SESSION_COUNTERS, likewise), SERVER_METRICS for a figure of
+ * (lib/netboot/session-counters.ts SESSION_COUNTERS, likewise), SERVER_METRICS for a figure of
  * the whole server.
  */
 
 import type { DISPATCH_COUNTERS } from "./dispatch.ts";
 import type { BootEvent, SledStatus } from "./server.ts";
-import type { SESSION_COUNTERS } from "./session.ts";
+import type { SESSION_COUNTERS } from "./session-counters.ts";
 
 type DispatchCounterName = (typeof DISPATCH_COUNTERS)[number];
 type SessionCounterName = (typeof SESSION_COUNTERS)[number];
@@ -147,7 +147,7 @@ const DISPATCH_METRICS: Record<DispatchCounterName, CounterRow> = {
 };
 
 /**
- * A session's counters (lib/netboot/session.ts), as gauges of each sled's latest
+ * A session's counters (lib/netboot/session-counters.ts), as gauges of each sled's latest
  * session (they start over with a new session); null for one not published.
  */
 const SESSION_METRICS: Record<SessionCounterName, Family | null> = {

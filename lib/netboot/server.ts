@@ -67,13 +67,8 @@ import { OfferRecord } from "./offer-record.ts";
 import { LinkClock } from "./pacing.ts";
 import { resumeDecision } from "./resume.ts";
 import { type ServedImage, ServedImageFile } from "./served-image.ts";
-import {
-  type SESSION_COUNTERS,
-  type SessionCommand,
-  type SessionCounters,
-  type SessionReport,
-  sessionCounters,
-} from "./session.ts";
+import { type SESSION_COUNTERS, type SessionCounters, sessionCounters } from "./session-counters.ts";
+import type { SessionCommand, SessionReport } from "./session-messages.ts";
 
 /** A session with no READ or HELLO for this long is parked: its thread goes, the sled's offer stays. */
 export const SESSION_QUIET_MS = 20_000;

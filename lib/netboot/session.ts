@@ -10,18 +10,17 @@
  * 64-bit integers before anything is read: an offset near 2^64 or one that is
  * not a multiple of 1024 never reads outside the image.
  *
- * A zstd image is read through lib/netboot/block-cache.ts, which decompresses the
- * block an offset falls in and checks its checksum. A block that fails its
- * check is never sent: the sled gets a RESET instead (it gives up this boot
- * rather than wait for bytes that will not come), the reason goes to
- * `onProblem` once, and every later READ of the same offer draws a RESET too.
+ * The bytes come from an ImageSource (lib/netboot/image-source.ts). A block
+ * of a zstd image that fails its check is never sent: the sled gets a RESET
+ * instead (it gives up this boot rather than wait for bytes that will not
+ * come), the reason goes to `onProblem` once, and every later READ of the
+ * same offer draws a RESET too. A READ asking past what a plain or zlib image
+ * being filled holds is held, not answered with bytes that are not there yet,
+ * and answered as soon as they are; the wait is asynchronous, so it holds up
+ * only this sled, and a later READ (the sled re-asks after a second) replaces
+ * the held one. Should the image fail its check once filled, the sled is sent
+ * a RESET at once.
  *
- * A plain or zlib image is served while it is still being filled
- * (lib/netboot/raw-image.ts). A READ asking past what is filled is held, not
- * answered with bytes that are not there yet, and answered as soon as they
- * are; the wait is asynchronous, so it holds up only this sled, and a later
- * READ (the sled re-asks after a second) replaces the held one. Should the
- * image fail its check once filled, the sled is sent a RESET at once.
  * Fast re-send: after answering a READ the session expects the sled's next
  * READ within about one round trip (lib/netboot/resend-timer.ts), plus the
  * console time the sled may be spending (a status line, the copies it was
@@ -34,23 +33,14 @@
  * learnt from the sled itself with small probes: a few copies placed inside
  * an answer, whose delay shows in its next READ (lib/netboot/console-cost.ts).
  *
- * Progress lives in a few numbers in a SharedArrayBuffer (SharedCounters):
- * the session thread writes them as it answers and the main thread reads them
- * when it redraws, so reporting costs no message per frame.
- *
- * Re-asked offsets (asked more than once, because a DATA was lost) are told
- * from new ones with a direct-mapped table of the offsets last asked, indexed
- * by 1024-byte chunk number modulo 256. A sled keeps at most 128 offsets in
- * flight, all in one 128 KiB batch, and batches follow each other, so a table
- * of two batches recognises every repeat a sled makes, in the same small
- * memory whatever the image size.
+ * Progress is counted in shared memory (lib/netboot/session-counters.ts),
+ * and offsets asked again are told from new ones by
+ * lib/netboot/asked-offsets.ts.
  */
 
-import { type Pointer, ptr } from "bun:ffi";
 import { ImageFormatError } from "@ramdisk-tools/image/format.ts";
 import {
   CHUNK_SIZE,
-  DATA_IMAGE_OFFSET,
   DataFrameWriter,
   encodeFrame,
   type Mac,
@@ -60,13 +50,12 @@ import {
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { nowMs } from "@ramdisk-tools/threads/clock.ts";
-import { type CountersOf, countersOf } from "@ramdisk-tools/threads/shared-counters.ts";
-import { type ZstdImageMemory, ZstdImageReader } from "./block-cache.ts";
+import { AskedOffsets } from "./asked-offsets.ts";
 import { ConsoleCost } from "./console-cost.ts";
 import { COPY_CHOICES, type CopyChoice, copiesPay, copyOrder, MIN_COPY_GAP_MS } from "./copy-policy.ts";
-import { type RawImageHandle, RawImageReadError, RawImageReader } from "./raw-image.ts";
+import { type ImageSource, imageSource } from "./image-source.ts";
 import { ResendTimeout } from "./resend-timer.ts";
-import type { ServedBytes } from "./served-image.ts";
+import { type SessionCounters, sessionCounters } from "./session-counters.ts";
 
 /** The status line the sled prints once a second is about 48 bytes, a drop line about 45 (netboot.md, "The console"). */
 const STATUS_PER_DROP_LINE = 48 / 45;
@@ -76,333 +65,6 @@ const SLOWEST_LINE_MS = 50;
 const SPURIOUS_LINES = 2;
 /** Timers of the event loop do not fire sooner than this: faster-paced copies go out several per timer. */
 const TIMER_MS = 1;
-
-/** Slots in the re-ask table: two batches of 128 chunks. */
-const ASKED_TABLE_SIZE = 256;
-
-/**
- * A session's progress, shared with the main thread:
- * - imageSize: bytes of the image being served;
- * - deliveredBytes: image bytes sent for offsets asked the first time (the image delivered);
- * - sentBytes: all image bytes sent, repeats included;
- * - reasked: offsets asked more than once;
- * - reads: READ frames answered;
- * - firstReadAt, lastReadAt: epoch milliseconds of the first and the latest READ, 0 before any;
- * - sendFailures: batches of DATA frames the link refused to send (the sled asks again);
- * - dataFrames: DATA frames sent, re-sent copies included;
- * - resentFrames: copies of DATA frames the sled did not ask for, probes included (a subset of dataFrames);
- * - resends: READs that came late (the re-send timeout fired), whether or not copies were sent;
- * - pacedMs: milliseconds spent waiting for the pacing clock (lib/netboot/pacing.ts);
- * - roundTripMs: the smoothed READ round trip, 0 before the first sample;
- * - probeFrames: copies sent as probes of the sled's console (lib/netboot/console-cost.ts);
- * - consoleLineMs, consoleUpperMs: what a console line costs the sled, measured and at most; 0 before a probe;
- * - copyChoice: whether copies are sent to this sled, as an index of COPY_CHOICES (lib/netboot/copy-policy.ts);
- * - resets: RESETs this session sent (a block or the image failed its check; each reported with why through onProblem).
- */
-export const SESSION_COUNTERS = [
-  "imageSize",
-  "deliveredBytes",
-  "sentBytes",
-  "reasked",
-  "reads",
-  "firstReadAt",
-  "lastReadAt",
-  "sendFailures",
-  "dataFrames",
-  "resentFrames",
-  "resends",
-  "pacedMs",
-  "roundTripMs",
-  "probeFrames",
-  "consoleLineMs",
-  "consoleUpperMs",
-  "copyChoice",
-  "resets",
-] as const;
-export type SessionCounters = CountersOf<typeof SESSION_COUNTERS>;
-/** Counters for one session, over a new buffer or the main thread's. */
-export const sessionCounters = countersOf(SESSION_COUNTERS);
-
-/** Where a session takes the bytes that answer an offset from. */
-export interface ImageSource {
-  /** Bytes of the raw image. */
-  readonly size: number;
-  /** The DATA frame answering `offset`, by `writer` (DataFrameWriter.answer's bytes); throws ImageFormatError for a damaged block. */
-  answer(writer: DataFrameWriter, offset: bigint): Uint8Array;
-  /** Done with the bytes of the last answer (a shared cache may reuse them). */
-  release(): void;
-  /**
-   * Called for every READ before its answers: null when every offset of `read` can be answered now (a file-backed
-   * image has read their bytes); else resolves when the READ should be tried again (the image is being filled, or
-   * its file could not be read).
-   */
-  until(read: ReadRequest): Promise<void> | null;
-  /** The session serves something else: let go of what this source holds (a file's descriptor). */
-  close?(): void;
-  /**
-   * For an image still being filled: resolves when the fill ends, true when it failed its check after serving
-   * began (lib/netboot/raw-image.ts); the sled is then RESET.
-   */
-  readonly failed: Promise<boolean> | null;
-}
-
-/** A raw image whole in memory as an ImageSource (tests serve one). */
-class RawImage implements ImageSource {
-  readonly failed = null;
-  constructor(readonly bytes: Uint8Array) {}
-  get size(): number {
-    return this.bytes.length;
-  }
-  answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
-    return writer.answer(offset, this.bytes);
-  }
-  release(): void {}
-  until(): null {
-    return null;
-  }
-}
-
-/** A DATA frame of a whole chunk: headers, offset and 1024 image bytes (1058 bytes). */
-const FRAME_BYTES = DATA_IMAGE_OFFSET + CHUNK_SIZE;
-/** A READ held because the image's file could not be read is tried again after this long. */
-const UNREADABLE_RETRY_MS = 1000;
-const NO_BYTES = new Uint8Array(0);
-
-/**
- * A raw image read from its file (lib/netboot/raw-image.ts) as an ImageSource,
- * whole or still being filled.
- *
- * Its bytes are never copied in JavaScript. The source keeps one DATA frame
- * per slot in one buffer, and until() reads the chunks a READ asks for
- * straight into those frames, behind their headers: one readv(2) for each
- * run of consecutive offsets, so one system call for a READ of a new batch.
- * answer() then only writes each frame's headers, length and offset around
- * its bytes (DataFrameWriter.wrap), and the link sends the frames where they
- * are. So answer() must follow until() for the same READ, offset by offset
- * in requestedOffsets order, as SledSession does; the frames stay as they
- * are, for re-sending, until the next until().
- *
- * The file can change under the server. Replaced by a rename, or removed, it
- * stays readable here (the session keeps its descriptor) and nothing changes.
- * Shorter than the image (truncated in place, or being rewritten), its bytes
- * are gone for good: no answer can be right, so the READ draws the RESET of
- * an image that failed (answer throws ImageFormatError) and the sled starts
- * over with the file as it is then. Unreadable (an I/O error): the READ is
- * held and tried again after UNREADABLE_RETRY_MS, said once through
- * `onProblem`, as the error may pass and a RESET reboots the sled.
- */
-class FileImage implements ImageSource {
-  readonly failed: Promise<boolean> | null;
-  readonly size: number;
-  readonly #end: bigint;
-  readonly #reader: RawImageReader | null;
-  readonly #onProblem: (message: string) => void;
-  /** One whole DATA frame per slot, and the image bytes of each (views made once). */
-  readonly #frames: Uint8Array[] = [];
-  readonly #chunks: Uint8Array[] = [];
-  /**
-   * A struct iovec per slot, at its image bytes, for preadv, made once. Both it and the frames are views of
-   * ArrayBuffers of their own, whose memory the garbage collector never moves.
-   */
-  readonly #vectors = new BigUint64Array(new ArrayBuffer(READ_SLOTS * 16));
-  readonly #vectorsAt: number;
-  /**
-   * The offsets until() read, in answer order (requestedOffsets'), as Numbers: -1 for one at or past the end of
-   * the image; how many, and the next to answer.
-   */
-  readonly #starts = new Float64Array(READ_SLOTS + 1);
-  #count = 0;
-  #next = 0;
-  /** Why the file cannot serve this boot any more (it was truncated): every answer throws it. */
-  #gone: string | null = null;
-  #saidUnreadable = false;
-
-  constructor(image: RawImageHandle, onProblem: (message: string) => void = () => {}) {
-    this.#reader = new RawImageReader(image);
-    this.size = image.size;
-    this.#end = BigInt(image.size);
-    this.failed = this.#reader.failed;
-    this.#onProblem = onProblem;
-    const slab = new Uint8Array(new ArrayBuffer(READ_SLOTS * FRAME_BYTES));
-    const slabAt = ptr(slab);
-    for (let slot = 0; slot < READ_SLOTS; slot++) {
-      const frame = slab.subarray(slot * FRAME_BYTES, (slot + 1) * FRAME_BYTES);
-      this.#frames.push(frame);
-      this.#chunks.push(frame.subarray(DATA_IMAGE_OFFSET));
-      this.#vectors[slot * 2] = BigInt(slabAt + slot * FRAME_BYTES + DATA_IMAGE_OFFSET);
-      this.#vectors[slot * 2 + 1] = BigInt(CHUNK_SIZE);
-    }
-    this.#vectorsAt = ptr(this.#vectors);
-  }
-  answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
-    if (this.#reader?.broken) throw new ImageFormatError("the image failed its check after serving began");
-    if (this.#gone !== null) throw new ImageFormatError(this.#gone);
-    const slot = this.#next++;
-    const at = this.#starts[slot]!;
-    if (at < 0) {
-      if (slot < this.#count && offset >= this.#end) return writer.frame(offset, NO_BYTES);
-    } else if (slot < this.#count && Number(offset) === at) {
-      return writer.wrap(at, this.#frames[slot]!, Math.min(CHUNK_SIZE, this.size - at));
-    }
-    throw new Error(`offset ${offset} was not read for this READ`);
-  }
-  release(): void {}
-  /** Read the chunks `read` asks for into the frames; hold it while they are not filled, or the file cannot be read. */
-  until(read: ReadRequest): Promise<void> | null {
-    const reader = this.#reader;
-    if (!reader || this.#gone !== null || reader.broken) return null;
-    const count = this.#offsetsOf(read);
-    this.#count = count;
-    if (reader.filling) {
-      // Filled in order from the start, so the furthest offset asked decides (an empty slot's 0 never does).
-      let furthest = 0;
-      for (let slot = 0; slot < count; slot++) furthest = Math.max(furthest, this.#starts[slot]!);
-      const filled = reader.until(BigInt(furthest));
-      if (filled) return filled;
-    }
-    this.#next = 0;
-    try {
-      this.#read(reader, count);
-      return null;
-    } catch (error) {
-      if (!(error instanceof RawImageReadError)) throw error;
-      if (error.lasting) {
-        this.#gone = `${error.message}; no answer can be right, the sled starts over`;
-        return null;
-      }
-      if (!this.#saidUnreadable) this.#onProblem(`holding the sled's READs: ${error.message}`);
-      this.#saidUnreadable = true;
-      return Bun.sleep(UNREADABLE_RETRY_MS);
-    }
-  }
-  /**
-   * requestedOffsets(read) into #starts as Numbers, read as 32-bit halves (no BigInt per slot): every non-zero
-   * slot in order, after a 0 when fewer than `count` are non-zero; -1 for an offset at or past the end. Returns how
-   * many.
-   */
-  #offsetsOf(read: ReadRequest): number {
-    const slots = read.slots;
-    const words = new Uint32Array(slots.buffer, slots.byteOffset, slots.length * 2);
-    const starts = this.#starts;
-    const size = this.size;
-    let count = 0;
-    for (let slot = 0; slot < slots.length; slot++) {
-      const low = words[slot * 2]!;
-      const high = words[slot * 2 + 1]!;
-      if (low === 0 && high === 0) continue;
-      // Past 2^53 the Number is inexact, but far past any image all the same.
-      const at = high * 0x1_0000_0000 + low;
-      starts[++count] = at < size ? at : -1;
-    }
-    if (BigInt(count) < read.count) starts[0] = 0;
-    else starts.copyWithin(0, 1, count + 1);
-    return BigInt(count) < read.count ? count + 1 : count;
-  }
-  close(): void {
-    this.#reader?.close();
-  }
-
-  /** One preadv for each run of consecutive offsets inside the image, into the frames of their slots. */
-  #read(reader: RawImageReader, count: number): void {
-    const starts = this.#starts;
-    const size = this.size;
-    for (let first = 0; first < count; ) {
-      const start = starts[first]!;
-      if (start < 0) {
-        first++;
-        continue;
-      }
-      let end = first + 1;
-      while (end < count && starts[end] === start + (end - first) * CHUNK_SIZE) end++;
-      const length = Math.min((end - first) * CHUNK_SIZE, size - start);
-      // Images are whole 128 KiB batches, so only a damaged one ends inside a chunk.
-      const whole = length === (end - first) * CHUNK_SIZE;
-      if (!whole || !reader.preadv((this.#vectorsAt + first * 16) as Pointer, end - first, start, length)) {
-        const chunks = this.#chunks.slice(first, end);
-        if (!whole) chunks[chunks.length - 1] = chunks.at(-1)!.subarray(0, length % CHUNK_SIZE);
-        reader.readv(chunks, start, length);
-      }
-      first = end;
-    }
-  }
-}
-
-/**
- * A zstd image in shared memory as an ImageSource. It has blocks read ahead
- * off the READ path: whenever its sled enters a block, the image's
- * read-ahead thread is told to decompress the next one (lib/netboot/block-cache.ts,
- * hint), and before the first READ, the first.
- */
-class ZstdImage implements ImageSource {
-  readonly #reader: ZstdImageReader;
-  /** Where the block last hinted at starts. */
-  #ahead = 0;
-  #furthest = 0;
-  readonly #end: bigint;
-  constructor(memory: ZstdImageMemory) {
-    this.#reader = new ZstdImageReader(memory);
-    this.#end = BigInt(this.#reader.size);
-    this.#reader.hint(0);
-  }
-  get size(): number {
-    return this.#reader.size;
-  }
-  answer(writer: DataFrameWriter, offset: bigint): Uint8Array {
-    if (offset < this.#end && Number(offset) > this.#furthest) this.#furthest = Number(offset);
-    return writer.frame(offset, this.#reader.chunk(offset));
-  }
-  release(): void {
-    this.#reader.release();
-    const ahead = this.#reader.nextBlockOffset(this.#furthest);
-    if (ahead === this.#ahead) return;
-    this.#ahead = ahead;
-    this.#reader.hint(ahead);
-  }
-  until(): null {
-    return null;
-  }
-  readonly failed = null;
-}
-
-/**
- * The source a session reads an image's bytes from: the raw pool's file
- * (answered as far as it is filled), or a zstd payload through the shared
- * block cache. `onProblem` hears, once, that a raw image's file cannot be
- * read and its sled's READs are held.
- *
- * @example session.serve(imageSource(message.bytes, report));
- */
-export function imageSource(
-  bytes: ServedBytes | Uint8Array,
-  onProblem: (message: string) => void = () => {},
-): ImageSource {
-  if (bytes instanceof Uint8Array) return new RawImage(bytes);
-  if (bytes.kind === "raw") return new FileImage(bytes, onProblem);
-  return new ZstdImage(bytes);
-}
-
-/**
- * Tells offsets asked before from new ones, for a sled's sliding window of
- * requests, in fixed memory (see the module comment).
- */
-class AskedOffsets {
-  readonly #table = new Float64Array(ASKED_TABLE_SIZE).fill(-1);
-
-  /** Record `offset`; true when it was asked before. */
-  repeat(offset: bigint): boolean {
-    // Offsets past 2^53 lose precision here; they are answered exactly all
-    // the same, and only the count of repeats of such nonsense is approximate.
-    const at = Number(offset);
-    const slot = Math.floor(at / CHUNK_SIZE) % ASKED_TABLE_SIZE;
-    if (this.#table[slot] === at) return true;
-    this.#table[slot] = at;
-    return false;
-  }
-
-  clear(): void {
-    this.#table.fill(-1);
-  }
-}
 
 /** The clock and timer a session's fast re-send runs on; tests pass their own. */
 export interface ResendClock {
@@ -450,7 +112,7 @@ export class SledSession {
   readonly #resend: boolean;
   readonly #clock: ResendClock;
   readonly #onProblem: (message: string) => void;
-  #image: ImageSource = new RawImage(new Uint8Array(0));
+  #image: ImageSource = imageSource(new Uint8Array(0));
   /** The image could not be read: every READ of this offer draws a RESET. */
   #broken = false;
   /** The latest READ held until the image is filled up to it. */
@@ -501,7 +163,7 @@ export class SledSession {
   /** Serve `image` from now on (the sled was just offered it); counters start over. */
   serve(image: ImageSource | Uint8Array): void {
     this.#image.release();
-    this.#image = image instanceof Uint8Array ? new RawImage(image) : image;
+    this.#image = image instanceof Uint8Array ? imageSource(image) : image;
     this.#broken = false;
     this.#held = undefined;
     const served = this.#image;
@@ -775,48 +437,3 @@ export class SledSession {
     }
   }
 }
-
-/** What the main thread tells a session thread (workers/session.ts). */
-export type SessionCommand =
-  | {
-      /** Open the link and say "ready"; the sled comes later ("sled"), so a thread can be started ahead. */
-      type: "start";
-      link: string;
-      /** SESSION_COUNTERS, shared with the main thread. */
-      counters: SharedArrayBuffer;
-      /** The session's end of its channel to the dispatcher (SessionMessage). */
-      port: MessagePort;
-      /** Post a copy of each batch sent back on `port` (lib/netboot/dispatch.ts SentFrames), for `bootserver --pcap`. */
-      record?: boolean;
-      /** Fast re-send (`bootserver --no-resend` turns it off). */
-      resend: boolean;
-      /** Pace this sled's DATA at this many bits per second; null: unpaced (lib/netboot/pacing.ts). */
-      rate: number | null;
-      /** The server-wide pacing clock (lib/netboot/pacing.ts LinkClock), with its rate, when `--link-rate` caps the total. */
-      linkClock?: { buffer: SharedArrayBuffer; bitsPerSecond: number };
-    }
-  /** Serve this sled from now on: what the dispatcher sends on the channel goes to its session. */
-  | { type: "sled"; sled: Mac }
-  | { type: "stop" };
-
-/**
- * What the dispatcher sends a session thread, in order on one channel: the
- * image it is about to offer the sled, then the sled's READs. Serving the
- * image before the OFFER goes out means no READ can reach the session first.
- */
-export type SessionMessage =
-  | { type: "serve"; bytes: ServedBytes }
-  /** `receivedAt`: when the dispatcher captured it (lib/threads/clock.ts nowMs). */
-  | { type: "read"; count: bigint; slots: BigUint64Array; receivedAt: number }
-  /** The sled finished or was reset: stop re-sending. */
-  | { type: "end" };
-
-/**
- * What a session thread tells the main thread: "error" when the thread cannot
- * work at all, "problem" when one sled's boot cannot go on (the server can).
- */
-export type SessionReport =
-  | { type: "ready" }
-  | { type: "stopped" }
-  | { type: "error"; message: string }
-  | { type: "problem"; message: string };

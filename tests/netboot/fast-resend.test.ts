@@ -11,8 +11,9 @@ import { describe, expect, test } from "bun:test";
 import { ImageFormatError } from "@ramdisk-tools/image/format.ts";
 import { ConsoleCost, JITTER_FLOOR_MS, MAX_PROBE_SIZE } from "@ramdisk-tools/netboot/console-cost.ts";
 import { COPY_CHOICES, copiesPay, copyOrder } from "@ramdisk-tools/netboot/copy-policy.ts";
+import type { ImageSource } from "@ramdisk-tools/netboot/image-source.ts";
 import { RESEND_CAP_MS, RESEND_FLOOR_MS, ResendTimeout } from "@ramdisk-tools/netboot/resend-timer.ts";
-import { type ImageSource, type ResendClock, SledSession } from "@ramdisk-tools/netboot/session.ts";
+import { type ResendClock, SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { CHUNK_SIZE, parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
 
 const MIB = 1024 * 1024;
