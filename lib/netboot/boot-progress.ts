@@ -15,7 +15,8 @@
 
 import { isCompressed, toHex, ZSTD_VERSION } from "@ramdisk-tools/image/format.ts";
 import { formatBytes, type ProgressSink } from "@ramdisk-tools/progress/progress.ts";
-import type { BootEvent, SledProgress } from "./server.ts";
+import type { BootEvent } from "./boot-events.ts";
+import type { SledProgress } from "./sled-progress.ts";
 
 /** Decimal megabytes, as line rates are quoted (gigabit is about 117 MB/s of image data). */
 const MB = 1_000_000;

@@ -12,9 +12,10 @@
  * the whole server.
  */
 
+import type { BootEvent } from "./boot-events.ts";
 import type { DISPATCH_COUNTERS } from "./dispatch.ts";
-import type { BootEvent, SledStatus } from "./server.ts";
 import type { SESSION_COUNTERS } from "./session-counters.ts";
+import type { SledStatus } from "./sleds.ts";
 
 type DispatchCounterName = (typeof DISPATCH_COUNTERS)[number];
 type SessionCounterName = (typeof SESSION_COUNTERS)[number];

@@ -16,7 +16,10 @@
  *    (rounded up to a whole batch). When exactly one served image (the one
  *    pinned to the sled, if it has one) has room for every offset asked,
  *    that is the image. When several do, or none, nothing says which image
- *    the sled wants, and it is RESET with that reason.
+ *    the sled wants, and it is RESET with that reason. A READ alone is
+ *    believed only when the sled READs again a moment later, as a sled
+ *    re-asks every second (ReadConfirmations): a made-up MAC that fires one
+ *    READ gets neither a session nor a RESET.
  */
 
 import { CHUNK_SIZE, type ReadRequest, requestedOffsets } from "@ramdisk-tools/protocol/frames.ts";
@@ -25,6 +28,13 @@ import type { ServedImage } from "./served-image.ts";
 
 /** A sled's batch: 128 slots of 1024 bytes. */
 const BATCH_BYTES = 128 * CHUNK_SIZE;
+/**
+ * A sled with no record is resumed from its READ alone only when it READs
+ * again at least this long after (a sled re-asks every second)...
+ */
+const CONFIRM_AFTER_MS = 500;
+/** ...and no longer than this after. */
+const CONFIRM_WITHIN_MS = 10_000;
 
 export type ResumeDecision =
   | { image: ServedImage; how: string }
@@ -81,4 +91,31 @@ export function resumeDecision(
       .map((image) => image.name)
       .join(", ")})`,
   };
+}
+
+/**
+ * Sleds with no record whose READ fitted one image, by MAC key: when, so that
+ * their next READ, CONFIRM_AFTER_MS to CONFIRM_WITHIN_MS later, resumes them.
+ *
+ * @example if (!confirmations.confirms(macKey(mac), Date.now())) return; // unanswered for now
+ */
+export class ReadConfirmations {
+  readonly #noted = new Map<number, number>();
+
+  /** Whether a READ from the sled `key` at `now` confirms the one noted before it; else it is noted, when none is pending. */
+  confirms(key: number, now: number): boolean {
+    const noted = this.#noted.get(key);
+    const since = noted === undefined ? Number.POSITIVE_INFINITY : now - noted;
+    if (since < CONFIRM_AFTER_MS || since > CONFIRM_WITHIN_MS) {
+      if (since > CONFIRM_WITHIN_MS) this.#noted.set(key, now);
+      return false;
+    }
+    this.#noted.delete(key);
+    return true;
+  }
+
+  /** Forget the READs too old to be confirmed, so that a flood of made-up MACs leaves nothing behind. */
+  expire(now: number): void {
+    for (const [key, noted] of this.#noted) if (now - noted > CONFIRM_WITHIN_MS) this.#noted.delete(key);
+  }
 }
