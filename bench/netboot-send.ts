@@ -57,7 +57,8 @@ import {
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { consecutiveMacs } from "@ramdisk-tools/sled/runner.ts";
-import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
+import { readLinkMac } from "@ramdisk-tools/wire/link-mac.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
 import { eachLines, processCpuSeconds, watchLines } from "./server-process.ts";
 
