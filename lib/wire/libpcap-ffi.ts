@@ -21,6 +21,18 @@ export class PcapError extends Error {
 export const DLT_EN10MB = 1;
 /** From <pcap/pcap.h>: the size of the buffer libpcap writes an error into. */
 export const PCAP_ERRBUF_SIZE = 256;
+/**
+ * `struct pcap_pkthdr` on LP64, the header of each frame libpcap hands over
+ * or dumps: a `struct timeval` of two 64-bit fields (tv_sec, then tv_usec,
+ * which holds nanoseconds on a handle of nanosecond precision), then caplen
+ * (the bytes kept) and len (the bytes on the wire), u32 each. Little-endian,
+ * the low word of each time field holds it until the year 2106.
+ */
+export const PKTHDR_SIZE = 24;
+export const PKTHDR_OFFSET_SECONDS = 0;
+export const PKTHDR_OFFSET_FRACTION = 8;
+export const PKTHDR_OFFSET_CAPLEN = 16;
+export const PKTHDR_OFFSET_LEN = 20;
 
 const { ptr: P, i32, u32, u64, cstring, void: VOID } = FFIType;
 const LIBPCAP_SYMBOLS = {

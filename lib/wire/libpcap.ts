@@ -59,6 +59,9 @@ import {
   libpcap,
   PCAP_ERRBUF_SIZE,
   PcapError,
+  PKTHDR_OFFSET_CAPLEN,
+  PKTHDR_OFFSET_FRACTION,
+  PKTHDR_OFFSET_SECONDS,
 } from "./libpcap-ffi.ts";
 import { readLinkMac } from "./link-mac.ts";
 import { SendBatch } from "./send-batch.ts";
@@ -100,10 +103,6 @@ const PACKET_IGNORE_OUTGOING = 23;
 const POLLIN = 0x1;
 const POLLOUT = 0x4;
 const EAGAIN = 11;
-/** In `struct pcap_pkthdr`, after the 16-byte `struct timeval` (LP64). */
-const PKTHDR_OFFSET_CAPLEN = 16;
-/** `struct timeval` in the header: tv_sec, then tv_usec, which holds nanoseconds at nanosecond precision. */
-const PKTHDR_OFFSET_FRACTION = 8;
 const PCAP_TSTAMP_PRECISION_NANO = 1;
 /** `struct bpf_program` is { u_int bf_len; struct bpf_insn *bf_insns; } (LP64). */
 const BPF_PROGRAM_SIZE = 16;
@@ -267,7 +266,7 @@ export class PcapLink {
   receivedAt(): number {
     const header = read.ptr(this.#headerOut) as Pointer;
     // Both fields are 64-bit; their low words (little-endian) hold them until the year 2106.
-    const seconds = read.u32(header, 0);
+    const seconds = read.u32(header, PKTHDR_OFFSET_SECONDS);
     const fraction = read.u32(header, PKTHDR_OFFSET_FRACTION);
     return (seconds - this.#baseSecond) * 1000 + (fraction * this.#fractionNs) / 1e6 + this.#baseMs;
   }

@@ -25,7 +25,18 @@ import { closeSync, fsyncSync, openSync, renameSync, rmSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { systemReason } from "@ramdisk-tools/errors/errors.ts";
 import { nowMs } from "@ramdisk-tools/threads/clock.ts";
-import { cString, DLT_EN10MB, lastErrno, libc, libpcap } from "./libpcap-ffi.ts";
+import {
+  cString,
+  DLT_EN10MB,
+  lastErrno,
+  libc,
+  libpcap,
+  PKTHDR_OFFSET_CAPLEN,
+  PKTHDR_OFFSET_FRACTION,
+  PKTHDR_OFFSET_LEN,
+  PKTHDR_OFFSET_SECONDS,
+  PKTHDR_SIZE,
+} from "./libpcap-ffi.ts";
 
 /**
  * Bytes kept of each frame unless told otherwise. A netboot frame is at most
@@ -37,15 +48,6 @@ const MAX_SECONDS = 0xffffffff;
 const DEFAULT_BUFFER_BYTES = 1024 * 1024;
 /** From <stdio.h>: full buffering, written out only when the buffer is full. */
 const IOFBF = 0;
-/**
- * `struct pcap_pkthdr` on LP64 as u32 words: tv_sec and tv_usec (8 bytes
- * each; the high words stay 0 until 2106), then caplen and len.
- */
-const PKTHDR_WORDS = 6;
-const PKTHDR_SECONDS = 0;
-const PKTHDR_MICROSECONDS = 2;
-const PKTHDR_CAPLEN = 4;
-const PKTHDR_LEN = 5;
 
 /** A capture file that cannot be written, or a frame or time it cannot hold. */
 export class PcapFileError extends Error {
@@ -90,7 +92,8 @@ export class PcapFileWriter {
    * pcap_dump_close, so it is held here for as long as the stream.
    */
   readonly #stream: { file: Pointer; buffer: Uint8Array };
-  readonly #header = new Uint32Array(PKTHDR_WORDS);
+  /** The struct pcap_pkthdr handed to pcap_dump, as u32 words; the high words of the time fields stay 0. */
+  readonly #header = new Uint32Array(PKTHDR_SIZE / 4);
   #written = 0;
   #failure: PcapFileError | undefined;
 
@@ -173,10 +176,10 @@ export class PcapFileWriter {
     if (seconds > MAX_SECONDS)
       throw new PcapFileError(`timestamp ${timestampMs} ms is past what a pcap record holds (2106)`);
     const header = this.#header;
-    header[PKTHDR_SECONDS] = seconds;
-    header[PKTHDR_MICROSECONDS] = totalMicroseconds - seconds * 1_000_000;
-    header[PKTHDR_CAPLEN] = Math.min(frame.length, this.snaplen);
-    header[PKTHDR_LEN] = frame.length;
+    header[PKTHDR_OFFSET_SECONDS / 4] = seconds;
+    header[PKTHDR_OFFSET_FRACTION / 4] = totalMicroseconds - seconds * 1_000_000;
+    header[PKTHDR_OFFSET_CAPLEN / 4] = Math.min(frame.length, this.snaplen);
+    header[PKTHDR_OFFSET_LEN / 4] = frame.length;
     libpcap().pcap_dump(dumper, header, frame);
     // pcap_dump returns nothing; a failed write of the stream's buffer shows in its error flag.
     if (libc().ferror(this.#stream.file) !== 0) throw this.#failed();
