@@ -7,6 +7,7 @@
 const FLOORS = {
   bytes: 0,
   errors: 0,
+  random: 0,
   files: 1,
   progress: 1,
   cli: 1,

@@ -5,7 +5,8 @@ import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, systemReason, UserError } from "@ram
 import { formatMac, parseMac, SHA256_SIZE, sameMac } from "@ramdisk-tools/protocol/frames.ts";
 import { DEFAULT_PORT_BUFFER_BYTES } from "@ramdisk-tools/sled/faults.ts";
 import { consecutiveMacs, describeSledReport, emulateSleds, sledMacFor } from "@ramdisk-tools/sled/runner.ts";
-import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
+import { readLinkMac } from "@ramdisk-tools/wire/link-mac.ts";
 import { parseBitRate } from "@ramdisk-tools/wire/rate.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";

@@ -15,7 +15,8 @@ import {
   READ_SLOTS,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { consecutiveMacs, type EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
-import { PcapLink, readLinkMac } from "@ramdisk-tools/wire/libpcap.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
+import { readLinkMac } from "@ramdisk-tools/wire/link-mac.ts";
 import { processCpuSeconds, watchLines } from "./server-process.ts";
 
 export const ROOT = join(import.meta.dir, "..");

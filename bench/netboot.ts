@@ -26,12 +26,12 @@
  *   one sled at a time by the server with its defaults; the zstd and zlib
  *   images' boot rate, server CPU and first DATA against the plain image's,
  *   median of 3 runs;
- * - send: two tables of their own, from bench/netboot-send.ts (sendRows,
- *   memoryRows): the server's CPU per GiB sent to sleds that READ without
- *   listening against a floor sender of the same frames (C, sendmmsg), at
- *   line rate and at saturation, the cores a rack would need; and its
- *   resident memory serving a `--big-gib` GiB plain and zlib image, with the
- *   rate of a sled that says HELLO as it starts.
+ * - send: two tables of their own, from bench/netboot-send.ts (sendRows)
+ *   and bench/netboot-memory.ts (memoryRows): the server's CPU per GiB sent
+ *   to sleds that READ without listening against a floor sender of the same
+ *   frames (C, sendmmsg), at line rate and at saturation, the cores a rack
+ *   would need; and its resident memory serving a `--big-gib` GiB plain and
+ *   zlib image, with the rate of a sled that says HELLO as it starts.
  *
  * Figures per row and server: time until the last sled booted (or "not
  * booted in N s": `--cap` bounds every row, since today's server stalls a

@@ -11,7 +11,7 @@
  * No downloads: everything is made here.
  */
 
-import { Xorshift32 } from "@ramdisk-tools/sled/random.ts";
+import { Xorshift32 } from "@ramdisk-tools/random/xorshift32.ts";
 
 const WORDS = (
   "zfs pool dataset ramdisk kernel sled oxide boot image root mount device driver " +

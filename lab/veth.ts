@@ -8,7 +8,7 @@
 
 import { existsSync, writeFileSync } from "node:fs";
 import { oneLine } from "@ramdisk-tools/errors/errors.ts";
-import { libpcapVersion } from "@ramdisk-tools/wire/libpcap.ts";
+import { libpcapVersion } from "@ramdisk-tools/wire/libpcap-ffi.ts";
 
 export interface VethPair {
   /** Interface names of the two ends. */

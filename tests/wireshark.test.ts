@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BROADCAST_MAC, datasetField, encodeFrame, type Message, READ_SLOTS } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapFileError, PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
-import { commandOutput, python } from "./helpers/common.ts";
+import { commandOutput, python, runCommand } from "./helpers/common.ts";
 
 const DISSECTOR = join(import.meta.dir, "..", "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");
@@ -172,6 +172,30 @@ describe("PcapFileWriter", () => {
     expect(() => capture.write(new Uint8Array(60), 2 ** 32 * 1000)).toThrow("past what a pcap record holds");
     capture.discard();
   });
+
+  test.skipIf(process.getuid?.() !== 0)(
+    "on a full file system the write that cannot be stored says so, and close leaves nothing behind",
+    async () => {
+      // A tmpfs of 64 KiB of our own (root only): the first 64 KiB block of records does not fit.
+      const full = mkdtempSync(join(dir, "full-"));
+      await commandOutput(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", full]);
+      try {
+        const path = join(full, "boot.pcap");
+        const capture = PcapFileWriter.open(path, { bufferBytes: 64 * 1024 });
+        const frame = encodeFrame(SLED, SERVER, { type: "data", offset: 0n, bytes: new Uint8Array(1024) });
+        const fill = () => {
+          for (let i = 0; i < 200; i++) capture.write(frame, 1000 + i);
+        };
+        expect(fill).toThrow(new PcapFileError(`cannot write capture file ${path}: no space left on device`));
+        expect(() => capture.close()).toThrow(
+          new PcapFileError(`cannot write capture file ${path}: no space left on device`),
+        );
+        expect(readdirSync(full)).toEqual([]);
+      } finally {
+        if ((await runCommand(["umount", full])).exitCode !== 0) await runCommand(["umount", "-l", full]);
+      }
+    },
+  );
 });
 
 /** One frame of each type, then malformed ones; `expect` is what tshark must show. */

@@ -7,7 +7,7 @@
  * `tick(now)`, and frames go out through the `send` function it was given.
  * It follows `docs/netboot.md` step by step:
  * - Discovery: a HELLO broadcast every 4 s until an OFFER passes the kernel's
- *   checks (offerRefusals); from then on only that server's frames count.
+ *   checks (offer-checks.ts); from then on only that server's frames count.
  * - Transfer: 128 slots. When all are empty it fills all of them with the
  *   next 128 offsets (one 128 KiB batch, filled in full even past the image
  *   size) and sends one READ; a DATA frame frees the slot holding its offset,
@@ -21,82 +21,45 @@
  *   before it sends the next READ, as a sled busy with what it received would;
  *   DATA arriving meanwhile finds no open slot and is dropped.
  *
- * The ramdisk is never held whole, so 32 emulated sleds can fetch 4 GiB images
- * on one machine. A batch starts only when the previous one is fully answered
- * and every offset of a batch lies inside it, so once a batch is complete no
- * later DATA can touch its bytes: its 128 KiB of ramdisk are final and can go
- * to the hasher at once. Before the batch, those bytes were zero (the ramdisk
- * starts zeroed) except where the previous batch's last DATA ran over its
- * end: the kernel accepts a DATA body of up to 1468 image bytes for a
- * 1024-byte chunk and writes what it accepts at the DATA's offset. So each batch starts from a zeroed buffer
- * plus that carried-over spill, and hashing the batches in order gives exactly
- * the digest of the ramdisk prefix the kernel hashes.
+ * The ramdisk is never held whole: each batch is hashed once it is complete
+ * (lib/sled/ramdisk-digest.ts says why that gives the kernel's digest).
  *
- * The console (`consoleBaud`): the kernel thread that takes frames off the
- * receive queue also prints, and at this point of boot the console is a
- * serial line whose output it waits for (netboot.md, "The console"). It
- * prints `dropped data packet for offset N` for every DATA from its server
- * that is not in a slot (a copy of a frame it already has, or of a finished
- * batch) and a status line once a second while receiving. Each line keeps
- * the sled busy for its serial time (10 bits a byte); frames arriving
- * meanwhile wait in an unbounded queue and are taken in order once it is
- * done, and no READ (nor re-ask) goes out until then. So copies a server
- * sends cost the sled time, and a burst of them delays its next READ, as on
- * a real sled. The queue is modelled in time, not by blocking a thread, so
- * many sleds on one thread each print at their own pace.
+ * The console (`consoleBaud`): the thread that takes frames off the receive
+ * queue also prints, a line for every DATA not in a slot and a status line a
+ * second, and waits for each line; frames queue behind it meanwhile. That
+ * clock lives in lib/sled/console.ts.
  *
  * The network between server and sled is modelled in lib/sled/faults.ts, and
  * many sleds run on one link with lib/sled/runner.ts.
  */
 
 import { copyBytes } from "@ramdisk-tools/bytes/copy.ts";
-import { NETBOOT_MIN_SIZE, toHex } from "@ramdisk-tools/image/format.ts";
+import { equalBytes } from "@ramdisk-tools/bytes/equal.ts";
+import { toHex } from "@ramdisk-tools/image/format.ts";
 import {
   BATCH_BYTES,
   BROADCAST_MAC,
   CHUNK_SIZE,
-  DATA_MAX_BODY,
   DataFrameReader,
   decodeFrame,
   encodeFrame,
   formatMac,
   MAC_SIZE,
   type Mac,
-  OFFER_DATASET_SIZE,
   type Offer,
   READ_SLOTS,
   REASK_AFTER_MS,
   SHA256_SIZE,
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
+import { SerialConsole } from "./console.ts";
+import { offerRefusals } from "./offer-checks.ts";
+import { RamdiskDigest } from "./ramdisk-digest.ts";
 
 /** Discovery: the kernel broadcasts HELLO every 4 seconds until it accepts an OFFER. */
 export const HELLO_INTERVAL_MS = 4000;
 /** The emulator's greeting; the kernel's is a short ASCII text without NUL too. */
 export const DEFAULT_GREETING = "sled netboot hello";
-
-/** A `dropped data packet for offset N` line: about 45 bytes (netboot.md, "The console"). */
-export const DROP_LINE_BYTES = 45;
-/** The `receiving ... (NN%)` status line: about 48 bytes. */
-export const STATUS_LINE_BYTES = 48;
-/** The status line is printed once a second while receiving. */
-export const STATUS_INTERVAL_MS = 1000;
-/** A serial line sends 10 bits a byte (start bit, 8 data bits, stop bit). */
-const BITS_PER_CONSOLE_BYTE = 10;
-
-/**
- * Milliseconds a console of `baud` takes to print `bytes` (0 for a free console).
- *
- * @example consoleLineMs(DROP_LINE_BYTES, 115_200) // 3.90625
- */
-export function consoleLineMs(bytes: number, baud: number): number {
-  return baud > 0 ? (bytes * BITS_PER_CONSOLE_BYTE * 1000) / baud : 0;
-}
-
-/** Image bytes one DATA frame may carry: len up to 1476, less the 8-byte offset. */
-const MAX_DATA_BYTES = DATA_MAX_BODY - 8;
-/** How far the last DATA of a batch can write past the batch's end. */
-const SPILL_BYTES = MAX_DATA_BYTES - CHUNK_SIZE;
 
 export type SledOutcome = "booted" | "checksum mismatch" | "reset" | "timeout";
 export type SledPhase = "discovery" | "transfer" | "done";
@@ -122,7 +85,7 @@ export interface SledConfig {
    * The serial console's speed in baud (10 bits a byte), 0 or absent for a
    * console that costs nothing. The kernel prints a line for every DATA not
    * in a slot and a status line once a second, from the thread that takes
-   * frames off the queue, and waits for each line (see the module comment).
+   * frames off the queue, and waits for each line (lib/sled/console.ts).
    */
   consoleBaud?: number;
   /** Told about offers refused and accepted, resets and restarts, as one line each. */
@@ -162,31 +125,6 @@ export interface SledReport {
   elapsedMs: number;
   /** Image bytes per second from accepting the OFFER to FINISHED, in MB (10^6 bytes). */
   megabytesPerSecond: number;
-}
-
-/**
- * Why the sled kernel would ignore this OFFER, one reason per failed check;
- * empty when it would accept it.
- *
- * @example offerRefusals(offer, checksum) // ["image size 2097152 is more than ramdisk size 1048576"]
- */
-export function offerRefusals(offer: Offer, checksum: Uint8Array): string[] {
-  const refusals: string[] = [];
-  if (!equalBytes(offer.sha256, checksum)) {
-    refusals.push(`sha256 ${toHex(offer.sha256)} is not the wanted ${toHex(checksum)}`);
-  }
-  const minimum = BigInt(NETBOOT_MIN_SIZE);
-  if (offer.ramdiskSize < minimum) refusals.push(`ramdisk size ${offer.ramdiskSize} is less than 1 MiB`);
-  if (offer.imageSize < minimum) refusals.push(`image size ${offer.imageSize} is less than 1 MiB`);
-  if (offer.imageSize > offer.ramdiskSize) {
-    refusals.push(`image size ${offer.imageSize} is more than ramdisk size ${offer.ramdiskSize}`);
-  }
-  const last = offer.dataset[OFFER_DATASET_SIZE - 1];
-  if (last !== 0) refusals.push(`dataset field is not NUL-terminated (byte 127 is ${last})`);
-  // Offsets are kept as JavaScript numbers; no real ramdisk comes near 2^53 bytes.
-  if (offer.imageSize > BigInt(Number.MAX_SAFE_INTEGER))
-    refusals.push(`image size ${offer.imageSize} is too large to emulate`);
-  return refusals;
 }
 
 /**
@@ -231,22 +169,15 @@ export class SledClient {
   #oldestAsk = 0;
   /** The READ slots being sent; reused for every READ. */
   readonly #readSlots = new BigUint64Array(READ_SLOTS);
-  /** The current batch's 128 KiB of ramdisk, plus room for a DATA running past its end. */
-  readonly #batch = new Uint8Array(BATCH_BYTES + SPILL_BYTES);
-  #hasher = new Bun.CryptoHasher("sha256");
+  readonly #ramdisk = new RamdiskDigest();
   readonly #data = new DataFrameReader();
 
-  /** Serial time of a drop line and of a status line (0: a free console). */
-  readonly #dropLineMs: number;
-  readonly #statusLineMs: number;
-  /** The console prints until then; frames wait meanwhile. */
-  #busyUntil = Number.NEGATIVE_INFINITY;
-  /** Frames that arrived while the console printed, with their arrival time, taken from #queueHead on. */
-  #queue: { frame: Uint8Array; at: number }[] = [];
-  #queueHead = 0;
-  #nextStatusAt = Number.POSITIVE_INFINITY;
-  #consoleLines = 0;
-  #consoleMs = 0;
+  readonly #console: SerialConsole;
+  /** Takes a frame the console held back; false once the sled is done. */
+  readonly #takeQueued = (frame: Uint8Array, at: number): boolean => {
+    this.#take(frame, at);
+    return this.#phase !== "done";
+  };
 
   #hellos = 0;
   #offersRefused = 0;
@@ -265,8 +196,7 @@ export class SledClient {
     }
     this.mac = copyBytes(config.mac, 0, MAC_SIZE);
     this.#config = config;
-    this.#dropLineMs = consoleLineMs(DROP_LINE_BYTES, config.consoleBaud ?? 0);
-    this.#statusLineMs = consoleLineMs(STATUS_LINE_BYTES, config.consoleBaud ?? 0);
+    this.#console = new SerialConsole(config.consoleBaud ?? 0);
     this.#checksum = copyBytes(config.checksum);
     this.#hello = encodeFrame(BROADCAST_MAC, this.mac, {
       type: "hello",
@@ -294,8 +224,7 @@ export class SledClient {
    * done printing; null when none.
    */
   get nextDueAt(): number | null {
-    const queued = this.#queueHead < this.#queue.length ? this.#busyUntil : Number.POSITIVE_INFINITY;
-    const due = Math.min(queued, this.#nextBatchAt ?? Number.POSITIVE_INFINITY);
+    const due = Math.min(this.#console.queueDueAt, this.#nextBatchAt ?? Number.POSITIVE_INFINITY);
     return due === Number.POSITIVE_INFINITY ? null : due;
   }
 
@@ -313,37 +242,12 @@ export class SledClient {
    */
   receive(frame: Uint8Array, now: number): void {
     if (this.#phase === "done") return;
-    this.#drain(now);
-    if (this.#printing(now)) {
-      this.#queue.push({ frame: frame.slice(), at: now });
+    this.#console.drain(now, this.#takeQueued);
+    if (this.#console.printing(now)) {
+      this.#console.hold(frame, now);
       return;
     }
     this.#take(frame, now);
-  }
-
-  /** The console is still printing at `now`, or frames wait behind it. */
-  #printing(now: number): boolean {
-    return now < this.#busyUntil || this.#queueHead < this.#queue.length;
-  }
-
-  /** Take the queued frames whose turn has come by `now`, each at the time the console let it through. */
-  #drain(now: number): void {
-    while (this.#queueHead < this.#queue.length && this.#busyUntil <= now && this.#phase !== "done") {
-      const { frame, at } = this.#queue[this.#queueHead++]!;
-      this.#take(frame, Math.max(at, this.#busyUntil));
-    }
-    if (this.#queueHead >= this.#queue.length || this.#phase === "done") {
-      this.#queue = [];
-      this.#queueHead = 0;
-    }
-  }
-
-  /** Print one line: the receive loop waits for it (a free console counts the line only). */
-  #print(lineMs: number, at: number): void {
-    this.#consoleLines++;
-    if (lineMs === 0) return;
-    this.#busyUntil = Math.max(this.#busyUntil, at) + lineMs;
-    this.#consoleMs += lineMs;
   }
 
   #take(frame: Uint8Array, now: number): void {
@@ -380,15 +284,10 @@ export class SledClient {
       this.#end("timeout", this.#stallReason(), now);
       return;
     }
-    this.#drain(now);
+    this.#console.drain(now, this.#takeQueued);
     // A queued frame may have ended the boot (FINISHED, a RESET).
-    if (this.phase === "done" || this.#printing(now)) return;
-    if (this.#phase === "transfer" && now >= this.#nextStatusAt) {
-      this.#nextStatusAt +=
-        STATUS_INTERVAL_MS * Math.max(1, Math.ceil((now - this.#nextStatusAt) / STATUS_INTERVAL_MS));
-      this.#print(this.#statusLineMs, now);
-      if (this.#printing(now)) return;
-    }
+    if (this.phase === "done" || this.#console.printing(now)) return;
+    if (this.#phase === "transfer" && this.#console.printStatusIfDue(now) && this.#console.printing(now)) return;
     if (this.#phase === "discovery") {
       if (now >= this.#nextHelloAt) this.#sayHello(now);
     } else if (this.#nextBatchAt !== null) {
@@ -416,8 +315,8 @@ export class SledClient {
       invalid: this.#invalid,
       ignored: this.#ignored,
       resets: this.#resets,
-      consoleLines: this.#consoleLines,
-      consoleMs: this.#consoleMs,
+      consoleLines: this.#console.lines,
+      consoleMs: this.#console.busyMs,
       firstDataMs: this.#firstDataAt === null ? null : this.#firstDataAt - this.#acceptedAt,
       elapsedMs: end - this.#startedAt,
       megabytesPerSecond: transferSeconds > 0 ? this.#bytes / 1e6 / transferSeconds : 0,
@@ -427,7 +326,7 @@ export class SledClient {
   #discover(now: number): void {
     this.#phase = "discovery";
     this.#server = null;
-    this.#nextStatusAt = Number.POSITIVE_INFINITY;
+    this.#console.stopStatus();
     this.#sayHello(now);
   }
 
@@ -452,14 +351,13 @@ export class SledClient {
     this.#server = source;
     this.#imageSize = Number(offer.imageSize);
     this.#acceptedAt = now;
-    this.#nextStatusAt = now + STATUS_INTERVAL_MS;
+    this.#console.startStatus(now);
     this.#firstDataAt = null;
     this.#nextOffset = 0;
     this.#endSeen = false;
     this.#nextBatchAt = null;
     this.#bytes = 0;
-    this.#batch.fill(0);
-    this.#hasher = new Bun.CryptoHasher("sha256");
+    this.#ramdisk.restart();
     this.#startBatch(now);
   }
 
@@ -520,7 +418,7 @@ export class SledClient {
     const slot = this.#slotOf(this.#data.offset);
     if (slot < 0 || this.#open[slot] !== 1) {
       this.#dataDropped++;
-      this.#print(this.#dropLineMs, now);
+      this.#console.printDropLine(now);
       return;
     }
     this.#open[slot] = 0;
@@ -531,7 +429,7 @@ export class SledClient {
     if (start === end) {
       this.#endSeen = true;
     } else {
-      this.#batch.set(frame.subarray(start, end), slot * CHUNK_SIZE);
+      this.#ramdisk.write(slot, frame.subarray(start, end));
       this.#bytes += end - start;
     }
     if (this.#outstanding === 0) this.#completeBatch(now);
@@ -544,11 +442,9 @@ export class SledClient {
     return within / CHUNK_SIZE;
   }
 
-  /** Every slot answered: the batch's ramdisk bytes are final (module comment). */
+  /** Every slot answered: the batch's ramdisk bytes are final (lib/sled/ramdisk-digest.ts). */
   #completeBatch(now: number): void {
-    this.#hasher.update(this.#batch.subarray(0, BATCH_BYTES));
-    this.#batch.copyWithin(0, BATCH_BYTES);
-    this.#batch.fill(0, SPILL_BYTES);
+    this.#ramdisk.completeBatch();
     if (!this.#endSeen && this.#nextOffset < this.#imageSize) {
       const delay = this.#config.batchDelayMs ?? 0;
       if (delay > 0) this.#nextBatchAt = now + delay;
@@ -557,7 +453,7 @@ export class SledClient {
     }
     const server = this.#server!;
     this.#config.send(encodeFrame(server, this.mac, { type: "finished" }));
-    const digest = new Uint8Array(this.#hasher.digest().buffer);
+    const digest = this.#ramdisk.digest();
     if (equalBytes(digest, this.#checksum)) {
       this.#end("booted", "", now);
     } else {
@@ -598,10 +494,4 @@ export class SledClient {
     this.#detail = detail;
     this.#endedAt = now;
   }
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }

@@ -3,7 +3,7 @@
  * damage the server's DATA frames before the sled sees them, so a test or a
  * benchmark can put a server under the conditions of a real lab network,
  * repeatably: every random decision comes from one seeded generator
- * (lib/sled/random.ts), so the same seed damages the same frames.
+ * (lib/random/xorshift32.ts), so the same seed damages the same frames.
  *
  * The models, in the order a frame meets them (as on the way from the server):
  * - Random loss: each DATA frame is lost with probability `dropRate`.
@@ -32,8 +32,8 @@
  */
 
 import { FrameType, peekFrameType } from "@ramdisk-tools/protocol/frames.ts";
+import { Xorshift32 } from "@ramdisk-tools/random/xorshift32.ts";
 import { wireBytes } from "@ramdisk-tools/wire/rate.ts";
-import { Xorshift32 } from "./random.ts";
 
 /**
  * A frame held back for reordering goes out alone after this long without a

@@ -1,6 +1,7 @@
 /**
- * The libpcap binding: the one place in the project that captures or sends
- * Ethernet frames, reached through `bun:ffi` so no native addon is built.
+ * A link to the wire through libpcap: the one place in the project that
+ * captures or sends Ethernet frames (the C functions it calls are in
+ * libpcap-ffi.ts, the sendmmsg(2) arguments in send-batch.ts).
  *
  * A `PcapLink` is one libpcap handle on one link. The netboot protocol is
  * lock-step and latency-bound (the sled sends its next READ only after a whole
@@ -47,14 +48,23 @@
  * second copy of the incoming traffic that nobody would read.
  */
 
-import { dlopen, FFIType, type Pointer, ptr, read, toArrayBuffer } from "bun:ffi";
-import { readFileSync } from "node:fs";
-import { oneLine, systemReason } from "@ramdisk-tools/errors/errors.ts";
-
-/** An error from libpcap or about a link; the message carries libpcap's own text. */
-export class PcapError extends Error {
-  override name = "PcapError";
-}
+import { type Pointer, ptr, read, toArrayBuffer } from "bun:ffi";
+import {
+  cString,
+  DLT_EN10MB,
+  describeStatus,
+  fromCString,
+  lastErrno,
+  libc,
+  libpcap,
+  PCAP_ERRBUF_SIZE,
+  PcapError,
+  PKTHDR_OFFSET_CAPLEN,
+  PKTHDR_OFFSET_FRACTION,
+  PKTHDR_OFFSET_SECONDS,
+} from "./libpcap-ffi.ts";
+import { readLinkMac } from "./link-mac.ts";
+import { SendBatch } from "./send-batch.ts";
 
 export interface PcapOpenOptions {
   /** Bytes kept of each frame; default 2048 (a netboot frame is at most 1502). */
@@ -82,112 +92,22 @@ const DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024;
 /** An injection-only handle needs only a minimal ring; the kernel rounds up. */
 const INJECT_ONLY_SNAPLEN = 64;
 const INJECT_ONLY_BUFFER_BYTES = 64 * 1024;
-/** Frames per sendmmsg(2) call in injectBatch; the kernel takes at most 1024 (UIO_MAXIOV). */
-const SEND_BATCH_MAX = 256;
-const MMSGHDR_SIZE = 64;
 /** A send buffer that stays full this long means the link no longer transmits. */
 const SEND_PATIENCE_MS = 1000;
 
-/** From <pcap/dlt.h>, <pcap/pcap.h>, <linux/if_packet.h>, <poll.h>, <errno.h>. */
-const DLT_EN10MB = 1;
+/** From <pcap/pcap.h>, <linux/if_packet.h>, <poll.h>, <errno.h>. */
 const PCAP_D_IN = 1;
-const PCAP_ERRBUF_SIZE = 256;
 const PCAP_NETMASK_UNKNOWN = 0xffffffff;
 const SOL_PACKET = 263;
 const PACKET_IGNORE_OUTGOING = 23;
 const POLLIN = 0x1;
 const POLLOUT = 0x4;
 const EAGAIN = 11;
-/** In `struct pcap_pkthdr`, after the 16-byte `struct timeval` (LP64). */
-const PKTHDR_OFFSET_CAPLEN = 16;
-/** `struct timeval` in the header: tv_sec, then tv_usec, which holds nanoseconds at nanosecond precision. */
-const PKTHDR_OFFSET_FRACTION = 8;
 const PCAP_TSTAMP_PRECISION_NANO = 1;
 /** `struct bpf_program` is { u_int bf_len; struct bpf_insn *bf_insns; } (LP64). */
 const BPF_PROGRAM_SIZE = 16;
 /** The opcode of `ret #k`; with k = 0 a filter keeps nothing. */
 const BPF_RET_K = 0x06;
-
-const { ptr: P, i32, u32, u64, cstring, void: VOID } = FFIType;
-const LIBPCAP_SYMBOLS = {
-  pcap_lib_version: { args: [], returns: cstring },
-  pcap_create: { args: [P, P], returns: P },
-  pcap_set_snaplen: { args: [P, i32], returns: i32 },
-  pcap_set_immediate_mode: { args: [P, i32], returns: i32 },
-  pcap_set_promisc: { args: [P, i32], returns: i32 },
-  pcap_set_buffer_size: { args: [P, i32], returns: i32 },
-  pcap_set_tstamp_precision: { args: [P, i32], returns: i32 },
-  pcap_get_tstamp_precision: { args: [P], returns: i32 },
-  pcap_activate: { args: [P], returns: i32 },
-  pcap_datalink: { args: [P], returns: i32 },
-  pcap_setnonblock: { args: [P, i32, P], returns: i32 },
-  pcap_setdirection: { args: [P, i32], returns: i32 },
-  pcap_compile: { args: [P, P, P, i32, u32], returns: i32 },
-  pcap_setfilter: { args: [P, P], returns: i32 },
-  pcap_freecode: { args: [P], returns: VOID },
-  pcap_fileno: { args: [P], returns: i32 },
-  pcap_snapshot: { args: [P], returns: i32 },
-  pcap_next_ex: { args: [P, P, P], returns: i32 },
-  pcap_inject: { args: [P, P, u64], returns: i32 },
-  pcap_stats: { args: [P, P], returns: i32 },
-  pcap_geterr: { args: [P], returns: cstring },
-  pcap_statustostr: { args: [i32], returns: cstring },
-  pcap_close: { args: [P], returns: VOID },
-} as const;
-const LIBC_SYMBOLS = {
-  poll: { args: [P, u64, i32], returns: i32 },
-  setsockopt: { args: [i32, i32, i32, P, u32], returns: i32 },
-  sendmmsg: { args: [i32, P, u32, i32], returns: i32 },
-  strerror: { args: [i32], returns: cstring },
-  __errno_location: { args: [], returns: P },
-} as const;
-
-/** Sonames to try: Debian's libpcap0.8 package ships libpcap.so.0.8, others ship .so.1. */
-const LIBPCAP_NAMES = ["libpcap.so.0.8", "libpcap.so.1", "libpcap.so"];
-
-type Libpcap = ReturnType<typeof dlopen<typeof LIBPCAP_SYMBOLS>>["symbols"];
-type Libc = ReturnType<typeof dlopen<typeof LIBC_SYMBOLS>>["symbols"];
-let libpcapLoaded: Libpcap | undefined;
-let libcLoaded: Libc | undefined;
-
-/** libpcap's functions, loaded on first use so that importing this module never fails. */
-function libpcap(): Libpcap {
-  if (libpcapLoaded) return libpcapLoaded;
-  const failures: string[] = [];
-  for (const name of LIBPCAP_NAMES) {
-    try {
-      libpcapLoaded = dlopen(name, LIBPCAP_SYMBOLS).symbols;
-      return libpcapLoaded;
-    } catch (error) {
-      failures.push(oneLine(error));
-    }
-  }
-  throw new PcapError(`cannot load libpcap (install the libpcap0.8 package): ${failures.join("; ")}`);
-}
-
-function libc(): Libc {
-  libcLoaded ??= dlopen("libc.so.6", LIBC_SYMBOLS).symbols;
-  return libcLoaded;
-}
-
-const encoder = new TextEncoder();
-function cString(text: string): Uint8Array {
-  return encoder.encode(`${text}\0`);
-}
-function fromCString(bytes: Uint8Array): string {
-  const end = bytes.indexOf(0);
-  return new TextDecoder().decode(end < 0 ? bytes : bytes.subarray(0, end));
-}
-
-/**
- * The version string of the libpcap in use. Throws PcapError when libpcap
- * cannot be loaded.
- *
- * @example libpcapVersion() // "libpcap version 1.10.3 (with TPACKET_V3)"
- */
-export function libpcapVersion(): string {
-  return String(libpcap().pcap_lib_version());
-}
 
 /**
  * One libpcap handle on one Ethernet link: captures incoming netboot frames
@@ -262,7 +182,7 @@ export class PcapLink {
     const handle = pcap.pcap_create(cString(link), errbuf) as Pointer | null;
     if (!handle) throw new PcapError(`cannot open link ${link}: ${fromCString(errbuf)}`);
     const check = (what: string, status: number) => {
-      if (status !== 0) throw new PcapError(`cannot open link ${link}: ${what}: ${describe(handle, status)}`);
+      if (status !== 0) throw new PcapError(`cannot open link ${link}: ${what}: ${describeStatus(handle, status)}`);
     };
     try {
       check(
@@ -277,7 +197,7 @@ export class PcapLink {
       pcap.pcap_set_tstamp_precision(handle, PCAP_TSTAMP_PRECISION_NANO);
       const activated = pcap.pcap_activate(handle);
       // A positive status is a warning about a feature we did not ask for (promiscuous mode, time stamps).
-      if (activated < 0) throw new PcapError(`cannot open link ${link}: ${describe(handle, activated)}`);
+      if (activated < 0) throw new PcapError(`cannot open link ${link}: ${describeStatus(handle, activated)}`);
       if (pcap.pcap_datalink(handle) !== DLT_EN10MB) {
         throw new PcapError(`cannot open link ${link}: it is not an Ethernet link`);
       }
@@ -346,7 +266,7 @@ export class PcapLink {
   receivedAt(): number {
     const header = read.ptr(this.#headerOut) as Pointer;
     // Both fields are 64-bit; their low words (little-endian) hold them until the year 2106.
-    const seconds = read.u32(header, 0);
+    const seconds = read.u32(header, PKTHDR_OFFSET_SECONDS);
     const fraction = read.u32(header, PKTHDR_OFFSET_FRACTION);
     return (seconds - this.#baseSecond) * 1000 + (fraction * this.#fractionNs) / 1e6 + this.#baseMs;
   }
@@ -449,7 +369,7 @@ export class PcapLink {
   }
 
   #error(what: string, status: number): PcapError {
-    return new PcapError(`${what} ${this.link}: ${describe(this.#open(), status)}`);
+    return new PcapError(`${what} ${this.link}: ${describeStatus(this.#open(), status)}`);
   }
 
   /** Let libpcap take the next frame from the ring without waiting; false when there is none. */
@@ -482,7 +402,7 @@ export class PcapLink {
    */
   #waitForRoom(since: number): number {
     // Read errno before anything else can change it.
-    const errno = read.i32(libc().__errno_location() as Pointer);
+    const errno = lastErrno();
     if (errno !== EAGAIN || Date.now() - since >= SEND_PATIENCE_MS) return errno;
     this.#wait(POLLOUT);
     return 0;
@@ -503,49 +423,6 @@ export class PcapLink {
     }
     return this.#buffer.subarray(0, length);
   }
-}
-
-/**
- * The arguments of sendmmsg(2) for up to SEND_BATCH_MAX frames, made once and
- * reused: an array of struct mmsghdr (64 bytes on LP64: a struct msghdr of 56
- * whose msg_iov at byte 16 points to the message's own struct iovec and whose
- * msg_iovlen at byte 24 is 1, then the kernel's msg_len) and the array of
- * struct iovec { void *iov_base; size_t iov_len; } that `fill` points at the
- * frames. Pointers are below 2^53, so they are written as two 32-bit halves.
- */
-class SendBatch {
-  readonly messages = new Uint8Array(SEND_BATCH_MAX * MMSGHDR_SIZE);
-  readonly #vectors = new Uint32Array(SEND_BATCH_MAX * 4);
-
-  constructor() {
-    const messages = new DataView(this.messages.buffer);
-    const vectors = ptr(this.#vectors);
-    for (let i = 0; i < SEND_BATCH_MAX; i++) {
-      messages.setBigUint64(i * MMSGHDR_SIZE + 16, BigInt(vectors + i * 16), true);
-      messages.setBigUint64(i * MMSGHDR_SIZE + 24, 1n, true);
-    }
-  }
-
-  /** Point the vectors at frames[first...], as many as fit; returns how many. */
-  fill(frames: readonly Uint8Array[], first: number): number {
-    const count = Math.min(frames.length - first, SEND_BATCH_MAX);
-    const vectors = this.#vectors;
-    for (let i = 0; i < count; i++) {
-      const frame = frames[first + i]!;
-      const address = ptr(frame);
-      vectors[i * 4] = address % 0x1_0000_0000;
-      vectors[i * 4 + 1] = Math.floor(address / 0x1_0000_0000);
-      vectors[i * 4 + 2] = frame.length;
-      vectors[i * 4 + 3] = 0;
-    }
-    return count;
-  }
-}
-
-/** libpcap's text for a failed call: its error buffer, else the meaning of the status code. */
-function describe(handle: Pointer, status: number): string {
-  const pcap = libpcap();
-  return String(pcap.pcap_geterr(handle) ?? "") || String(pcap.pcap_statustostr(status));
 }
 
 /**
@@ -582,26 +459,4 @@ function setRejectAllFilter(handle: Pointer): number {
   fields.setBigUint64(8, BigInt(ptr(program, BPF_PROGRAM_SIZE)), true); // bf_insns
   fields.setUint16(BPF_PROGRAM_SIZE, BPF_RET_K, true); // code; jt, jf and k stay 0
   return libpcap().pcap_setfilter(handle, program);
-}
-
-/**
- * A link's MAC address as the kernel reports it, without opening the link.
- *
- * @example formatMac(readLinkMac("veth0")) // "02:fc:00:00:00:01"
- */
-export function readLinkMac(link: string): Uint8Array {
-  const path = `/sys/class/net/${link}/address`;
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8").trim();
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT")
-      throw new PcapError(`there is no link named ${link} (see "ip link")`);
-    throw new PcapError(`cannot read the MAC address of link ${link} from ${path}: ${systemReason(error)}`);
-  }
-  const octets = text.split(":");
-  if (octets.length !== 6 || octets.some((octet) => !/^[0-9a-f]{2}$/i.test(octet))) {
-    throw new PcapError(`link ${link} has no Ethernet MAC address (${path} says "${text}")`);
-  }
-  return Uint8Array.from(octets, (octet) => parseInt(octet, 16));
 }

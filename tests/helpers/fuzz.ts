@@ -35,7 +35,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/image/format.ts";
-import { Xorshift32 } from "@ramdisk-tools/sled/random.ts";
+import { Xorshift32 } from "@ramdisk-tools/random/xorshift32.ts";
 import { python } from "./common.ts";
 
 /** `bun run fuzz` multiplies every case count by this. */
@@ -71,10 +71,10 @@ export const SIZE_EDGES: readonly bigint[] = [
 ];
 
 /**
- * The project's generator (lib/sled/random.ts) with the draws the fuzz targets
- * need. `scaled` scales a draw into 0..n-1 where the generator's `below` takes
- * it modulo n: the fixed case sets here (and the counts robustness.md gives)
- * were drawn that way.
+ * The project's generator (lib/random/xorshift32.ts) with the draws the fuzz
+ * targets need. `scaled` scales a draw into 0..n-1 where the generator's
+ * `below` takes it modulo n: the fixed case sets here (and the counts
+ * robustness.md gives) were drawn that way.
  */
 export class Random extends Xorshift32 {
   /** Uniform in 0..n-1 (n up to 2^32). */

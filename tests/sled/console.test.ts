@@ -22,13 +22,8 @@ import {
   parseMac,
   READ_SLOTS,
 } from "@ramdisk-tools/protocol/frames.ts";
-import {
-  consoleLineMs,
-  DROP_LINE_BYTES,
-  SledClient,
-  STATUS_INTERVAL_MS,
-  STATUS_LINE_BYTES,
-} from "@ramdisk-tools/sled/client.ts";
+import { SledClient } from "@ramdisk-tools/sled/client.ts";
+import { consoleLineMs, DROP_LINE_BYTES, STATUS_INTERVAL_MS, STATUS_LINE_BYTES } from "@ramdisk-tools/sled/console.ts";
 import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 

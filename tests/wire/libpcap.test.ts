@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { canUseRawNetwork, createVethPair, type VethPair, withVethPair } from "@ramdisk-tools/lab/veth.ts";
-import { libpcapVersion, PcapError, PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
+import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
+import { libpcapVersion, PcapError } from "@ramdisk-tools/wire/libpcap-ffi.ts";
 
 const raw = canUseRawNetwork();
 const NETBOOT = 0x1de0;
