@@ -344,7 +344,7 @@ export class FrameDispatcher {
  */
 export interface SentFrames {
   type: "sent";
-  /** Wall-clock milliseconds when the batch went out (lib/wire/pcap-file.ts nowMs). */
+  /** Wall-clock milliseconds when the batch went out (lib/threads/clock.ts nowMs). */
   at: number;
   /** The frames, end to end. */
   bytes: Uint8Array;
