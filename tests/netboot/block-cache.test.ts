@@ -18,8 +18,8 @@ import { decodeSeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { type ZstdImageMemory, ZstdImageReader, zstdImageMemory } from "@ramdisk-tools/netboot/block-cache.ts";
 import { startReadAhead } from "@ramdisk-tools/netboot/served-image.ts";
-import { python, ROOT } from "./helpers/common.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { python, ROOT } from "../helpers/common.ts";
+import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(120_000);
 

@@ -20,8 +20,8 @@ import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import { SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { encodeFrame, type Mac, parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { python, runProgram, VECTORS } from "./helpers/common.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { python, runProgram, VECTORS } from "../helpers/common.ts";
+import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(90_000);
 

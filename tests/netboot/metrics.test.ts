@@ -13,7 +13,7 @@ import { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
 import { type MetricsSnapshot, prometheusText } from "@ramdisk-tools/netboot/metrics.ts";
 import { parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
 import { SESSION_COUNTERS } from "@ramdisk-tools/netboot/session.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 const MIB = 1024 * 1024;
 const POOL_SIZE = 4 * MIB;

@@ -31,8 +31,8 @@ import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { RawImageFill, rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import { imageSource, SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
-import { runProgram } from "./helpers/common.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { runProgram } from "../helpers/common.ts";
+import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(120_000);
 

@@ -17,8 +17,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { programEnv, python, ROOT } from "./helpers/common.ts";
-import { mkimage, runSleds } from "./helpers/netboot.ts";
+import { programEnv, python, ROOT } from "../helpers/common.ts";
+import { mkimage, runSleds } from "../helpers/netboot.ts";
 
 const MIB = 1024 * 1024;
 const IMAGE_SIZE = 4 * MIB;

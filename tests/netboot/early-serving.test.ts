@@ -27,8 +27,8 @@ import {
   READ_SLOTS,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { python } from "./helpers/common.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { python } from "../helpers/common.ts";
+import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 

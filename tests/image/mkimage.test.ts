@@ -24,8 +24,8 @@ import {
   runCommandBytes,
   runProgram,
   VECTORS,
-} from "./helpers/common.ts";
-import { mkimage, nobodyReachesMkimage } from "./helpers/mkimage.ts";
+} from "../helpers/common.ts";
+import { mkimage, nobodyReachesMkimage } from "../helpers/mkimage.ts";
 
 const APP = join(ROOT, "apps", "mkimage.ts");
 // Real processes, python3 and pigz on a shared machine: room, but no assertion on time.

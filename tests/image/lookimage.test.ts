@@ -10,8 +10,8 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { python, ROOT, VECTORS } from "./helpers/common.ts";
-import { expectFailure, lookimage } from "./helpers/lookimage.ts";
+import { python, ROOT, VECTORS } from "../helpers/common.ts";
+import { expectFailure, lookimage } from "../helpers/lookimage.ts";
 
 const VECTOR_NAMES = ["pool-1m", "pool-1m-z", "pool-odd", "pool-odd-z"];
 // Every test runs lookimage as a process, some several times, and the setup runs python3 over

@@ -37,8 +37,8 @@ import {
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { ROOT } from "./helpers/common.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { ROOT } from "../helpers/common.ts";
+import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 

@@ -22,7 +22,7 @@ import {
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { programEnv, ROOT } from "./helpers/common.ts";
+import { programEnv, ROOT } from "../helpers/common.ts";
 
 const DISSECTOR = join(ROOT, "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");

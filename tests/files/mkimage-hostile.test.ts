@@ -26,8 +26,8 @@ import {
   runCommand,
   sha256sum,
   VECTORS,
-} from "./helpers/common.ts";
-import { mkimage, nobodyReachesMkimage } from "./helpers/mkimage.ts";
+} from "../helpers/common.ts";
+import { mkimage, nobodyReachesMkimage } from "../helpers/mkimage.ts";
 
 /** 1 MiB, a multiple of 128 KiB: with -s 64 mkimage has no warning to print. */
 const POOL_1M = join(VECTORS, "pool-1m.raw");

@@ -24,7 +24,7 @@ import {
 import { SledClient, type SledConfig } from "@ramdisk-tools/sled/client.ts";
 import { DataFaults, REORDER_HOLD_MS } from "@ramdisk-tools/sled/faults.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { pythonWithInput, ROOT } from "./helpers/common.ts";
+import { pythonWithInput, ROOT } from "../helpers/common.ts";
 
 const SLED = parseMac("02:5e:00:00:00:a0")!;
 const SERVER = parseMac("02:5e:00:00:00:01")!;

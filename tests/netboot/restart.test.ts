@@ -30,8 +30,8 @@ import {
   READ_SLOTS,
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { ROOT } from "./helpers/common.ts";
-import { mkimage, ServerProcess, sledReports, writePool } from "./helpers/netboot.ts";
+import { ROOT } from "../helpers/common.ts";
+import { mkimage, ServerProcess, sledReports, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 

@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
-import { buildRelease, EXECUTABLE, type Release } from "../scripts/build.ts";
+import { buildRelease, EXECUTABLE, type Release } from "../../scripts/build.ts";
 import {
   commandOutput,
   programEnv,
@@ -26,7 +26,7 @@ import {
   runProgram,
   sha256sum,
   VALID_ARGUMENTS,
-} from "./helpers/common.ts";
+} from "../helpers/common.ts";
 
 // Compiling a ~100 MiB binary and packing it on a shared 2-core machine: generous room, no assertion on time.
 const BUILD_TIMEOUT_MS = 300_000;
@@ -299,10 +299,10 @@ describe.skipIf(!raw.ok)(
 
 test("threads are started through workerUrl, which finds them inside a binary too", () => {
   // `new URL("../workers/x.ts", import.meta.url)` misses inside a compiled binary (lib/threads/worker-urls.ts).
-  const offenders = [...new Bun.Glob("{apps,lib,workers}/*.ts").scanSync(join(import.meta.dir, ".."))].filter(
+  const offenders = [...new Bun.Glob("{apps,lib,workers}/*.ts").scanSync(ROOT)].filter(
     (path) =>
       path !== "lib/threads/worker-urls.ts" &&
-      /new URL\(\s*["'`]\.\.\/workers\//.test(readFileSync(join(import.meta.dir, "..", path), "utf8")),
+      /new URL\(\s*["'`]\.\.\/workers\//.test(readFileSync(join(ROOT, path), "utf8")),
   );
   expect(offenders).toEqual([]);
 });
