@@ -156,7 +156,22 @@ export async function runCommand(words: (string | Uint8Array)[], options: RunOpt
  * @example const { exitCode, stderr } = await runProgram("lookimage", ["pool.img"], { cwd: dir });
  */
 export function runProgram(name: string, args: (string | Uint8Array)[], options: RunOptions = {}): Promise<ProgramRun> {
-  return runCommand(["bun", join(ROOT, "apps", `${name}.ts`), ...args], options);
+  return runCommand([...programCommand(name), ...args], options);
+}
+
+/**
+ * Run one of our programs that must succeed (runProgram): its standard output
+ * as text, or a thrown error with its exit status and stderr.
+ *
+ * @example await programOutput("mkimage", ["-i", "a.raw", "-o", "a.img", "-s", "4"], { cwd: dir });
+ */
+export function programOutput(name: string, args: string[], options: RunOptions = {}): Promise<string> {
+  return commandOutput([...programCommand(name), ...args], options);
+}
+
+/** The words that run `apps/NAME.ts` as the build and users run it. */
+function programCommand(name: string): string[] {
+  return ["bun", join(ROOT, "apps", `${name}.ts`)];
 }
 
 /**

@@ -17,8 +17,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { programEnv, python, ROOT } from "../helpers/common.ts";
-import { mkimage, runSleds } from "../helpers/netboot.ts";
+import { programEnv, programOutput, python, ROOT } from "../helpers/common.ts";
+import { macText } from "../helpers/frames.ts";
+import { linkMac, runSleds } from "../helpers/netboot.ts";
 
 const MIB = 1024 * 1024;
 const IMAGE_SIZE = 4 * MIB;
@@ -39,16 +40,22 @@ let bigPool: Uint8Array;
 const WRITE_POOL =
   "import random, sys\nopen(sys.argv[1], 'wb').write(random.Random(int(sys.argv[3])).randbytes(int(sys.argv[2])))";
 
-beforeAll(() => {
+beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "bootserver-hostile-"));
   python(WRITE_POOL, join(dir, "pool.raw"), String(IMAGE_SIZE), "11");
   python(WRITE_POOL, join(dir, "big.raw"), String(16 * MIB), "12");
   python(WRITE_POOL, join(dir, "small.raw"), String(MIB), "13");
   pool = new Uint8Array(readFileSync(join(dir, "pool.raw")));
   bigPool = new Uint8Array(readFileSync(join(dir, "big.raw")));
-  mkimage(dir, ["-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "hostile", "-s", "8"]);
-  mkimage(dir, ["-i", "small.raw", "-o", "small.img", "-O", "small.csum", "-N", "small", "-s", "8"]);
-  mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-O", "big.csum", "-N", "big", "-s", "64"]);
+  await programOutput("mkimage", ["-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "hostile", "-s", "8"], {
+    cwd: dir,
+  });
+  await programOutput("mkimage", ["-i", "small.raw", "-o", "small.img", "-O", "small.csum", "-N", "small", "-s", "8"], {
+    cwd: dir,
+  });
+  await programOutput("mkimage", ["-i", "big.raw", "-o", "big.img", "-O", "big.csum", "-N", "big", "-s", "64"], {
+    cwd: dir,
+  });
 }, 60_000);
 
 afterAll(() => {
@@ -59,10 +66,6 @@ afterAll(() => {
 
 function macBytes(text: string): Uint8Array {
   return Uint8Array.from(text.split(":").map((part) => parseInt(part, 16)));
-}
-
-function macText(bytes: Uint8Array): string {
-  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join(":");
 }
 
 /** Ethernet header, ethertype 0x1DE0, magic, type, len, then `body`; padded to 60 bytes. */
@@ -291,10 +294,6 @@ function spawnServer(args: string[]) {
 function vmRssKiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)![1]);
-}
-
-function linkMac(link: string): Uint8Array {
-  return macBytes(readFileSync(`/sys/class/net/${link}/address`, "utf8").trim());
 }
 
 /** Inject `total` frames from `make` in batches, yielding between them so the children get the cores too. */

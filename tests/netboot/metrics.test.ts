@@ -13,7 +13,8 @@ import { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
 import { type MetricsSnapshot, prometheusText } from "@ramdisk-tools/netboot/metrics.ts";
 import { parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
 import { SESSION_COUNTERS } from "@ramdisk-tools/netboot/session.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
+import { programOutput } from "../helpers/common.ts";
+import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 const MIB = 1024 * 1024;
 const POOL_SIZE = 4 * MIB;
@@ -178,9 +179,9 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
     dir = await mkdtemp(join(tmpdir(), "metrics-test-"));
     sha256 = writePool(join(dir, "a.raw"), POOL_SIZE, 5);
     writePool(join(dir, "b.raw"), MIB, 6);
-    mkimage(dir, ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "16", "-z"]);
-    mkimage(dir, ["-i", "b.raw", "-o", "b.img", "-N", "b", "-s", "16"]);
-  });
+    await programOutput("mkimage", ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "16", "-z"], { cwd: dir });
+    await programOutput("mkimage", ["-i", "b.raw", "-o", "b.img", "-N", "b", "-s", "16"], { cwd: dir });
+  }, 60_000);
 
   afterAll(async () => {
     await rm(dir, { recursive: true, force: true });

@@ -30,8 +30,8 @@ import {
   READ_SLOTS,
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { ROOT } from "../helpers/common.ts";
-import { mkimage, ServerProcess, sledReports, writePool } from "../helpers/netboot.ts";
+import { programOutput, ROOT } from "../helpers/common.ts";
+import { ServerProcess, sledReports, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 
@@ -238,15 +238,19 @@ const KINDS = ["plain", "zlib", "zstd"] as const;
 type Kind = (typeof KINDS)[number];
 let dir = "";
 
-beforeAll(() => {
+beforeAll(async () => {
   if (!raw.ok) return;
   dir = mkdtempSync(join(tmpdir(), "bootserver-restart-test-"));
-  KINDS.forEach((kind, index) => {
+  for (const [index, kind] of KINDS.entries()) {
     writePool(join(dir, `${kind}.raw`), 4 * MIB, 40 + index);
     const flags = { plain: [], zlib: ["-z"], zstd: ["--zstd", "--block-size", "1"] }[kind];
-    mkimage(dir, ["-i", `${kind}.raw`, "-o", `${kind}.img`, "-O", `${kind}.csum`, "-N", kind, "-s", "8", ...flags]);
+    await programOutput(
+      "mkimage",
+      ["-i", `${kind}.raw`, "-o", `${kind}.img`, "-O", `${kind}.csum`, "-N", kind, "-s", "8", ...flags],
+      { cwd: dir },
+    );
     rmSync(join(dir, `${kind}.raw`));
-  });
+  }
 });
 
 afterAll(() => {
