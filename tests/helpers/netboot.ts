@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeFrame, type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { programEnv, programOutput, python, ROOT, runProgram } from "./common.ts";
+import { programOutput, python, ROOT, RunningCommand, runProgram } from "./common.ts";
 import { BROADCAST, hex, macText, type Parsed, parse } from "./frames.ts";
 
 /** A pool-like raw file: random records, zeros and text, from a fixed seed; prints its SHA-256. */
@@ -40,70 +40,30 @@ export function writePool(path: string, size: number, seed: number): string {
   return python(WRITE_POOL, path, String(size), String(seed)).trim();
 }
 
+/** A line of `bootserver --json-log`: the event, and its fields. */
+export type LogRecord = { event: string; [field: string]: unknown };
+
 /**
- * `bun apps/bootserver.ts` as a process in `cwd`, its standard output collected line by line.
+ * `bun apps/bootserver.ts` as a process in `cwd` (startProgram), its standard
+ * output collected line by line, and read as JSON lines with --json-log.
  *
  * @example const server = new ServerProcess(["-s", a, "a.img", "any"], dir); await server.waitFor(/^serving on /);
  */
-export class ServerProcess {
-  readonly lines: string[] = [];
-  readonly process: Bun.Subprocess<"ignore", "pipe", "pipe">;
-  readonly #done: Promise<void>;
-
+export class ServerProcess extends RunningCommand {
   /** `env`: variables to set for it, beside the test's own. */
   constructor(args: string[], cwd: string, env: Record<string, string> = {}) {
-    const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), ...args], {
-      cwd,
-      env: programEnv(cwd, { ...process.env, ...env }),
-      stdout: "pipe",
-      stderr: "pipe",
-    });
-    this.process = child;
-    this.#done = (async () => {
-      const decoder = new TextDecoder();
-      let pending = "";
-      for await (const chunk of child.stdout) {
-        pending += decoder.decode(chunk, { stream: true });
-        const complete = pending.split("\n");
-        pending = complete.pop()!;
-        this.lines.push(...complete);
-      }
-      if (pending) this.lines.push(pending);
-    })();
+    super(["bun", join(ROOT, "apps/bootserver.ts"), ...args], { cwd, env: { ...process.env, ...env } });
   }
 
-  /** Wait until a line matches; fails with what was printed so far. */
-  async waitFor(pattern: RegExp, timeoutMs = 30_000): Promise<string> {
-    return (await this.waitForLines(pattern, 1, timeoutMs))[0]!;
+  /** The JSON lines it printed (with --json-log), all or those of `event`. */
+  events(event?: string): LogRecord[] {
+    const records: LogRecord[] = this.lines.filter((line) => line.startsWith("{")).map((line) => JSON.parse(line));
+    return event === undefined ? records : records.filter((record) => record.event === event);
   }
 
-  /** Wait until `count` lines match, and return them. */
-  async waitForLines(pattern: RegExp, count: number, timeoutMs = 30_000): Promise<string[]> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const lines = this.lines.filter((candidate) => pattern.test(candidate));
-      if (lines.length >= count) return lines;
-      if (Date.now() > deadline || this.process.exitCode !== null) {
-        throw new Error(
-          `bootserver printed no line matching ${pattern}:\n${this.lines.join("\n")}\n${await this.stderr()}`,
-        );
-      }
-      await Bun.sleep(20);
-    }
-  }
-
-  async exited(timeoutMs = 30_000): Promise<number | null> {
-    const code = await Promise.race([this.process.exited, Bun.sleep(timeoutMs).then(() => null)]);
-    await this.#done;
-    return code;
-  }
-
-  stderr(): Promise<string> {
-    return new Response(this.process.stderr).text();
-  }
-
-  kill() {
-    if (this.process.exitCode === null) this.process.kill("SIGKILL");
+  /** Wait until it has printed `count` JSON lines of `event` (with --json-log). */
+  async waitForEvents(event: string, count = 1, timeoutMs = 30_000): Promise<void> {
+    await this.waitForLines(new RegExp(`^\\{"event":"${event}"`), count, timeoutMs);
   }
 }
 

@@ -13,7 +13,7 @@ import { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
 import { type MetricsSnapshot, prometheusText } from "@ramdisk-tools/netboot/metrics.ts";
 import { parseMetricsAddress } from "@ramdisk-tools/netboot/metrics-server.ts";
 import { SESSION_COUNTERS } from "@ramdisk-tools/netboot/session.ts";
-import { programOutput } from "../helpers/common.ts";
+import { commandOutput, programOutput } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 const MIB = 1024 * 1024;
@@ -160,11 +160,8 @@ describe("the formatter", () => {
 });
 
 /** The TCP sockets process `pid` listens on, as ADDR:PORT (from ss). */
-function listeningSockets(pid: number): string[] {
-  const ss = Bun.spawnSync(["ss", "-Hltnp"]);
-  expect(ss.exitCode).toBe(0);
-  return ss.stdout
-    .toString()
+async function listeningSockets(pid: number): Promise<string[]> {
+  return (await commandOutput(["ss", "-Hltnp"]))
     .split("\n")
     .filter((line) => line.includes(`pid=${pid},`))
     .map((line) => line.trim().split(/\s+/)[3]!);
@@ -197,7 +194,7 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
           const line = await server.waitFor(/metrics on http:/);
           const base = /metrics on (http:\/\/127\.0\.0\.1:(\d+)\/)metrics and \1status$/.exec(line)?.[1];
           expect(base, line).toBeDefined();
-          expect(listeningSockets(server.process.pid)).toEqual([`127.0.0.1:${new URL(base!).port}`]);
+          expect(await listeningSockets(server.process.pid)).toEqual([`127.0.0.1:${new URL(base!).port}`]);
           const scrape = async () => {
             const metrics = await fetch(`${base}metrics`);
             expect(metrics.status).toBe(200);
@@ -318,7 +315,7 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
         const quiet = new ServerProcess([a, "a.img", "any"], dir);
         try {
           await quiet.waitFor(/^serving on /);
-          expect(listeningSockets(quiet.process.pid)).toEqual([]);
+          expect(await listeningSockets(quiet.process.pid)).toEqual([]);
         } finally {
           quiet.kill();
         }

@@ -37,7 +37,7 @@ import {
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { programOutput, ROOT } from "../helpers/common.ts";
+import { programOutput, runProgram } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
@@ -483,15 +483,15 @@ network("bootserver under loss, pacing and admission, on a veth pair", () => {
   });
 });
 
-test("bootserver refuses a bad --rate or --max-sleds with status 2 and one line", () => {
+test("bootserver refuses a bad --rate or --max-sleds with status 2 and one line", async () => {
   for (const args of [
     ["--rate", "fast"],
     ["--link-rate", "1t"],
     ["--max-sleds", "0"],
   ]) {
-    const result = Bun.spawnSync(["bun", join(ROOT, "apps/bootserver.ts"), ...args, "lo", "x.img", "any"]);
+    const result = await runProgram("bootserver", [...args, "lo", "x.img", "any"]);
     expect(result.exitCode).toBe(2);
-    const stderr = result.stderr.toString().trim();
+    const stderr = result.stderr.trim();
     expect(stderr.split("\n").length).toBe(1);
     expect(stderr).toMatch(/^bootserver: --(rate|link-rate|max-sleds)/);
   }

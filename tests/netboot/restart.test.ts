@@ -11,7 +11,7 @@
  * land in the middle of it.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { toHex } from "@ramdisk-tools/image/format.ts";
@@ -30,7 +30,7 @@ import {
   READ_SLOTS,
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { programOutput, ROOT } from "../helpers/common.ts";
+import { commandOutput, programOutput, runCommand, startProgram } from "../helpers/common.ts";
 import { ServerProcess, sledReports, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
@@ -91,7 +91,7 @@ describe("the record of offers", () => {
     record.forget(other);
     expect(JSON.parse(readFileSync(file, "utf8")).sleds).toHaveLength(1);
     // Nothing but the record in the directory: no temporary file left behind.
-    expect(Bun.spawnSync(["ls", join(dir, "state")]).stdout.toString()).toBe("offers-eth9.json\n");
+    expect(readdirSync(join(dir, "state"))).toEqual(["offers-eth9.json"]);
 
     const again = OfferRecord.open(join(dir, "state"), "eth9", 7000, () => {});
     expect(again.size).toBe(1);
@@ -257,15 +257,6 @@ afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-type LogRecord = { event: string; [field: string]: unknown };
-const records = (server: ServerProcess): LogRecord[] =>
-  server.lines.filter((line) => line.startsWith("{")).map((line) => JSON.parse(line));
-const eventsOf = (server: ServerProcess, event: string) => records(server).filter((record) => record.event === event);
-
-async function waitForEvents(server: ServerProcess, event: string, count: number, timeoutMs = 30_000) {
-  await server.waitForLines(new RegExp(`^\\{"event":"${event}"`), count, timeoutMs);
-}
-
 /** A group of emulated sleds booting one kind of image: `count` of them from `first` on (consecutive MACs). */
 interface SledGroup {
   kind: Kind;
@@ -295,10 +286,9 @@ function pins(sleds: SledGroup[]): string[] {
 /** Start the emulator for each group on `link`; resolves with each group's JSON reports and exit status. */
 function bootSleds(link: string, sleds: SledGroup[], extra: string[] = []) {
   return sleds.map(({ kind, count, first }) => {
-    const child = Bun.spawn(
+    const sled = startProgram(
+      "sled",
       [
-        "bun",
-        join(ROOT, "apps/sled.ts"),
         link,
         "--timeout",
         "60",
@@ -311,18 +301,14 @@ function bootSleds(link: string, sleds: SledGroup[], extra: string[] = []) {
         String(count),
         ...extra,
       ],
-      { cwd: dir, stdout: "pipe", stderr: "pipe" },
+      { cwd: dir },
     );
     const result = (async () => {
-      const [stdout, stderr, exitCode] = await Promise.all([
-        new Response(child.stdout).text(),
-        new Response(child.stderr).text(),
-        child.exited,
-      ]);
+      const { stdout, stderr, exitCode } = await sled.result();
       const reports = sledReports(stdout) as { outcome: string; resets: number; mac: string; detail: string }[];
       return { kind, exitCode, stderr, reports };
     })();
-    return { child, result };
+    return { child: sled.process, result };
   });
 }
 
@@ -362,13 +348,13 @@ async function restartMidBoot(
   const first = server(args);
   let second: ServerProcess | undefined;
   try {
-    await waitForEvents(first, "listening", 1);
+    await first.waitForEvents("listening", 1);
     const booting = bootSleds(sledLink, sleds);
-    await waitForEvents(first, "session-start", total);
+    await first.waitForEvents("session-start", total);
     await Bun.sleep(400);
     first.process.kill(signal);
     const firstStatus = await first.exited();
-    expect(eventsOf(first, "finished")).toEqual([]);
+    expect(first.events("finished")).toEqual([]);
     between();
     second = server(again);
     return { first, firstStatus, second, booting, total };
@@ -389,11 +375,11 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       try {
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
-        const resumed = eventsOf(run.second, "resumed");
+        const resumed = run.second.events("resumed");
         expect(resumed.map((record) => record.image).sort()).toEqual(["plain.img", "zlib.img", "zstd.img"]);
         expect(resumed.every((record) => /^it was offered /.test(record.how as string))).toBe(true);
-        expect(eventsOf(run.second, "reset")).toEqual([]);
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 0, resumed: 3 });
+        expect(run.second.events("reset")).toEqual([]);
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 0, resumed: 3 });
         // Finished sleds leave the record.
         expect(JSON.parse(readFileSync(join(state, `offers-${a}.json`), "utf8")).sleds).toEqual([]);
       } finally {
@@ -421,8 +407,8 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       try {
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
-        expect(eventsOf(run.second, "resumed")).toHaveLength(8);
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 0, resumed: 8 });
+        expect(run.second.events("resumed")).toHaveLength(8);
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 0, resumed: 8 });
       } finally {
         run.second.kill();
       }
@@ -437,12 +423,12 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       const run = await restartMidBoot(a, b, sleds, args, "SIGTERM");
       try {
         expect(run.firstStatus).toBe(143);
-        expect(eventsOf(run.first, "stopped")).toEqual([
+        expect(run.first.events("stopped")).toEqual([
           expect.objectContaining({ signal: "SIGTERM", mid_boot: 8, record: join(state, `offers-${a}.json`) }),
         ]);
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 0, resumed: 8 });
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 0, resumed: 8 });
       } finally {
         run.second.kill();
       }
@@ -461,12 +447,12 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       try {
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
-        const resumed = eventsOf(run.second, "resumed");
+        const resumed = run.second.events("resumed");
         expect(resumed.map((record) => record.how)).toEqual([
           "no record of it, and its READ fits only zlib.img",
           "no record of it, and its READ fits only zlib.img",
         ]);
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 0 });
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 0 });
       } finally {
         run.second.kill();
       }
@@ -489,14 +475,14 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
         expect(zlib!.reports.map((report) => report.outcome)).toEqual(["reset", "reset"]);
         expect(zlib!.exitCode).not.toBe(0);
         expect(await run.second.exited()).toBe(0);
-        const resets = eventsOf(run.second, "reset");
+        const resets = run.second.events("reset");
         expect(resets.map((record) => record.sled).sort()).toEqual(["02:5e:18:02:00:00", "02:5e:18:02:00:01"]);
         for (const reset of resets) {
           expect(reset.reason).toBe(
             `it was offered ${join(dir, "zlib.img")} (sha256 ${toHex(readFileSync(join(dir, "zlib.csum")))}), which this server no longer serves`,
           );
         }
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 2 });
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 2 });
       } finally {
         run.second.kill();
       }
@@ -544,19 +530,19 @@ describeNetwork("a quiet sled (veth, sled emulator)", () => {
         "any",
       ]);
       try {
-        await waitForEvents(running, "listening", 1);
+        await running.waitForEvents("listening", 1);
         const [sled] = bootSleds(b, sleds);
-        await waitForEvents(running, "session-start", 1);
+        await running.waitForEvents("session-start", 1);
         await Bun.sleep(400);
         sled!.child.kill("SIGSTOP");
         await running.waitFor(/has been quiet for 20 s, \d+ of 4194304 bytes of zstd\.img into its session/, 30_000);
         sled!.child.kill("SIGCONT");
         await expectBooted([sled!], sleds);
         expect(await running.exited()).toBe(0);
-        expect(eventsOf(running, "resumed")).toEqual([
+        expect(running.events("resumed")).toEqual([
           expect.objectContaining({ sled: "02:5e:18:01:00:00", image: "zstd.img", how: "it was offered zstd.img" }),
         ]);
-        expect(eventsOf(running, "frames")[0]).toMatchObject({ resets: 0, resumed: 1 });
+        expect(running.events("frames")[0]).toMatchObject({ resets: 0, resumed: 1 });
       } finally {
         running.kill();
       }
@@ -572,23 +558,20 @@ describeNetwork("a quiet sled (veth, sled emulator)", () => {
 async function withSharedSegment(fn: (links: { first: string; second: string; sleds: string }) => Promise<void>) {
   const bridge = `r18br${crypto.randomUUID().replaceAll("-", "").slice(0, 9)}`;
   const pairs: VethPair[] = [];
-  const ip = (...args: string[]) => {
-    const run = Bun.spawnSync(["ip", ...args], { stderr: "pipe" });
-    if (run.exitCode !== 0) throw new Error(`ip ${args.join(" ")}: ${run.stderr.toString().trim()}`);
-  };
+  const ip = (...args: string[]) => commandOutput(["ip", ...args]);
   try {
-    ip("link", "add", bridge, "type", "bridge", "ageing_time", "0", "stp_state", "0");
+    await ip("link", "add", bridge, "type", "bridge", "ageing_time", "0", "stp_state", "0");
     writeFileSync(`/proc/sys/net/ipv6/conf/${bridge}/disable_ipv6`, "1\n");
-    ip("link", "set", bridge, "up");
+    await ip("link", "set", bridge, "up");
     for (let i = 0; i < 3; i++) {
       const pair = await createVethPair("r18");
       pairs.push(pair);
-      ip("link", "set", pair.b, "master", bridge);
+      await ip("link", "set", pair.b, "master", bridge);
     }
     await fn({ first: pairs[0]!.a, second: pairs[1]!.a, sleds: pairs[2]!.a });
   } finally {
     for (const pair of pairs) await pair.remove();
-    Bun.spawnSync(["ip", "link", "del", bridge], { stdout: "ignore", stderr: "ignore" });
+    await runCommand(["ip", "link", "del", bridge]);
   }
 }
 
@@ -620,11 +603,11 @@ describeNetwork("two servers on one segment", () => {
       ]);
       let a = server(argsA);
       try {
-        await waitForEvents(a, "listening", 1);
-        await waitForEvents(b, "listening", 1);
+        await a.waitForEvents("listening", 1);
+        await b.waitForEvents("listening", 1);
         const booting = bootSleds(sledLink, sleds);
-        await waitForEvents(a, "session-start", 1);
-        await waitForEvents(b, "session-start", 1);
+        await a.waitForEvents("session-start", 1);
+        await b.waitForEvents("session-start", 1);
         await Bun.sleep(400);
         a.process.kill("SIGKILL");
         await a.exited();
@@ -633,13 +616,13 @@ describeNetwork("two servers on one segment", () => {
         expect(await a.exited()).toBe(0);
         expect(await b.exited()).toBe(0);
         for (const each of [a, b]) {
-          expect(eventsOf(each, "reset")).toEqual([]);
-          expect(eventsOf(each, "frames")[0]).toMatchObject({ resets: 0 });
-          expect(eventsOf(each, "frames")[0]!.notForUs).toBeGreaterThan(0);
+          expect(each.events("reset")).toEqual([]);
+          expect(each.events("frames")[0]).toMatchObject({ resets: 0 });
+          expect(each.events("frames")[0]!.notForUs).toBeGreaterThan(0);
         }
         // Each sled was served by one server only: b never offered or served the plain sled, a the zlib one.
-        expect(eventsOf(b, "session-start").map((record) => record.sled)).toEqual(["02:5e:18:02:00:00"]);
-        expect(eventsOf(a, "resumed").map((record) => record.sled)).toEqual(["02:5e:18:01:00:00"]);
+        expect(b.events("session-start").map((record) => record.sled)).toEqual(["02:5e:18:02:00:00"]);
+        expect(a.events("resumed").map((record) => record.sled)).toEqual(["02:5e:18:01:00:00"]);
       } finally {
         a.kill();
         b.kill();

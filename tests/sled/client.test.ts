@@ -24,7 +24,7 @@ import {
 import { SledClient, type SledConfig } from "@ramdisk-tools/sled/client.ts";
 import { DataFaults, REORDER_HOLD_MS } from "@ramdisk-tools/sled/faults.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { pythonWithInput, ROOT } from "../helpers/common.ts";
+import { pythonWithInput, startProgram } from "../helpers/common.ts";
 
 const SLED = parseMac("02:5e:00:00:00:a0")!;
 const SERVER = parseMac("02:5e:00:00:00:01")!;
@@ -588,12 +588,7 @@ describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (sk
     const server = PcapLink.open(pair.a, { timeoutMs: 5 });
     const seen: Seen = { hellos: [], reads: [], finished: [] };
     try {
-      const child = Bun.spawn(["bun", join(ROOT, "apps", "sled.ts"), pair.b, ...args], {
-        stdout: "pipe",
-        stderr: "pipe",
-      });
-      const stdout = new Response(child.stdout).text();
-      const stderr = new Response(child.stderr).text();
+      const child = startProgram("sled", [pair.b, ...args]);
       const offered = {
         ramdiskSize: 64n * BigInt(MIB),
         imageSize: BigInt(image.length),
@@ -602,8 +597,8 @@ describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (sk
       };
       // A program that outlives its own --timeout by far is hung: stop it so the test fails instead of stalling.
       const deadline = Date.now() + 90_000;
-      while (child.exitCode === null) {
-        if (Date.now() > deadline) child.kill();
+      while (child.process.exitCode === null) {
+        if (Date.now() > deadline) child.process.kill();
         for (let frame = server.next(); frame; frame = server.next()) {
           const decoded = decodeFrame(frame);
           if (!decoded.ok) continue;
@@ -625,7 +620,7 @@ describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (sk
         }
         await Bun.sleep(0);
       }
-      return { exitCode: await child.exited, stdout: await stdout, stderr: await stderr, seen };
+      return { ...(await child.result()), seen };
     } finally {
       server.close();
     }
