@@ -9,7 +9,7 @@
  * Read-only and full file systems are tmpfs mounts the test makes itself
  * (root only; root ignores file modes, so the mode-555 case runs as nobody).
  * Interruptions (SIGTERM, SIGINT, SIGKILL mid-run) and the other refusals
- * are in tests/mkimage.test.ts.
+ * are in tests/image/mkimage-refusals.test.ts.
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
