@@ -20,9 +20,9 @@
  * as [output room left, input left], errors through `_handle.onerror`, the
  * stream's own flush values. These are internals that Bun 1.4.5 (the
  * version package.json pins) mirrors from Node; the constructor checks they
- * are there, and tests/lookimage.test.ts, tests/lookimage-zstd.test.ts and
- * tests/image/zstd-seekable.test.ts go through every path (whole, corrupt, cut
- * short, trailing bytes, bomb).
+ * are there, and tests/image/lookimage.test.ts,
+ * tests/image/lookimage-zstd.test.ts and tests/image/zstd-seekable.test.ts go
+ * through every path (whole, corrupt, cut short, trailing bytes, bomb).
  *
  * A zstd compressor is started over for each frame with `restartZstd`: the
  * handle's reset (ZSTD_CCtx_reset) keeps the context and its tables, which

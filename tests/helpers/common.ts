@@ -156,7 +156,124 @@ export async function runCommand(words: (string | Uint8Array)[], options: RunOpt
  * @example const { exitCode, stderr } = await runProgram("lookimage", ["pool.img"], { cwd: dir });
  */
 export function runProgram(name: string, args: (string | Uint8Array)[], options: RunOptions = {}): Promise<ProgramRun> {
-  return runCommand(["bun", join(ROOT, "apps", `${name}.ts`), ...args], options);
+  return runCommand([...programCommand(name), ...args], options);
+}
+
+/**
+ * Run one of our programs that must succeed (runProgram): its standard output
+ * as text, or a thrown error with its exit status and stderr.
+ *
+ * @example await programOutput("mkimage", ["-i", "a.raw", "-o", "a.img", "-s", "4"], { cwd: dir });
+ */
+export function programOutput(name: string, args: string[], options: RunOptions = {}): Promise<string> {
+  return commandOutput([...programCommand(name), ...args], options);
+}
+
+/** The words that run `apps/NAME.ts` as the build and users run it. */
+function programCommand(name: string): string[] {
+  return ["bun", join(ROOT, "apps", `${name}.ts`)];
+}
+
+/**
+ * A command started in the background, for a test that works beside it while
+ * it runs (a server, a sled, a run to interrupt): its standard output
+ * collected line by line as it comes, the process at hand to signal. Started
+ * as runCommandBytes starts one, with words that are all text and nothing on
+ * its standard input.
+ *
+ * @example const server = new RunningCommand([join(bin, "bootserver"), link, "pool.img", "any"], { cwd: dir });
+ */
+export class RunningCommand {
+  readonly lines: string[] = [];
+  readonly process: Bun.Subprocess<"ignore", "pipe", "pipe">;
+  readonly #done: Promise<void>;
+  #stdout = "";
+  #stderr: Promise<string> | undefined;
+
+  constructor(
+    readonly words: string[],
+    options: Omit<RunOptions, "stdin" | "user"> = {},
+  ) {
+    const child = Bun.spawn(words, {
+      cwd: options.cwd,
+      env: programEnv(options.cwd, options.env),
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    this.process = child;
+    this.#done = (async () => {
+      const decoder = new TextDecoder();
+      let pending = "";
+      for await (const chunk of child.stdout) {
+        const text = decoder.decode(chunk, { stream: true });
+        this.#stdout += text;
+        pending += text;
+        const complete = pending.split("\n");
+        pending = complete.pop()!;
+        this.lines.push(...complete);
+      }
+      if (pending) this.lines.push(pending);
+    })();
+  }
+
+  /** Wait until a line matches; fails with what was printed so far. */
+  async waitFor(pattern: RegExp, timeoutMs = 30_000): Promise<string> {
+    return (await this.waitForLines(pattern, 1, timeoutMs))[0]!;
+  }
+
+  /** Wait until `count` lines match, and return them. */
+  async waitForLines(pattern: RegExp, count: number, timeoutMs = 30_000): Promise<string[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const lines = this.lines.filter((candidate) => pattern.test(candidate));
+      if (lines.length >= count) return lines;
+      if (Date.now() > deadline || this.process.exitCode !== null) {
+        throw new Error(
+          `${this.words.join(" ")} printed no line matching ${pattern}:\n${this.lines.join("\n")}\n${await this.stderr()}`,
+        );
+      }
+      await Bun.sleep(20);
+    }
+  }
+
+  /** Its exit status once its output is read, or null if it runs on past `timeoutMs`. */
+  async exited(timeoutMs = 30_000): Promise<number | null> {
+    const code = await Promise.race([this.process.exited, Bun.sleep(timeoutMs).then(() => null)]);
+    if (code !== null) await this.#done;
+    return code;
+  }
+
+  /** How it ended, however long that takes: its exit status and everything it printed. */
+  async result(): Promise<ProgramRun> {
+    const [exitCode, stderr] = await Promise.all([this.process.exited, this.stderr(), this.#done]);
+    return { exitCode, stdout: this.#stdout, stderr };
+  }
+
+  /** Everything it printed on standard error, once it has closed it. */
+  stderr(): Promise<string> {
+    this.#stderr ??= new Response(this.process.stderr).text();
+    return this.#stderr;
+  }
+
+  /** Kill it (SIGKILL) unless it has ended. */
+  kill() {
+    if (this.process.exitCode === null) this.process.kill("SIGKILL");
+  }
+}
+
+/**
+ * Start `bun apps/NAME.ts ARGS...` in the background (RunningCommand), the
+ * way the build and users run it.
+ *
+ * @example const sled = startProgram("sled", [link, "--checksum-file", "csum"], { cwd: dir }); sled.process.kill("SIGSTOP");
+ */
+export function startProgram(
+  name: string,
+  args: string[],
+  options: Omit<RunOptions, "stdin" | "user"> = {},
+): RunningCommand {
+  return new RunningCommand([...programCommand(name), ...args], options);
 }
 
 /**

@@ -19,6 +19,7 @@ import {
   type SeekTable,
   ZSTD_MAX_BLOCK_SIZE,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { commandOutput, runCommandBytes } from "../helpers/common.ts";
 import {
   concat,
   flipBits,
@@ -119,7 +120,7 @@ function checkTable(
 }
 
 describe("fuzz: zstd seekable payload", () => {
-  test("damaged seek tables, truncations, extensions and edge fields: a checked table or one ImageFormatError line", () => {
+  test("damaged seek tables, truncations, extensions and edge fields: a checked table or one ImageFormatError line", async () => {
     const random = new Random(0x257d0001);
     const tally = new Tally("decodeSeekTable");
     const blocks = new Tally("decompressBlock (via tables)");
@@ -216,8 +217,7 @@ describe("fuzz: zstd seekable payload", () => {
       writeFileSync(path, payload);
       return path;
     });
-    const run = Bun.spawnSync(["zstd", "-d", "-q", "-f", ...files], { stdout: "ignore", stderr: "pipe" });
-    if (run.exitCode !== 0) throw new Error(`zstd -d failed: ${run.stderr.toString()}`);
+    await commandOutput(["zstd", "-d", "-q", "-f", ...files]);
     const disagree = readable.filter(({ raw }, i) => hex(readFileSync(files[i]!.replace(/\.zst$/, ""))) !== hex(raw));
     console.log(`fuzz zstd -d: ${readable.length} accepted payloads decompressed by zstd too`);
     expect(disagree.length).toBe(0);
@@ -293,7 +293,7 @@ describe("fuzz: zstd seekable payload", () => {
    * decompressBlock checks that the frame's block headers end exactly at its
    * last byte (isWholeFrame, RFC 8878 3.1.1).
    */
-  test("a frame whose last block never comes is refused, as zstd -d refuses it", () => {
+  test("a frame whose last block never comes is refused, as zstd -d refuses it", async () => {
     const raw = imageLike(new Random(0x257d0005), 200);
     // Magic; descriptor 0x20 (single segment, 1-byte content size); content size; raw block header of 200 bytes.
     const frameOf = (last: number) =>
@@ -301,7 +301,7 @@ describe("fuzz: zstd seekable payload", () => {
     const zstd = (frame: Uint8Array) => {
       const path = join(scratch(), "one-raw-block.zst");
       writeFileSync(path, frame);
-      return Bun.spawnSync(["zstd", "-d", "-c", path], { stdout: "pipe", stderr: "pipe" });
+      return runCommandBytes(["zstd", "-d", "-c", path]);
     };
     const block = {
       index: 0,
@@ -310,8 +310,8 @@ describe("fuzz: zstd seekable payload", () => {
       checksum: blockChecksum(raw),
     };
     // The independent decoder: the whole frame gives the bytes, the unended one is refused.
-    expect(hex(zstd(frameOf(1)).stdout)).toBe(hex(raw));
-    expect(zstd(frameOf(0)).exitCode).not.toBe(0);
+    expect(hex((await zstd(frameOf(1))).stdout)).toBe(hex(raw));
+    expect((await zstd(frameOf(0))).exitCode).not.toBe(0);
     expect(hex(decompressBlock(frameOf(1), block))).toBe(hex(raw));
     expect(() => decompressBlock(frameOf(0), block)).toThrow(ImageFormatError);
     expect(() => decompressBlock(frameOf(0), block, new Uint8Array(raw.length))).toThrow(ImageFormatError);

@@ -25,7 +25,8 @@ import {
 import { SledClient } from "@ramdisk-tools/sled/client.ts";
 import { consoleLineMs, DROP_LINE_BYTES, STATUS_INTERVAL_MS, STATUS_LINE_BYTES } from "@ramdisk-tools/sled/console.ts";
 import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
+import { programOutput } from "../helpers/common.ts";
+import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 const SLED = parseMac("02:5e:c0:00:00:01")!;
 const SERVER = parseMac("02:5e:c0:00:00:02")!;
@@ -116,10 +117,10 @@ describe.skipIf(!raw.ok)(`sleds with a console, over veth${raw.ok ? "" : ` (skip
   let dir: string;
   let sha256: string;
 
-  beforeAll(() => {
+  beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "sled-console-test-"));
     sha256 = writePool(join(dir, "a.raw"), IMAGE_SIZE, 9);
-    mkimage(dir, ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "4"]);
+    await programOutput("mkimage", ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "4"], { cwd: dir });
   });
   afterAll(() => {
     if (dir) rmSync(dir, { recursive: true, force: true });

@@ -25,7 +25,8 @@ import { SledClient } from "@ramdisk-tools/sled/client.ts";
 import { DataFaults, SwitchPort } from "@ramdisk-tools/sled/faults.ts";
 import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { wireBytes } from "@ramdisk-tools/wire/rate.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
+import { programOutput } from "../helpers/common.ts";
+import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 const SLED = parseMac("02:5e:fa:00:00:01")!;
 const SERVER = parseMac("02:5e:fa:00:00:02")!;
@@ -235,10 +236,10 @@ describe.skipIf(!raw.ok)(
     let dir: string;
     let sha256: string;
 
-    beforeAll(() => {
+    beforeAll(async () => {
       dir = mkdtempSync(join(tmpdir(), "sled-faults-test-"));
       sha256 = writePool(join(dir, "a.raw"), IMAGE_SIZE, 5);
-      mkimage(dir, ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "8"]);
+      await programOutput("mkimage", ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "8"], { cwd: dir });
     });
     afterAll(() => {
       if (dir) rmSync(dir, { recursive: true, force: true });

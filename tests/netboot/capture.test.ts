@@ -22,7 +22,7 @@ import {
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { programEnv, ROOT } from "./helpers/common.ts";
+import { commandOutput, programOutput, python, ROOT, runProgram, startProgram } from "../helpers/common.ts";
 
 const DISSECTOR = join(ROOT, "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");
@@ -35,56 +35,24 @@ let dir = "";
 let pool: Uint8Array;
 let poolSha256 = "";
 
-function run(command: string[], cwd = dir): string {
-  const result = Bun.spawnSync(command, { cwd, stdout: "pipe", stderr: "pipe" });
-  if (result.exitCode !== 0)
-    throw new Error(`${command.join(" ")} exited ${result.exitCode}: ${result.stderr.toString()}`);
-  return result.stdout.toString();
-}
-
-beforeAll(() => {
+beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "netboot-capture-"));
-  poolSha256 = run([
-    "python3",
-    "-c",
+  poolSha256 = python(
     // Random nibbles: no pattern, yet compressible, as mkimage -z refuses input a zlib stream would make larger.
     "import hashlib, random, sys\nb = bytes(random.Random(5).choices(range(16), k=int(sys.argv[2])))\n" +
       "open(sys.argv[1], 'wb').write(b)\nprint(hashlib.sha256(b).hexdigest())",
-    "pool.raw",
+    join(dir, "pool.raw"),
     String(POOL_SIZE),
-  ]).trim();
+  ).trim();
   pool = new Uint8Array(readFileSync(join(dir, "pool.raw")));
-  run([
-    "bun",
-    join(ROOT, "apps/mkimage.ts"),
-    "-i",
-    "pool.raw",
-    "-o",
-    "pool.img",
-    "-O",
-    "csum",
-    "-N",
-    "capture",
-    "-s",
-    "8",
-    "-z",
-  ]);
+  await programOutput("mkimage", ["-i", "pool.raw", "-o", "pool.img", "-O", "csum", "-N", "capture", "-s", "8", "-z"], {
+    cwd: dir,
+  });
 }, 60_000);
 
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
-
-function spawn(app: string, args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, `apps/${app}.ts`), ...args], {
-    cwd: dir,
-    env: programEnv(dir),
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const output = Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
-  return { child, output };
-}
 
 /** Send with `send` (again every second) until a frame of `type` for `me` arrives. */
 async function expectFrame(
@@ -114,8 +82,8 @@ async function expectFrame(
 }
 
 /** tshark's fields of every netboot frame, one object per frame. */
-function tsharkFields(path: string, fields: string[]): Record<string, string>[] {
-  const out = run([
+async function tsharkFields(path: string, fields: string[]): Promise<Record<string, string>[]> {
+  const out = await commandOutput([
     TSHARK!,
     "-r",
     path,
@@ -139,12 +107,17 @@ describe.skipIf(skip)(`bootserver --pcap and --json-log${skip ? ` (skipped: ${wh
   test("records a whole boot that tshark decodes frame by frame, and logs it as JSON lines", async () => {
     await withVethPair(async ({ a, b }) => {
       const capturePath = join(dir, "boot.pcap");
-      const server = spawn("bootserver", ["-s", "-t", "60", "--pcap", capturePath, "--json-log", a, "pool.img", "any"]);
+      const server = runProgram(
+        "bootserver",
+        ["-s", "-t", "60", "--pcap", capturePath, "--json-log", a, "pool.img", "any"],
+        { cwd: dir },
+      );
       await Bun.sleep(1500); // the server opens its link; a sled says HELLO every 4 s anyway
-      const sled = spawn("sled", [b, "--checksum-file", "csum", "--timeout", "60", "--json"]);
-      const [sledExit, serverExit] = await Promise.all([sled.child.exited, server.child.exited]);
-      const [sledOut, sledErr] = await sled.output;
-      const [serverOut, serverErr] = await server.output;
+      const sled = runProgram("sled", [b, "--checksum-file", "csum", "--timeout", "60", "--json"], { cwd: dir });
+      const [
+        { exitCode: sledExit, stdout: sledOut, stderr: sledErr },
+        { exitCode: serverExit, stdout: serverOut, stderr: serverErr },
+      ] = await Promise.all([sled, server]);
       expect({ sledExit, sledErr }).toEqual({ sledExit: 0, sledErr: "" });
       expect({ serverExit, serverErr }).toEqual({ serverExit: 0, serverErr: "" });
       const sledReport = JSON.parse(sledOut.trim().split("\n").at(-1)!);
@@ -179,7 +152,7 @@ describe.skipIf(skip)(`bootserver --pcap and --json-log${skip ? ` (skipped: ${wh
 
       // The capture: renamed into place, no temporary left beside it.
       expect(readdirSync(dir).filter((name) => name.startsWith(".boot.pcap"))).toEqual([]);
-      const frames = tsharkFields(capturePath, [
+      const frames = await tsharkFields(capturePath, [
         "eth.src",
         "eth.dst",
         "oxide_netboot.type",
@@ -252,10 +225,10 @@ describe.skipIf(skip)(`bootserver --pcap and --json-log${skip ? ` (skipped: ${wh
   test("SIGTERM closes the capture: the file appears, whole, and the server exits 143", async () => {
     await withVethPair(async ({ a, b }) => {
       const capturePath = join(dir, "term.pcap");
-      const server = spawn("bootserver", ["--pcap", capturePath, a, "pool.img", "any"]);
+      const server = startProgram("bootserver", ["--pcap", capturePath, a, "pool.img", "any"], { cwd: dir });
       await Bun.sleep(1500);
-      const sled = spawn("sled", [b, "--checksum-file", "csum", "--timeout", "60"]);
-      expect(await sled.child.exited).toBe(0);
+      const sled = runProgram("sled", [b, "--checksum-file", "csum", "--timeout", "60"], { cwd: dir });
+      expect((await sled).exitCode).toBe(0);
       // A client played here asks for the last chunk and one past the end, then READs without a session.
       const client = PcapLink.open(b, { timeoutMs: 20 });
       const answers: string[] = [];
@@ -281,11 +254,10 @@ describe.skipIf(skip)(`bootserver --pcap and --json-log${skip ? ` (skipped: ${wh
       }
       expect(answers.sort()).toEqual([`${POOL_SIZE - 1024}:1024`, `${POOL_SIZE}:0`].sort());
       expect(existsSync(capturePath)).toBe(false); // not until the server stops
-      server.child.kill("SIGTERM");
-      expect(await server.child.exited).toBe(143);
-      const [, serverErr] = await server.output;
-      expect(serverErr).toBe("");
-      const frames = tsharkFields(capturePath, [
+      server.process.kill("SIGTERM");
+      expect(await server.exited()).toBe(143);
+      expect(await server.stderr()).toBe("");
+      const frames = await tsharkFields(capturePath, [
         "oxide_netboot.type",
         "oxide_netboot.data.offset",
         "oxide_netboot.data.length",

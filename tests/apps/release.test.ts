@@ -15,18 +15,18 @@ import { join } from "node:path";
 import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
-import { buildRelease, EXECUTABLE, type Release } from "../scripts/build.ts";
+import { buildRelease, EXECUTABLE, type Release } from "../../scripts/build.ts";
 import {
   commandOutput,
-  programEnv,
   python,
   ROOT,
+  RunningCommand,
   type RunOptions,
   runCommand,
   runProgram,
   sha256sum,
   VALID_ARGUMENTS,
-} from "./helpers/common.ts";
+} from "../helpers/common.ts";
 
 // Compiling a ~100 MiB binary and packing it on a shared 2-core machine: generous room, no assertion on time.
 const BUILD_TIMEOUT_MS = 300_000;
@@ -260,22 +260,16 @@ describe.skipIf(!raw.ok)(
         expect(Bun.file(join(dir, "pool.img")).size).toBeGreaterThan(0);
         await withVethPair(async ({ a, b }) => {
           // By its first argument here, through its link elsewhere: both ways find the embedded threads.
-          const server = Bun.spawn([join(bin, EXECUTABLE), "bootserver", "--boots", "1", a, "pool.img", "any"], {
-            cwd: dir,
-            env: programEnv(dir, env),
-            stdout: "pipe",
-            stderr: "pipe",
-          });
+          const server = new RunningCommand(
+            [join(bin, EXECUTABLE), "bootserver", "--boots", "1", a, "pool.img", "any"],
+            {
+              cwd: dir,
+              env,
+            },
+          );
           try {
-            const reader = server.stdout.getReader();
-            let output = "";
             // Sleds say HELLO every 4 s; start the sled once the server listens, so the first HELLO is heard.
-            while (!output.includes("serving on")) {
-              const { done, value } = await reader.read();
-              if (done) break;
-              output += new TextDecoder().decode(value);
-            }
-            expect(output).toContain("serving on");
+            await server.waitFor(/serving on/);
             const sled = await runCommand([join(bin, "sled"), b, "--checksum-file", "pool.csum", "--timeout", "60"], {
               cwd: dir,
               env,
@@ -283,12 +277,10 @@ describe.skipIf(!raw.ok)(
             expect(sled.stderr).toBe("");
             expect(sled.stdout).toMatch(new RegExp(`^\\S+ booted: ${POOL_SIZE} bytes`, "m"));
             expect(sled.exitCode).toBe(0);
-            reader.releaseLock();
-            const serverExit = await Promise.race([server.exited, Bun.sleep(30_000).then(() => "still running")]);
-            expect(serverExit).toBe(0);
+            expect(await server.exited()).toBe(0);
           } finally {
             server.kill();
-            await server.exited;
+            await server.process.exited;
           }
         }, "rbn");
       },
@@ -299,10 +291,10 @@ describe.skipIf(!raw.ok)(
 
 test("threads are started through workerUrl, which finds them inside a binary too", () => {
   // `new URL("../workers/x.ts", import.meta.url)` misses inside a compiled binary (lib/threads/worker-urls.ts).
-  const offenders = [...new Bun.Glob("{apps,lib,workers}/*.ts").scanSync(join(import.meta.dir, ".."))].filter(
+  const offenders = [...new Bun.Glob("{apps,lib,workers}/*.ts").scanSync(ROOT)].filter(
     (path) =>
       path !== "lib/threads/worker-urls.ts" &&
-      /new URL\(\s*["'`]\.\.\/workers\//.test(readFileSync(join(import.meta.dir, "..", path), "utf8")),
+      /new URL\(\s*["'`]\.\.\/workers\//.test(readFileSync(join(ROOT, path), "utf8")),
   );
   expect(offenders).toEqual([]);
 });

@@ -18,8 +18,8 @@ import { decodeSeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { type ZstdImageMemory, ZstdImageReader, zstdImageMemory } from "@ramdisk-tools/netboot/block-cache.ts";
 import { startReadAhead } from "@ramdisk-tools/netboot/served-image.ts";
-import { python, ROOT } from "./helpers/common.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { programOutput, python, ROOT } from "../helpers/common.ts";
+import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(120_000);
 
@@ -49,29 +49,35 @@ for at in range(start + size // 2, start + size // 2 + 16):
 open(dst, "wb").write(data)
 `;
 
-beforeAll(() => {
+beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "bootserver-zstd-test-"));
   poolSha256 = writePool(join(dir, "pool.raw"), POOL_SIZE, 7);
   pool = new Uint8Array(readFileSync(join(dir, "pool.raw")));
   // 1 MiB frames (not the default 4 MiB), so this small pool makes six blocks for the cache to juggle.
-  mkimage(dir, [
-    "-i",
-    "pool.raw",
-    "-o",
-    "pool.img",
-    "-O",
-    "pool.csum",
-    "-N",
-    "zstd-test",
-    "-s",
-    "8",
-    "--zstd",
-    "--block-size",
-    "1",
-  ]);
+  await programOutput(
+    "mkimage",
+    [
+      "-i",
+      "pool.raw",
+      "-o",
+      "pool.img",
+      "-O",
+      "pool.csum",
+      "-N",
+      "zstd-test",
+      "-s",
+      "8",
+      "--zstd",
+      "--block-size",
+      "1",
+    ],
+    { cwd: dir },
+  );
   python(DAMAGE_FRAME, join(dir, "pool.img"), join(dir, "bad.img"), String(BAD_BLOCK));
   // The same pool in mkimage's default 4 MiB blocks: one whole block and a short one.
-  mkimage(dir, ["-i", "pool.raw", "-o", "default.img", "-N", "zstd-test", "-s", "8", "--zstd"]);
+  await programOutput("mkimage", ["-i", "pool.raw", "-o", "default.img", "-N", "zstd-test", "-s", "8", "--zstd"], {
+    cwd: dir,
+  });
 });
 
 afterAll(() => {
@@ -277,7 +283,11 @@ network("bootserver serving a zstd image on a veth pair", () => {
   test("boots 2 sleds from an image larger than the block cache, reading ahead through evicted slots", async () => {
     // 96 one-MiB blocks through a 64 MiB cache (--zstd-cache): blocks are read ahead, evicted and decompressed again.
     const bigSha256 = writePool(join(dir, "big.raw"), 96 * MIB, 8);
-    mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-N", "zstd-big", "-s", "128", "--zstd", "--block-size", "1"]);
+    await programOutput(
+      "mkimage",
+      ["-i", "big.raw", "-o", "big.img", "-N", "zstd-big", "-s", "128", "--zstd", "--block-size", "1"],
+      { cwd: dir },
+    );
     rmSync(join(dir, "big.raw"));
     await withVethPair(async ({ a, b }) => {
       const server = new ServerProcess(["--boots", "2", "--zstd-cache", "64", a, "big.img", "any"], dir);

@@ -33,9 +33,9 @@ import {
   ZSTD_DEFAULT_LEVEL,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
-import { python, runCommand, runCommandBytes, sha256sum, VECTORS } from "./helpers/common.ts";
-import { expectFailure, lookimage } from "./helpers/lookimage.ts";
-import { seekablePayload } from "./helpers/zstd.ts";
+import { python, runCommand, runCommandBytes, sha256sum, VECTORS } from "../helpers/common.ts";
+import { expectFailure, lookimage } from "../helpers/lookimage.ts";
+import { seekablePayload } from "../helpers/zstd.ts";
 
 // Each test runs lookimage as a process several times, on two cores shared with other work.
 const SLOW = 60_000;

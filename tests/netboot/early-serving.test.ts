@@ -27,8 +27,8 @@ import {
   READ_SLOTS,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { python } from "./helpers/common.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { programOutput, python } from "../helpers/common.ts";
+import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 
@@ -50,10 +50,12 @@ open(dst, "wb").write(data)
 print(data[40:72].hex())
 `;
 
-beforeAll(() => {
+beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "bootserver-early-test-"));
   poolSha256 = writePool(join(dir, "pool.raw"), POOL_SIZE, 11);
-  mkimage(dir, ["-i", "pool.raw", "-o", "pool-z.img", "-N", "early", "-s", "256", "-z"]);
+  await programOutput("mkimage", ["-i", "pool.raw", "-o", "pool-z.img", "-N", "early", "-s", "256", "-z"], {
+    cwd: dir,
+  });
   rmSync(join(dir, "pool.raw"));
   wrongSha256 = python(WRONG_SHA256, join(dir, "pool-z.img"), join(dir, "wrong-z.img")).trim();
 });

@@ -9,7 +9,7 @@
  * Read-only and full file systems are tmpfs mounts the test makes itself
  * (root only; root ignores file modes, so the mode-555 case runs as nobody).
  * Interruptions (SIGTERM, SIGINT, SIGKILL mid-run) and the other refusals
- * are in tests/mkimage.test.ts.
+ * are in tests/image/mkimage-refusals.test.ts.
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -26,8 +26,8 @@ import {
   runCommand,
   sha256sum,
   VECTORS,
-} from "./helpers/common.ts";
-import { mkimage, nobodyReachesMkimage } from "./helpers/mkimage.ts";
+} from "../helpers/common.ts";
+import { mkimage, nobodyReachesMkimage } from "../helpers/mkimage.ts";
 
 /** 1 MiB, a multiple of 128 KiB: with -s 64 mkimage has no warning to print. */
 const POOL_1M = join(VECTORS, "pool-1m.raw");

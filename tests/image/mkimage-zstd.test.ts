@@ -16,7 +16,7 @@ import { decodeHeader, HEADER_SIZE, ImageFormatError, MIB } from "@ramdisk-tools
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { ZSTD_BLOCK_SIZE } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
-import { type ProgramRun, python, runCommand, runCommandBytes, runProgram, sha256sum } from "./helpers/common.ts";
+import { type ProgramRun, python, runCommand, runCommandBytes, runProgram, sha256sum } from "../helpers/common.ts";
 
 // Every test runs several processes (bun, zstd, python3) on two cores shared with other work:
 // room, but no assertion on time.

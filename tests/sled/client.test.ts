@@ -1,33 +1,22 @@
 /**
  * The sled emulator against docs/netboot.md: the state machine with a
- * fake clock and frames built by the test, the fault injector, and the
- * `sled` program over a real veth pair against a minimal server played by the
- * test itself. Expected digests come from python3's hashlib.
+ * fake clock and frames built by the test, and the fault injector. Expected
+ * digests come from python3's hashlib. The `sled` program over a veth pair is
+ * in program.test.ts.
  */
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { canUseRawNetwork, createVethPair, type VethPair } from "@ramdisk-tools/lab/veth.ts";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
-  datasetField,
-  decodeFrame,
   encodeFrame,
-  type Frame,
   formatMac,
   type Message,
   parseMac,
   READ_SLOTS,
-  type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { SledClient, type SledConfig } from "@ramdisk-tools/sled/client.ts";
 import { DataFaults, REORDER_HOLD_MS } from "@ramdisk-tools/sled/faults.ts";
-import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { pythonWithInput, ROOT } from "./helpers/common.ts";
+import { hex } from "../helpers/frames.ts";
+import { answer, data, imageOf, offer, pythonSha256, SERVER, SLED, serve, testSled } from "../helpers/sled.ts";
 
-const SLED = parseMac("02:5e:00:00:00:a0")!;
-const SERVER = parseMac("02:5e:00:00:00:01")!;
 const OTHER_SERVER = parseMac("02:5e:00:00:00:02")!;
 const MIB = 1024 * 1024;
 const BATCH = 128 * 1024;
@@ -35,98 +24,10 @@ const BATCH = 128 * 1024;
 // Digests come from a python3 process per test; on a busy machine that alone can pass bun's default 5 s.
 setDefaultTimeout(30_000);
 
-function pythonSha256(bytes: Uint8Array): Uint8Array {
-  const script = "import hashlib,sys; sys.stdout.write(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())";
-  return Uint8Array.from(Buffer.from(pythonWithInput(bytes, script), "hex"));
-}
-
-function hex(bytes: Uint8Array): string {
-  return Buffer.from(bytes).toString("hex");
-}
-
-/** Bytes that differ at every offset, so a chunk written in the wrong place changes the digest. */
-function imageOf(size: number, seed = 1): Uint8Array {
-  let state = seed >>> 0 || 1;
-  const image = new Uint8Array(size);
-  for (let i = 0; i < size; i++) {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    image[i] = state & 0xff;
-  }
-  return image;
-}
-
 function padded(image: Uint8Array, length: number): Uint8Array {
   const out = new Uint8Array(length);
   out.set(image.subarray(0, length));
   return out;
-}
-
-/** A sled under test: its session, the frames it sent (decoded), and a clock the test moves. */
-function testSled(checksum: Uint8Array, options: Partial<SledConfig> = {}) {
-  const sent: Frame[] = [];
-  const session = new SledClient({
-    mac: SLED,
-    checksum,
-    send: (bytes) => {
-      const decoded = decodeFrame(bytes);
-      if (!decoded.ok) throw new Error(`the sled sent a malformed frame: ${decoded.reason}`);
-      sent.push(decoded.frame);
-    },
-    ...options,
-  });
-  return {
-    session,
-    sent,
-    ofType<T extends Message["type"]>(type: T): Extract<Message, { type: T }>[] {
-      return sent
-        .map((frame) => frame.message)
-        .filter((message): message is Extract<Message, { type: T }> => message.type === type);
-    },
-    lastRead(): ReadRequest {
-      const reads = this.ofType("read");
-      if (reads.length === 0) throw new Error("no READ sent");
-      return reads.at(-1)!;
-    },
-  };
-}
-
-function offer(
-  fields: { ramdiskSize?: number; imageSize?: number; sha256: Uint8Array; dataset?: Uint8Array },
-  from = SERVER,
-): Uint8Array {
-  return encodeFrame(SLED, from, {
-    type: "offer",
-    ramdiskSize: BigInt(fields.ramdiskSize ?? 64 * MIB),
-    imageSize: BigInt(fields.imageSize ?? MIB),
-    sha256: fields.sha256,
-    dataset: fields.dataset ?? datasetField("rpool/ROOT/ramdisk"),
-  });
-}
-
-function data(offset: number, bytes: Uint8Array, from = SERVER): Uint8Array {
-  return encodeFrame(SLED, from, { type: "data", offset: BigInt(offset), bytes });
-}
-
-/** What a correct server sends for one offset: up to 1024 image bytes, none at or past the end. */
-function answer(image: Uint8Array, offset: bigint): Uint8Array {
-  const start = Number(offset);
-  return data(start, image.subarray(Math.min(start, image.length), Math.min(start + 1024, image.length)));
-}
-
-/** Serve the sled's READs from `image` until it stops asking; `filter` may withhold answers. */
-function serve(
-  sled: ReturnType<typeof testSled>,
-  image: Uint8Array,
-  now: number,
-  filter: (offset: bigint) => boolean = () => true,
-): void {
-  let answered = 0;
-  while (answered < sled.ofType("read").length) {
-    const read = sled.ofType("read")[answered++]!;
-    for (const offset of requestedOffsets(read)) if (filter(offset)) sled.session.receive(answer(image, offset), now);
-  }
 }
 
 describe("discovery", () => {
@@ -547,167 +448,4 @@ describe("DataFaults", () => {
     expect(report.reasked).toBeGreaterThanOrEqual(faults.counters.dropped);
     expect(report.dataDropped).toBeGreaterThan(0);
   });
-});
-
-const raw = canUseRawNetwork();
-describe.skipIf(!raw.ok)(`the sled program over a veth pair${raw.ok ? "" : ` (skipped: ${raw.why})`}`, () => {
-  const image = imageOf(MIB, 21);
-  const checksum = pythonSha256(image);
-  let checksumFile: string;
-  let temp: string;
-  let pair: VethPair;
-  /** bun's default of 5 s is too short for a program that boots sleds on a busy machine. */
-  const E2E_TIMEOUT_MS = 120_000;
-
-  beforeAll(async () => {
-    temp = mkdtempSync(join(tmpdir(), "rsl-sled-"));
-    checksumFile = join(temp, "boot_image_csum");
-    writeFileSync(checksumFile, checksum);
-    pair = await createVethPair("rsl");
-  });
-  afterAll(async () => {
-    await pair?.remove();
-    if (temp) rmSync(temp, { recursive: true, force: true });
-  });
-
-  /** What the scripted server saw, by frame type and source MAC. */
-  interface Seen {
-    hellos: string[];
-    reads: string[];
-    finished: string[];
-  }
-
-  /**
-   * Run `bun apps/sled.ts` on end b while this test plays a minimal boot
-   * server on end a: an OFFER of the 1 MiB image for every HELLO, one DATA per offset
-   * asked (empty at or past the end), until the program exits.
-   */
-  async function bootAgainstScriptedServer(
-    args: string[],
-  ): Promise<{ exitCode: number; stdout: string; stderr: string; seen: Seen }> {
-    const server = PcapLink.open(pair.a, { timeoutMs: 5 });
-    const seen: Seen = { hellos: [], reads: [], finished: [] };
-    try {
-      const child = Bun.spawn(["bun", join(ROOT, "apps", "sled.ts"), pair.b, ...args], {
-        stdout: "pipe",
-        stderr: "pipe",
-      });
-      const stdout = new Response(child.stdout).text();
-      const stderr = new Response(child.stderr).text();
-      const offered = {
-        ramdiskSize: 64n * BigInt(MIB),
-        imageSize: BigInt(image.length),
-        sha256: checksum,
-        dataset: datasetField("testing"),
-      };
-      // A program that outlives its own --timeout by far is hung: stop it so the test fails instead of stalling.
-      const deadline = Date.now() + 90_000;
-      while (child.exitCode === null) {
-        if (Date.now() > deadline) child.kill();
-        for (let frame = server.next(); frame; frame = server.next()) {
-          const decoded = decodeFrame(frame);
-          if (!decoded.ok) continue;
-          const { source, message } = decoded.frame;
-          const from = formatMac(source);
-          if (message.type === "hello") {
-            seen.hellos.push(from);
-            server.inject(encodeFrame(source, server.mac, { type: "offer", ...offered }));
-          } else if (message.type === "read") {
-            seen.reads.push(from);
-            for (const offset of requestedOffsets(message)) {
-              const start = Number(offset);
-              const bytes = image.subarray(Math.min(start, image.length), Math.min(start + 1024, image.length));
-              server.inject(encodeFrame(source, server.mac, { type: "data", offset, bytes }));
-            }
-          } else if (message.type === "finished") {
-            seen.finished.push(from);
-          }
-        }
-        await Bun.sleep(0);
-      }
-      return { exitCode: await child.exited, stdout: await stdout, stderr: await stderr, seen };
-    } finally {
-      server.close();
-    }
-  }
-
-  test(
-    "three sleds boot from a 1 MiB image: exit 0, one line each, one FINISHED each",
-    async () => {
-      const result = await bootAgainstScriptedServer([
-        "--checksum-file",
-        checksumFile,
-        "--mac",
-        "02:5e:00:00:10:fe",
-        "--sleds",
-        "3",
-        "--timeout",
-        "60",
-      ]);
-      expect(result.stderr).toBe("");
-      expect(result.exitCode).toBe(0);
-      const macs = ["02:5e:00:00:10:fe", "02:5e:00:00:10:ff", "02:5e:00:00:11:00"];
-      for (const mac of macs) {
-        expect(result.stdout).toMatch(
-          new RegExp(
-            `^${mac} booted: 1048576 bytes, [0-9.]+ MB/s, \\d+ re-asks, \\d+ dropped, first DATA after [0-9.]+ ms, [0-9.]+ s; ` +
-              "\\d+ frames received, DATA: 1024 received, 1024 accepted, 0 not in a slot$",
-            "m",
-          ),
-        );
-      }
-      expect(result.stdout).toContain("3 of 3 sleds booted");
-      expect(result.seen.finished.sort()).toEqual(macs);
-      expect(new Set(result.seen.reads)).toEqual(new Set(macs));
-    },
-    E2E_TIMEOUT_MS,
-  );
-
-  test(
-    "with --drop-rate the sled loses DATA frames, re-asks them, and still boots",
-    async () => {
-      const result = await bootAgainstScriptedServer([
-        "--checksum",
-        Buffer.from(checksum).toString("hex"),
-        "--drop-rate",
-        "0.003",
-        "--seed",
-        "4",
-        "--json",
-      ]);
-      expect(result.exitCode).toBe(0);
-      const report = JSON.parse(result.stdout.trim());
-      expect(report.outcome).toBe("booted");
-      expect(report.bytes).toBe(MIB);
-      expect(report.faults.dropped).toBeGreaterThan(0);
-      expect(report.reasked).toBeGreaterThanOrEqual(report.faults.dropped);
-      expect(report.dataAccepted).toBe(MIB / 1024);
-      expect(report.dataReceived).toBe(report.dataAccepted + report.faults.dropped + report.dataDropped);
-      expect(result.seen.finished).toEqual([report.mac]);
-    },
-    E2E_TIMEOUT_MS,
-  );
-
-  test(
-    "a sled wanting another checksum never accepts the OFFER, keeps saying HELLO, times out: exit 1",
-    async () => {
-      const wrong = "11".repeat(32);
-      const result = await bootAgainstScriptedServer([
-        "--checksum",
-        wrong,
-        "--mac",
-        "02:5e:00:00:20:01",
-        "--timeout",
-        "5",
-      ]);
-      expect(result.exitCode).toBe(1);
-      expect(result.stdout).toMatch(
-        /^02:5e:00:00:20:01 timeout: 0 bytes, .*; no acceptable offer after 2 HELLO \(last offer from [0-9a-f:]+ refused: sha256 [0-9a-f]{64} is not the wanted 1{64}\)$/m,
-      );
-      expect(result.seen.hellos).toEqual(["02:5e:00:00:20:01", "02:5e:00:00:20:01"]);
-      expect(result.seen.reads).toEqual([]);
-      expect(result.seen.finished).toEqual([]);
-    },
-    E2E_TIMEOUT_MS,
-  );
 });

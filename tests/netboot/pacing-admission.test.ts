@@ -37,8 +37,8 @@ import {
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { ROOT } from "./helpers/common.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { programOutput, runProgram } from "../helpers/common.ts";
+import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 
@@ -233,13 +233,13 @@ let bigSha256 = "";
 const IMAGE_SIZE = 4 * MIB;
 const BIG_SIZE = 16 * MIB;
 
-beforeAll(() => {
+beforeAll(async () => {
   if (!raw.ok) return;
   dir = mkdtempSync(join(tmpdir(), "bootserver-network-"));
   sha256 = writePool(join(dir, "a.raw"), IMAGE_SIZE, 21);
   bigSha256 = writePool(join(dir, "big.raw"), BIG_SIZE, 22);
-  mkimage(dir, ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "8"]);
-  mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-N", "big", "-s", "32"]);
+  await programOutput("mkimage", ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "8"], { cwd: dir });
+  await programOutput("mkimage", ["-i", "big.raw", "-o", "big.img", "-N", "big", "-s", "32"], { cwd: dir });
 });
 
 afterAll(() => {
@@ -483,15 +483,15 @@ network("bootserver under loss, pacing and admission, on a veth pair", () => {
   });
 });
 
-test("bootserver refuses a bad --rate or --max-sleds with status 2 and one line", () => {
+test("bootserver refuses a bad --rate or --max-sleds with status 2 and one line", async () => {
   for (const args of [
     ["--rate", "fast"],
     ["--link-rate", "1t"],
     ["--max-sleds", "0"],
   ]) {
-    const result = Bun.spawnSync(["bun", join(ROOT, "apps/bootserver.ts"), ...args, "lo", "x.img", "any"]);
+    const result = await runProgram("bootserver", [...args, "lo", "x.img", "any"]);
     expect(result.exitCode).toBe(2);
-    const stderr = result.stderr.toString().trim();
+    const stderr = result.stderr.trim();
     expect(stderr.split("\n").length).toBe(1);
     expect(stderr).toMatch(/^bootserver: --(rate|link-rate|max-sleds)/);
   }

@@ -1,14 +1,12 @@
 /**
  * A boot server that restarts, or a sled that goes quiet, must not cost a
- * boot: a RESET makes a real sled reboot (netboot.md, "RESET"). The record
- * of what each sled took (lib/netboot/offer-record.ts) and the choice of an
- * image for a READ with no session (lib/netboot/resume.ts) are tried first
- * without a network; then the real `bun apps/bootserver.ts --json-log` on one
- * end of a veth pair made for the test, killed (SIGKILL, SIGTERM) mid-boot
- * and started again, with the sled emulator (`bun apps/sled.ts`, a separate
- * process that fails on any RESET) on the other end. The server is paced
- * (--rate) so that a small image's boot lasts long enough for the kill to
- * land in the middle of it.
+ * boot: a RESET makes a real sled reboot (netboot.md, "RESET"). The real
+ * `bun apps/bootserver.ts --json-log` on one end of a veth pair made for the
+ * test, killed (SIGKILL, SIGTERM) mid-boot and started again, with the sled
+ * emulator (`bun apps/sled.ts`, a separate process that fails on any RESET)
+ * on the other end. The server is paced (--rate) so that a small image's boot
+ * lasts long enough for the kill to land in the middle of it. The record of
+ * offers and the resume decision alone are in resume.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -16,219 +14,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { toHex } from "@ramdisk-tools/image/format.ts";
 import { canUseRawNetwork, createVethPair, type VethPair, withVethPair } from "@ramdisk-tools/lab/veth.ts";
-import { dispatchCounters, FrameDispatcher } from "@ramdisk-tools/netboot/dispatch.ts";
-import { MAX_RECORDED_SLEDS, OfferRecord, stateDirectory } from "@ramdisk-tools/netboot/offer-record.ts";
-import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
-import { readFits, resumeDecision } from "@ramdisk-tools/netboot/resume.ts";
-import type { ServedImage } from "@ramdisk-tools/netboot/served-image.ts";
-import {
-  CHUNK_SIZE,
-  encodeFrame,
-  formatMac,
-  type Mac,
-  parseMac,
-  READ_SLOTS,
-  type ReadRequest,
-} from "@ramdisk-tools/protocol/frames.ts";
-import { ROOT } from "./helpers/common.ts";
-import { mkimage, ServerProcess, sledReports, writePool } from "./helpers/netboot.ts";
+import { commandOutput, programOutput, runCommand, startProgram } from "../helpers/common.ts";
+import { ServerProcess, sledReports, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 
 const MIB = 1024 * 1024;
-const SERVER = parseMac("02:5e:18:00:00:01")!;
-const SLED = parseMac("02:5e:18:00:00:a0")!;
-
-/** A READ asking for the batch that starts at `first`, every slot filled in order. */
-function batchRead(first: number): ReadRequest {
-  const slots = new BigUint64Array(READ_SLOTS);
-  for (let slot = 0; slot < READ_SLOTS; slot++) slots[slot] = BigInt(first + slot * CHUNK_SIZE);
-  return { type: "read", count: BigInt(READ_SLOTS), slots };
-}
-
-/** A ServedImage as the record and the resume decision see it: a header, and raw bytes. */
-function fakeImage(name: string, imageSize: number, shaByte: number): ServedImage {
-  return {
-    path: `/images/${name}`,
-    name,
-    header: { imageSize, targetSize: imageSize * 2, sha256: new Uint8Array(32).fill(shaByte) },
-    bytes: rawImageHandle(imageSize),
-    stamp: { size: 0, mtimeMs: 0, ino: 0, dev: 0 },
-  } as unknown as ServedImage;
-}
-
-describe("the record of offers", () => {
-  const dirs: string[] = [];
-  const scratch = () => {
-    const made = mkdtempSync(join(tmpdir(), "offer-record-test-"));
-    dirs.push(made);
-    return made;
-  };
-  afterAll(() => {
-    for (const made of dirs) rmSync(made, { recursive: true, force: true });
-  });
-
-  test("is written whole on each change and read back by the next server; HELLO or FINISHED take a sled out", () => {
-    const dir = scratch();
-    const a = fakeImage("a.img", 2 * MIB, 0xaa);
-    const record = OfferRecord.open(join(dir, "state"), "eth9", 1000, (message) => {
-      throw new Error(message);
-    });
-    const file = join(dir, "state", "offers-eth9.json");
-    expect(JSON.parse(readFileSync(file, "utf8"))).toEqual({ version: 1, sleds: [] });
-    record.remember(SLED, a, 5000);
-    const other = parseMac("02:5e:18:00:00:a1")!;
-    record.remember(other, a, 6000);
-    const written = JSON.parse(readFileSync(file, "utf8"));
-    expect(written.sleds[0]).toEqual({
-      sled: formatMac(SLED),
-      path: "/images/a.img",
-      sha256: "aa".repeat(32),
-      imageSize: 2 * MIB,
-      ramdiskSize: 4 * MIB,
-      offeredAt: 5000,
-    });
-    record.forget(other);
-    expect(JSON.parse(readFileSync(file, "utf8")).sleds).toHaveLength(1);
-    // Nothing but the record in the directory: no temporary file left behind.
-    expect(Bun.spawnSync(["ls", join(dir, "state")]).stdout.toString()).toBe("offers-eth9.json\n");
-
-    const again = OfferRecord.open(join(dir, "state"), "eth9", 7000, () => {});
-    expect(again.size).toBe(1);
-    expect(again.get(SLED)).toMatchObject({ sha256: "aa".repeat(32), imageSize: 2 * MIB });
-    // A day later it has gone: no boot takes a day.
-    expect(OfferRecord.open(join(dir, "state"), "eth9", 5000 + 25 * 3600_000, () => {}).size).toBe(0);
-  });
-
-  test("a damaged record is reported and started over; a directory that cannot be made is an error", () => {
-    const dir = scratch();
-    writeFileSync(join(dir, "offers-eth9.json"), '{"version":1,"sleds":[{"sled":"nonsense"}]}');
-    const problems: string[] = [];
-    const record = OfferRecord.open(dir, "eth9", 0, (message) => problems.push(message));
-    expect(record.size).toBe(0);
-    expect(problems).toHaveLength(1);
-    expect(problems[0]).toMatch(/offers-eth9\.json is not a record of offers \(a malformed entry/);
-    writeFileSync(join(dir, "file"), "");
-    expect(() => OfferRecord.open(join(dir, "file", "sub"), "eth9", 0, () => {})).toThrow(
-      /^cannot create the state directory .*file\/sub: /,
-    );
-  });
-
-  test("keeps at most MAX_RECORDED_SLEDS sleds, the oldest going first", () => {
-    const record = OfferRecord.inMemory();
-    const image = fakeImage("a.img", MIB, 1);
-    const hex = (byte: number) => byte.toString(16).padStart(2, "0");
-    const mac = (i: number) => parseMac(`02:00:00:00:${hex((i >> 8) & 255)}:${hex(i & 255)}`)!;
-    for (let i = 0; i <= MAX_RECORDED_SLEDS; i++) record.remember(mac(i), image, i);
-    expect(record.size).toBe(MAX_RECORDED_SLEDS);
-    expect(record.get(mac(0))).toBeUndefined();
-    expect(record.get(mac(MAX_RECORDED_SLEDS))).toBeDefined();
-  });
-
-  test("lives in --state-dir, else systemd's $STATE_DIRECTORY, else /var/lib/ramdisk-tools/bootserver", () => {
-    expect(stateDirectory("/srv/x", { STATE_DIRECTORY: "/var/lib/a" })).toBe("/srv/x");
-    expect(stateDirectory(undefined, { STATE_DIRECTORY: "/var/lib/a:/var/lib/b" })).toBe("/var/lib/a");
-    expect(stateDirectory(undefined, {})).toBe("/var/lib/ramdisk-tools/bootserver");
-  });
-});
-
-describe("which image a READ with no session reads", () => {
-  const a = fakeImage("a.img", 2 * MIB, 0xaa);
-  const b = fakeImage("b.img", 4 * MIB, 0xbb);
-  const record = OfferRecord.inMemory();
-
-  test("a recorded sled reads the image of that identity, whatever its name now, if its READ fits", () => {
-    record.remember(SLED, a, 0);
-    const entry = { ...record.get(SLED)!, image: undefined };
-    const renamed = { ...fakeImage("renamed.img", 2 * MIB, 0xaa) };
-    expect(resumeDecision(entry, batchRead(MIB), [b, renamed])).toMatchObject({ image: renamed });
-    expect(resumeDecision(entry, batchRead(2 * MIB), [b, renamed])).toEqual({
-      reason: "it asked for offset 2227200, which does not fit the 2097152-byte renamed.img it was offered",
-    });
-    expect(resumeDecision(entry, batchRead(0), [b])).toEqual({
-      reason: `it was offered /images/a.img (sha256 ${"aa".repeat(32)}), which this server no longer serves`,
-    });
-  });
-
-  test("without a record, the one image with room for every offset asked, else nothing", () => {
-    expect(resumeDecision(undefined, batchRead(3 * MIB), [a, b])).toMatchObject({ image: b });
-    expect(resumeDecision(undefined, batchRead(0), [a, b])).toEqual({
-      reason: "no record of it, and its READ (up to offset 130048) fits 2 images served (a.img, b.img)",
-    });
-    expect(resumeDecision(undefined, batchRead(4 * MIB), [a, b])).toEqual({
-      reason: "no record of it, and its READ (up to offset 4324352) fits none of the images served",
-    });
-    const odd = batchRead(0);
-    odd.slots[3] = 5000n;
-    expect(readFits(odd, 4 * MIB)).toBe(false);
-  });
-
-  test("the dispatcher asks about such a READ once, holds the latest, and serves or RESETs as told", () => {
-    const sent: Uint8Array[] = [];
-    const asked: Mac[] = [];
-    const resets: string[] = [];
-    const frames = new FrameDispatcher(
-      SERVER,
-      null,
-      {
-        send: (frame) => sent.push(frame),
-        hello: () => {},
-        finished: () => {},
-        unknown: (sled) => asked.push(sled),
-        reset: (_, reason) => resets.push(reason),
-      },
-      dispatchCounters(),
-    );
-    frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
-    frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
-    expect(asked).toHaveLength(1);
-    expect(sent).toEqual([]);
-    const inbox = { served: 0, reads: [] as ReadRequest[] };
-    frames.resume(SLED, rawImageHandle(MIB));
-    frames.attach(SLED, {
-      serve: () => inbox.served++,
-      read: (read) => inbox.reads.push(read),
-      close: () => {},
-    });
-    expect(inbox.served).toBe(1);
-    expect(inbox.reads).toHaveLength(1);
-    expect(frames.counters.get("resumed")).toBe(1);
-    // A READ for another server's MAC is not ours to answer, however well it fits.
-    const other = parseMac("02:5e:18:00:00:02")!;
-    const stranger = parseMac("02:5e:18:00:00:b0")!;
-    frames.dispatch(encodeFrame(other, stranger, batchRead(0)));
-    expect(asked).toHaveLength(1);
-    expect(frames.counters.get("notForUs")).toBe(1);
-    frames.dispatch(encodeFrame(SERVER, stranger, batchRead(0)));
-    frames.reset(stranger, "nothing explains it");
-    expect(sent).toHaveLength(1);
-    expect(resets).toEqual(["nothing explains it"]);
-    expect(frames.counters.get("resets")).toBe(1);
-  });
-});
-
-describe("a resumed sled turned away", () => {
-  test("asks for admission again on its next READ, as an offered sled does", () => {
-    const admits: Mac[] = [];
-    const frames = new FrameDispatcher(SERVER, null, {
-      send: () => {},
-      hello: () => {},
-      finished: () => {},
-      admit: (sled) => admits.push(sled),
-      unknown: () => {},
-    });
-    frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
-    frames.resume(SLED, rawImageHandle(MIB));
-    frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
-    // The main thread starts a resumed sled's session itself: no admit asked for.
-    expect(admits).toEqual([]);
-    frames.refuse(SLED);
-    frames.dispatch(encodeFrame(SERVER, SLED, batchRead(0)));
-    expect(admits).toEqual([SLED]);
-  });
-});
-
-// --- On veth, with the sled emulator -----------------------------------------
 
 const raw = canUseRawNetwork();
 const describeNetwork = raw.ok ? describe : describe.skip;
@@ -238,29 +29,24 @@ const KINDS = ["plain", "zlib", "zstd"] as const;
 type Kind = (typeof KINDS)[number];
 let dir = "";
 
-beforeAll(() => {
+beforeAll(async () => {
   if (!raw.ok) return;
   dir = mkdtempSync(join(tmpdir(), "bootserver-restart-test-"));
-  KINDS.forEach((kind, index) => {
+  for (const [index, kind] of KINDS.entries()) {
     writePool(join(dir, `${kind}.raw`), 4 * MIB, 40 + index);
     const flags = { plain: [], zlib: ["-z"], zstd: ["--zstd", "--block-size", "1"] }[kind];
-    mkimage(dir, ["-i", `${kind}.raw`, "-o", `${kind}.img`, "-O", `${kind}.csum`, "-N", kind, "-s", "8", ...flags]);
+    await programOutput(
+      "mkimage",
+      ["-i", `${kind}.raw`, "-o", `${kind}.img`, "-O", `${kind}.csum`, "-N", kind, "-s", "8", ...flags],
+      { cwd: dir },
+    );
     rmSync(join(dir, `${kind}.raw`));
-  });
+  }
 });
 
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
-
-type LogRecord = { event: string; [field: string]: unknown };
-const records = (server: ServerProcess): LogRecord[] =>
-  server.lines.filter((line) => line.startsWith("{")).map((line) => JSON.parse(line));
-const eventsOf = (server: ServerProcess, event: string) => records(server).filter((record) => record.event === event);
-
-async function waitForEvents(server: ServerProcess, event: string, count: number, timeoutMs = 30_000) {
-  await server.waitForLines(new RegExp(`^\\{"event":"${event}"`), count, timeoutMs);
-}
 
 /** A group of emulated sleds booting one kind of image: `count` of them from `first` on (consecutive MACs). */
 interface SledGroup {
@@ -291,10 +77,9 @@ function pins(sleds: SledGroup[]): string[] {
 /** Start the emulator for each group on `link`; resolves with each group's JSON reports and exit status. */
 function bootSleds(link: string, sleds: SledGroup[], extra: string[] = []) {
   return sleds.map(({ kind, count, first }) => {
-    const child = Bun.spawn(
+    const sled = startProgram(
+      "sled",
       [
-        "bun",
-        join(ROOT, "apps/sled.ts"),
         link,
         "--timeout",
         "60",
@@ -307,18 +92,14 @@ function bootSleds(link: string, sleds: SledGroup[], extra: string[] = []) {
         String(count),
         ...extra,
       ],
-      { cwd: dir, stdout: "pipe", stderr: "pipe" },
+      { cwd: dir },
     );
     const result = (async () => {
-      const [stdout, stderr, exitCode] = await Promise.all([
-        new Response(child.stdout).text(),
-        new Response(child.stderr).text(),
-        child.exited,
-      ]);
+      const { stdout, stderr, exitCode } = await sled.result();
       const reports = sledReports(stdout) as { outcome: string; resets: number; mac: string; detail: string }[];
       return { kind, exitCode, stderr, reports };
     })();
-    return { child, result };
+    return { child: sled.process, result };
   });
 }
 
@@ -358,13 +139,13 @@ async function restartMidBoot(
   const first = server(args);
   let second: ServerProcess | undefined;
   try {
-    await waitForEvents(first, "listening", 1);
+    await first.waitForEvents("listening", 1);
     const booting = bootSleds(sledLink, sleds);
-    await waitForEvents(first, "session-start", total);
+    await first.waitForEvents("session-start", total);
     await Bun.sleep(400);
     first.process.kill(signal);
     const firstStatus = await first.exited();
-    expect(eventsOf(first, "finished")).toEqual([]);
+    expect(first.events("finished")).toEqual([]);
     between();
     second = server(again);
     return { first, firstStatus, second, booting, total };
@@ -385,11 +166,11 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       try {
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
-        const resumed = eventsOf(run.second, "resumed");
+        const resumed = run.second.events("resumed");
         expect(resumed.map((record) => record.image).sort()).toEqual(["plain.img", "zlib.img", "zstd.img"]);
         expect(resumed.every((record) => /^it was offered /.test(record.how as string))).toBe(true);
-        expect(eventsOf(run.second, "reset")).toEqual([]);
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 0, resumed: 3 });
+        expect(run.second.events("reset")).toEqual([]);
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 0, resumed: 3 });
         // Finished sleds leave the record.
         expect(JSON.parse(readFileSync(join(state, `offers-${a}.json`), "utf8")).sleds).toEqual([]);
       } finally {
@@ -417,8 +198,8 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       try {
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
-        expect(eventsOf(run.second, "resumed")).toHaveLength(8);
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 0, resumed: 8 });
+        expect(run.second.events("resumed")).toHaveLength(8);
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 0, resumed: 8 });
       } finally {
         run.second.kill();
       }
@@ -433,12 +214,12 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       const run = await restartMidBoot(a, b, sleds, args, "SIGTERM");
       try {
         expect(run.firstStatus).toBe(143);
-        expect(eventsOf(run.first, "stopped")).toEqual([
+        expect(run.first.events("stopped")).toEqual([
           expect.objectContaining({ signal: "SIGTERM", mid_boot: 8, record: join(state, `offers-${a}.json`) }),
         ]);
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 0, resumed: 8 });
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 0, resumed: 8 });
       } finally {
         run.second.kill();
       }
@@ -457,12 +238,12 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       try {
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
-        const resumed = eventsOf(run.second, "resumed");
+        const resumed = run.second.events("resumed");
         expect(resumed.map((record) => record.how)).toEqual([
           "no record of it, and its READ fits only zlib.img",
           "no record of it, and its READ fits only zlib.img",
         ]);
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 0 });
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 0 });
       } finally {
         run.second.kill();
       }
@@ -485,14 +266,14 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
         expect(zlib!.reports.map((report) => report.outcome)).toEqual(["reset", "reset"]);
         expect(zlib!.exitCode).not.toBe(0);
         expect(await run.second.exited()).toBe(0);
-        const resets = eventsOf(run.second, "reset");
+        const resets = run.second.events("reset");
         expect(resets.map((record) => record.sled).sort()).toEqual(["02:5e:18:02:00:00", "02:5e:18:02:00:01"]);
         for (const reset of resets) {
           expect(reset.reason).toBe(
             `it was offered ${join(dir, "zlib.img")} (sha256 ${toHex(readFileSync(join(dir, "zlib.csum")))}), which this server no longer serves`,
           );
         }
-        expect(eventsOf(run.second, "frames")[0]).toMatchObject({ resets: 2 });
+        expect(run.second.events("frames")[0]).toMatchObject({ resets: 2 });
       } finally {
         run.second.kill();
       }
@@ -540,19 +321,19 @@ describeNetwork("a quiet sled (veth, sled emulator)", () => {
         "any",
       ]);
       try {
-        await waitForEvents(running, "listening", 1);
+        await running.waitForEvents("listening", 1);
         const [sled] = bootSleds(b, sleds);
-        await waitForEvents(running, "session-start", 1);
+        await running.waitForEvents("session-start", 1);
         await Bun.sleep(400);
         sled!.child.kill("SIGSTOP");
         await running.waitFor(/has been quiet for 20 s, \d+ of 4194304 bytes of zstd\.img into its session/, 30_000);
         sled!.child.kill("SIGCONT");
         await expectBooted([sled!], sleds);
         expect(await running.exited()).toBe(0);
-        expect(eventsOf(running, "resumed")).toEqual([
+        expect(running.events("resumed")).toEqual([
           expect.objectContaining({ sled: "02:5e:18:01:00:00", image: "zstd.img", how: "it was offered zstd.img" }),
         ]);
-        expect(eventsOf(running, "frames")[0]).toMatchObject({ resets: 0, resumed: 1 });
+        expect(running.events("frames")[0]).toMatchObject({ resets: 0, resumed: 1 });
       } finally {
         running.kill();
       }
@@ -568,23 +349,20 @@ describeNetwork("a quiet sled (veth, sled emulator)", () => {
 async function withSharedSegment(fn: (links: { first: string; second: string; sleds: string }) => Promise<void>) {
   const bridge = `r18br${crypto.randomUUID().replaceAll("-", "").slice(0, 9)}`;
   const pairs: VethPair[] = [];
-  const ip = (...args: string[]) => {
-    const run = Bun.spawnSync(["ip", ...args], { stderr: "pipe" });
-    if (run.exitCode !== 0) throw new Error(`ip ${args.join(" ")}: ${run.stderr.toString().trim()}`);
-  };
+  const ip = (...args: string[]) => commandOutput(["ip", ...args]);
   try {
-    ip("link", "add", bridge, "type", "bridge", "ageing_time", "0", "stp_state", "0");
+    await ip("link", "add", bridge, "type", "bridge", "ageing_time", "0", "stp_state", "0");
     writeFileSync(`/proc/sys/net/ipv6/conf/${bridge}/disable_ipv6`, "1\n");
-    ip("link", "set", bridge, "up");
+    await ip("link", "set", bridge, "up");
     for (let i = 0; i < 3; i++) {
       const pair = await createVethPair("r18");
       pairs.push(pair);
-      ip("link", "set", pair.b, "master", bridge);
+      await ip("link", "set", pair.b, "master", bridge);
     }
     await fn({ first: pairs[0]!.a, second: pairs[1]!.a, sleds: pairs[2]!.a });
   } finally {
     for (const pair of pairs) await pair.remove();
-    Bun.spawnSync(["ip", "link", "del", bridge], { stdout: "ignore", stderr: "ignore" });
+    await runCommand(["ip", "link", "del", bridge]);
   }
 }
 
@@ -616,11 +394,11 @@ describeNetwork("two servers on one segment", () => {
       ]);
       let a = server(argsA);
       try {
-        await waitForEvents(a, "listening", 1);
-        await waitForEvents(b, "listening", 1);
+        await a.waitForEvents("listening", 1);
+        await b.waitForEvents("listening", 1);
         const booting = bootSleds(sledLink, sleds);
-        await waitForEvents(a, "session-start", 1);
-        await waitForEvents(b, "session-start", 1);
+        await a.waitForEvents("session-start", 1);
+        await b.waitForEvents("session-start", 1);
         await Bun.sleep(400);
         a.process.kill("SIGKILL");
         await a.exited();
@@ -629,13 +407,13 @@ describeNetwork("two servers on one segment", () => {
         expect(await a.exited()).toBe(0);
         expect(await b.exited()).toBe(0);
         for (const each of [a, b]) {
-          expect(eventsOf(each, "reset")).toEqual([]);
-          expect(eventsOf(each, "frames")[0]).toMatchObject({ resets: 0 });
-          expect(eventsOf(each, "frames")[0]!.notForUs).toBeGreaterThan(0);
+          expect(each.events("reset")).toEqual([]);
+          expect(each.events("frames")[0]).toMatchObject({ resets: 0 });
+          expect(each.events("frames")[0]!.notForUs).toBeGreaterThan(0);
         }
         // Each sled was served by one server only: b never offered or served the plain sled, a the zlib one.
-        expect(eventsOf(b, "session-start").map((record) => record.sled)).toEqual(["02:5e:18:02:00:00"]);
-        expect(eventsOf(a, "resumed").map((record) => record.sled)).toEqual(["02:5e:18:01:00:00"]);
+        expect(b.events("session-start").map((record) => record.sled)).toEqual(["02:5e:18:02:00:00"]);
+        expect(a.events("resumed").map((record) => record.sled)).toEqual(["02:5e:18:01:00:00"]);
       } finally {
         a.kill();
         b.kill();

@@ -13,7 +13,8 @@ import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
 import { type MetricsSnapshot, prometheusText } from "@ramdisk-tools/netboot/metrics.ts";
 import { SESSION_COUNTERS } from "@ramdisk-tools/netboot/session-counters.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { commandOutput, programOutput } from "../helpers/common.ts";
+import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 const MIB = 1024 * 1024;
 const POOL_SIZE = 4 * MIB;
@@ -159,11 +160,8 @@ describe("the formatter", () => {
 });
 
 /** The TCP sockets process `pid` listens on, as ADDR:PORT (from ss). */
-function listeningSockets(pid: number): string[] {
-  const ss = Bun.spawnSync(["ss", "-Hltnp"]);
-  expect(ss.exitCode).toBe(0);
-  return ss.stdout
-    .toString()
+async function listeningSockets(pid: number): Promise<string[]> {
+  return (await commandOutput(["ss", "-Hltnp"]))
     .split("\n")
     .filter((line) => line.includes(`pid=${pid},`))
     .map((line) => line.trim().split(/\s+/)[3]!);
@@ -178,9 +176,9 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
     dir = await mkdtemp(join(tmpdir(), "metrics-test-"));
     sha256 = writePool(join(dir, "a.raw"), POOL_SIZE, 5);
     writePool(join(dir, "b.raw"), MIB, 6);
-    mkimage(dir, ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "16", "-z"]);
-    mkimage(dir, ["-i", "b.raw", "-o", "b.img", "-N", "b", "-s", "16"]);
-  });
+    await programOutput("mkimage", ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "16", "-z"], { cwd: dir });
+    await programOutput("mkimage", ["-i", "b.raw", "-o", "b.img", "-N", "b", "-s", "16"], { cwd: dir });
+  }, 60_000);
 
   afterAll(async () => {
     await rm(dir, { recursive: true, force: true });
@@ -196,7 +194,7 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
           const line = await server.waitFor(/metrics on http:/);
           const base = /metrics on (http:\/\/127\.0\.0\.1:(\d+)\/)metrics and \1status$/.exec(line)?.[1];
           expect(base, line).toBeDefined();
-          expect(listeningSockets(server.process.pid)).toEqual([`127.0.0.1:${new URL(base!).port}`]);
+          expect(await listeningSockets(server.process.pid)).toEqual([`127.0.0.1:${new URL(base!).port}`]);
           const scrape = async () => {
             const metrics = await fetch(`${base}metrics`);
             expect(metrics.status).toBe(200);
@@ -317,7 +315,7 @@ describe.skipIf(!raw.ok)(`bootserver --metrics over a veth pair${raw.ok ? "" : `
         const quiet = new ServerProcess([a, "a.img", "any"], dir);
         try {
           await quiet.waitFor(/^serving on /);
-          expect(listeningSockets(quiet.process.pid)).toEqual([]);
+          expect(await listeningSockets(quiet.process.pid)).toEqual([]);
         } finally {
           quiet.kill();
         }

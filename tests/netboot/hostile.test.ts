@@ -17,8 +17,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { programEnv, python, ROOT } from "./helpers/common.ts";
-import { mkimage, runSleds } from "./helpers/netboot.ts";
+import { programOutput, python } from "../helpers/common.ts";
+import { macText } from "../helpers/frames.ts";
+import { linkMac, runSleds, ServerProcess } from "../helpers/netboot.ts";
 
 const MIB = 1024 * 1024;
 const IMAGE_SIZE = 4 * MIB;
@@ -39,16 +40,22 @@ let bigPool: Uint8Array;
 const WRITE_POOL =
   "import random, sys\nopen(sys.argv[1], 'wb').write(random.Random(int(sys.argv[3])).randbytes(int(sys.argv[2])))";
 
-beforeAll(() => {
+beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "bootserver-hostile-"));
   python(WRITE_POOL, join(dir, "pool.raw"), String(IMAGE_SIZE), "11");
   python(WRITE_POOL, join(dir, "big.raw"), String(16 * MIB), "12");
   python(WRITE_POOL, join(dir, "small.raw"), String(MIB), "13");
   pool = new Uint8Array(readFileSync(join(dir, "pool.raw")));
   bigPool = new Uint8Array(readFileSync(join(dir, "big.raw")));
-  mkimage(dir, ["-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "hostile", "-s", "8"]);
-  mkimage(dir, ["-i", "small.raw", "-o", "small.img", "-O", "small.csum", "-N", "small", "-s", "8"]);
-  mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-O", "big.csum", "-N", "big", "-s", "64"]);
+  await programOutput("mkimage", ["-i", "pool.raw", "-o", "pool.img", "-O", "pool.csum", "-N", "hostile", "-s", "8"], {
+    cwd: dir,
+  });
+  await programOutput("mkimage", ["-i", "small.raw", "-o", "small.img", "-O", "small.csum", "-N", "small", "-s", "8"], {
+    cwd: dir,
+  });
+  await programOutput("mkimage", ["-i", "big.raw", "-o", "big.img", "-O", "big.csum", "-N", "big", "-s", "64"], {
+    cwd: dir,
+  });
 }, 60_000);
 
 afterAll(() => {
@@ -59,10 +66,6 @@ afterAll(() => {
 
 function macBytes(text: string): Uint8Array {
   return Uint8Array.from(text.split(":").map((part) => parseInt(part, 16)));
-}
-
-function macText(bytes: Uint8Array): string {
-  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join(":");
 }
 
 /** Ethernet header, ethertype 0x1DE0, magic, type, len, then `body`; padded to 60 bytes. */
@@ -259,42 +262,12 @@ function checkRecordedData(
 // --- Processes -----------------------------------------------------------------
 
 function spawnServer(args: string[]) {
-  const child = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), "--json-log", ...args], {
-    cwd: dir,
-    env: programEnv(dir),
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const lines: string[] = [];
-  const reading = (async () => {
-    let pending = "";
-    for await (const chunk of child.stdout) {
-      pending += new TextDecoder().decode(chunk);
-      const complete = pending.split("\n");
-      pending = complete.pop()!;
-      lines.push(...complete);
-    }
-  })();
-  const stderr = new Response(child.stderr).text();
-  const events = () => lines.map((line) => JSON.parse(line) as { event: string; [field: string]: unknown });
-  async function waitFor(event: string, count = 1, timeoutMs = 30_000) {
-    const deadline = Date.now() + timeoutMs;
-    while (events().filter((record) => record.event === event).length < count) {
-      if (Date.now() > deadline || child.exitCode !== null)
-        throw new Error(`no ${count} "${event}" from the server:\n${lines.join("\n")}\n${await stderr}`);
-      await Bun.sleep(20);
-    }
-  }
-  return { child, lines, events, waitFor, stderr, reading };
+  return new ServerProcess(["--json-log", ...args], dir);
 }
 
 function vmRssKiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)![1]);
-}
-
-function linkMac(link: string): Uint8Array {
-  return macBytes(readFileSync(`/sys/class/net/${link}/address`, "utf8").trim());
 }
 
 /** Inject `total` frames from `make` in batches, yielding between them so the children get the cores too. */
@@ -331,7 +304,7 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
       const proc = spawnServer(["--pcap", capturePath, ...allow, a, "pool.img", "any"]);
       const injector = PcapLink.open(b, { timeoutMs: 20 });
       try {
-        await proc.waitFor("listening");
+        await proc.waitForEvents("listening");
         // The attacker takes an offer, so its READs reach a session thread and are answered.
         const hello = frame(
           Uint8Array.from([255, 255, 255, 255, 255, 255]),
@@ -340,7 +313,7 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
           new TextEncoder().encode("attacker"),
         );
         injector.inject(hello);
-        await proc.waitFor("offer");
+        await proc.waitForEvents("offer");
         const hostile = hostileFrames(1, server, attacker, sledMacs);
 
         let sledsDone = false;
@@ -366,22 +339,21 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
         expect(result.stderr).toBe("");
         expect(result.reports.map((report) => report.outcome)).toEqual(Array(SLEDS).fill("booted"));
         expect(result.exitCode).toBe(0);
-        expect(proc.child.exitCode).toBeNull(); // still serving
+        expect(proc.process.exitCode).toBeNull(); // still serving
 
         // Storms with the sleds gone: memory must not grow with the frames. The first may admit the attacker's
         // READs to a session (a thread of its own, and a new spare): measured across the one after it.
         await storm(injector, HOSTILE_FRAMES, hostile.next);
         await Bun.sleep(1000);
-        const rssBefore = vmRssKiB(proc.child.pid);
+        const rssBefore = vmRssKiB(proc.process.pid);
         const { sent: again } = await storm(injector, HOSTILE_FRAMES, hostile.next);
         await Bun.sleep(1000);
-        const rssAfter = vmRssKiB(proc.child.pid);
-        expect(proc.child.exitCode).toBeNull();
+        const rssAfter = vmRssKiB(proc.process.pid);
+        expect(proc.process.exitCode).toBeNull();
 
-        proc.child.kill("SIGTERM");
-        expect(await proc.child.exited).toBe(143);
-        await proc.reading;
-        expect(await proc.stderr).toBe("");
+        proc.process.kill("SIGTERM");
+        expect(await proc.exited()).toBe(143);
+        expect(await proc.stderr()).toBe("");
         const frames = proc.events().find((record) => record.event === "frames")!;
         const finished = proc.events().filter((record) => record.event === "finished");
         expect(finished.length).toBe(SLEDS);
@@ -403,7 +375,7 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
         );
       } finally {
         injector.close();
-        if (proc.child.exitCode === null) proc.child.kill("SIGKILL");
+        proc.kill();
       }
     }, "rhd");
   }, 120_000);
@@ -413,7 +385,7 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
       // 1 MiB: a lost DATA costs its batch the sled's 1 s re-ask timer, and nearly every batch loses one.
       const proc = spawnServer(["--boots", String(SLEDS), a, "small.img", "any"]);
       try {
-        await proc.waitFor("listening");
+        await proc.waitForEvents("listening");
         const flags = ["--drop-rate", "0.01", "--duplicate-rate", "0.01", "--reorder-rate", "0.01", "--seed", "3"];
         const result = await runSleds(dir, b, [
           "--json",
@@ -425,7 +397,7 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
         ]);
         expect(result.reports.map((report) => report.outcome)).toEqual(Array(SLEDS).fill("booted"));
         expect(result.exitCode).toBe(0);
-        expect(await proc.child.exited).toBe(0);
+        expect(await proc.exited()).toBe(0);
         const faults = result.reports.reduce(
           (sum, report) => ({
             dropped: sum.dropped + report.faults.dropped,
@@ -440,7 +412,7 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
         expect(faults.reordered).toBeGreaterThan(0);
         console.log(`faults over ${SLEDS} sleds: ${JSON.stringify(faults)}`);
       } finally {
-        if (proc.child.exitCode === null) proc.child.kill("SIGKILL");
+        proc.kill();
       }
     }, "rhd");
   }, 120_000);
@@ -448,31 +420,31 @@ describe.skipIf(!raw.ok)(`bootserver under fire${raw.ok ? "" : ` (skipped: ${raw
   test("a server restarted mid-transfer serves the sled on where it was, without a RESET or a new offer", async () => {
     await withVethPair(async ({ a, b }) => {
       const first = spawnServer([a, "big.img", "any"]);
-      let second: ReturnType<typeof spawnServer> | undefined;
+      let second: ServerProcess | undefined;
       try {
-        await first.waitFor("listening");
+        await first.waitForEvents("listening");
         // Every DATA held 20 ms: at most 128 KiB per 20 ms, so 16 MiB takes at least 2.6 s however fast the machine.
         const slow = ["--delay-rate", "1", "--delay-ms", "20"];
         const sled = runSleds(dir, b, ["--json", "--checksum-file", "big.csum", "--restart-on-reset", ...slow]);
-        await first.waitFor("offer");
+        await first.waitForEvents("offer");
         await Bun.sleep(300); // well inside the transfer
-        first.child.kill("SIGKILL");
-        await first.child.exited;
+        first.process.kill("SIGKILL");
+        await first.exited();
         expect(first.events().map((record) => record.event)).not.toContain("finished");
         second = spawnServer(["--boots", "1", a, "big.img", "any"]);
-        await second.waitFor("resumed", 1, 30_000);
+        await second.waitForEvents("resumed", 1, 30_000);
         const result = await sled;
         expect(result.reports.map((report) => report.outcome)).toEqual(["booted"]);
         expect(result.reports[0].resets).toBe(0);
         expect(result.exitCode).toBe(0);
-        expect(await second.child.exited).toBe(0);
+        expect(await second.exited()).toBe(0);
         const events = second.events().map((record) => record.event);
         expect(events).not.toContain("reset");
         expect(events).not.toContain("offer");
         console.log(`restart: first server killed mid-transfer of ${bigPool.length} bytes; the sled booted, no RESET`);
       } finally {
-        if (first.child.exitCode === null) first.child.kill("SIGKILL");
-        if (second && second.child.exitCode === null) second.child.kill("SIGKILL");
+        first.kill();
+        second?.kill();
       }
     }, "rhd");
   }, 120_000);

@@ -11,7 +11,7 @@ import { copyFile, mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getoptsArguments, type OptionSpec } from "@ramdisk-tools/cli/getopts.ts";
-import { caseDirs, type ProgramRun, runProgram, VECTORS } from "./helpers/common.ts";
+import { caseDirs, type ProgramRun, runProgram, VECTORS } from "../helpers/common.ts";
 
 // Each case starts bun, on two cores shared with other work: room, but no assertion on time.
 setDefaultTimeout(60_000);

@@ -14,9 +14,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BROADCAST_MAC, datasetField, encodeFrame, type Message, READ_SLOTS } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapFileError, PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
-import { commandOutput, python, runCommand } from "./helpers/common.ts";
+import { commandOutput, python, runCommand } from "../helpers/common.ts";
 
-const DISSECTOR = join(import.meta.dir, "..", "wireshark", "oxide-netboot.lua");
+const DISSECTOR = join(import.meta.dir, "..", "..", "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");
 const CAPINFOS = Bun.which("capinfos");
 const PYTHON = Bun.which("python3");

@@ -32,8 +32,8 @@ import { imageSource } from "@ramdisk-tools/netboot/image-source.ts";
 import { RawImageFill, rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import { SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
-import { runProgram } from "./helpers/common.ts";
-import { mkimage, runSleds, ServerProcess, writePool } from "./helpers/netboot.ts";
+import { programOutput, runProgram } from "../helpers/common.ts";
+import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(120_000);
 
@@ -47,13 +47,13 @@ let dir = "";
 let sha256A = "";
 let sha256B = "";
 
-beforeAll(() => {
+beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "bootserver-files-test-"));
   sha256A = writePool(join(dir, "a.raw"), POOL_SIZE, 21);
   sha256B = writePool(join(dir, "b.raw"), POOL_SIZE, 22);
-  mkimage(dir, ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "32"]);
-  mkimage(dir, ["-i", "b.raw", "-o", "b.img", "-N", "b", "-s", "32"]);
-  mkimage(dir, ["-i", "a.raw", "-o", "a-z.img", "-N", "a", "-s", "32", "-z"]);
+  await programOutput("mkimage", ["-i", "a.raw", "-o", "a.img", "-N", "a", "-s", "32"], { cwd: dir });
+  await programOutput("mkimage", ["-i", "b.raw", "-o", "b.img", "-N", "b", "-s", "32"], { cwd: dir });
+  await programOutput("mkimage", ["-i", "a.raw", "-o", "a-z.img", "-N", "a", "-s", "32", "-z"], { cwd: dir });
 });
 
 afterAll(() => {
@@ -233,8 +233,8 @@ network("bootserver with image files that change under it", () => {
     const scratch = join(dir, "tmp");
     mkdirSync(scratch, { recursive: true });
     const sha256 = writePool(join(dir, "big.raw"), BIG_POOL_SIZE, 23);
-    mkimage(dir, ["-i", "big.raw", "-o", "big.img", "-N", "big", "-s", "512"]);
-    mkimage(dir, ["-i", "big.raw", "-o", "big-z.img", "-N", "big", "-s", "512", "-z"]);
+    await programOutput("mkimage", ["-i", "big.raw", "-o", "big.img", "-N", "big", "-s", "512"], { cwd: dir });
+    await programOutput("mkimage", ["-i", "big.raw", "-o", "big-z.img", "-N", "big", "-s", "512", "-z"], { cwd: dir });
     rmSync(join(dir, "big.raw"));
     await withVethPair(async ({ a, b }) => {
       const server = new ServerProcess(
