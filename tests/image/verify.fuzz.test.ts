@@ -92,7 +92,7 @@ async function inflateOnThisThread(stream: Uint8Array, imageSize: number, pieceS
  * that (for an error, give or take the output of the last input byte, which
  * python discards with the exception) and the output's SHA-256.
  */
-const PYTHON_INFLATE = String.raw`
+const PYTHON_INFLATE = `
 import hashlib, json, sys, zlib
 out = []
 for case in json.load(open(sys.argv[1])):

@@ -127,7 +127,6 @@ async function expectBooted(booting: ReturnType<typeof bootSleds>, sleds: SledGr
  * with `again` within a second, and return both servers and the sleds.
  */
 async function restartMidBoot(
-  link: string,
   sledLink: string,
   sleds: SledGroup[],
   args: string[],
@@ -162,7 +161,7 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       const sleds = groups({ plain: 1, zlib: 1, zstd: 1 });
       const state = join(dir, "state-kill-1");
       const args = ["--state-dir", state, "--rate", "16m", "--boots", "3", ...pins(sleds), a, "plain.img", "any"];
-      const run = await restartMidBoot(a, b, sleds, args, "SIGKILL");
+      const run = await restartMidBoot(b, sleds, args, "SIGKILL");
       try {
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
@@ -194,7 +193,7 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
         "plain.img",
         "any",
       ];
-      const run = await restartMidBoot(a, b, sleds, args, "SIGKILL");
+      const run = await restartMidBoot(b, sleds, args, "SIGKILL");
       try {
         await expectBooted(run.booting, sleds);
         expect(await run.second.exited()).toBe(0);
@@ -211,7 +210,7 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       const sleds = groups({ plain: 3, zlib: 3, zstd: 2 });
       const state = join(dir, "state-term");
       const args = ["--state-dir", state, "--rate", "16m", "--boots", "8", ...pins(sleds), a, "plain.img", "any"];
-      const run = await restartMidBoot(a, b, sleds, args, "SIGTERM");
+      const run = await restartMidBoot(b, sleds, args, "SIGTERM");
       try {
         expect(run.firstStatus).toBe(143);
         expect(run.first.events("stopped")).toEqual([
@@ -231,7 +230,7 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       const sleds = groups({ zlib: 2 });
       const state = join(dir, "state-removed");
       const args = ["--state-dir", state, "--rate", "16m", "--boots", "2", a, "zlib.img", "any"];
-      const run = await restartMidBoot(a, b, sleds, args, "SIGKILL", () => {
+      const run = await restartMidBoot(b, sleds, args, "SIGKILL", () => {
         expect(existsSync(join(state, `offers-${a}.json`))).toBe(true);
         rmSync(state, { recursive: true });
       });
@@ -256,7 +255,7 @@ describeNetwork("restarting the bootserver mid-boot (veth, sled emulator)", () =
       const state = join(dir, "state-changed");
       const before = ["--state-dir", state, "--rate", "16m", ...pins(sleds), a, "plain.img", "zlib.img", "any"];
       const after = ["--state-dir", state, "--rate", "16m", "--boots", "2", a, "plain.img", "zstd.img", "any"];
-      const run = await restartMidBoot(a, b, sleds, before, "SIGKILL", () => {}, after);
+      const run = await restartMidBoot(b, sleds, before, "SIGKILL", () => {}, after);
       try {
         const [plain, zlib] = await Promise.all(run.booting.map(({ result }) => result));
         expect(plain!.reports.map((report) => [report.outcome, report.resets])).toEqual([
