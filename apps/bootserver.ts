@@ -8,10 +8,10 @@
  * extended to several images, pinned images, allow lists and a boot count.
  */
 
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { runMain, usageConventions, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
 import { parseListenAddress } from "@ramdisk-tools/cli/listen-address.ts";
 import { EXIT_OK, EXIT_USAGE, oneLine, UserError } from "@ramdisk-tools/errors/errors.ts";
-import { MIB } from "@ramdisk-tools/image/format.ts";
 import { DEFAULT_CACHE_BYTES, MAX_CACHE_BYTES } from "@ramdisk-tools/netboot/block-cache.ts";
 import { BootProgressDisplay, JsonLogDisplay } from "@ramdisk-tools/netboot/boot-progress.ts";
 import type { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";

@@ -8,9 +8,10 @@
  * boots only through its bootserver.
  */
 
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { parseLikeGetopts, runMain, wholeNumber } from "@ramdisk-tools/cli/conventions.ts";
 import { EXIT_USAGE, UserError } from "@ramdisk-tools/errors/errors.ts";
-import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE, MIB } from "@ramdisk-tools/image/format.ts";
+import { DEFAULT_DATASET, DEFAULT_TARGET_SIZE } from "@ramdisk-tools/image/format.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { type Compression, DEFAULT_JOBS, MAX_JOBS } from "@ramdisk-tools/image/payload-encoders.ts";
 import type { ZlibLevel } from "@ramdisk-tools/image/zlib-stream.ts";

@@ -43,7 +43,7 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
-import { MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { formatBytes } from "@ramdisk-tools/progress/progress.ts";

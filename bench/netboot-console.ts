@@ -16,7 +16,7 @@
  * and the RESETs the sleds received; the goals of issue 16 follow.
  */
 import { join } from "node:path";
-import { MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import type { VethPair } from "@ramdisk-tools/lab/veth.ts";
 import { goal } from "./measure.ts";
 import { type Condition, conditionName, HEADER, printPair, type Run, run, writeImage } from "./netboot-run.ts";

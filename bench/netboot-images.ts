@@ -29,7 +29,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, type VethPair, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {

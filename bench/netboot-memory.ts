@@ -15,7 +15,7 @@
 import { truncateSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { VethPair } from "@ramdisk-tools/lab/veth.ts";
 import { CHUNK_SIZE } from "@ramdisk-tools/protocol/frames.ts";

@@ -4,7 +4,8 @@
  * bench/netboot-console.ts measure each row with, and how a row is printed.
  */
 import { join } from "node:path";
-import { DEFAULT_DATASET, encodeHeader, MIB, toHex, VERSION } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
+import { DEFAULT_DATASET, encodeHeader, toHex, VERSION } from "@ramdisk-tools/image/format.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import {
   BROADCAST_MAC,

@@ -34,7 +34,7 @@ import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
 import * as wasm from "@bokuweb/zstd-wasm";
-import { MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { compressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
 import { frameCapacity } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";

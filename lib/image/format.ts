@@ -18,9 +18,6 @@ import { MIB } from "@ramdisk-tools/bytes/units.ts";
 // frame, so the digest has one size, defined with the frames on the floor below.
 import { SHA256_SIZE } from "@ramdisk-tools/protocol/frames.ts";
 
-/** Image sizes are given in MiB (`mkimage -s`); importers of the format take the unit from here. */
-export { MIB };
-
 export const MAGIC = 0x1deb0075;
 export const VERSION = 2;
 export const HEADER_SIZE = 4096;

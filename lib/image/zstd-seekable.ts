@@ -33,7 +33,8 @@
  * reading the table from an image file is lib/image/zstd-image.ts's.
  */
 
-import { ImageFormatError, MIB } from "./format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
+import { ImageFormatError } from "./format.ts";
 
 /** The first four bytes of every zstd frame (little-endian u32). */
 export const ZSTD_FRAME_MAGIC = 0xfd2fb528;

@@ -46,7 +46,8 @@
  * ImageFormatError naming it.
  */
 
-import { ImageFormatError, MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
+import { ImageFormatError } from "@ramdisk-tools/image/format.ts";
 import { decompressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
 import {
   type Block,

@@ -34,7 +34,7 @@ import { afterAll, beforeAll, expect, setDefaultTimeout } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { Xorshift32 } from "@ramdisk-tools/random/xorshift32.ts";
 import { python } from "./common.ts";
 

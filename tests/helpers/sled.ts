@@ -4,6 +4,7 @@
  * client under test, fed frames built here on a clock the test moves.
  */
 
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import {
   datasetField,
   decodeFrame,
@@ -20,7 +21,6 @@ import { pythonWithInput } from "./common.ts";
 /** The sled under test, and the server its frames come from. */
 export const SLED = parseMac("02:5e:00:00:00:a0")!;
 export const SERVER = parseMac("02:5e:00:00:00:01")!;
-const MIB = 1024 * 1024;
 
 /**
  * SHA-256 of `bytes` by python3's hashlib.

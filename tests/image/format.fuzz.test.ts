@@ -8,6 +8,7 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import {
   decodeHeader,
   decodeHeaderFields,
@@ -19,7 +20,6 @@ import {
   ImageFormatError,
   kernelRefusals,
   MAGIC,
-  MIB,
   nameDamage,
   netbootRefusals,
   VERSION,

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import {
   DEFAULT_DATASET,
   decodeHeader,
@@ -19,7 +20,6 @@ import {
   type Header,
   ImageFormatError,
   kernelRefusals,
-  MIB,
   NAME_MAX_BYTES,
   nameDamage,
   netbootRefusals,

@@ -9,7 +9,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { appendFile, chmod, copyFile, link, mkdir, readdir, symlink, truncate } from "node:fs/promises";
 import { join } from "node:path";
-import { MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { expectRefusal, type ProgramRun, runProgram, startProgram, VECTORS } from "../helpers/common.ts";
 import { listing, mkimage, mkimageScratch, nobodyReachesMkimage, SLOW, sameBytes } from "../helpers/mkimage.ts";

@@ -8,7 +8,7 @@
 
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { ZLIB_BLOCK_SIZE } from "@ramdisk-tools/image/payload-encoders.ts";
 import { FLUSH_INTERVAL, type ZlibLevel } from "@ramdisk-tools/image/zlib-stream.ts";

@@ -12,8 +12,9 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { resolveTarget } from "@ramdisk-tools/files/pending-file.ts";
-import { encodeHeader, FLAG_ZSTD, type Header, MIB, toHex, ZSTD_VERSION } from "@ramdisk-tools/image/format.ts";
+import { encodeHeader, FLAG_ZSTD, type Header, toHex, ZSTD_VERSION } from "@ramdisk-tools/image/format.ts";
 import { extractPayload, verifyPayload } from "@ramdisk-tools/image/verify.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import { runCommand, sha256sum } from "../helpers/common.ts";

@@ -9,12 +9,12 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { deflateRawSync, deflateSync, constants as zlibConstants } from "node:zlib";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import {
   FLAG_COMPRESSED,
   FLAG_ZSTD,
   HEADER_SIZE,
   type Header,
-  MIB,
   VERSION,
   ZSTD_VERSION,
 } from "@ramdisk-tools/image/format.ts";

@@ -9,7 +9,8 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { HEADER_SIZE, ImageFormatError, MIB } from "@ramdisk-tools/image/format.ts";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
+import { HEADER_SIZE, ImageFormatError } from "@ramdisk-tools/image/format.ts";
 import { compressBlock, decompressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
 import { readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
 import {

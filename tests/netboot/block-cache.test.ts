@@ -10,10 +10,12 @@
  * `bun apps/bootserver.ts` serves `bun apps/sled.ts` over a veth pair
  * created for the test.
  */
+
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { decodeSeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { type ZstdImageMemory, ZstdImageReader, zstdImageMemory } from "@ramdisk-tools/netboot/block-cache.ts";
@@ -23,7 +25,6 @@ import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(120_000);
 
-const MIB = 1024 * 1024;
 /** Five whole 1 MiB blocks and a short last one of 256 KiB: still whole 128 KiB batches. */
 const POOL_SIZE = 5 * MIB + 256 * 1024;
 const HEADER_SIZE = 4096;

@@ -3,13 +3,14 @@
  * network: what the dispatcher answers, hands to a session or drops, read
  * back by a decoder written from the document (tests/helpers/frames.ts).
  */
+
 import { describe, expect, test } from "bun:test";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "@ramdisk-tools/netboot/dispatch.ts";
 import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import { encodeFrame, type Mac, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
 import { BROADCAST, macText, OTHER, type Parsed, parse, readFrame, SERVER, SLED, TYPE } from "../helpers/frames.ts";
 
-const MIB = 1024 * 1024;
 const POOL_SIZE = 2 * MIB;
 
 describe("FrameDispatcher", () => {

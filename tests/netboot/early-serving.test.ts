@@ -13,10 +13,12 @@
  * takes a good part of a second, so the order of events says whether the
  * first DATA came before the inflate finished.
  */
+
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
   BROADCAST_MAC,
@@ -32,7 +34,6 @@ import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 
-const MIB = 1024 * 1024;
 const POOL_SIZE = 128 * MIB;
 const SLED = parseMac("02:5e:b5:00:0e:01")!;
 

@@ -7,7 +7,9 @@
  * come one round trip after the answer, later by the console lines the sled
  * printed, or not at all when a frame was lost.
  */
+
 import { describe, expect, test } from "bun:test";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { ImageFormatError } from "@ramdisk-tools/image/format.ts";
 import { ConsoleCost, JITTER_FLOOR_MS, MAX_PROBE_SIZE } from "@ramdisk-tools/netboot/console-cost.ts";
 import { COPY_CHOICES, copiesPay, copyOrder } from "@ramdisk-tools/netboot/copy-policy.ts";
@@ -16,7 +18,6 @@ import { RESEND_CAP_MS, RESEND_FLOOR_MS, ResendTimeout } from "@ramdisk-tools/ne
 import { type ResendClock, SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { CHUNK_SIZE, parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
 
-const MIB = 1024 * 1024;
 const SERVER = parseMac("02:5e:b5:00:00:01")!;
 const SLED = parseMac("02:5e:b5:00:00:a0")!;
 const BATCH = READ_SLOTS * CHUNK_SIZE;

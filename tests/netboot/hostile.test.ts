@@ -11,17 +11,18 @@
  * Then: 8 sleds with 1% loss, duplication and reordering of DATA; and a
  * server restarted mid-transfer, whose successor serves the sled on.
  */
+
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { programOutput, python } from "../helpers/common.ts";
 import { macText } from "../helpers/frames.ts";
 import { linkMac, runSleds, ServerProcess } from "../helpers/netboot.ts";
 
-const MIB = 1024 * 1024;
 const IMAGE_SIZE = 4 * MIB;
 const HOSTILE_FRAMES = 100_000;
 /** Growth of the server's VmRSS allowed over a second storm of HOSTILE_FRAMES frames. */

@@ -11,6 +11,7 @@
  * far below the image it serves, and a zlib image's inflated copy lives in
  * $TMPDIR only while the server runs, with no name.
  */
+
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   closeSync,
@@ -27,6 +28,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { imageSource } from "@ramdisk-tools/netboot/image-source.ts";
 import { RawImageFill, rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
@@ -37,7 +39,6 @@ import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(120_000);
 
-const MIB = 1024 * 1024;
 const POOL_SIZE = 16 * MIB;
 const BIG_POOL_SIZE = 256 * MIB;
 /** 128 batches of 20 ms: the sled is about 2.6 s into its boot. */

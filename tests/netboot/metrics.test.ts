@@ -4,10 +4,12 @@
  * end against what the sleds themselves counted; and the formatter's rules
  * (one HELP and TYPE per family, escaped label values) on a snapshot.
  */
+
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { parseListenAddress } from "@ramdisk-tools/cli/listen-address.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
@@ -16,7 +18,6 @@ import { SESSION_COUNTERS } from "@ramdisk-tools/netboot/session-counters.ts";
 import { commandOutput, programOutput } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
-const MIB = 1024 * 1024;
 const POOL_SIZE = 4 * MIB;
 const SLEDS = 3;
 // Booting on a shared 2-core machine, with lost frames that cost a second each: room, no assertion on time.

@@ -13,10 +13,12 @@
  * Assertions are on counts (frames sent, re-sent, re-asked) and on upper
  * bounds of rates, which a loaded machine can only make easier to meet.
  */
+
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { AdmissionLimits, TokenBucket } from "@ramdisk-tools/netboot/admission.ts";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "@ramdisk-tools/netboot/dispatch.ts";
@@ -42,7 +44,6 @@ import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 
-const MIB = 1024 * 1024;
 const SERVER = parseMac("02:5e:b5:00:00:01")!;
 const SLED = parseMac("02:5e:b5:00:00:a0")!;
 const hello = (source: Mac) => encodeFrame(BROADCAST_MAC, source, { type: "hello", text: new Uint8Array([104, 105]) });

@@ -7,9 +7,11 @@
  * malformed frames while an emulated sled boots, an image rebuilt under the
  * server, and a sled pinned to an image.
  */
+
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { encodeFrame, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 import { BROADCAST, dataOf, hex, macText, OTHER, readFrame, SLED, TYPE } from "../helpers/frames.ts";
@@ -25,7 +27,6 @@ import {
 
 setDefaultTimeout(90_000);
 
-const MIB = 1024 * 1024;
 const TWO_64 = 2n ** 64n;
 
 const images = servedImages();

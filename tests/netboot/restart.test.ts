@@ -8,18 +8,18 @@
  * lasts long enough for the kill to land in the middle of it. The record of
  * offers and the resume decision alone are in resume.test.ts.
  */
+
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { toHex } from "@ramdisk-tools/image/format.ts";
 import { canUseRawNetwork, createVethPair, type VethPair, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { commandOutput, programOutput, runCommand, startProgram } from "../helpers/common.ts";
 import { ServerProcess, sledReports, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
-
-const MIB = 1024 * 1024;
 
 const raw = canUseRawNetwork();
 const describeNetwork = raw.ok ? describe : describe.skip;

@@ -6,10 +6,12 @@
  * and the dispatcher's part in both. The real server restarted mid-boot is in
  * restart.test.ts.
  */
+
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { dispatchCounters, FrameDispatcher } from "@ramdisk-tools/netboot/dispatch.ts";
 import { MAX_RECORDED_SLEDS, OfferRecord, stateDirectory } from "@ramdisk-tools/netboot/offer-record.ts";
 import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
@@ -25,7 +27,6 @@ import {
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
 
-const MIB = 1024 * 1024;
 const SERVER = parseMac("02:5e:18:00:00:01")!;
 const SLED = parseMac("02:5e:18:00:00:a0")!;
 

@@ -4,7 +4,9 @@
  * digests come from python3's hashlib. The `sled` program over a veth pair is
  * in program.test.ts.
  */
+
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import {
   encodeFrame,
   formatMac,
@@ -18,7 +20,6 @@ import { hex } from "../helpers/frames.ts";
 import { answer, data, imageOf, offer, pythonSha256, SERVER, SLED, serve, testSled } from "../helpers/sled.ts";
 
 const OTHER_SERVER = parseMac("02:5e:00:00:00:02")!;
-const MIB = 1024 * 1024;
 const BATCH = 128 * 1024;
 
 // Digests come from a python3 process per test; on a busy machine that alone can pass bun's default 5 s.

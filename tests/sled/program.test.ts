@@ -3,17 +3,17 @@
  * the test, against a minimal boot server the test plays itself: what it
  * prints, sends and exits with. Expected digests come from python3's hashlib.
  */
+
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { canUseRawNetwork, createVethPair, type VethPair } from "@ramdisk-tools/lab/veth.ts";
 import { datasetField, decodeFrame, encodeFrame, formatMac, requestedOffsets } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { startProgram } from "../helpers/common.ts";
 import { imageOf, pythonSha256 } from "../helpers/sled.ts";
-
-const MIB = 1024 * 1024;
 
 // Digests come from a python3 process per test; on a busy machine that alone can pass bun's default 5 s.
 setDefaultTimeout(30_000);
