@@ -3,11 +3,11 @@
  * sleds at once (docs/netboot.md).
  *
  * Three kinds of thread share the work. The dispatcher thread
- * (workers/dispatcher.ts, lib/netboot/dispatch.ts) captures every netboot frame on
+ * (lib/netboot/dispatcher-thread.ts, dispatch.ts) captures every netboot frame on
  * the link and routes it. The main thread (this module) decides: which image
  * to offer a sled that says HELLO, when a session starts and ends, when the
  * server is done. Each sled being served has a session thread
- * (workers/session.ts, lib/netboot/session.ts) that answers its READs with DATA
+ * (lib/netboot/session-thread.ts, session.ts) that answers its READs with DATA
  * frames from the image in shared memory. A READ therefore travels from the
  * dispatcher to its session thread on a channel of its own, without the main
  * thread, and sleds are served in parallel on as many cores as there are.
@@ -56,13 +56,8 @@ import {
 } from "@ramdisk-tools/protocol/frames.ts";
 import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { COPY_CHOICES, type CopyChoice } from "./copy-policy.ts";
-import {
-  type DISPATCH_COUNTERS,
-  type DispatchCounters,
-  type DispatcherCommand,
-  type DispatcherReport,
-  dispatchCounters,
-} from "./dispatch.ts";
+import { type DISPATCH_COUNTERS, type DispatchCounters, dispatchCounters } from "./dispatch.ts";
+import type { DispatcherCommand, DispatcherReport } from "./dispatcher-thread.ts";
 import { OfferRecord } from "./offer-record.ts";
 import { LinkClock } from "./pacing.ts";
 import { resumeDecision } from "./resume.ts";
@@ -444,7 +439,7 @@ export class BootServer {
   }
 
   async #startDispatcher(): Promise<void> {
-    const worker = new Worker(workerUrl("dispatcher").href);
+    const worker = new Worker(workerUrl("dispatcher-thread").href);
     this.#dispatcher = worker;
     let stopped!: () => void;
     this.#dispatcherStopped = new Promise((resolve) => (stopped = resolve));
@@ -681,7 +676,7 @@ export class BootServer {
   }
 
   #spawnSessionWorker(): SessionWorker {
-    const worker = new Worker(workerUrl("session").href);
+    const worker = new Worker(workerUrl("session-thread").href);
     const counters = sessionCounters();
     const channel = new MessageChannel();
     let stopped!: () => void;
