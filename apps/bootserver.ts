@@ -23,6 +23,7 @@ import { type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import packageJson from "../package.json" with { type: "json" };
+import { SERVER_THREADS } from "../workers/entry-points.ts";
 
 /** Conventional exit statuses for a program ended by a signal: 128 + its number. */
 const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
@@ -152,7 +153,7 @@ function macArgument(text: string, where: string): Mac {
   return mac;
 }
 
-function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServerOptions, "onEvent"> {
+function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServerOptions, "onEvent" | "threads"> {
   const positionals = args._.map(String);
   if (positionals.length < 3) {
     throw new UserError("expected LINK IMAGE [IMAGE...] MAC|any (see --help)", EXIT_USAGE);
@@ -263,6 +264,7 @@ async function bootserver(argv: string[]): Promise<number> {
   try {
     server = await BootServer.start({
       ...options,
+      threads: SERVER_THREADS,
       onEvent: (event) => {
         metrics?.event(event);
         display.event(event);

@@ -54,7 +54,6 @@ import {
   macKey,
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { COPY_CHOICES, type CopyChoice } from "./copy-policy.ts";
 import { type DISPATCH_COUNTERS, type DispatchCounters, dispatchCounters } from "./dispatch.ts";
 import type { DispatcherCommand, DispatcherReport } from "./dispatcher-thread.ts";
@@ -69,6 +68,7 @@ import {
   type SessionReport,
   sessionCounters,
 } from "./session.ts";
+import type { ServerThreads } from "./threads.ts";
 
 /** A session with no READ or HELLO for this long is parked: its thread goes, the sled's offer stays. */
 export const SESSION_QUIET_MS = 20_000;
@@ -123,6 +123,8 @@ export interface BootServerOptions {
    * chose it (then a directory that cannot be written is an error, else a notice); null keeps it in memory.
    */
   state?: { dir: string; chosen: boolean } | null;
+  /** The entry points of the threads it starts, handed down by the program. */
+  threads: ServerThreads;
   /** Where to report what happens. */
   onEvent: (event: BootEvent) => void;
 }
@@ -292,7 +294,7 @@ export class BootServer {
     this.done.catch(() => {});
     const files = new Map<string, ServedImageFile>();
     const fileFor = (path: string) =>
-      files.get(path) ?? files.set(path, new ServedImageFile(path, options.zstdCacheBytes)).get(path)!;
+      files.get(path) ?? files.set(path, new ServedImageFile(path, options.threads, options.zstdCacheBytes)).get(path)!;
     this.#rotation = options.images.map(fileFor);
     this.#pinned = new Map(options.pinned.map(([mac, path]) => [macKey(mac), fileFor(path)]));
     this.#linkClock = options.linkRate ? new LinkClock(options.linkRate) : null;
@@ -439,7 +441,7 @@ export class BootServer {
   }
 
   async #startDispatcher(): Promise<void> {
-    const worker = new Worker(workerUrl("dispatcher-thread").href);
+    const worker = new Worker(this.#options.threads.dispatcherThread);
     this.#dispatcher = worker;
     let stopped!: () => void;
     this.#dispatcherStopped = new Promise((resolve) => (stopped = resolve));
@@ -676,7 +678,7 @@ export class BootServer {
   }
 
   #spawnSessionWorker(): SessionWorker {
-    const worker = new Worker(workerUrl("session-thread").href);
+    const worker = new Worker(this.#options.threads.sessionThread);
     const counters = sessionCounters();
     const channel = new MessageChannel();
     let stopped!: () => void;
