@@ -111,18 +111,10 @@ function sameStamp(a: FileStamp, b: FileStamp): boolean {
 }
 
 /**
- * Read and check an image file's header for serving; throws ImageFormatError
- * naming the file and every reason a sled could not netboot it.
- *
- * @example const { header } = await readServableHeader("recovery.img");
+ * Open an image file for serving and read and check its header; throws
+ * ImageFormatError naming the file and every reason a sled could not netboot
+ * it. The descriptor returned is the caller's to close.
  */
-export async function readServableHeader(path: string): Promise<{ header: Header; stamp: FileStamp }> {
-  const { header, stamp, fd } = await openServable(path);
-  closeSync(fd);
-  return { header, stamp };
-}
-
-/** readServableHeader, keeping the file open: the descriptor is the caller's to close. */
 async function openServable(path: string): Promise<{ header: Header; stamp: FileStamp; fd: number }> {
   let file: FileHandle;
   try {
@@ -344,14 +336,8 @@ export async function loadServedImage(
   if (payloadCodec(header) === "zstd") {
     closeSync(source.fd);
     const memory = await loadZstdPayload(path, header, zstdCacheBytes);
-    return {
-      path,
-      name: basename(path),
-      header,
-      bytes: memory,
-      stamp,
-      retire: startReadAhead(memory, threads.blockCache),
-    };
+    const retire = startReadAhead(memory, threads.blockCache);
+    return { path, name: basename(path), header, bytes: memory, stamp, retire };
   }
   const name = basename(path);
   let handle: RawImageHandle;
@@ -468,7 +454,7 @@ export class ServedImageFile {
   #loading: Promise<ServedImage> | undefined;
   #failure: { stamp: FileStamp; error: Error } | undefined;
 
-  /** `threads`: as loadServedImage's; `zstdCacheBytes`: the block cache of a zstd image (DEFAULT_CACHE_BYTES when absent). */
+  /** `threads` and `zstdCacheBytes`: as loadServedImage's. */
   constructor(
     readonly path: string,
     readonly threads: ServedImageThreads,
