@@ -25,6 +25,7 @@ import { parseRate } from "@ramdisk-tools/wire/rate.ts";
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import packageJson from "../package.json" with { type: "json" };
+import { SERVER_THREADS } from "../workers/entry-points.ts";
 
 /** Conventional exit statuses for a program ended by a signal: 128 + its number. */
 const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
@@ -154,7 +155,7 @@ function macArgument(text: string, where: string): Mac {
   return mac;
 }
 
-function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServerOptions, "onEvent"> {
+function serverOptions(args: ReturnType<typeof parseArguments>): Omit<BootServerOptions, "onEvent" | "threads"> {
   const [link, image, ...more] = args._.map(String);
   const target = more.pop();
   if (link === undefined || image === undefined || target === undefined) {
@@ -263,6 +264,7 @@ async function bootserver(argv: string[]): Promise<number> {
   try {
     server = await BootServer.start({
       ...options,
+      threads: SERVER_THREADS,
       onEvent: (event) => {
         metrics?.event(event);
         display.event(event);

@@ -19,6 +19,7 @@ import { extractPayload, type PayloadVerdict, rawOutputTarget, verifyPayload } f
 import { startProgress } from "@ramdisk-tools/progress/progress.ts";
 import yargs from "yargs";
 import packageJson from "../package.json" with { type: "json" };
+import { IMAGE_THREADS } from "../workers/entry-points.ts";
 
 const PROGRAM = "lookimage";
 
@@ -92,7 +93,7 @@ async function main(): Promise<number> {
     else {
       const header = payload.header;
       const progress = startProgress(rawOutput ? "extracting" : "verifying", header.dataSize);
-      const options = { onProgress: (done: number) => progress.update(done) };
+      const options = { threads: IMAGE_THREADS, onProgress: (done: number) => progress.update(done) };
       try {
         verdict = rawOutput
           ? await extractPayload(path, header, rawOutput, options)

@@ -24,6 +24,7 @@ import {
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import yargs from "yargs";
 import packageJson from "../package.json" with { type: "json" };
+import { IMAGE_THREADS } from "../workers/entry-points.ts";
 
 const PROGRAM = "mkimage";
 /** The zlib levels, and the default: level 9 is what existing images use (format.md). */
@@ -141,6 +142,7 @@ async function main(): Promise<void> {
     imageName: args.name,
     dataset: args.dataset,
     compression,
+    threads: IMAGE_THREADS,
     onWarning: (message) => console.error(`${PROGRAM}: warning: ${message}`),
   });
   console.log("ok, image written!");

@@ -7,23 +7,26 @@
  * 100 MiB), so one binary instead of four saves three copies of it.
  *
  * A program's threads start from workers/*.ts, loaded at run time, which the
- * bundler cannot follow from `new Worker(url)`; every worker is therefore
- * given as an extra entry point and embedded beside the programs, where
- * lib/threads/worker-urls.ts finds it.
+ * bundler cannot follow from `new Worker(url)`; every thread entry point
+ * (workers/entry-points.ts names them all) is therefore given as an extra
+ * entry point and embedded beside the programs, where
+ * lib/threads/entry-point-url.ts finds it.
  *
  * The archive is a tar.gz: every machine that could run the binary has tar
  * and gzip, and a .tar.zst needs a tar that knows zstd; the runtime
  * compresses well enough either way to stay far under the 120 MiB budget
  * (the README gives both sizes).
  */
-import { cp, mkdir, mkdtemp, readdir, rm, stat, symlink } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, rm, stat, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
 import { runMain } from "@ramdisk-tools/cli/conventions.ts";
 import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
 import { UserError } from "@ramdisk-tools/errors/errors.ts";
 import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
 import packageJson from "../package.json" with { type: "json" };
+import { ENTRY_POINTS } from "../workers/entry-points.ts";
 
 const ROOT = join(import.meta.dir, "..");
 /** The multi-call executable's name. */
@@ -39,16 +42,15 @@ export interface Release {
 }
 
 /**
- * Compile apps/ramdisk-tools.ts and every worker into `path`.
+ * Compile apps/ramdisk-tools.ts and every thread entry point into `path`.
  *
  * @example await compileExecutable("/tmp/dist/ramdisk-tools");
  */
 export async function compileExecutable(path: string): Promise<void> {
-  const workers = (await readdir(join(ROOT, "workers"))).filter((name) => name.endsWith(".ts")).sort();
   // A failed build must not leave last time's binary looking like this one.
   await rm(path, { force: true });
   const result = await Bun.build({
-    entrypoints: [join(ROOT, "apps", `${EXECUTABLE}.ts`), ...workers.map((name) => join(ROOT, "workers", name))],
+    entrypoints: [join(ROOT, "apps", `${EXECUTABLE}.ts`), ...ENTRY_POINTS.map((url) => fileURLToPath(url))],
     root: ROOT,
     compile: { outfile: path },
   });

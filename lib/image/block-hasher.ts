@@ -1,7 +1,7 @@
 /**
  * SHA-256 of a stream of blocks on a thread of its own, for mkimage: the
  * main thread reads each block into shared memory and posts only a view of
- * it, the hash thread (workers/hash-blocks.ts) adds it to its digest and
+ * it, the hash thread (hashJob) adds it to its digest and
  * answers, and the block's buffer is reused once it has answered
  * (BlockBuffers.hold). Hashing thus overlaps reading and compressing instead
  * of sitting in the main thread's loop between them: SHA-256 runs at about
@@ -13,7 +13,6 @@
  */
 
 import { WorkerPool } from "@ramdisk-tools/threads/pool.ts";
-import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 
 /** A job for the hash thread: add a block (a view of shared memory), or finish with the digest. */
 export type HashJob = { kind: "update"; bytes: Uint8Array } | { kind: "digest" };
@@ -42,13 +41,18 @@ let hasher: Bun.CryptoHasher | undefined;
  * The main thread's side: blocks in, in order; the digest at the end.
  *
  * @example
- * const hash = new BlockHasher();
+ * const hash = new BlockHasher(threads.blockHasher);
  * buffers.hold(block, hash.update(block));
  * const sha256 = await hash.digest();
  * hash.close();
  */
 export class BlockHasher {
-  readonly #pool = new WorkerPool<HashJob, Uint8Array | null>(workerUrl("hash-blocks").href, 1);
+  readonly #pool: WorkerPool<HashJob, Uint8Array | null>;
+
+  /** `entryPoint`: the hash thread's (ImageThreads.blockHasher), which runs hashJob. */
+  constructor(entryPoint: string) {
+    this.#pool = new WorkerPool(entryPoint, 1);
+  }
 
   /** Add `bytes`, which must be in shared memory and stay unchanged until the promise settles. */
   update(bytes: Uint8Array): Promise<unknown> {

@@ -1,6 +1,6 @@
 /**
  * The SHA-256 stage of payload verification (lib/image/verify.ts) for a
- * stored or zlib payload, run by workers/sha256.ts: it takes the raw image's
+ * stored or zlib payload, on a thread of its own: it takes the raw image's
  * pieces in image order from one queue, hashes them, and, for lookimage
  * --extract, writes each to the raw output file before acknowledging it
  * (writeRaw, which the zstd hasher of lib/image/verify-zstd.ts uses too). It

@@ -1,6 +1,6 @@
 /**
- * The inflate stage of payload verification (lib/image/verify.ts), run by
- * workers/inflate.ts, and of the bootserver's fill of shared memory
+ * The inflate stage of payload verification (lib/image/verify.ts), on a
+ * thread of its own, and of the bootserver's fill of a served image
  * (lib/netboot/served-image.ts): a zlib stream arrives in pieces on one queue and
  * leaves as raw image bytes on another. A zlib stream is one long chain of
  * back-references, so it is inflated on one thread.

@@ -53,6 +53,7 @@ import {
   payloadSizeRefusal,
 } from "./format.ts";
 import { type Compression, encoderFor, type RawBlock } from "./payload-encoders.ts";
+import type { MakeThreads } from "./threads.ts";
 import { ZSTD_BOOT_NOTE } from "./zstd-image.ts";
 
 /** What makeImage needs: the mkimage command line, in bytes and names. */
@@ -70,6 +71,8 @@ export interface MakeImageOptions {
   /** Dataset name, at most 127 bytes; DEFAULT_DATASET if absent. */
   dataset?: string;
   compression: Compression;
+  /** The entry points of the threads it starts, handed down by the caller. */
+  threads: MakeThreads;
   /** Told about anything that is written anyway but deserves a word (e.g. cannot be netbooted). */
   onWarning?: (message: string) => void;
 }
@@ -82,7 +85,8 @@ export interface MakeImageOptions {
  *
  * @example
  * const header = await makeImage({ input: "pool.raw", output: "pool.img", checksumFile: "pool.csum",
- *   targetSize: 64 * MIB, imageName: "testing", compression: { codec: "zlib", level: 9, jobs: 2 } });
+ *   targetSize: 64 * MIB, imageName: "testing", compression: { codec: "zlib", level: 9, jobs: 2 },
+ *   threads: IMAGE_THREADS });
  */
 export async function makeImage(options: MakeImageOptions): Promise<Header> {
   const dataset = options.dataset ?? DEFAULT_DATASET;
@@ -179,9 +183,9 @@ async function writeImage(
   const stopWatching = discardOnSignal(pending);
   try {
     const image = await PendingFile.create(output, pending);
-    const encoder = encoderFor(options.compression);
+    const encoder = encoderFor(options.compression, options.threads);
     const progress = startProgress(options.compression.codec === "stored" ? "copying" : "compressing", input.size);
-    const hasher = new BlockHasher();
+    const hasher = new BlockHasher(options.threads.blockHasher);
     let position = HEADER_SIZE;
     let sha256: Uint8Array;
     try {

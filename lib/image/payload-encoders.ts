@@ -14,9 +14,9 @@
  */
 
 import { runInOrder, WorkerPool } from "@ramdisk-tools/threads/pool.ts";
-import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { BlockBuffers } from "./block-buffers.ts";
 import { FLAG_COMPRESSED, FLAG_ZSTD, VERSION, ZSTD_VERSION } from "./format.ts";
+import type { MakeThreads } from "./threads.ts";
 import {
   ADLER32_EMPTY,
   adler32Combine,
@@ -112,18 +112,29 @@ export interface PayloadEncoder {
 }
 
 /**
- * The encoder for `compression`.
+ * The encoder for `compression`, whose pool threads start from `threads`
+ * (the zlib or zstd one).
  *
- * @example const encoder = encoderFor({ codec: "zstd", level: 3, jobs: 2 });
+ * @example const encoder = encoderFor({ codec: "zstd", level: 3, jobs: 2 }, IMAGE_THREADS);
  */
-export function encoderFor(compression: Compression): PayloadEncoder {
+export function encoderFor(compression: Compression, threads: MakeThreads): PayloadEncoder {
   switch (compression.codec) {
     case "stored":
       return storedEncoder;
     case "zlib":
-      return zlibEncoder(compression.level, compression.jobs, compression.blockSize ?? ZLIB_BLOCK_SIZE);
+      return zlibEncoder(
+        compression.level,
+        compression.jobs,
+        compression.blockSize ?? ZLIB_BLOCK_SIZE,
+        threads.zlibDeflate,
+      );
     case "zstd":
-      return zstdEncoder(compression.level, compression.jobs, compression.blockSize ?? ZSTD_BLOCK_SIZE);
+      return zstdEncoder(
+        compression.level,
+        compression.jobs,
+        compression.blockSize ?? ZSTD_BLOCK_SIZE,
+        threads.zstdFrames,
+      );
   }
 }
 
@@ -142,17 +153,17 @@ const storedEncoder: PayloadEncoder = {
 
 /**
  * Run `blocks` (of up to `blockSize` bytes) through a pool of `jobs` threads
- * running workers/`script`.ts, results in block order.
+ * started from `entryPoint`, results in block order.
  */
 async function onPool<Job, Result>(
-  script: string,
+  entryPoint: string,
   jobs: number,
   blockSize: number,
   blocks: AsyncIterable<RawBlock>,
   toJob: (block: RawBlock) => { job: Job; transfer?: Bun.Transferable[] },
   take: (result: Result, block: RawBlock) => Promise<void>,
 ): Promise<void> {
-  const pool = new WorkerPool<Job, Result>(workerUrl(script).href, jobs);
+  const pool = new WorkerPool<Job, Result>(entryPoint, jobs);
   try {
     const inFlight = Math.max(2, Math.min(jobs * BLOCKS_IN_FLIGHT_PER_JOB, Math.floor(IN_FLIGHT_BYTES / blockSize)));
     await runInOrder(pool, blocks, inFlight, toJob, take);
@@ -162,7 +173,7 @@ async function onPool<Job, Result>(
 }
 
 /** One zlib stream, compressed in parallel (lib/image/zlib-stream.ts). */
-function zlibEncoder(level: ZlibLevel, jobs: number, blockSize: number): PayloadEncoder {
+function zlibEncoder(level: ZlibLevel, jobs: number, blockSize: number, entryPoint: string): PayloadEncoder {
   return {
     version: VERSION,
     flags: FLAG_COMPRESSED,
@@ -172,7 +183,7 @@ function zlibEncoder(level: ZlibLevel, jobs: number, blockSize: number): Payload
       let adler = ADLER32_EMPTY;
       let window: Uint8Array = new Uint8Array(0);
       await onPool<DeflateJob, DeflatedBlock>(
-        "deflate",
+        entryPoint,
         jobs,
         blockSize,
         blocks,
@@ -200,7 +211,7 @@ function zlibEncoder(level: ZlibLevel, jobs: number, blockSize: number): Payload
  * Frames come back in buffers of their own, which go out again with later
  * blocks.
  */
-function zstdEncoder(level: number, jobs: number, blockSize: number): PayloadEncoder {
+function zstdEncoder(level: number, jobs: number, blockSize: number, entryPoint: string): PayloadEncoder {
   return {
     version: ZSTD_VERSION,
     flags: FLAG_ZSTD,
@@ -209,7 +220,7 @@ function zstdEncoder(level: number, jobs: number, blockSize: number): PayloadEnc
       const entries: SeekTableEntry[] = [];
       const frameBuffers = new BlockBuffers(frameCapacity(blockSize));
       await onPool<ZstdBlockJob, CompressedBlock>(
-        "zstd-block",
+        entryPoint,
         jobs,
         blockSize,
         blocks,

@@ -53,10 +53,10 @@ import {
   type Target,
 } from "@ramdisk-tools/files/pending-file.ts";
 import { PieceSender, QUEUE_DEPTH } from "@ramdisk-tools/threads/piece-queue.ts";
-import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { HEADER_SIZE, ImageFormatError, type PayloadHeader, payloadSizeRefusal, toHex } from "./format.ts";
 import type { HashOrder, HashReport, RawSink } from "./hash-stage.ts";
 import type { InflateOrder, InflateReport } from "./inflate-stage.ts";
+import type { VerifyThreads } from "./threads.ts";
 import type { ZstdVerifyOrder, ZstdVerifyReport } from "./verify-zstd.ts";
 import { payloadCodec, readSeekTable } from "./zstd-image.ts";
 import { zstdRing } from "./zstd-ring.ts";
@@ -76,10 +76,6 @@ export const ZSTD_VERIFY_THREADS = Math.max(1, Math.min(navigator.hardwareConcur
 /** How often the payload bytes the zstd threads have read are passed to onProgress. */
 const PROGRESS_INTERVAL_MS = 100;
 
-const SHA256_WORKER = workerUrl("sha256");
-const INFLATE_WORKER = workerUrl("inflate");
-const ZSTD_VERIFY_WORKER = workerUrl("zstd-verify");
-
 /** The outcome of verifying one payload. */
 export interface PayloadVerdict {
   /** Raw image bytes produced (read, inflated or decompressed) before the check ended. */
@@ -95,8 +91,10 @@ export interface PayloadVerdict {
   seekTable: SeekTable | null;
 }
 
-/** Reporting and tuning for verifyPayload and extractPayload. */
+/** The threads, reporting and tuning of verifyPayload and extractPayload. */
 export interface VerifyOptions {
+  /** The entry points of the threads it starts, handed down by the caller. */
+  threads: VerifyThreads;
   /** Called as payload bytes are read, with the total read so far. */
   onProgress?: (payloadBytesRead: number) => void;
   /** Threads verifying a zstd payload, the one that hashes included; ZSTD_VERIFY_THREADS by default. */
@@ -110,14 +108,10 @@ export interface VerifyOptions {
  * Problems with the payload are returned in the verdict, not thrown.
  *
  * @example
- * const verdict = await verifyPayload("pool-1m-z.img", header);
+ * const verdict = await verifyPayload("pool-1m-z.img", header, { threads: IMAGE_THREADS });
  * if (verdict.error) console.error(`lookimage: ${verdict.error}`);
  */
-export function verifyPayload(
-  path: string,
-  header: PayloadHeader,
-  options: VerifyOptions = {},
-): Promise<PayloadVerdict> {
+export function verifyPayload(path: string, header: PayloadHeader, options: VerifyOptions): Promise<PayloadVerdict> {
   return runPipeline(path, header, options, null);
 }
 
@@ -146,13 +140,14 @@ export async function rawOutputTarget(rawPath: string, imagePath: string): Promi
  * written is a thrown UserError.
  *
  * @example
- * const verdict = await extractPayload("pool.img", header, await rawOutputTarget("pool.raw", "pool.img"));
+ * const output = await rawOutputTarget("pool.raw", "pool.img");
+ * const verdict = await extractPayload("pool.img", header, output, { threads: IMAGE_THREADS });
  */
 export async function extractPayload(
   path: string,
   header: PayloadHeader,
   output: Target,
-  options: VerifyOptions = {},
+  options: VerifyOptions,
 ): Promise<PayloadVerdict> {
   // Watched before it exists on disk, so a signal in between leaves nothing behind.
   const watched: PendingFile[] = [];
@@ -209,24 +204,28 @@ async function runPipeline(
     let inflated: Promise<InflateReport> | null = null;
     if (codec === "zstd" && seekTable) {
       const progress = new SharedArrayBuffer(BigInt64Array.BYTES_PER_ELEMENT);
-      hashed = startZstdThreads(stages, path, seekTable, options.zstdThreads ?? ZSTD_VERIFY_THREADS, progress, sink);
+      const threads = options.zstdThreads ?? ZSTD_VERIFY_THREADS;
+      hashed = startZstdThreads(stages, options.threads.verifyZstd, path, seekTable, threads, progress, sink);
       if (options.onProgress) stopProgress = pollProgress(progress, options.onProgress);
     } else {
       const toHash = new MessageChannel();
       if (codec === "zlib") {
         const toInflate = new MessageChannel();
         const order: InflateOrder = { input: toInflate.port2, output: toHash.port1, imageSize: header.imageSize };
-        inflated = stages.start<InflateReport>(INFLATE_WORKER, "inflate", order, [toInflate.port2, toHash.port1]);
+        inflated = stages.start<InflateReport>(options.threads.inflateStage, "inflate", order, [
+          toInflate.port2,
+          toHash.port1,
+        ]);
         plan = chunked(header.dataSize, stages.sender(toInflate.port1));
       } else {
         plan = chunked(header.dataSize, stages.sender(toHash.port1));
       }
       const hashOrder: HashOrder = { input: toHash.port2, ...(sink ? { sink } : {}) };
-      hashed = stages.start<HashReport>(SHA256_WORKER, "SHA-256", hashOrder, [toHash.port2]);
+      hashed = stages.start<HashReport>(options.threads.hashStage, "SHA-256", hashOrder, [toHash.port2]);
     }
 
     const reading = plan
-      ? readPayload(path, header.dataSize, plan, options).catch((error: unknown) => {
+      ? readPayload(path, header.dataSize, plan, options.onProgress).catch((error: unknown) => {
           stages.fail(oneLine(error));
         })
       : null;
@@ -258,6 +257,7 @@ async function runPipeline(
  */
 function startZstdThreads(
   stages: StageThreads,
+  entryPoint: string,
   path: string,
   table: SeekTable,
   threads: number,
@@ -279,7 +279,7 @@ function startZstdThreads(
       ...(hasher && sink ? { sink } : {}),
       progress,
     };
-    const report = stages.start<ZstdVerifyReport>(ZSTD_VERIFY_WORKER, "zstd", order, []);
+    const report = stages.start<ZstdVerifyReport>(entryPoint, "zstd", order, []);
     if (hasher) hashed = report;
   }
   return hashed!.then((report) => {
@@ -336,9 +336,9 @@ class StageThreads {
     this.#failed.catch(() => {});
   }
 
-  /** Start a worker on `script` with its order; resolves with its report. A worker that throws fails the pipeline. */
-  start<Report>(script: URL, stage: string, order: object, transfer: Bun.Transferable[]): Promise<Report> {
-    const worker = new Worker(script.href);
+  /** Start a thread from `entryPoint` with its order; resolves with its report. A thread that throws fails the pipeline. */
+  start<Report>(entryPoint: string, stage: string, order: object, transfer: Bun.Transferable[]): Promise<Report> {
+    const worker = new Worker(entryPoint);
     this.#workers.push(worker);
     const report = new Promise<Report>((resolve) => {
       worker.onmessage = (event: MessageEvent<Report>) => resolve(event.data);
@@ -397,11 +397,16 @@ function chunked(dataSize: number, output: PieceSender): PlannedReads {
  * @example await sendPayload(path, header.dataSize, new PieceSender(channel.port1));
  */
 export function sendPayload(path: string, dataSize: number, output: PieceSender): Promise<void> {
-  return readPayload(path, dataSize, chunked(dataSize, output), {});
+  return readPayload(path, dataSize, chunked(dataSize, output));
 }
 
-/** Read the planned pieces of the payload after the header, in order, and send each down its queue. */
-async function readPayload(path: string, dataSize: number, plan: PlannedReads, options: VerifyOptions): Promise<void> {
+/** Read the planned pieces of the payload after the header, in order, send each down its queue, and tell `onProgress`. */
+async function readPayload(
+  path: string,
+  dataSize: number,
+  plan: PlannedReads,
+  onProgress?: VerifyOptions["onProgress"],
+): Promise<void> {
   const file = await open(path, "r");
   try {
     let done = 0;
@@ -415,7 +420,7 @@ async function readPayload(path: string, dataSize: number, plan: PlannedReads, o
       }
       output.send(piece);
       done += length;
-      options.onProgress?.(done);
+      onProgress?.(done);
     }
     for (const output of plan.outputs) output.end();
   } finally {

@@ -1,5 +1,5 @@
 /**
- * The deflate threads' work in mkimage -z (workers/deflate.ts): one block of
+ * The deflate threads' work in mkimage -z (ImageThreads.zlibDeflate): one block of
  * the parallel zlib stream that lib/image/zlib-stream.ts describes, compressed
  * by node:zlib. Kept apart from the stream's arithmetic so mkimage's main
  * thread, which only frames the stream, does not load node:zlib (about

@@ -29,7 +29,7 @@
  *
  * Everything here is a pure function over bytes; compressing a block is
  * lib/image/zlib-deflate.ts's, and threads and files belong to the callers
- * (workers/deflate.ts, lib/image/make.ts).
+ * (lib/image/payload-encoders.ts, make.ts).
  */
 
 /** Deflate refers at most 32 KiB back (RFC 1951), so that much history is all a block needs. */

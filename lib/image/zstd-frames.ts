@@ -153,7 +153,7 @@ export function decompressBlock(frame: Uint8Array, block: BlockEntry, out?: Uint
 }
 
 /**
- * One block for a zstd compressing thread (workers/zstd-block.ts). `raw` is
+ * One block for a zstd compressing thread (ImageThreads.zstdFrames). `raw` is
  * read only (mkimage shows it from shared memory); `out`, if given, is where
  * the frame goes (compressBlock): a buffer to use again.
  */

@@ -28,7 +28,7 @@
  *
  * Blocks are read ahead of the sleds, off the READ path: each session says
  * where its sled will go next (hint: the block after the one it is in), and
- * one read-ahead thread per image (workers/zstd-read-ahead.ts, readAhead)
+ * one read-ahead thread per image (ServerThreads.blockCache, readAhead)
  * decompresses that block into a slot it does not keep pinned (prefetch),
  * on another core while the session answers READs, so the sled's READs find
  * each new block ready. Hints go through a small ring in shared memory: a
@@ -273,7 +273,7 @@ export class ZstdImageReader {
 
   /**
    * Take the hints sessions give and prefetch each hinted block, until
-   * stopReadAhead(); the loop of workers/zstd-read-ahead.ts. Blocks its
+   * stopReadAhead(); the loop of the read-ahead thread. Blocks its
    * thread while there is nothing to do.
    */
   readAhead(): void {

@@ -1,5 +1,5 @@
 /**
- * The dispatcher thread (workers/dispatcher.ts, lib/netboot/dispatch.ts) as
+ * The dispatcher thread (lib/netboot/dispatcher-loop.ts, dispatch.ts) as
  * the main thread holds it (lib/netboot/server.ts): started with its link
  * and settings, ready once its link is open (it says the link's MAC), told
  * what to do (DispatcherCommand) and telling the server what the sleds do
@@ -10,8 +10,7 @@
 import { UserError } from "@ramdisk-tools/errors/errors.ts";
 import type { Mac } from "@ramdisk-tools/protocol/frames.ts";
 import { stopThread } from "@ramdisk-tools/threads/stop-thread.ts";
-import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
-import type { DispatcherCommand, DispatcherReport } from "./dispatch.ts";
+import type { DispatcherCommand, DispatcherReport } from "./dispatcher-loop.ts";
 
 /** What the dispatcher reports about the sleds, for the server to decide on. */
 export type DispatcherSledReport = Exclude<DispatcherReport, { type: "ready" | "stopped" | "error" }>;
@@ -23,7 +22,7 @@ const RECORDING_STOP_GRACE_MS = 10_000;
  * A running dispatcher thread.
  *
  * @example
- * const dispatcher = new DispatcherThread(start, (report) => route(report), (message) => fail(message));
+ * const dispatcher = new DispatcherThread(SERVER_THREADS.dispatcherLoop, start, (report) => route(report), fail);
  * const mac = await dispatcher.ready;
  * dispatcher.command({ type: "end", sled });
  * await dispatcher.stop();
@@ -36,15 +35,16 @@ export class DispatcherThread {
   readonly #recording: boolean;
 
   /**
-   * Start the thread with `start`; `onReport` hears what the sleds do, and
+   * Start the thread from its entry point `entryPoint` (ServerThreads.dispatcherLoop) with `start`; `onReport` hears what the sleds do, and
    * `onFailure` that the thread cannot work (before or after it is ready).
    */
   constructor(
+    entryPoint: string,
     start: DispatcherCommand & { type: "start" },
     onReport: (report: DispatcherSledReport) => void,
     onFailure: (message: string) => void,
   ) {
-    const worker = new Worker(workerUrl("dispatcher").href);
+    const worker = new Worker(entryPoint);
     this.#worker = worker;
     this.#recording = start.pcap !== undefined;
     let stopped!: () => void;

@@ -11,12 +11,13 @@
 import type { Mac } from "@ramdisk-tools/protocol/frames.ts";
 import { macKey } from "@ramdisk-tools/protocol/frames.ts";
 import { type ServedImage, ServedImageFile } from "./served-image.ts";
+import type { ServedImageThreads } from "./threads.ts";
 
 /**
  * The image files a server offers, and the image each holds as last loaded.
  *
  * @example
- * const choice = new ImageChoice(["host.img", "recovery.img"], [], undefined);
+ * const choice = new ImageChoice(["host.img", "recovery.img"], [], SERVER_THREADS);
  * await choice.load();
  * const file = choice.fileFor(macKey(mac), sled.offers++);
  */
@@ -25,11 +26,19 @@ export class ImageChoice {
   readonly #pinned: Map<number, ServedImageFile>;
   readonly #loaded = new Map<ServedImageFile, ServedImage>();
 
-  /** `images` in turn, `pinned` by MAC; zstd images keep `zstdCacheBytes` of decompressed blocks (block-cache.ts). */
-  constructor(images: readonly [string, ...string[]], pinned: readonly [Mac, string][], zstdCacheBytes?: number) {
+  /**
+   * `images` in turn, `pinned` by MAC, loaded by the threads `threads`; zstd images keep
+   * `zstdCacheBytes` of decompressed blocks (block-cache.ts).
+   */
+  constructor(
+    images: readonly [string, ...string[]],
+    pinned: readonly [Mac, string][],
+    threads: ServedImageThreads,
+    zstdCacheBytes?: number,
+  ) {
     const files = new Map<string, ServedImageFile>();
     const fileFor = (path: string) =>
-      files.get(path) ?? files.set(path, new ServedImageFile(path, zstdCacheBytes)).get(path)!;
+      files.get(path) ?? files.set(path, new ServedImageFile(path, threads, zstdCacheBytes)).get(path)!;
     this.#rotation = images.map(fileFor);
     this.#pinned = new Map(pinned.map(([mac, path]) => [macKey(mac), fileFor(path)]));
   }

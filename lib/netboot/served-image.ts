@@ -58,9 +58,9 @@ import { sendPayload } from "@ramdisk-tools/image/verify.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
 import type { SeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { PieceSender, receivePieces } from "@ramdisk-tools/threads/piece-queue.ts";
-import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import { stopReadAhead, type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
 import { inflateDirectory, RawImageFill, type RawImageHandle, RawImageReader, rawImageHandle } from "./raw-image.ts";
+import type { ServedImageThreads } from "./threads.ts";
 
 /** What identifies one version of a file: a rebuilt image differs in one of these. */
 export interface FileStamp {
@@ -111,18 +111,10 @@ function sameStamp(a: FileStamp, b: FileStamp): boolean {
 }
 
 /**
- * Read and check an image file's header for serving; throws ImageFormatError
- * naming the file and every reason a sled could not netboot it.
- *
- * @example const { header } = await readServableHeader("recovery.img");
+ * Open an image file for serving and read and check its header; throws
+ * ImageFormatError naming the file and every reason a sled could not netboot
+ * it. The descriptor returned is the caller's to close.
  */
-export async function readServableHeader(path: string): Promise<{ header: Header; stamp: FileStamp }> {
-  const { header, stamp, fd } = await openServable(path);
-  closeSync(fd);
-  return { header, stamp };
-}
-
-/** readServableHeader, keeping the file open: the descriptor is the caller's to close. */
 async function openServable(path: string): Promise<{ header: Header; stamp: FileStamp; fd: number }> {
   let file: FileHandle;
   try {
@@ -151,17 +143,17 @@ async function openServable(path: string): Promise<{ header: Header; stamp: File
 }
 
 /**
- * Fill and check the raw image of `request` (workers/served-image.ts does
+ * Fill and check the raw image of `request` (the served-image thread does
  * this beside the sessions): a plain image is already whole in its file, so
  * only its SHA-256 is checked, read through the page cache as the sessions
  * read it; a compressed one goes through the inflate stage of
- * lib/image/verify.ts on a thread of its own (workers/inflate.ts), which stops
+ * lib/image/verify.ts on a thread of its own (request.inflateStage), which stops
  * at the first output past image_size, and its output is written to the
  * handle's temporary file and hashed here while it inflates the next piece.
  * The handle's state then says whether it is whole or failed
  * (lib/netboot/raw-image.ts).
  *
- * @example await fillRawImage({ path, header, handle, source });
+ * @example await fillRawImage({ path, header, handle, source, inflateStage: threads.inflateStage });
  */
 export async function fillRawImage(request: FillRequest): Promise<void> {
   const fill = new RawImageFill(request.handle);
@@ -215,7 +207,7 @@ function hashFile(request: FillRequest, hasher: Bun.CryptoHasher): number {
 
 async function inflateInto(request: FillRequest, hasher: Bun.CryptoHasher, fill: RawImageFill): Promise<number> {
   const { path, header, handle } = request;
-  const inflater = new Worker(workerUrl("inflate").href);
+  const inflater = new Worker(request.inflateStage);
   const toInflater = new MessageChannel();
   const fromInflater = new MessageChannel();
   const input = new PieceSender(toInflater.port1);
@@ -302,16 +294,18 @@ function mib(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(0)} MiB`;
 }
 
-/** What workers/served-image.ts is asked to do. */
+/** What the served-image thread is asked to do. */
 export interface FillRequest {
   path: string;
   header: Header;
   handle: RawImageHandle;
   /** The loader's descriptor on the image file (for a plain image, the handle's own). */
   source: number;
+  /** The entry point of the inflate stage (ImageThreads.inflateStage), for a zlib image. */
+  inflateStage: string;
 }
 
-/** What workers/served-image.ts answers: nothing on success, else the reason. */
+/** What the served-image thread answers: nothing on success, else the reason. */
 export type FillResult = { ok: true } | { ok: false; message: string };
 
 /**
@@ -323,22 +317,27 @@ const RETIRED_CLOSE_MS = 30_000;
 
 /**
  * Load an image for serving: check its header, then serve it from its file
- * (plain) or from a temporary file it is inflated into (zlib), with a worker
- * thread checking its SHA-256 beside the sessions. Returns as soon as the
+ * (plain) or from a temporary file it is inflated into (zlib), with a thread
+ * (`threads`) checking its SHA-256 beside the sessions. Returns as soon as the
  * image can be offered; `filled` says how the load ended. A zstd image gets
  * a block cache of `zstdCacheBytes` (DEFAULT_CACHE_BYTES when absent).
  *
  * @example
- * const image = await loadServedImage("recovery.img"); // image.bytes: served from the file at once
+ * const image = await loadServedImage("recovery.img", SERVER_THREADS); // image.bytes: served from the file at once
  * await image.filled; // every byte in, SHA-256 checked
  */
-export async function loadServedImage(path: string, zstdCacheBytes?: number): Promise<ServedImage> {
+export async function loadServedImage(
+  path: string,
+  threads: ServedImageThreads,
+  zstdCacheBytes?: number,
+): Promise<ServedImage> {
   const source = await openServable(path);
   const { header, stamp } = source;
   if (payloadCodec(header) === "zstd") {
     closeSync(source.fd);
     const memory = await loadZstdPayload(path, header, zstdCacheBytes);
-    return { path, name: basename(path), header, bytes: memory, stamp, retire: startReadAhead(memory) };
+    const retire = startReadAhead(memory, threads.blockCache);
+    return { path, name: basename(path), header, bytes: memory, stamp, retire };
   }
   const name = basename(path);
   let handle: RawImageHandle;
@@ -356,7 +355,7 @@ export async function loadServedImage(path: string, zstdCacheBytes?: number): Pr
   // A plain image is in its file whole: only its check goes on.
   if (!isCompressed(header)) new RawImageFill(handle).filledTo(header.imageSize);
   const started = performance.now();
-  const worker = new Worker(workerUrl("served-image").href);
+  const worker = new Worker(threads.servedImage);
   const filled = new Promise<FillResult>((resolve) => {
     worker.onmessage = (event: MessageEvent<FillResult>) => resolve(event.data);
     worker.onerror = (event) => {
@@ -364,7 +363,8 @@ export async function loadServedImage(path: string, zstdCacheBytes?: number): Pr
       new RawImageFill(handle).settle(false);
       resolve({ ok: false, message: event.message });
     };
-    worker.postMessage({ path, header, handle, source: source.fd } satisfies FillRequest);
+    const request: FillRequest = { path, header, handle, source: source.fd, inflateStage: threads.inflateStage };
+    worker.postMessage(request);
   }).then((result) => {
     worker.terminate();
     if (!result.ok) throw new ImageFormatError(result.message);
@@ -423,13 +423,13 @@ export async function loadZstdPayload(path: string, header: Header, cacheBytes?:
 }
 
 /**
- * Start the read-ahead thread of a zstd image (workers/zstd-read-ahead.ts);
+ * Start the read-ahead thread of a zstd image from `entryPoint` (ServerThreads.blockCache);
  * returns what stops it. The thread does not keep the process alive.
  *
- * @example const retire = startReadAhead(memory); // later: retire();
+ * @example const retire = startReadAhead(memory, SERVER_THREADS.blockCache); // later: retire();
  */
-export function startReadAhead(memory: ZstdImageMemory): () => void {
-  const worker = new Worker(workerUrl("zstd-read-ahead").href);
+export function startReadAhead(memory: ZstdImageMemory, entryPoint: string): () => void {
+  const worker = new Worker(entryPoint);
   worker.unref();
   worker.postMessage(memory);
   return () => {
@@ -446,7 +446,7 @@ export function startReadAhead(memory: ZstdImageMemory): () => void {
  * gets the same error.
  *
  * @example
- * const file = new ServedImageFile("recovery.img");
+ * const file = new ServedImageFile("recovery.img", SERVER_THREADS);
  * const image = await file.current(); // on every HELLO
  */
 export class ServedImageFile {
@@ -454,9 +454,10 @@ export class ServedImageFile {
   #loading: Promise<ServedImage> | undefined;
   #failure: { stamp: FileStamp; error: Error } | undefined;
 
-  /** `zstdCacheBytes`: the block cache of a zstd image (DEFAULT_CACHE_BYTES when absent). */
+  /** `threads` and `zstdCacheBytes`: as loadServedImage's. */
   constructor(
     readonly path: string,
+    readonly threads: ServedImageThreads,
     readonly zstdCacheBytes?: number,
   ) {}
 
@@ -471,7 +472,7 @@ export class ServedImageFile {
     }
     if (this.#image && sameStamp(this.#image.stamp, stamp)) return this.#image;
     if (this.#failure && sameStamp(this.#failure.stamp, stamp)) throw this.#failure.error;
-    this.#loading = loadServedImage(this.path, this.zstdCacheBytes);
+    this.#loading = loadServedImage(this.path, this.threads, this.zstdCacheBytes);
     try {
       const image = await this.#loading;
       this.#image?.retire?.();

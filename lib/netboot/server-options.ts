@@ -7,6 +7,7 @@
 
 import type { Mac } from "@ramdisk-tools/protocol/frames.ts";
 import type { BootEvent } from "./boot-events.ts";
+import type { ServerThreads } from "./threads.ts";
 
 /** Live sessions at most, by default: above a full rack of 32 sleds. */
 export const DEFAULT_MAX_SLEDS = 64;
@@ -48,6 +49,8 @@ export interface BootServerOptions {
    * chose it (then a directory that cannot be written is an error, else a notice); null keeps it in memory.
    */
   state?: { dir: string; chosen: boolean } | null;
+  /** The entry points of the threads it starts, handed down by the program. */
+  threads: ServerThreads;
   /** Where to report what happens. */
   onEvent: (event: BootEvent) => void;
 }

@@ -3,11 +3,11 @@
  * sleds at once (docs/netboot.md).
  *
  * Three kinds of thread share the work. The dispatcher thread
- * (workers/dispatcher.ts, lib/netboot/dispatch.ts) captures every netboot frame on
+ * (lib/netboot/dispatcher-loop.ts, dispatch.ts) captures every netboot frame on
  * the link and routes it. The main thread (this module) decides: which image
  * to offer a sled that says HELLO, when a session starts and ends, when the
  * server is done. Each sled being served has a session thread
- * (workers/session.ts, lib/netboot/session.ts; started ahead by
+ * (lib/netboot/session-loop.ts, session.ts; started ahead by
  * lib/netboot/session-threads.ts) that answers its READs with DATA
  * frames from the image in shared memory. A READ therefore travels from the
  * dispatcher to its session thread on a channel of its own, without the main
@@ -50,7 +50,8 @@ import {
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
 import type { BootEvent } from "./boot-events.ts";
-import { type DISPATCH_COUNTERS, type DispatchCounters, type DispatcherCommand, dispatchCounters } from "./dispatch.ts";
+import { type DISPATCH_COUNTERS, type DispatchCounters, dispatchCounters } from "./dispatch.ts";
+import type { DispatcherCommand } from "./dispatcher-loop.ts";
 import { type DispatcherSledReport, DispatcherThread } from "./dispatcher-thread.ts";
 import { ImageChoice } from "./image-choice.ts";
 import { OfferRecord } from "./offer-record.ts";
@@ -103,7 +104,7 @@ export class BootServer {
     });
     // Handled by whoever awaits `done`; this keeps an early failure from being "unhandled".
     this.done.catch(() => {});
-    this.#images = new ImageChoice(options.images, options.pinned, options.zstdCacheBytes);
+    this.#images = new ImageChoice(options.images, options.pinned, options.threads, options.zstdCacheBytes);
   }
 
   get #admission(): boolean {
@@ -125,6 +126,7 @@ export class BootServer {
     server.#openRecord();
     await server.#startDispatcher();
     server.#threads = new SessionThreads({
+      entryPoint: options.threads.sessionLoop,
       link: options.link,
       record: options.pcap !== undefined,
       resend: options.resend ?? true,
@@ -246,6 +248,7 @@ export class BootServer {
       admission: this.#admission,
     } as const;
     this.#dispatcher = new DispatcherThread(
+      this.#options.threads.dispatcherLoop,
       start,
       (report) => this.#route(report),
       (message) => this.#fail(message),

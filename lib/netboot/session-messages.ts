@@ -9,7 +9,7 @@
 import type { Mac } from "@ramdisk-tools/protocol/frames.ts";
 import type { ServedBytes } from "./served-image.ts";
 
-/** What the main thread tells a session thread (workers/session.ts). */
+/** What the main thread tells a session thread (lib/netboot/session-loop.ts). */
 export type SessionCommand =
   | {
       /** Open the link and say "ready"; the sled comes later ("sled"), so a thread can be started ahead. */
@@ -19,7 +19,7 @@ export type SessionCommand =
       counters: SharedArrayBuffer;
       /** The session's end of its channel to the dispatcher (SessionMessage). */
       port: MessagePort;
-      /** Post a copy of each batch sent back on `port` (lib/netboot/dispatch.ts SentFrames), for `bootserver --pcap`. */
+      /** Post a copy of each batch sent back on `port` (lib/netboot/recording.ts SentFrames), for `bootserver --pcap`. */
       record?: boolean;
       /** Fast re-send (`bootserver --no-resend` turns it off). */
       resend: boolean;

@@ -1,6 +1,6 @@
 /**
  * The session threads, as the main thread keeps them (lib/netboot/server.ts):
- * one thread per sled being served (workers/session.ts, lib/netboot/session.ts),
+ * one thread per sled being served (lib/netboot/session-loop.ts, session.ts),
  * each with its counters in shared memory and a channel of its own to the
  * dispatcher, handed to the dispatcher once the thread can answer READs.
  *
@@ -12,7 +12,6 @@
 
 import type { Mac } from "@ramdisk-tools/protocol/frames.ts";
 import { stopThread } from "@ramdisk-tools/threads/stop-thread.ts";
-import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
 import type { LinkClock } from "./pacing.ts";
 import type { ServedImage } from "./served-image.ts";
 import { type SessionCounters, sessionCounters } from "./session-counters.ts";
@@ -40,6 +39,8 @@ export interface SessionThread extends SessionWorker {
 
 /** How every session thread serves (lib/netboot/server.ts BootServerOptions), and where it reports. */
 export interface SessionThreadSettings {
+  /** The session thread's entry point (ServerThreads.sessionLoop). */
+  entryPoint: string;
   link: string;
   /** Post each batch sent back to the dispatcher, for its capture file. */
   record: boolean;
@@ -94,7 +95,7 @@ export class SessionThreads {
   }
 
   #spawn(): SessionWorker {
-    const worker = new Worker(workerUrl("session").href);
+    const worker = new Worker(this.#settings.entryPoint);
     const counters = sessionCounters();
     const channel = new MessageChannel();
     let stopped!: () => void;

@@ -25,7 +25,7 @@ interface Task<Job, Result> {
  * order for the first free worker. A worker that dies fails the whole pool.
  *
  * @example
- * const pool = new WorkerPool<ZstdBlockJob, CompressedBlock>(workerUrl("zstd-block").href, 2);
+ * const pool = new WorkerPool<ZstdBlockJob, CompressedBlock>(threads.zstdFrames, 2);
  * const { frame, entry } = await pool.run({ raw, level: 3, out }, [out.buffer]);
  * pool.close();
  */
@@ -36,9 +36,9 @@ export class WorkerPool<Job, Result> {
   private readonly waiting: Task<Job, Result>[] = [];
   private failure: Error | undefined;
 
-  constructor(script: string, size: number) {
+  constructor(entryPoint: string, size: number) {
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(script);
+      const worker = new Worker(entryPoint);
       worker.onmessage = (event: MessageEvent<WorkerReply<Result>>) => this.settle(worker, event.data);
       worker.onerror = (event: ErrorEvent) => this.fail(new Error(`worker thread failed: ${event.message}`));
       this.workers.push(worker);

@@ -12,10 +12,12 @@ import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { buildRelease, EXECUTABLE, type Release } from "../../scripts/build.ts";
+import { ENTRY_POINTS } from "../../workers/entry-points.ts";
 import {
   commandOutput,
   python,
@@ -289,12 +291,31 @@ describe.skipIf(!raw.ok)(
   },
 );
 
-test("threads are started through workerUrl, which finds them inside a binary too", () => {
-  // `new URL("../workers/x.ts", import.meta.url)` misses inside a compiled binary (lib/threads/worker-urls.ts).
-  const offenders = [...new Bun.Glob("{apps,lib,workers}/*.ts").scanSync(ROOT)].filter(
-    (path) =>
-      path !== "lib/threads/worker-urls.ts" &&
-      /new URL\(\s*["'`]\.\.\/workers\//.test(readFileSync(join(ROOT, path), "utf8")),
-  );
-  expect(offenders).toEqual([]);
+describe("threads start only from the entry points workers/entry-points.ts names, which a binary finds too", () => {
+  const root = ROOT;
+  const sources = (folders: string) =>
+    [...new Bun.Glob(`{${folders}}/**/*.ts`).scanSync(root)]
+      .filter((path) => !path.includes("node_modules/"))
+      .map((path) => ({ path, text: readFileSync(join(root, path), "utf8") }));
+  const offending = (folders: string, pattern: RegExp) =>
+    sources(folders)
+      .filter(({ text }) => pattern.test(text))
+      .map(({ path }) => path);
+
+  test("workers/ holds exactly the entry points named, each once", () => {
+    const files = readdirSync(join(root, "workers"))
+      .filter((name) => name !== "entry-points.ts")
+      .map((name) => join(root, "workers", name))
+      .sort();
+    expect(ENTRY_POINTS.map((url) => fileURLToPath(url)).sort()).toEqual(files);
+  });
+
+  test("no module names an entry point's file but workers/entry-points.ts", () => {
+    // `new URL("../workers/x.ts", import.meta.url)` misses inside a compiled binary (lib/threads/entry-point-url.ts),
+    // and a package that names a thread entry point imports, through it, itself.
+    const entryPointPath = /["'`][^"'`\s]*workers\/(?!entry-points\.ts)[^"'`\s]*\.ts["'`]/;
+    expect(offending("apps,lib,lab,workers,bench,scripts", entryPointPath)).toEqual([]);
+    expect(offending("apps,lib,lab,workers,bench,scripts", /new Worker\(\s*(new URL|["'`])/)).toEqual([]);
+    // Nothing in lib/ names a file outside its package at all: scripts/check-one-way.ts (tests/lint/rules.test.ts).
+  });
 });

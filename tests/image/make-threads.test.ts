@@ -9,7 +9,7 @@ import { BlockBuffers } from "@ramdisk-tools/image/block-buffers.ts";
 import { BlockHasher } from "@ramdisk-tools/image/block-hasher.ts";
 import { type CompressedBlock, decompressBlock, type ZstdBlockJob } from "@ramdisk-tools/image/zstd-frames.ts";
 import { runInOrder, WorkerPool } from "@ramdisk-tools/threads/pool.ts";
-import { workerUrl } from "@ramdisk-tools/threads/worker-urls.ts";
+import { IMAGE_THREADS } from "../../workers/entry-points.ts";
 
 const KIB = 1024;
 
@@ -28,7 +28,7 @@ describe("runInOrder on a WorkerPool", () => {
   test("results come back in the items' order, with at most `inFlight` items out at once", async () => {
     // A large block first, so a later, small one finishes before it on the other thread.
     const blocks = [bytes(4096 * KIB, 3), ...Array.from({ length: 11 }, (_, i) => bytes(KIB + i, i + 5))];
-    const pool = new WorkerPool<ZstdBlockJob, CompressedBlock>(workerUrl("zstd-block").href, 2);
+    const pool = new WorkerPool<ZstdBlockJob, CompressedBlock>(IMAGE_THREADS.zstdFrames, 2);
     const taken: number[] = [];
     let sent = 0;
     let mostOut = 0;
@@ -56,7 +56,7 @@ describe("runInOrder on a WorkerPool", () => {
   });
 
   test("a job that fails fails the run with its worker's message", async () => {
-    const pool = new WorkerPool<ZstdBlockJob, CompressedBlock>(workerUrl("zstd-block").href, 2);
+    const pool = new WorkerPool<ZstdBlockJob, CompressedBlock>(IMAGE_THREADS.zstdFrames, 2);
     try {
       const levels = [3, 3, 23, 3];
       const run = runInOrder(
@@ -113,7 +113,7 @@ describe("BlockBuffers", () => {
 describe("BlockHasher", () => {
   test("the digest of blocks hashed on its thread is the SHA-256 of their bytes in order", async () => {
     const blocks = [bytes(1024 * KIB, 7), bytes(5, 9), bytes(300 * KIB, 11)];
-    const hasher = new BlockHasher();
+    const hasher = new BlockHasher(IMAGE_THREADS.blockHasher);
     try {
       await Promise.all(blocks.map((block) => hasher.update(block)));
       const expected = new Bun.CryptoHasher("sha256");

@@ -17,6 +17,7 @@ import { decodeHeader, HEADER_SIZE, ImageFormatError } from "@ramdisk-tools/imag
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { ZSTD_BLOCK_SIZE } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
+import { IMAGE_THREADS } from "../../workers/entry-points.ts";
 import { type ProgramRun, python, runCommand, runCommandBytes, runProgram, sha256sum } from "../helpers/common.ts";
 
 // Every test runs several processes (bun, zstd, python3) on two cores shared with other work:
@@ -195,6 +196,7 @@ describe("mkimage --zstd writes the zstd image of docs/format.md", () => {
       targetSize: 4 * MIB,
       imageName: "blocks",
       compression: { codec: "zstd", level: 2, jobs: 5, blockSize: 5000 },
+      threads: IMAGE_THREADS,
     });
     expect(header.imageSize).toBe(raw.length);
     const payload = await payloadOf(join(dir, "z.img"));
@@ -339,6 +341,7 @@ describe("refusals and usage errors leave no file", () => {
       imageName: "",
       // Not a zstd level: each worker's compressBlock throws.
       compression: { codec: "zstd", level: 42, jobs: 2 },
+      threads: IMAGE_THREADS,
     });
     await expect(made).rejects.toThrow(/zstd level 42/);
     expect(await readdir(dir)).toEqual(["in.raw"]);

@@ -13,6 +13,7 @@ import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { ZLIB_BLOCK_SIZE } from "@ramdisk-tools/image/payload-encoders.ts";
 import { FLUSH_INTERVAL, type ZlibLevel } from "@ramdisk-tools/image/zlib-stream.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
+import { IMAGE_THREADS } from "../../workers/entry-points.ts";
 import { python, ROOT, runCommandBytes, VECTORS } from "../helpers/common.ts";
 import { listing, mkimage, mkimageScratch, SLOW, sameBytes } from "../helpers/mkimage.ts";
 
@@ -322,6 +323,7 @@ describe("compressed images", () => {
         targetSize: 4 * MIB,
         imageName: "blocks",
         compression: { codec: "zlib", level: 9, jobs: 5, blockSize: 5000 },
+        threads: IMAGE_THREADS,
       });
       expect(header.imageSize).toBe(1_000_003);
       expect(pythonCheck(`${out}/z.img`, raw, { name: "blocks", targetSize: 4 * MIB, compressed: true })).toEqual({
@@ -345,6 +347,7 @@ describe("compressed images", () => {
         imageName: "",
         // Not a level zlib knows: each worker's deflate throws.
         compression: { codec: "zlib", level: 42 as ZlibLevel, jobs: 2 },
+        threads: IMAGE_THREADS,
       });
       await expect(made).rejects.toThrow(/level/i);
       expect(await listing(out)).toEqual(["in.raw"]);

@@ -17,6 +17,7 @@ import { resolveTarget } from "@ramdisk-tools/files/pending-file.ts";
 import { encodeHeader, FLAG_ZSTD, type Header, toHex, ZSTD_VERSION } from "@ramdisk-tools/image/format.ts";
 import { extractPayload, verifyPayload } from "@ramdisk-tools/image/verify.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
+import { IMAGE_THREADS } from "../../workers/entry-points.ts";
 import { runCommand, sha256sum } from "../helpers/common.ts";
 import { seekablePayload } from "../helpers/zstd.ts";
 
@@ -77,6 +78,7 @@ describe("zstd verification threads", () => {
     for (const zstdThreads of THREADS) {
       let lastProgress = 0;
       const verdict = await verifyPayload(path, header, {
+        threads: IMAGE_THREADS,
         zstdThreads,
         onProgress: (done) => {
           lastProgress = done;
@@ -96,12 +98,12 @@ describe("zstd verification threads", () => {
     const twoBad = await writeImage("two-bad.img", [1, 7]);
     const lateBad = await writeImage("late-bad.img", [8]);
     for (const zstdThreads of THREADS) {
-      const first = await verifyPayload(twoBad, header, { zstdThreads });
+      const first = await verifyPayload(twoBad, header, { threads: IMAGE_THREADS, zstdThreads });
       expect(first.error).toMatch(/^block 1: /);
       expect(first.sha256).toBeNull();
       expect(first.bytes).toBe(BLOCK);
       // Past the second turn of the ring: its slot held blocks 0 and 4 before.
-      const late = await verifyPayload(lateBad, header, { zstdThreads });
+      const late = await verifyPayload(lateBad, header, { threads: IMAGE_THREADS, zstdThreads });
       expect(late.error).toMatch(/^block 8: /);
       expect(late.bytes).toBe(8 * BLOCK);
     }
@@ -111,7 +113,10 @@ describe("zstd verification threads", () => {
     const path = await writeImage("extract.img");
     for (const zstdThreads of THREADS) {
       const output = join(scratch, `extracted-${zstdThreads}.raw`);
-      const verdict = await extractPayload(path, header, await resolveTarget("raw output", output), { zstdThreads });
+      const verdict = await extractPayload(path, header, await resolveTarget("raw output", output), {
+        threads: IMAGE_THREADS,
+        zstdThreads,
+      });
       expect(verdict.error).toBeNull();
       expect((await runCommand(["cmp", rawPath, output])).exitCode).toBe(0);
     }

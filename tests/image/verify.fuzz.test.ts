@@ -22,6 +22,7 @@ import { type HashReport, hashStage } from "@ramdisk-tools/image/hash-stage.ts";
 import { type InflateReport, inflateStage } from "@ramdisk-tools/image/inflate-stage.ts";
 import { verifyPayload } from "@ramdisk-tools/image/verify.ts";
 import { PieceSender } from "@ramdisk-tools/threads/piece-queue.ts";
+import { IMAGE_THREADS } from "../../workers/entry-points.ts";
 import { runCommand } from "../helpers/common.ts";
 import {
   concat,
@@ -356,7 +357,7 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
       };
       writeFileSync(path, concat(new Uint8Array(HEADER_SIZE), stream));
       tally.cases++;
-      const verdict = await withDeadline(verifyPayload(path, header), HANG_MS);
+      const verdict = await withDeadline(verifyPayload(path, header, { threads: IMAGE_THREADS }), HANG_MS);
       rmSync(path);
       if (verdict === "hang") {
         tally.fail(label, "hung");
@@ -410,7 +411,7 @@ describe("fuzz: payload verification (zlib inflater, verifyPayload)", () => {
       const path = join(scratch(), `verify-zstd-${i}.img`);
       writeFileSync(path, concat(new Uint8Array(HEADER_SIZE), payload));
       tally.cases++;
-      const verdict = await withDeadline(verifyPayload(path, header), HANG_MS);
+      const verdict = await withDeadline(verifyPayload(path, header, { threads: IMAGE_THREADS }), HANG_MS);
       writeFileSync(`${path}.zst`, payload);
       if (verdict === "hang") {
         tally.fail(`case ${i}`, "hung");

@@ -24,6 +24,7 @@ import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "@ramdisk-tools/imag
 import { type Block, ZSTD_BLOCK_SIZE, ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { BunFile } from "bun";
+import { IMAGE_THREADS } from "../../workers/entry-points.ts";
 import { python, runCommandBytes, sha256sum, VECTORS } from "../helpers/common.ts";
 
 /** One block of an image file, as a reader with the seek table takes it: its frame alone, decompressed and checked. */
@@ -53,6 +54,7 @@ async function writeZstdImage(path: string, raw: Uint8Array): Promise<Header> {
     targetSize: 64 * 1024 * 1024,
     imageName: "zstd-testing",
     compression: { codec: "zstd", level: ZSTD_DEFAULT_LEVEL, jobs: 2 },
+    threads: IMAGE_THREADS,
   });
 }
 

@@ -27,6 +27,7 @@ import {
 } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { WorkerReply } from "@ramdisk-tools/threads/pool.ts";
+import { IMAGE_THREADS } from "../../workers/entry-points.ts";
 import { pythonWithInput, runCommand, runCommandBytes } from "../helpers/common.ts";
 import { seekablePayload } from "../helpers/zstd.ts";
 
@@ -418,7 +419,7 @@ describe("decompressBlock", () => {
   });
 });
 
-describe("workers/zstd-block.ts", () => {
+describe("workers/zstd-frames.ts", () => {
   type Reply = WorkerReply<CompressedBlock>;
   function ask(worker: Worker, job: ZstdBlockJob, transfer: ArrayBuffer[]): Promise<Reply> {
     return new Promise((resolve, reject) => {
@@ -429,7 +430,7 @@ describe("workers/zstd-block.ts", () => {
   }
 
   test("compresses a block from shared memory into the buffer handed over, and reports a refusal", async () => {
-    const worker = new Worker(new URL("../../workers/zstd-block.ts", import.meta.url).href);
+    const worker = new Worker(IMAGE_THREADS.zstdFrames);
     try {
       const raw = poolBytes(BLOCK + 10);
       const shared = new Uint8Array(new SharedArrayBuffer(raw.length));

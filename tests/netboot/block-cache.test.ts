@@ -20,6 +20,7 @@ import { decodeSeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { type ZstdImageMemory, ZstdImageReader, zstdImageMemory } from "@ramdisk-tools/netboot/block-cache.ts";
 import { startReadAhead } from "@ramdisk-tools/netboot/served-image.ts";
+import { SERVER_THREADS } from "../../workers/entry-points.ts";
 import { programOutput, python, ROOT } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
@@ -213,7 +214,7 @@ describe("ZstdImageReader", () => {
     const words = new Int32Array(memory.cache, 0, 3 + 2 * 3);
     // Blocks written in full and left unpinned: state 0 (a slot being written shows its block with state -1).
     const ready = () => [3, 6].filter((slot) => words[slot] === 0).map((slot) => words[slot + 1]);
-    const retire = startReadAhead(memory);
+    const retire = startReadAhead(memory, SERVER_THREADS.blockCache);
     try {
       const session = new ZstdImageReader(memory);
       for (const block of [4, 1]) {

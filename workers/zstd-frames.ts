@@ -2,7 +2,7 @@
  * A zstd compressing thread for mkimage's pool: receives one block (a view
  * of shared memory, read only) and a buffer for its frame, compresses the
  * block into an independent frame with its seek table entry
- * (lib/image/zstd-seekable.ts), and posts them back, handing the frame's buffer
+ * (lib/image/zstd-frames.ts, compressBlockJob), and posts them back, handing the frame's buffer
  * over rather than copying it.
  */
 
