@@ -78,7 +78,7 @@ module.exports = {
     tsConfig: { fileName: "tsconfig.json" },
     tsPreCompilationDeps: true,
     doNotFollow: { path: "node_modules" },
-    exclude: { path: "^(node_modules|dist|demo-out)/" },
+    exclude: { path: "^(dist|demo-out)/" },
     combinedDependencies: false,
     enhancedResolveOptions: { exportsFields: ["exports"], conditionNames: ["import", "bun", "default"] },
   },

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { copyFile, mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { getoptsArguments, type OptionSpec } from "@ramdisk-tools/cli/getopts.ts";
+import { getoptsArguments, type OptionSpec } from "../../lib/cli/getopts.ts";
 import { caseDirs, type ProgramRun, runProgram, VECTORS } from "../helpers/common.ts";
 
 // Each case starts bun, on two cores shared with other work: room, but no assertion on time.

@@ -15,7 +15,7 @@ import {
   type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { SledClient, type SledConfig } from "@ramdisk-tools/sled/client.ts";
+import { SledClient, type SledConfig } from "../../lib/sled/client.ts";
 import { pythonWithInput } from "./common.ts";
 
 /** The sled under test, and the server its frames come from. */

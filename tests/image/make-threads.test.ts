@@ -5,10 +5,10 @@
  * with real worker threads.
  */
 import { describe, expect, test } from "bun:test";
-import { BlockBuffers } from "@ramdisk-tools/image/block-buffers.ts";
 import { BlockHasher } from "@ramdisk-tools/image/block-hasher.ts";
 import { type CompressedBlock, decompressBlock, type ZstdBlockJob } from "@ramdisk-tools/image/zstd-frames.ts";
 import { runInOrder, WorkerPool } from "@ramdisk-tools/threads/pool.ts";
+import { BlockBuffers } from "../../lib/image/block-buffers.ts";
 import { IMAGE_THREADS } from "../../workers/entry-points.ts";
 
 const KIB = 1024;

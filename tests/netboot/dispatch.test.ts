@@ -7,8 +7,8 @@
 import { describe, expect, test } from "bun:test";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "@ramdisk-tools/netboot/dispatch.ts";
-import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import { encodeFrame, type Mac, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
+import { rawImageHandle } from "../../lib/netboot/raw-image.ts";
 import { BROADCAST, macText, OTHER, type Parsed, parse, readFrame, SERVER, SLED, TYPE } from "../helpers/frames.ts";
 
 const POOL_SIZE = 2 * MIB;

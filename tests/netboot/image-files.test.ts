@@ -30,10 +30,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
-import { imageSource } from "@ramdisk-tools/netboot/image-source.ts";
-import { RawImageFill, rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
-import { SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
+import { imageSource } from "../../lib/netboot/image-source.ts";
+import { RawImageFill, rawImageHandle } from "../../lib/netboot/raw-image.ts";
+import { SledSession } from "../../lib/netboot/session.ts";
 import { programOutput, runProgram } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 

@@ -14,7 +14,7 @@ import { parseListenAddress } from "@ramdisk-tools/cli/listen-address.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { DISPATCH_COUNTERS } from "@ramdisk-tools/netboot/dispatch.ts";
 import { type MetricsSnapshot, prometheusText } from "@ramdisk-tools/netboot/metrics.ts";
-import { SESSION_COUNTERS } from "@ramdisk-tools/netboot/session-counters.ts";
+import { SESSION_COUNTERS } from "../../lib/netboot/session-counters.ts";
 import { commandOutput, programOutput } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 

@@ -20,14 +20,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
-import { AdmissionLimits, TokenBucket } from "@ramdisk-tools/netboot/admission.ts";
 import { dispatchCounters, FrameDispatcher, type SessionInbox } from "@ramdisk-tools/netboot/dispatch.ts";
-import { Pacer } from "@ramdisk-tools/netboot/pacing.ts";
 import { parseRate, wireBytes } from "@ramdisk-tools/wire/rate.ts";
+import { AdmissionLimits, TokenBucket } from "../../lib/netboot/admission.ts";
+import { Pacer } from "../../lib/netboot/pacing.ts";
 
 const wireBits = (length: number) => wireBytes(length) * 8;
 
-import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
 import {
   BROADCAST_MAC,
   CHUNK_SIZE,
@@ -39,6 +38,7 @@ import {
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
+import { rawImageHandle } from "../../lib/netboot/raw-image.ts";
 import { programOutput, runProgram } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 

@@ -14,8 +14,6 @@ import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { dispatchCounters, FrameDispatcher } from "@ramdisk-tools/netboot/dispatch.ts";
 import { MAX_RECORDED_SLEDS, OfferRecord, stateDirectory } from "@ramdisk-tools/netboot/offer-record.ts";
-import { rawImageHandle } from "@ramdisk-tools/netboot/raw-image.ts";
-import { readFits, resumeDecision } from "@ramdisk-tools/netboot/resume.ts";
 import type { ServedImage } from "@ramdisk-tools/netboot/served-image.ts";
 import {
   CHUNK_SIZE,
@@ -26,6 +24,8 @@ import {
   READ_SLOTS,
   type ReadRequest,
 } from "@ramdisk-tools/protocol/frames.ts";
+import { rawImageHandle } from "../../lib/netboot/raw-image.ts";
+import { readFits, resumeDecision } from "../../lib/netboot/resume.ts";
 
 const SERVER = parseMac("02:5e:18:00:00:01")!;
 const SLED = parseMac("02:5e:18:00:00:a0")!;

@@ -5,8 +5,8 @@
  * lib/protocol/frames.ts's. Fast re-send is in fast-resend.test.ts.
  */
 import { describe, expect, test } from "bun:test";
-import { SledSession } from "@ramdisk-tools/netboot/session.ts";
 import { READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
+import { SledSession } from "../../lib/netboot/session.ts";
 import { dataOf, type Parsed, parse, readRequest, SERVER, SLED, TYPE } from "../helpers/frames.ts";
 
 const POOL_SIZE = 2 * 1024 * 1024;

@@ -9,7 +9,7 @@
 import { describe, expect, test } from "bun:test";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { decodeFrame, encodeFrame, requestedOffsets } from "@ramdisk-tools/protocol/frames.ts";
-import { SledClient, type SledReport } from "@ramdisk-tools/sled/client.ts";
+import { SledClient, type SledReport } from "../../lib/sled/client.ts";
 import {
   fuzzFile,
   hex,

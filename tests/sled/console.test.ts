@@ -22,9 +22,9 @@ import {
   parseMac,
   READ_SLOTS,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { SledClient } from "@ramdisk-tools/sled/client.ts";
-import { consoleLineMs, DROP_LINE_BYTES, STATUS_INTERVAL_MS, STATUS_LINE_BYTES } from "@ramdisk-tools/sled/console.ts";
 import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
+import { SledClient } from "../../lib/sled/client.ts";
+import { consoleLineMs, DROP_LINE_BYTES, STATUS_INTERVAL_MS, STATUS_LINE_BYTES } from "../../lib/sled/console.ts";
 import { programOutput } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 

@@ -21,10 +21,10 @@ import {
   parseMac,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { SledClient } from "@ramdisk-tools/sled/client.ts";
 import { DataFaults, SwitchPort } from "@ramdisk-tools/sled/faults.ts";
 import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { wireBytes } from "@ramdisk-tools/wire/rate.ts";
+import { SledClient } from "../../lib/sled/client.ts";
 import { programOutput } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
