@@ -1,6 +1,6 @@
 /**
  * The half of the one-way rule the import graph cannot show. A path built in
- * a string (`new URL("../../workers/x.ts", import.meta.url)` for a thread, a
+ * a string (a thread's entry point as a URL relative to import.meta.url, a
  * file read beside the code) is invisible to dependency-cruiser, yet it ties
  * a package to whatever it names. So no module in lib/ may name, in a string,
  * a file outside its own package: no relative path that climbs out of it, no

@@ -10,17 +10,14 @@ import {
   decodeFrame,
   encodeFrame,
   type Frame,
+  type Mac,
   type Message,
-  parseMac,
   type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { SledClient, type SledConfig } from "../../lib/sled/client.ts";
 import { pythonWithInput } from "./common.ts";
-
-/** The sled under test, and the server its frames come from. */
-export const SLED = parseMac("02:5e:00:00:00:a0")!;
-export const SERVER = parseMac("02:5e:00:00:00:01")!;
+import { SERVER, SLED } from "./frames.ts";
 
 /**
  * SHA-256 of `bytes` by python3's hashlib.
@@ -81,7 +78,7 @@ export function testSled(checksum: Uint8Array, options: Partial<SledConfig> = {}
 /** An OFFER to the sled from `from`, with the fields given and the rest of a 1 MiB image in a 64 MiB ramdisk. */
 export function offer(
   fields: { ramdiskSize?: number; imageSize?: number; sha256: Uint8Array; dataset?: Uint8Array },
-  from = SERVER,
+  from: Mac = SERVER,
 ): Uint8Array {
   return encodeFrame(SLED, from, {
     type: "offer",
@@ -93,7 +90,7 @@ export function offer(
 }
 
 /** A DATA frame to the sled from `from`. */
-export function data(offset: number, bytes: Uint8Array, from = SERVER): Uint8Array {
+export function data(offset: number, bytes: Uint8Array, from: Mac = SERVER): Uint8Array {
   return encodeFrame(SLED, from, { type: "data", offset: BigInt(offset), bytes });
 }
 

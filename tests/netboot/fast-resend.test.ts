@@ -11,15 +11,14 @@
 import { describe, expect, test } from "bun:test";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { ImageFormatError } from "@ramdisk-tools/image/format.ts";
-import { CHUNK_SIZE, parseMac, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
+import { CHUNK_SIZE, READ_SLOTS, type ReadRequest } from "@ramdisk-tools/protocol/frames.ts";
 import { ConsoleCost, JITTER_FLOOR_MS, MAX_PROBE_SIZE } from "../../lib/netboot/console-cost.ts";
 import { COPY_CHOICES, copiesPay, copyOrder } from "../../lib/netboot/copy-policy.ts";
 import type { ImageSource } from "../../lib/netboot/image-source.ts";
 import { RESEND_CAP_MS, RESEND_FLOOR_MS, ResendTimeout } from "../../lib/netboot/resend-timer.ts";
 import { type ResendClock, SledSession } from "../../lib/netboot/session.ts";
+import { SERVER, SLED } from "../helpers/frames.ts";
 
-const SERVER = parseMac("02:5e:b5:00:00:01")!;
-const SLED = parseMac("02:5e:b5:00:00:a0")!;
 const BATCH = READ_SLOTS * CHUNK_SIZE;
 
 /** A READ of the batch starting at `first`, every slot filled in order, as the sled's first READ of a batch. */

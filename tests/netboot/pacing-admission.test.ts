@@ -24,6 +24,7 @@ import { dispatchCounters, FrameDispatcher, type SessionInbox } from "@ramdisk-t
 import { parseRate, wireBytes } from "@ramdisk-tools/wire/rate.ts";
 import { AdmissionLimits, TokenBucket } from "../../lib/netboot/admission.ts";
 import { Pacer } from "../../lib/netboot/pacing.ts";
+import { SERVER, SLED } from "../helpers/frames.ts";
 
 const wireBits = (length: number) => wireBytes(length) * 8;
 
@@ -44,8 +45,6 @@ import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(180_000);
 
-const SERVER = parseMac("02:5e:b5:00:00:01")!;
-const SLED = parseMac("02:5e:b5:00:00:a0")!;
 const hello = (source: Mac) => encodeFrame(BROADCAST_MAC, source, { type: "hello", text: new Uint8Array([104, 105]) });
 
 /** A READ of the batch starting at `first`, every slot filled in order, as the sled's first READ of a batch. */

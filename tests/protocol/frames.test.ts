@@ -3,6 +3,7 @@
  * layouts are checked by an independent decoder: python3's struct module,
  * reading big-endian fields after the 14-byte Ethernet header.
  */
+
 import { describe, expect, test } from "bun:test";
 import {
   DataFrameWriter,
@@ -18,9 +19,8 @@ import {
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { pythonWithInput } from "../helpers/common.ts";
+import { SERVER, SLED } from "../helpers/frames.ts";
 
-const SLED = parseMac("02:5e:00:00:00:a0")!;
-const SERVER = parseMac("02:5e:00:00:00:01")!;
 const BROADCAST = parseMac("ff:ff:ff:ff:ff:ff")!;
 const U64_MAX = 2n ** 64n - 1n;
 
