@@ -65,14 +65,6 @@ afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-/** The JSON records the server logged so far, of one event. */
-function records(server: ServerProcess, event: string): Record<string, unknown>[] {
-  return server.lines
-    .filter((line) => line.startsWith("{"))
-    .map((line) => JSON.parse(line) as Record<string, unknown>)
-    .filter((record) => record.event === event);
-}
-
 /** The first frame of `type` for SLED within `ms`, or null. */
 async function nextFrame(link: PcapLink, type: string, ms: number) {
   const deadline = Date.now() + ms;
@@ -120,10 +112,10 @@ network("bootserver serving a zlib image while it inflates it", () => {
 
         // The server logs `loaded` once the whole pool is inflated and its SHA-256 checked: after that DATA.
         await server.waitFor(/"event":"loaded"/);
-        const [loaded] = records(server, "loaded");
+        const [loaded] = server.events("loaded");
         expect(loaded).toMatchObject({ image: "pool-z.img", image_size: POOL_SIZE, sha256: poolSha256 });
         expect(Date.parse(loaded!.time as string)).toBeGreaterThan(dataAt);
-        const [listening] = records(server, "listening");
+        const [listening] = server.events("listening");
         expect(Date.parse(listening!.time as string)).toBeLessThanOrEqual(dataAt);
 
         const sled = await runSleds(dir, b, ["--checksum", poolSha256, "--json", "--mac", "02:5e:b5:00:0e:02"]);
@@ -146,13 +138,13 @@ network("bootserver serving a zlib image while it inflates it", () => {
         expect(sled.reports.map((report) => report.outcome)).toEqual(["reset"]);
         expect(sled.reports[0].bytes).toBeLessThan(POOL_SIZE);
 
-        const refused = records(server, "refused");
+        const refused = server.events("refused");
         expect(refused.length).toBe(1);
         expect(refused[0]).toMatchObject({ image: "wrong-z.img", sha256: wrongSha256, reset_sleds: 1 });
         expect(refused[0]!.message).toMatch(
           new RegExp(`^refusing wrong-z\\.img from now on, until the file changes: .*SHA-256 .* is ${poolSha256}`),
         );
-        expect(records(server, "loaded")).toEqual([]);
+        expect(server.events("loaded")).toEqual([]);
 
         // Later HELLOs are not offered it: the server says why instead.
         const link = PcapLink.open(b, { timeoutMs: 1 });
@@ -161,7 +153,7 @@ network("bootserver serving a zlib image while it inflates it", () => {
         } finally {
           link.close();
         }
-        const errors = records(server, "error").map((record) => record.message as string);
+        const errors = server.events("error").map((record) => record.message as string);
         expect(errors).toContainEqual(expect.stringMatching(/^cannot offer wrong-z\.img to 02:5e:b5:00:0e:01: /));
         expect(server.process.exitCode).toBeNull();
         server.process.kill("SIGTERM");

@@ -61,14 +61,6 @@ afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-/** The JSON records the server logged so far, of one event. */
-function records(server: ServerProcess, event: string): Record<string, unknown>[] {
-  return server.lines
-    .filter((line) => line.startsWith("{"))
-    .map((line) => JSON.parse(line) as Record<string, unknown>)
-    .filter((record) => record.event === event);
-}
-
 /** The server's peak resident memory so far, in bytes (its /proc status). */
 function peakResident(server: ServerProcess): number {
   const status = readFileSync(`/proc/${server.process.pid}/status`, "utf8");
@@ -178,7 +170,7 @@ network("bootserver with image files that change under it", () => {
         const next = await runSleds(dir, b, ["--checksum", sha256B, "--json"]);
         expect(next.reports.map((report) => report.outcome)).toEqual(["booted"]);
         expect(server.process.exitCode).toBeNull();
-        expect(records(server, "error")).toEqual([]);
+        expect(server.events("error")).toEqual([]);
       } finally {
         server.kill();
       }
@@ -195,7 +187,7 @@ network("bootserver with image files that change under it", () => {
         expect(sled.reports.map((report) => [report.outcome, report.bytes])).toEqual([["booted", POOL_SIZE]]);
         const next = await runSleds(dir, b, ["--checksum", sha256A, "--json"], 3);
         expect(next.reports.map((report) => report.outcome)).not.toContain("booted");
-        const errors = records(server, "error").map((record) => record.message);
+        const errors = server.events("error").map((record) => record.message);
         expect(errors).toContainEqual(
           expect.stringMatching(/^cannot offer served\.img to .*: cannot read served\.img: /),
         );
@@ -215,7 +207,7 @@ network("bootserver with image files that change under it", () => {
         const sled = await bootWhile(b, sha256A, () => truncateSync(join(dir, "served.img"), 4096 + MIB));
         expect(sled.reports.map((report) => report.outcome)).toEqual(["reset"]);
         expect(sled.reports[0].bytes).toBeLessThan(POOL_SIZE);
-        const errors = records(server, "error").map((record) => record.message as string);
+        const errors = server.events("error").map((record) => record.message as string);
         expect(errors).toContainEqual(
           expect.stringMatching(/served\.img was truncated under the server: it holds 1048576 of its 16777216 bytes/),
         );
@@ -260,7 +252,7 @@ network("bootserver with image files that change under it", () => {
           ["booted", BIG_POOL_SIZE],
           ["booted", BIG_POOL_SIZE],
         ]);
-        const offered = records(server, "offer").map((record) => record.image);
+        const offered = server.events("offer").map((record) => record.image);
         expect(offered.sort()).toEqual(["big-z.img", "big.img"]);
         // Holding the two images would take 512 MiB alone.
         expect(peakResident(server)).toBeLessThan(BIG_POOL_SIZE);
