@@ -43,9 +43,9 @@ import {
 import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
+import { makeImage, ROOT } from "./netboot-run.ts";
 import { processCpuSeconds, watchLines } from "./server-process.ts";
 
-const ROOT = join(import.meta.dir, "..");
 /** What the image rows are given when no one says otherwise. */
 export const IMAGE_DEFAULTS = { imageMib: 256, runs: 3 };
 /** The goals for serving compressed images. */
@@ -145,20 +145,7 @@ export async function imageRows(
   const pool = join(dir, "pool.raw");
   await writeSamplePool(pool, imageMib * MIB);
   for (const { name, flags } of KINDS) {
-    const made = Bun.spawnSync(
-      [
-        "bun",
-        join(ROOT, "apps/mkimage.ts"),
-        "-i",
-        pool,
-        "-o",
-        join(dir, `${name}.img`),
-        "-O",
-        join(dir, `${name}.csum`),
-      ].concat(flags),
-      { stderr: "pipe" },
-    );
-    if (made.exitCode !== 0) throw new Error(`mkimage ${flags.join(" ")} failed: ${made.stderr.toString()}`);
+    makeImage(pool, join(dir, `${name}.img`), ["-O", join(dir, `${name}.csum`), ...flags]);
   }
   const results = new Map<string, Run[]>(KINDS.map(({ name }) => [name, []]));
   // Interleaved, so load from the rest of the machine falls on every kind alike.

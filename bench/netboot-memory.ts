@@ -20,8 +20,8 @@ import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { VethPair } from "@ramdisk-tools/lab/veth.ts";
 import { CHUNK_SIZE } from "@ramdisk-tools/protocol/frames.ts";
 import { type BenchRow, goal } from "./measure.ts";
-import { GIB, ROOT } from "./netboot-run.ts";
-import { helloAll, makeImage, readWithoutListening, SCRIPTED_MACS } from "./scripted-sleds.ts";
+import { GIB, makeImage, ROOT } from "./netboot-run.ts";
+import { helloAll, readWithoutListening, SCRIPTED_MACS } from "./scripted-sleds.ts";
 import { collectLines, peakResident } from "./server-process.ts";
 
 const GOAL_RSS = 512 * MIB;
@@ -57,7 +57,17 @@ async function memoryRun(pair: VethPair, dir: string, images: string[], pinned: 
   const mac = SCRIPTED_MACS[0]!;
   const macText = Array.from(mac, (byte) => byte.toString(16).padStart(2, "0")).join(":");
   const server = Bun.spawn(
-    ["bun", join(ROOT, "apps/bootserver.ts"), "--json-log", "--sled", `${macText}=${pinned}`, pair.a, ...images, "any"],
+    [
+      "bun",
+      join(ROOT, "apps/bootserver.ts"),
+      "--no-state-dir",
+      "--json-log",
+      "--sled",
+      `${macText}=${pinned}`,
+      pair.a,
+      ...images,
+      "any",
+    ],
     { stdout: "pipe", stderr: "inherit", env: { ...process.env, TMPDIR: dir }, cwd: dir },
   );
   const lines = collectLines(server.stdout);

@@ -315,3 +315,16 @@ function ratio(ours: Run, peer: Run): string {
     `sent/image ${times(ours.framesPerImageFrame, peer.framesPerImageFrame)}; CPU/GiB ${times(ours.cpuPerGib, peer.cpuPerGib)}`
   );
 }
+
+/**
+ * `bun apps/mkimage.ts -i POOL -o IMAGE FLAGS...`, to its end; throws with
+ * mkimage's message if it fails.
+ *
+ * @example makeImage(pool, join(dir, "big-z.img"), ["-z"]);
+ */
+export function makeImage(pool: string, image: string, flags: string[] = []): void {
+  const made = Bun.spawnSync(["bun", join(ROOT, "apps/mkimage.ts"), "-i", pool, "-o", image, ...flags], {
+    stderr: "pipe",
+  });
+  if (made.exitCode !== 0) throw new Error(`mkimage ${flags.join(" ")} failed: ${made.stderr.toString()}`);
+}

@@ -43,8 +43,8 @@ import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { readLinkMac } from "@ramdisk-tools/wire/link-mac.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
 import { memoryRows } from "./netboot-memory.ts";
-import { GIB, ROOT } from "./netboot-run.ts";
-import { helloAll, makeImage, readWithoutListening, SCRIPTED_MACS } from "./scripted-sleds.ts";
+import { GIB, makeImage, ROOT } from "./netboot-run.ts";
+import { helloAll, readWithoutListening, SCRIPTED_MACS } from "./scripted-sleds.ts";
 import { processCpuSeconds, threadCpuSeconds, threadShares, watchLines } from "./server-process.ts";
 
 /** What the send rows are given when no one says otherwise. */
@@ -78,10 +78,13 @@ function sendRun(frames: number, cpuSeconds: number, wallSeconds: number): SendR
 
 /** The server serving `image` at `rate` to `sleds` scripted sleds that READ without listening, for `seconds`. */
 async function serverRun(pair: VethPair, image: string, size: number, rate: string, sleds: number, seconds: number) {
-  const server = Bun.spawn(["bun", join(ROOT, "apps/bootserver.ts"), "--rate", rate, pair.a, image, "any"], {
-    stdout: "pipe",
-    stderr: "inherit",
-  });
+  const server = Bun.spawn(
+    ["bun", join(ROOT, "apps/bootserver.ts"), "--no-state-dir", "--rate", rate, pair.a, image, "any"],
+    {
+      stdout: "pipe",
+      stderr: "inherit",
+    },
+  );
   try {
     await watchLines(server.stdout, /^serving on /).ready;
     const macs = SCRIPTED_MACS.slice(0, sleds);

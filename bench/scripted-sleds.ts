@@ -10,7 +10,6 @@
  */
 
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import {
   BROADCAST_MAC,
   CHUNK_SIZE,
@@ -23,7 +22,6 @@ import {
 } from "@ramdisk-tools/protocol/frames.ts";
 import { consecutiveMacs } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { ROOT } from "./netboot-run.ts";
 
 /** Batches each scripted sled keeps asked ahead of the DATA that arrived. */
 const AHEAD = 3;
@@ -109,17 +107,4 @@ export function readWithoutListening(link: string, server: Mac, sleds: readonly 
       sender.close();
     },
   };
-}
-
-/**
- * `bun apps/mkimage.ts -i POOL -o IMAGE FLAGS...`, to its end; throws with
- * mkimage's message if it fails.
- *
- * @example makeImage(pool, join(dir, "big-z.img"), ["-z"]);
- */
-export function makeImage(pool: string, image: string, flags: string[] = []): void {
-  const made = Bun.spawnSync(["bun", join(ROOT, "apps/mkimage.ts"), "-i", pool, "-o", image, ...flags], {
-    stderr: "pipe",
-  });
-  if (made.exitCode !== 0) throw new Error(`mkimage ${flags.join(" ")} failed: ${made.stderr.toString()}`);
 }

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { canUseRawNetwork, createVethPair, type VethPair, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { libpcapVersion, PcapError } from "@ramdisk-tools/wire/libpcap-ffi.ts";
+import { commandOutput, runCommand } from "../helpers/common.ts";
 
 const raw = canUseRawNetwork();
 const NETBOOT = 0x1de0;
@@ -35,11 +36,11 @@ function payload(length: number, seed: number): Uint8Array<ArrayBuffer> {
 }
 
 /** Open handles and close them all afterwards, whatever happens. */
-function withLinks<T>(open: () => PcapLink[], fn: (links: PcapLink[]) => T): T {
+async function withLinks<T>(open: () => PcapLink[], fn: (links: PcapLink[]) => T | Promise<T>): Promise<T> {
   const links: PcapLink[] = [];
   try {
     for (const link of open()) links.push(link);
-    return fn(links);
+    return await fn(links);
   } finally {
     for (const link of links) link.close();
   }
@@ -63,19 +64,19 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     await pair?.remove();
   });
 
-  test("mac is the link's address as ip reports it", () => {
-    withLinks(
+  test("mac is the link's address as ip reports it", async () => {
+    const shown = await commandOutput(["ip", "-j", "link", "show", "dev", pair.a]);
+    await withLinks(
       () => [PcapLink.open(pair.a)],
       ([a]) => {
-        const shown = Bun.spawnSync(["ip", "-j", "link", "show", "dev", pair.a]).stdout.toString();
         const address = (JSON.parse(shown) as { address: string }[])[0]!.address;
         expect(Buffer.from(a!.mac).toString("hex").match(/../g)!.join(":")).toBe(address);
       },
     );
   });
 
-  test("a 0x1DE0 frame injected on one end arrives byte for byte on the other", () => {
-    withLinks(
+  test("a 0x1DE0 frame injected on one end arrives byte for byte on the other", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b)],
       ([a, b]) => {
         const sent = ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(1036, 1));
@@ -91,8 +92,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("each returned frame is a copy that the next capture does not overwrite", () => {
-    withLinks(
+  test("each returned frame is a copy that the next capture does not overwrite", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b)],
       ([a, b]) => {
         const frames = [1, 2, 3].map((seed) => ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(100 + seed, seed)));
@@ -103,8 +104,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("frames of another ethertype are not captured (kernel filter)", () => {
-    withLinks(
+  test("frames of another ethertype are not captured (kernel filter)", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b)],
       ([a, b]) => {
         const before = rxPackets(pair.b);
@@ -121,8 +122,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("a handle does not capture frames sent out of its own link (direction in)", () => {
-    withLinks(
+  test("a handle does not capture frames sent out of its own link (direction in)", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.a, { capture: false }), PcapLink.open(pair.b)],
       ([listener, sender, b]) => {
         const outgoing = ethernetFrame(b!.mac, sender!.mac, NETBOOT, payload(1036, 5));
@@ -141,10 +142,10 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("a frame shorter than 60 bytes arrives unpadded on veth", () => {
+  test("a frame shorter than 60 bytes arrives unpadded on veth", async () => {
     // A real NIC pads to 60 bytes (docs/netboot.md); veth hands the frame over as sent,
     // so decoders must be tested with padded frames too, not only with what veth delivers.
-    withLinks(
+    await withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b)],
       ([a, b]) => {
         const finished = ethernetFrame(
@@ -162,8 +163,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("an injection-only handle captures nothing", () => {
-    withLinks(
+  test("an injection-only handle captures nothing", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b, { capture: false }), PcapLink.open(pair.b)],
       ([a, injectOnly, b]) => {
         const frame = ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(100, 7));
@@ -179,8 +180,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("next() returns null when nothing arrives within the timeout", () => {
-    withLinks(
+  test("next() returns null when nothing arrives within the timeout", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.b, { timeoutMs: 20 })],
       ([b]) => {
         expect(b!.next()).toBeNull();
@@ -189,8 +190,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("nextBatch takes the frames already captured, at most max at a time, in order", () => {
-    withLinks(
+  test("nextBatch takes the frames already captured, at most max at a time, in order", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b, { timeoutMs: 20 })],
       ([a, b]) => {
         const frames = [1, 2, 3, 4, 5].map((seed) => ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(64, seed)));
@@ -205,8 +206,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("nextInto copies into the caller's buffer, cuts to its length, and returns 0 on timeout", () => {
-    withLinks(
+  test("nextInto copies into the caller's buffer, cuts to its length, and returns 0 on timeout", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b, { timeoutMs: 20 })],
       ([a, b]) => {
         const first = ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(1044, 11));
@@ -225,8 +226,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("injectBatch sends every frame in order, more than one sendmmsg call's worth", () => {
-    withLinks(
+  test("injectBatch sends every frame in order, more than one sendmmsg call's worth", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a, { capture: false }), PcapLink.open(pair.b)],
       ([a, b]) => {
         // 600 frames of varied sizes: three calls of at most 256. Every third is a view
@@ -253,8 +254,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("injectBatch checks every frame first, and names the frame the kernel refuses", () => {
-    withLinks(
+  test("injectBatch checks every frame first, and names the frame the kernel refuses", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a), PcapLink.open(pair.b)],
       ([a, b]) => {
         const good = [1, 2, 3].map((seed) => ethernetFrame(b!.mac, a!.mac, NETBOOT, payload(100, seed)));
@@ -273,8 +274,8 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     );
   });
 
-  test("inject refuses a frame shorter than an Ethernet header, and libpcap's reason for an oversized one", () => {
-    withLinks(
+  test("inject refuses a frame shorter than an Ethernet header, and libpcap's reason for an oversized one", async () => {
+    await withLinks(
       () => [PcapLink.open(pair.a)],
       ([a]) => {
         expect(() => a!.inject(new Uint8Array(13))).toThrow(
@@ -300,10 +301,10 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
   test("a link that goes away: next() and inject() throw PcapError with libpcap's text", async () => {
     const doomed = await createVethPair("rpc");
     try {
-      withLinks(
+      await withLinks(
         () => [PcapLink.open(doomed.a), PcapLink.open(doomed.b)],
-        ([a, b]) => {
-          Bun.spawnSync(["ip", "link", "del", doomed.a]);
+        async ([a, b]) => {
+          await commandOutput(["ip", "link", "del", doomed.a]);
           expect(() => b!.next()).toThrow(
             new PcapError(`cannot read a frame from ${doomed.b}: The interface disappeared`),
           );
@@ -340,7 +341,7 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     try {
       worker.postMessage({ link: pair.b });
       expect(await nextMessage()).toEqual({ ready: true });
-      withLinks(
+      await withLinks(
         () => [PcapLink.open(pair.a)],
         ([a]) => a!.inject(ethernetFrame(new Uint8Array(6).fill(0xff), a!.mac, NETBOOT, payload(300, 10))),
       );
@@ -357,14 +358,23 @@ describe.skipIf(!raw.ok)(`PcapLink on a veth pair${raw.ok ? "" : ` (skipped: ${r
     // A slow queueing discipline holds sent frames, so the socket's send buffer fills
     // (the socket is non-blocking underneath); every frame must still go out, in order.
     await withVethPair(async ({ a: aName, b: bName }) => {
-      const tc = Bun.spawnSync(
-        ["tc", "qdisc", "add", "dev", aName, "root", "tbf", "rate", "20mbit", "burst", "16kb", "limit", "4mb"],
-        {
-          stderr: "pipe",
-        },
-      );
-      expect(tc.stderr.toString()).toBe("");
-      withLinks(
+      const tc = await runCommand([
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        aName,
+        "root",
+        "tbf",
+        "rate",
+        "20mbit",
+        "burst",
+        "16kb",
+        "limit",
+        "4mb",
+      ]);
+      expect(tc.stderr).toBe("");
+      await withLinks(
         () => [PcapLink.open(aName), PcapLink.open(bName)],
         ([a, b]) => {
           const count = 1200;
@@ -395,7 +405,7 @@ describe.skipIf(!raw.ok)("createVethPair", () => {
         expect(readFileSync(`/sys/class/net/${end}/operstate`, "utf8").trim()).toBe("up");
         expect(readFileSync(`/proc/sys/net/ipv6/conf/${end}/disable_ipv6`, "utf8").trim()).toBe("1");
       }
-      const shown = JSON.parse(Bun.spawnSync(["ip", "-j", "link", "show", "dev", pair.a]).stdout.toString()) as {
+      const shown = JSON.parse(await commandOutput(["ip", "-j", "link", "show", "dev", pair.a])) as {
         link: string;
       }[];
       expect(shown[0]!.link).toBe(pair.b);
@@ -403,7 +413,8 @@ describe.skipIf(!raw.ok)("createVethPair", () => {
       await pair.remove();
       await pair.remove();
     }
-    for (const end of [pair.a, pair.b]) expect(Bun.spawnSync(["ip", "link", "show", "dev", end]).exitCode).not.toBe(0);
+    for (const end of [pair.a, pair.b])
+      expect((await runCommand(["ip", "link", "show", "dev", end])).exitCode).not.toBe(0);
   });
 });
 
