@@ -27,7 +27,7 @@ export const IMAGE_THREADS: ImageThreads = {
 export const SERVER_THREADS: ServerThreads = {
   dispatcherLoop: beside("dispatcher-loop"),
   sessionLoop: beside("session-loop"),
-  servedImage: beside("served-image"),
+  imageFill: beside("image-fill"),
   blockCache: beside("block-cache"),
   inflateStage: IMAGE_THREADS.inflateStage,
 };

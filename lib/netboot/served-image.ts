@@ -10,7 +10,7 @@
  * the bytes they send with pread (lib/netboot/raw-image.ts), so resident memory
  * does not grow with the image, and however many sleds boot from an image,
  * it is in the page cache once. Checking (hashing, and inflating) runs on a
- * worker thread beside the sessions, and the SHA-256 of the raw image must
+ * worker thread beside the sessions (lib/netboot/image-fill.ts), and the SHA-256 of the raw image must
  * equal the header's, since that is what a sled checks after the transfer
  * and what the OFFER promises.
  *
@@ -39,7 +39,7 @@
  * removed, stays readable to them (lib/netboot/raw-image.ts).
  */
 
-import { closeSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, statfsSync } from "node:fs";
 import { type FileHandle, open, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { oneLine, systemReason } from "@ramdisk-tools/errors/errors.ts";
@@ -51,15 +51,12 @@ import {
   isCompressed,
   kernelRefusals,
   netbootRefusals,
-  toHex,
 } from "@ramdisk-tools/image/format.ts";
-import type { InflateOrder, InflateReport } from "@ramdisk-tools/image/inflate-stage.ts";
-import { sendPayload } from "@ramdisk-tools/image/verify.ts";
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
 import type { SeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
-import { PieceSender, receivePieces } from "@ramdisk-tools/threads/piece-queue.ts";
 import { stopReadAhead, type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
-import { inflateDirectory, RawImageFill, type RawImageHandle, RawImageReader, rawImageHandle } from "./raw-image.ts";
+import type { FillRequest, FillResult } from "./image-fill.ts";
+import { inflateDirectory, RawImageFill, type RawImageHandle, rawImageHandle } from "./raw-image.ts";
 import type { ServedImageThreads } from "./threads.ts";
 
 /** What identifies one version of a file: a rebuilt image differs in one of these. */
@@ -143,126 +140,6 @@ async function openServable(path: string): Promise<{ header: Header; stamp: File
 }
 
 /**
- * Fill and check the raw image of `request` (the served-image thread does
- * this beside the sessions): a plain image is already whole in its file, so
- * only its SHA-256 is checked, read through the page cache as the sessions
- * read it; a compressed one goes through the inflate stage of
- * lib/image/verify.ts on a thread of its own (request.inflateStage), which stops
- * at the first output past image_size, and its output is written to the
- * handle's temporary file and hashed here while it inflates the next piece.
- * The handle's state then says whether it is whole or failed
- * (lib/netboot/raw-image.ts).
- *
- * @example await fillRawImage({ path, header, handle, source, inflateStage: threads.inflateStage });
- */
-export async function fillRawImage(request: FillRequest): Promise<void> {
-  const fill = new RawImageFill(request.handle);
-  try {
-    await fillAndCheck(request, fill);
-  } catch (error) {
-    fill.settle(false);
-    throw error;
-  }
-  fill.settle(true);
-}
-
-async function fillAndCheck(request: FillRequest, fill: RawImageFill): Promise<void> {
-  const { path, header } = request;
-  const hasher = new Bun.CryptoHasher("sha256");
-  const filled = isCompressed(header) ? await inflateInto(request, hasher, fill) : hashFile(request, hasher);
-  if (filled !== header.imageSize) {
-    throw new ImageFormatError(
-      `${path}: payload holds ${filled} bytes of image, but the header's image size is ${header.imageSize}`,
-    );
-  }
-  const digest = new Uint8Array(hasher.digest().buffer);
-  if (toHex(digest) !== toHex(header.sha256)) {
-    throw new ImageFormatError(
-      `${path}: SHA-256 of the image is ${toHex(digest)}, but the header says ${toHex(header.sha256)}`,
-    );
-  }
-}
-
-/** Hash a plain image's file as it is served (its own descriptor on the loader's open file). */
-function hashFile(request: FillRequest, hasher: Bun.CryptoHasher): number {
-  const reader = new RawImageReader(request.handle);
-  const buffer = new Uint8Array(READ_CHUNK);
-  try {
-    let done = 0;
-    while (done < reader.size) {
-      const length = Math.min(READ_CHUNK, reader.size - done);
-      try {
-        reader.read(buffer, 0, done, length);
-      } catch (error) {
-        throw new ImageFormatError(oneLine(error));
-      }
-      hasher.update(buffer.subarray(0, length));
-      done += length;
-    }
-    return done;
-  } finally {
-    reader.close();
-  }
-}
-
-async function inflateInto(request: FillRequest, hasher: Bun.CryptoHasher, fill: RawImageFill): Promise<number> {
-  const { path, header, handle } = request;
-  const inflater = new Worker(request.inflateStage);
-  const toInflater = new MessageChannel();
-  const fromInflater = new MessageChannel();
-  const input = new PieceSender(toInflater.port1);
-  const report = new Promise<InflateReport>((resolve, reject) => {
-    inflater.onmessage = (event: MessageEvent<InflateReport>) => resolve(event.data);
-    inflater.onerror = (event) => reject(new ImageFormatError(`${path}: inflate thread failed: ${event.message}`));
-  });
-  const order: InflateOrder = { input: toInflater.port2, output: fromInflater.port1, imageSize: header.imageSize };
-  inflater.postMessage(order, [toInflater.port2, fromInflater.port1]);
-  try {
-    // The file as the loader opened it, even if it has been replaced since.
-    const feeding = sendPayload(`/proc/self/fd/${request.source}`, header.dataSize, input).catch((error: unknown) => {
-      throw new ImageFormatError(`${path}: ${oneLine(error)}`);
-    });
-    // A failed inflate stops taking input; its report says why, so the feeder's own error adds nothing.
-    feeding.catch(() => {});
-    let filled = 0;
-    const storing = (async () => {
-      for await (const piece of receivePieces(fromInflater.port2)) {
-        writeWhole(handle.fd, piece, filled, path);
-        filled += piece.length;
-        // Published before it is hashed: sessions may send it while the hash catches up.
-        fill.filledTo(filled);
-        hasher.update(piece);
-      }
-    })();
-    const inflated = await report;
-    if (inflated.kind === "failed") throw new ImageFormatError(`${path}: ${inflated.reason}`);
-    await Promise.all([feeding, storing]);
-    if (inflated.consumed < header.dataSize) {
-      throw new ImageFormatError(
-        `${path}: zlib stream ends after ${inflated.consumed} of the ${header.dataSize} payload bytes`,
-      );
-    }
-    return filled;
-  } finally {
-    input.close();
-    toInflater.port1.close();
-    fromInflater.port2.close();
-    inflater.terminate();
-  }
-}
-
-/** Write all of `bytes` at `position` of the inflated image's temporary file. */
-function writeWhole(fd: number, bytes: Uint8Array, position: number, path: string): void {
-  try {
-    for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
-  } catch (error) {
-    throw new ImageFormatError(
-      `${path}: cannot write the inflated image to ${inflateDirectory()}: ${systemReason(error)}`,
-    );
-  }
-}
-
-/**
  * A temporary file for an inflated image of `size` bytes, already removed
  * from its directory: it lives as long as a descriptor on it does, so it is
  * gone when the server exits however it exits. Throws ImageFormatError when
@@ -293,20 +170,6 @@ function inflatedFile(path: string, size: number): number {
 function mib(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(0)} MiB`;
 }
-
-/** What the served-image thread is asked to do. */
-export interface FillRequest {
-  path: string;
-  header: Header;
-  handle: RawImageHandle;
-  /** The loader's descriptor on the image file (for a plain image, the handle's own). */
-  source: number;
-  /** The entry point of the inflate stage (ImageThreads.inflateStage), for a zlib image. */
-  inflateStage: string;
-}
-
-/** What the served-image thread answers: nothing on success, else the reason. */
-export type FillResult = { ok: true } | { ok: false; message: string };
 
 /**
  * How long a retired image's descriptors stay open: a sled offered it just
@@ -355,7 +218,7 @@ export async function loadServedImage(
   // A plain image is in its file whole: only its check goes on.
   if (!isCompressed(header)) new RawImageFill(handle).filledTo(header.imageSize);
   const started = performance.now();
-  const worker = new Worker(threads.servedImage);
+  const worker = new Worker(threads.imageFill);
   const filled = new Promise<FillResult>((resolve) => {
     worker.onmessage = (event: MessageEvent<FillResult>) => resolve(event.data);
     worker.onerror = (event) => {

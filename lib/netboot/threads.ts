@@ -14,11 +14,11 @@ export interface ServerThreads extends Pick<ImageThreads, "inflateStage"> {
   dispatcherLoop: string;
   /** One sled's session (session-loop.ts). */
   sessionLoop: string;
-  /** The fill and check of a plain or zlib image beside its sessions (served-image.ts, fillRawImage). */
-  servedImage: string;
+  /** The fill and check of a plain or zlib image beside its sessions (image-fill.ts, fillInThread). */
+  imageFill: string;
   /** A zstd image's read-ahead into its block cache (block-cache.ts, ZstdImageReader.readAhead). */
   blockCache: string;
 }
 
 /** The threads loading an image starts (served-image.ts): the fill, which starts an inflate stage, and the read-ahead. */
-export type ServedImageThreads = Pick<ServerThreads, "servedImage" | "inflateStage" | "blockCache">;
+export type ServedImageThreads = Pick<ServerThreads, "imageFill" | "inflateStage" | "blockCache">;
