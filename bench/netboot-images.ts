@@ -43,7 +43,7 @@ import {
 import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
-import { makeImage, ROOT } from "./netboot-run.ts";
+import { ROOT, runMkimage } from "./netboot-run.ts";
 import { processCpuSeconds, watchLines } from "./server-process.ts";
 
 /** What the image rows are given when no one says otherwise. */
@@ -145,7 +145,7 @@ export async function imageRows(
   const pool = join(dir, "pool.raw");
   await writeSamplePool(pool, imageMib * MIB);
   for (const { name, flags } of KINDS) {
-    makeImage(pool, join(dir, `${name}.img`), ["-O", join(dir, `${name}.csum`), ...flags]);
+    runMkimage(pool, join(dir, `${name}.img`), ["-O", join(dir, `${name}.csum`), ...flags]);
   }
   const results = new Map<string, Run[]>(KINDS.map(({ name }) => [name, []]));
   // Interleaved, so load from the rest of the machine falls on every kind alike.

@@ -20,7 +20,7 @@ import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { VethPair } from "@ramdisk-tools/lab/veth.ts";
 import { CHUNK_SIZE } from "@ramdisk-tools/protocol/frames.ts";
 import { type BenchRow, goal } from "./measure.ts";
-import { GIB, makeImage, ROOT } from "./netboot-run.ts";
+import { GIB, ROOT, runMkimage } from "./netboot-run.ts";
 import { helloAll, readWithoutListening, SCRIPTED_MACS } from "./scripted-sleds.ts";
 import { collectLines, peakResident } from "./server-process.ts";
 
@@ -112,8 +112,8 @@ export async function memoryRows(
   const pool = join(dir, "big.raw");
   await writeSamplePool(pool, 64 * MIB);
   truncateSync(pool, size);
-  makeImage(pool, join(dir, "big.img"));
-  makeImage(pool, join(dir, "big-z.img"), ["-z"]);
+  runMkimage(pool, join(dir, "big.img"));
+  runMkimage(pool, join(dir, "big-z.img"), ["-z"]);
   await rm(pool);
   const images = ["big.img", "big-z.img"];
   const plain = await memoryRun(pair, dir, images, "big.img", size);

@@ -320,9 +320,9 @@ function ratio(ours: Run, peer: Run): string {
  * `bun apps/mkimage.ts -i POOL -o IMAGE FLAGS...`, to its end; throws with
  * mkimage's message if it fails.
  *
- * @example makeImage(pool, join(dir, "big-z.img"), ["-z"]);
+ * @example runMkimage(pool, join(dir, "big-z.img"), ["-z"]);
  */
-export function makeImage(pool: string, image: string, flags: string[] = []): void {
+export function runMkimage(pool: string, image: string, flags: string[] = []): void {
   const made = Bun.spawnSync(["bun", join(ROOT, "apps/mkimage.ts"), "-i", pool, "-o", image, ...flags], {
     stderr: "pipe",
   });

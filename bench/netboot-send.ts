@@ -43,7 +43,7 @@ import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { readLinkMac } from "@ramdisk-tools/wire/link-mac.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
 import { memoryRows } from "./netboot-memory.ts";
-import { GIB, makeImage, ROOT } from "./netboot-run.ts";
+import { GIB, ROOT, runMkimage } from "./netboot-run.ts";
 import { helloAll, readWithoutListening, SCRIPTED_MACS } from "./scripted-sleds.ts";
 import { processCpuSeconds, threadCpuSeconds, threadShares, watchLines } from "./server-process.ts";
 
@@ -180,7 +180,7 @@ export async function sendRows(
   const image = join(dir, "send.img");
   const size = options.imageMib * MIB;
   await writeSamplePool(pool, size);
-  makeImage(pool, image);
+  runMkimage(pool, image);
   await rm(pool);
   const floor = floorCommand(dir);
   const framesFile = join(dir, "floor.frames");

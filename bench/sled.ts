@@ -38,7 +38,7 @@ import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 const SERVER_MAC = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x00, 0x01]);
 const FIRST_SLED = new Uint8Array([0x02, 0x5e, 0xbe, 0x4c, 0x10, 0x00]);
 
-function makeImage(size: number): { image: Uint8Array; checksum: Uint8Array } {
+function imageWithChecksum(size: number): { image: Uint8Array; checksum: Uint8Array } {
   const image = new Uint8Array(size);
   let state = 0x9e3779b9;
   const words = new Uint32Array(image.buffer);
@@ -100,7 +100,7 @@ function cachedFrames(image: Uint8Array): (sled: Mac) => ReturnType<typeof dataF
 }
 
 function inMemory(mib: number, sleds: number): void {
-  const { image, checksum } = makeImage(mib * 1024 * 1024);
+  const { image, checksum } = imageWithChecksum(mib * 1024 * 1024);
   const framesFor = cachedFrames(image);
   const macs = consecutiveMacs(FIRST_SLED, sleds);
   for (const mac of macs) framesFor(mac);
@@ -133,7 +133,7 @@ function inMemory(mib: number, sleds: number): void {
 
 /** Child mode: answer HELLO and READ frames on `link` as fast as sendmmsg goes, until killed. */
 function blast(linkName: string, mib: number, sleds: number): never {
-  const { image, checksum } = makeImage(mib * 1024 * 1024);
+  const { image, checksum } = imageWithChecksum(mib * 1024 * 1024);
   const framesFor = cachedFrames(image);
   // Built before "ready": building them on the first READ would outlast the sled's one-second re-ask.
   for (const mac of consecutiveMacs(FIRST_SLED, sleds)) framesFor(mac);
@@ -190,7 +190,7 @@ async function overVeth(mib: number, sleds: number, runs: number): Promise<void>
     console.log("over veth: skipped (needs /usr/bin/time to measure the emulator's CPU)");
     return;
   }
-  const { checksum } = makeImage(mib * 1024 * 1024);
+  const { checksum } = imageWithChecksum(mib * 1024 * 1024);
   const checksumHex = Buffer.from(checksum).toString("hex");
   await withVethPair(async ({ a, b }) => {
     // What starting the program costs, without any frame: a sled that times out at once.
