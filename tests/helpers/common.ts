@@ -333,3 +333,8 @@ export function expectRefusal(
   expect(run.stderr).not.toMatch(/\n\s+at /);
   expect(run.stderr.trimEnd()).toMatch(message);
 }
+
+/** The bytes in lower-case hex. */
+export function hex(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex");
+}

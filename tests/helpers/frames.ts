@@ -87,10 +87,6 @@ export function readFrame(source: Mac, destination: Mac, count: bigint, slots: R
  *
  * @example expect(hex(offer.body.subarray(16, 48))).toBe(sha256);
  */
-export function hex(bytes: Uint8Array): string {
-  return Buffer.from(bytes).toString("hex");
-}
-
 /**
  * A MAC address as the server prints it: aa:bb:cc:dd:ee:ff.
  *

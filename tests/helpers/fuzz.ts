@@ -36,7 +36,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { Xorshift32 } from "@ramdisk-tools/random/xorshift32.ts";
-import { python } from "./common.ts";
+import { hex, python } from "./common.ts";
 
 /** `bun run fuzz` multiplies every case count by this. */
 export const SCALE = Math.max(1, Number(process.env.FUZZ_SCALE ?? "1") || 1);
@@ -117,11 +117,6 @@ export function imageLike(random: Random, length: number): Uint8Array {
 /** The parts one after another, in a new array. */
 export function concat(...parts: Uint8Array[]): Uint8Array {
   return new Uint8Array(Buffer.concat(parts));
-}
-
-/** The bytes in lower-case hex. */
-export function hex(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex");
 }
 
 /** A short, reproducible description of an input for a failure message. */

@@ -15,7 +15,7 @@ import { type ProgramRun, python, runProgram, VECTORS } from "./common.ts";
  * Every test runs lookimage as a process, some several times, and the setup runs python3 over
  * tens of MiB, on two cores shared with other work: room, but no assertion on time.
  */
-export const SLOW = 60_000;
+export const LOOKIMAGE_TIMEOUT_MS = 60_000;
 
 /** The existing tools' vectors (tests/vectors), by name. */
 export const VECTOR_NAMES = ["pool-1m", "pool-1m-z", "pool-odd", "pool-odd-z"];
@@ -213,9 +213,9 @@ export function lookimageCases() {
   beforeAll(async () => {
     cases.dir = await mkdtemp(join(tmpdir(), "lookimage-test-"));
     cases.facts = JSON.parse(python(PYTHON_IMAGES, cases.dir, VECTORS)) as Facts;
-  }, SLOW);
+  }, LOOKIMAGE_TIMEOUT_MS);
   afterAll(async () => {
     if (cases.dir) await rm(cases.dir, { recursive: true, force: true });
-  }, SLOW);
+  }, LOOKIMAGE_TIMEOUT_MS);
   return cases;
 }

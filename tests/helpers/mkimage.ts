@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { caseDirs, type ProgramRun, ROOT, runCommand, runProgram } from "./common.ts";
 
 /** Real processes, python3 and pigz on a shared machine: room, but no assertion on time. */
-export const SLOW = 120_000;
+export const MKIMAGE_TIMEOUT_MS = 120_000;
 
 /**
  * Run `bun apps/mkimage.ts ARGS...` to its end, as user `user` (and group of
@@ -48,10 +48,10 @@ export function mkimageScratch() {
   let dir = "";
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), "mkimage-test-"));
-  }, SLOW);
+  }, MKIMAGE_TIMEOUT_MS);
   afterAll(async () => {
     if (dir) await rm(dir, { recursive: true, force: true });
-  }, SLOW);
+  }, MKIMAGE_TIMEOUT_MS);
   return { dir: () => dir, caseDir: caseDirs(() => dir) };
 }
 

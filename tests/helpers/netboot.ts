@@ -11,8 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeFrame, type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { programOutput, python, ROOT, RunningCommand, runProgram } from "./common.ts";
-import { BROADCAST, hex, macText, type Parsed, parse } from "./frames.ts";
+import { hex, programOutput, python, ROOT, RunningCommand, runProgram } from "./common.ts";
+import { BROADCAST, macText, type Parsed, parse } from "./frames.ts";
 
 /** A pool-like raw file: random records, zeros and text, from a fixed seed; prints its SHA-256. */
 const WRITE_POOL = `

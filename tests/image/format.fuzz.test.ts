@@ -26,12 +26,11 @@ import {
   ZSTD_VERSION,
 } from "@ramdisk-tools/image/format.ts";
 import { IMAGE_VERSIONS, payloadCodec } from "@ramdisk-tools/image/zstd-image.ts";
-import { VECTORS } from "../helpers/common.ts";
+import { hex, VECTORS } from "../helpers/common.ts";
 import {
   concat,
   flipBits,
   fuzzFile,
-  hex,
   isOneLine,
   MAX_SAFE,
   nameField,

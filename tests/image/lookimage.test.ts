@@ -10,9 +10,9 @@
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
 import { ROOT, VECTORS } from "../helpers/common.ts";
-import { expectFailure, lookimage, lookimageCases, SLOW, VECTOR_NAMES } from "../helpers/lookimage.ts";
+import { expectFailure, LOOKIMAGE_TIMEOUT_MS, lookimage, lookimageCases, VECTOR_NAMES } from "../helpers/lookimage.ts";
 
-setDefaultTimeout(SLOW);
+setDefaultTimeout(LOOKIMAGE_TIMEOUT_MS);
 
 const cases = lookimageCases();
 const image = (name: string) => join(cases.dir, name);

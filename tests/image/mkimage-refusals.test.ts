@@ -12,7 +12,14 @@ import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { expectRefusal, type ProgramRun, runProgram, startProgram, VECTORS } from "../helpers/common.ts";
-import { listing, mkimage, mkimageScratch, nobodyReachesMkimage, SLOW, sameBytes } from "../helpers/mkimage.ts";
+import {
+  listing,
+  MKIMAGE_TIMEOUT_MS,
+  mkimage,
+  mkimageScratch,
+  nobodyReachesMkimage,
+  sameBytes,
+} from "../helpers/mkimage.ts";
 
 /** As root the unreadable-input case runs mkimage as nobody, who must reach the program. */
 const nobodyReachesApp = await nobodyReachesMkimage();
@@ -24,7 +31,7 @@ let bigRaw: string;
 beforeAll(async () => {
   bigRaw = join(scratch.dir(), "big.raw");
   await writeSamplePool(bigRaw, 64 * MIB, 11);
-}, SLOW);
+}, MKIMAGE_TIMEOUT_MS);
 
 describe("refusals: one line, exit 1, no output and no temporary file", () => {
   /** A refusal by mkimage (tests/helpers/common.ts expectRefusal). */
@@ -42,7 +49,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       );
       expect(await listing(out)).toEqual([]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -56,7 +63,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       );
       expect(await listing(out)).toEqual(["file"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   // Root reads anything, so as root the program runs as nobody, which needs to reach the program and
@@ -76,7 +83,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       expectRefused(run, /cannot read input .*in\.raw: permission denied/);
       expect(await listing(out)).toEqual(["in.raw"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -91,7 +98,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       );
       expect(await listing(out)).toEqual(["pool"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   for (const size of [0, 1, 4095]) {
@@ -109,7 +116,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
         );
         expect(await listing(out)).toEqual(["in.raw"]);
       },
-      SLOW,
+      MKIMAGE_TIMEOUT_MS,
     );
   }
 
@@ -125,7 +132,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       );
       expect(await listing(out)).toEqual(["in.raw"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -139,7 +146,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       );
       expect(await listing(out)).toEqual(["in.raw"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -170,7 +177,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       const look = await runProgram("lookimage", [`${out}/x.img`]);
       expect(look.exitCode).toBe(0);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -193,7 +200,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       );
       expect(await listing(out)).toEqual([]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -216,7 +223,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       expect(await listing(out)).toEqual(["in.raw", "via-hardlink", "via-symlink"]);
       expect(await sameBytes(raw, `${VECTORS}/pool-1m.raw`)).toBe(true);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -234,7 +241,7 @@ describe("refusals: one line, exit 1, no output and no temporary file", () => {
       );
       expect(await listing(out)).toEqual(["image"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 });
 
@@ -276,7 +283,7 @@ describe("input that changes while being read, and interruptions", () => {
       expect(await listing(out)).toEqual(["in.raw", "x.img"]);
       expect(await Bun.file(`${out}/x.img`).text()).toBe("the previous image");
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -291,7 +298,7 @@ describe("input that changes while being read, and interruptions", () => {
       expect(await child.stderr()).toBe(`mkimage: input ${raw} grew beyond ${64 * MIB} bytes while being read\n`);
       expect(await listing(out)).toEqual(["in.raw"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
@@ -305,7 +312,7 @@ describe("input that changes while being read, and interruptions", () => {
         expect(child.process.signalCode).toBe(signal);
         expect(await listing(out)).toEqual([]);
       },
-      SLOW,
+      MKIMAGE_TIMEOUT_MS,
     );
   }
 
@@ -320,6 +327,6 @@ describe("input that changes while being read, and interruptions", () => {
       expect(await Bun.file(`${out}/x.img`).exists()).toBe(false);
       expect(await Bun.file(`${out}/x.csum`).exists()).toBe(false);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 });

@@ -15,7 +15,7 @@ import { FLUSH_INTERVAL, type ZlibLevel } from "@ramdisk-tools/image/zlib-stream
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import { IMAGE_THREADS } from "../../workers/entry-points.ts";
 import { python, ROOT, runCommandBytes, VECTORS } from "../helpers/common.ts";
-import { listing, mkimage, mkimageScratch, SLOW, sameBytes } from "../helpers/mkimage.ts";
+import { listing, MKIMAGE_TIMEOUT_MS, mkimage, mkimageScratch, sameBytes } from "../helpers/mkimage.ts";
 
 const { caseDir } = mkimageScratch();
 
@@ -103,7 +103,7 @@ describe("uncompressed images are the vectors, byte for byte", () => {
       expect(await sameBytes(`${out}/pool.csum`, `${VECTORS}/pool-1m.csum`)).toBe(true);
       expect(await listing(out)).toEqual(["pool.csum", "pool.img"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -120,7 +120,7 @@ describe("uncompressed images are the vectors, byte for byte", () => {
       expect(await sameBytes(`${out}/odd.img`, `${VECTORS}/pool-odd.img`)).toBe(true);
       expect(await listing(out)).toEqual(["odd.img"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -142,7 +142,7 @@ describe("uncompressed images are the vectors, byte for byte", () => {
       });
       expect(await listing(out)).toEqual(["pool.img"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 });
 
@@ -190,7 +190,7 @@ describe("compressed images", () => {
       // The zlib header zlib writes at level 9.
       expect([...new Uint8Array(await Bun.file(`${out}/z.img`).slice(4096, 4098).arrayBuffer())]).toEqual([0x78, 0xda]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -202,7 +202,7 @@ describe("compressed images", () => {
       await sameHeaderButDataSize(`${out}/z.img`, `${VECTORS}/pool-odd-z.img`);
       expect(await pigzInflates(`${out}/z.img`, `${VECTORS}/pool-odd.raw`)).toBe(true);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   // Sizes around a thread's block (ZLIB_BLOCK_SIZE) and around a sync flush inside one (FLUSH_INTERVAL).
@@ -244,7 +244,7 @@ describe("compressed images", () => {
         expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
         expect(await listing(out)).toEqual(["in.raw", "z.img"]);
       },
-      SLOW,
+      MKIMAGE_TIMEOUT_MS,
     );
   }
 
@@ -259,7 +259,7 @@ describe("compressed images", () => {
       expect(await sameBytes(`${out}/1.img`, `${out}/5.img`)).toBe(true);
       expect(await pigzInflates(`${out}/1.img`, raw)).toBe(true);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -279,7 +279,7 @@ describe("compressed images", () => {
         expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
       }
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -309,7 +309,7 @@ describe("compressed images", () => {
         payloadOk: true,
       });
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -332,7 +332,7 @@ describe("compressed images", () => {
       });
       expect(await pigzInflates(`${out}/z.img`, raw)).toBe(true);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -352,7 +352,7 @@ describe("compressed images", () => {
       await expect(made).rejects.toThrow(/level/i);
       expect(await listing(out)).toEqual(["in.raw"]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 });
 
@@ -392,7 +392,7 @@ describe("command line", () => {
       }
       expect(await listing(out)).toEqual([]);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -406,7 +406,7 @@ describe("command line", () => {
         expect(target.getBigUint64(0, true)).toBe(8n * BigInt(MIB));
       }
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -418,7 +418,7 @@ describe("command line", () => {
       const target = new DataView((await Bun.file(`${out}/x.img`).slice(32, 40).arrayBuffer()) as ArrayBuffer);
       expect(target.getBigUint64(0, true)).toBe((2n ** 33n - 1n) * BigInt(MIB));
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 
   test(
@@ -445,6 +445,6 @@ describe("command line", () => {
       expect(version.exitCode).toBe(0);
       expect(version.stdout.trim()).toBe((await Bun.file(join(ROOT, "package.json")).json()).version);
     },
-    SLOW,
+    MKIMAGE_TIMEOUT_MS,
   );
 });

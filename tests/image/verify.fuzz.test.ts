@@ -23,12 +23,11 @@ import { type InflateReport, inflateStage } from "@ramdisk-tools/image/inflate-s
 import { verifyPayload } from "@ramdisk-tools/image/verify.ts";
 import { PieceSender } from "@ramdisk-tools/threads/piece-queue.ts";
 import { IMAGE_THREADS } from "../../workers/entry-points.ts";
-import { runCommand } from "../helpers/common.ts";
+import { hex, runCommand } from "../helpers/common.ts";
 import {
   concat,
   flipBits,
   fuzzFile,
-  hex,
   imageLike,
   isOneLine,
   MEMORY_SLACK_MIB,

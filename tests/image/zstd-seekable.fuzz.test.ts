@@ -20,12 +20,11 @@ import {
   type SeekTable,
   ZSTD_MAX_BLOCK_SIZE,
 } from "@ramdisk-tools/image/zstd-seekable.ts";
-import { commandOutput, runCommandBytes } from "../helpers/common.ts";
+import { commandOutput, hex, runCommandBytes } from "../helpers/common.ts";
 import {
   concat,
   flipBits,
   fuzzFile,
-  hex,
   imageLike,
   MEMORY_SLACK_MIB,
   outcome,

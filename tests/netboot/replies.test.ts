@@ -14,7 +14,8 @@ import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { encodeFrame, parseMac } from "@ramdisk-tools/protocol/frames.ts";
-import { BROADCAST, dataOf, hex, macText, OTHER, readFrame, SLED, TYPE } from "../helpers/frames.ts";
+import { hex } from "../helpers/common.ts";
+import { BROADCAST, dataOf, macText, OTHER, readFrame, SLED, TYPE } from "../helpers/frames.ts";
 import {
   linkMac,
   SERVED_POOL_SIZE as POOL_SIZE,

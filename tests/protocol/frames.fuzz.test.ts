@@ -16,10 +16,10 @@ import {
   type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
+import { hex } from "../helpers/common.ts";
 import {
   concat,
   FUZZ_TIMEOUT_MS,
-  hex,
   isOneLine,
   MAX_SAFE,
   outcome,

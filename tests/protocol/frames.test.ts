@@ -18,7 +18,7 @@ import {
   type ReadRequest,
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
-import { pythonWithInput } from "../helpers/common.ts";
+import { hex, pythonWithInput } from "../helpers/common.ts";
 import { SERVER, SLED } from "../helpers/frames.ts";
 
 const BROADCAST = parseMac("ff:ff:ff:ff:ff:ff")!;
@@ -47,10 +47,6 @@ json.dump(out, sys.stdout)
     frames.map(({ frame, format }) => ({ hex: Buffer.from(frame).toString("hex"), format })),
   );
   return JSON.parse(pythonWithInput(Buffer.from(input), script));
-}
-
-function hex(bytes: Uint8Array): string {
-  return Buffer.from(bytes).toString("hex");
 }
 
 function decodeOk(bytes: Uint8Array): Frame {

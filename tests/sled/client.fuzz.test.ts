@@ -10,18 +10,8 @@ import { describe, expect, test } from "bun:test";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { decodeFrame, encodeFrame, requestedOffsets } from "@ramdisk-tools/protocol/frames.ts";
 import { SledClient, type SledReport } from "../../lib/sled/client.ts";
-import {
-  fuzzFile,
-  hex,
-  imageLike,
-  nameField,
-  outcome,
-  pythonJson,
-  Random,
-  scaled,
-  show,
-  Tally,
-} from "../helpers/fuzz.ts";
+import { hex } from "../helpers/common.ts";
+import { fuzzFile, imageLike, nameField, outcome, pythonJson, Random, scaled, show, Tally } from "../helpers/fuzz.ts";
 import { mutateFrame, OFFSET_EDGES, OTHER_MAC, randomFrame, SERVER_MAC, SLED_MAC } from "../helpers/fuzz-frames.ts";
 
 const scratch = fuzzFile();

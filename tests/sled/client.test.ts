@@ -16,7 +16,8 @@ import {
   requestedOffsets,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { DataFaults, REORDER_HOLD_MS } from "@ramdisk-tools/sled/faults.ts";
-import { hex, SERVER, SLED } from "../helpers/frames.ts";
+import { hex } from "../helpers/common.ts";
+import { SERVER, SLED } from "../helpers/frames.ts";
 import { answer, data, imageOf, offer, pythonSha256, serve, testSled } from "../helpers/sled.ts";
 
 const OTHER_SERVER = parseMac("02:5e:00:00:00:02")!;

@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BROADCAST_MAC, datasetField, encodeFrame, type Message, READ_SLOTS } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapFileError, PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
-import { commandOutput, python, runCommand } from "../helpers/common.ts";
+import { commandOutput, hex, python, runCommand } from "../helpers/common.ts";
 
 const DISSECTOR = join(import.meta.dir, "..", "..", "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");
@@ -38,10 +38,6 @@ afterAll(() => {
 function setLen(frame: Uint8Array, len: number): Uint8Array {
   new DataView(frame.buffer, frame.byteOffset).setUint32(22, len);
   return frame;
-}
-
-function hex(bytes: Uint8Array): string {
-  return Buffer.from(bytes).toString("hex");
 }
 
 interface PythonRecord {
