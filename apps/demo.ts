@@ -5,15 +5,16 @@
  * sleds from it over a veth pair it creates and removes. Each step shows the
  * command it ran, what it printed, and how long it took.
  */
+
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { runMain } from "@ramdisk-tools/cli/conventions.ts";
 import { UserError } from "@ramdisk-tools/errors/errors.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
 
-const ROOT = join(import.meta.dir, "..");
 const OUT = join(ROOT, "demo-out");
 const POOL_SIZE = 64 * 1024 * 1024;
 const SLEDS = 4;

@@ -25,6 +25,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeHeader, encodeHeader, HEADER_SIZE, type Header, toHex } from "@ramdisk-tools/image/format.ts";
 import { IMAGE_VERSIONS, type PayloadCodec, payloadCodec } from "@ramdisk-tools/image/zstd-image.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
 import { type BenchRow, goal, type Measured, printRows, race, seconds, timeRows } from "./measure.ts";
 import { verifyFloor } from "./verify-floor.ts";
@@ -34,7 +35,7 @@ export const GOAL_SPEEDUP = 1.5;
 /** Goals: a zstd image at least 2x as fast as `zstd -d | sha256sum`, and within 1.5x of Bun's own floor. */
 const GOALS = { zstdVsCli: 2, zstdVsFloor: 1.5 };
 const ROUNDS = 3;
-const LOOKIMAGE = ["bun", join(import.meta.dir, "..", "apps", "lookimage.ts")];
+const LOOKIMAGE = ["bun", join(ROOT, "apps", "lookimage.ts")];
 
 /** The header of the image at `path`, version 2 or zstd. */
 async function readHeader(path: string): Promise<Header> {

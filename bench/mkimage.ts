@@ -45,6 +45,7 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { ZSTD_DEFAULT_LEVEL } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { formatBytes } from "@ramdisk-tools/progress/progress.ts";
 import yargs from "yargs";
@@ -52,7 +53,7 @@ import { hideBin } from "yargs/helpers";
 import { lookimageRows, lookimageZstdRows } from "./lookimage-rows.ts";
 import { type BenchRow, type Measured, measure, printRows, race, sizeRow, timeRows } from "./measure.ts";
 
-const MKIMAGE = ["bun", join(import.meta.dir, "..", "apps", "mkimage.ts")];
+const MKIMAGE = ["bun", join(ROOT, "apps", "mkimage.ts")];
 const SEED = 1;
 const RACE_ROUNDS = 3;
 /** The trees the "real files" input is a tar of: executables and shared libraries, as a pool holds. */

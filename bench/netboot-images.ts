@@ -30,6 +30,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, type VethPair, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
@@ -43,7 +44,7 @@ import {
 import type { EmulatedSledReport } from "@ramdisk-tools/sled/runner.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
-import { ROOT, runMkimage } from "./netboot-run.ts";
+import { runMkimage } from "./netboot-run.ts";
 import { processCpuSeconds, watchLines } from "./server-process.ts";
 
 /** What the image rows are given when no one says otherwise. */

@@ -16,11 +16,12 @@ import { truncateSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import type { VethPair } from "@ramdisk-tools/lab/veth.ts";
 import { CHUNK_SIZE } from "@ramdisk-tools/protocol/frames.ts";
 import { type BenchRow, goal } from "./measure.ts";
-import { GIB, ROOT, runMkimage } from "./netboot-run.ts";
+import { GIB, runMkimage } from "./netboot-run.ts";
 import { helloAll, readWithoutListening, SCRIPTED_MACS } from "./scripted-sleds.ts";
 import { collectLines, peakResident } from "./server-process.ts";
 

@@ -3,9 +3,11 @@
  * veth pair, and its figures: what bench/netboot.ts and
  * bench/netboot-console.ts measure each row with, and how a row is printed.
  */
+
 import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { DEFAULT_DATASET, encodeHeader, toHex, VERSION } from "@ramdisk-tools/image/format.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import {
   BROADCAST_MAC,
@@ -20,7 +22,6 @@ import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { readLinkMac } from "@ramdisk-tools/wire/link-mac.ts";
 import { processCpuSeconds, watchLines } from "./server-process.ts";
 
-export const ROOT = join(import.meta.dir, "..");
 export const GIB = 1024 * MIB;
 export const MB = 1_000_000;
 /** Gigabit line rate in image bytes with 1024-byte chunks (1082 bytes of link time each: lib/wire/rate.ts). */

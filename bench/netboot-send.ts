@@ -36,6 +36,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { HEADER_SIZE } from "@ramdisk-tools/image/format.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, type VethPair, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { CHUNK_SIZE, DataFrameWriter, type Mac, READ_SLOTS } from "@ramdisk-tools/protocol/frames.ts";
@@ -43,7 +44,7 @@ import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
 import { readLinkMac } from "@ramdisk-tools/wire/link-mac.ts";
 import { type BenchRow, goal, printRows } from "./measure.ts";
 import { memoryRows } from "./netboot-memory.ts";
-import { GIB, ROOT, runMkimage } from "./netboot-run.ts";
+import { GIB, runMkimage } from "./netboot-run.ts";
 import { helloAll, readWithoutListening, SCRIPTED_MACS } from "./scripted-sleds.ts";
 import { processCpuSeconds, threadCpuSeconds, threadShares, watchLines } from "./server-process.ts";
 

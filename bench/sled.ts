@@ -17,10 +17,12 @@
  *
  * Usage: bun bench/sled.ts [--mib N] [--sleds N] [--runs N]   (default 64 MiB, 1 sled, 3 runs)
  */
+
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
   CHUNK_SIZE,
@@ -153,18 +155,7 @@ function timedSled(
   const times = join(mkdtempSync(join(tmpdir(), "rsl-bench-")), "times");
   try {
     const sled = Bun.spawnSync(
-      [
-        "/usr/bin/time",
-        "-o",
-        times,
-        "-f",
-        "%U %S",
-        "bun",
-        join(import.meta.dir, "..", "apps", "sled.ts"),
-        link,
-        "--json",
-        ...args,
-      ],
+      ["/usr/bin/time", "-o", times, "-f", "%U %S", "bun", join(ROOT, "apps", "sled.ts"), link, "--json", ...args],
       { stderr: "pipe" },
     );
     const [user = 0, system = 0] = readFileSync(times, "utf8").trim().split("\n").at(-1)!.split(" ").map(Number);

@@ -37,6 +37,7 @@ import * as wasm from "@bokuweb/zstd-wasm";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { compressBlock } from "@ramdisk-tools/image/zstd-frames.ts";
 import { frameCapacity } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import yargs from "yargs";
 
@@ -268,7 +269,7 @@ function printRows(rows: Row[], sampleSize: number, zlibRow: Row): void {
  */
 function printVectorSizes(levels: number[]): void {
   for (const name of ["pool-1m.raw", "pool-odd.raw"]) {
-    const raw = readFileSync(join(import.meta.dir, "..", "tests", "vectors", name));
+    const raw = readFileSync(join(ROOT, "tests", "vectors", name));
     const zlibSize = zlib.deflateSync(raw, { level: 9 }).length;
     const sizes = levels.map(
       (level) => `level ${level} ${((compressBlock(raw, level).length / zlibSize) * 100).toFixed(1)}%`,

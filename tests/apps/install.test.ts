@@ -7,7 +7,8 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdir, mkdtemp, readFile, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { commandOutput, ROOT, runCommand, VALID_ARGUMENTS } from "../helpers/common.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
+import { commandOutput, runCommand, VALID_ARGUMENTS } from "../helpers/common.ts";
 
 const TIMEOUT_MS = 60_000;
 const { version } = JSON.parse(await readFile(join(ROOT, "package.json"), "utf8")) as { version: string };

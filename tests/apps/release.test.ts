@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PROGRAMS } from "@ramdisk-tools/cli/programs.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { writeSamplePool } from "@ramdisk-tools/lab/sample-pool.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { buildRelease, EXECUTABLE, type Release } from "../../scripts/build.ts";
@@ -21,7 +22,6 @@ import { ENTRY_POINTS } from "../../workers/entry-points.ts";
 import {
   commandOutput,
   python,
-  ROOT,
   RunningCommand,
   type RunOptions,
   runCommand,

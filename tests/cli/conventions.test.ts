@@ -6,7 +6,8 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT, runProgram, VALID_ARGUMENTS } from "../helpers/common.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
+import { runProgram, VALID_ARGUMENTS } from "../helpers/common.ts";
 
 const { version } = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string };
 // Starting bun on a shared 2-core machine: room, but no assertion on time.

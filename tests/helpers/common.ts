@@ -8,9 +8,9 @@ import { expect } from "bun:test";
 import { mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 
 /** The project's root (the work tree). */
-export const ROOT = join(import.meta.dir, "..", "..");
 
 /**
  * The environment to run one of our programs in `cwd` with: this process's,

@@ -9,7 +9,8 @@ import { afterAll, beforeAll } from "bun:test";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { caseDirs, type ProgramRun, ROOT, runCommand, runProgram } from "./common.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
+import { caseDirs, type ProgramRun, runCommand, runProgram } from "./common.ts";
 
 /** Real processes, python3 and pigz on a shared machine: room, but no assertion on time. */
 export const MKIMAGE_TIMEOUT_MS = 120_000;

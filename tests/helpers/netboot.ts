@@ -9,9 +9,10 @@ import { afterAll, beforeAll } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { encodeFrame, type Mac, parseMac } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { hex, programOutput, python, ROOT, RunningCommand, runProgram } from "./common.ts";
+import { hex, programOutput, python, RunningCommand, runProgram } from "./common.ts";
 import { BROADCAST, macText, type Parsed, parse } from "./frames.ts";
 
 /** A pool-like raw file: random records, zeros and text, from a fixed seed; prints its SHA-256. */

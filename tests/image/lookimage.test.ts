@@ -9,7 +9,8 @@
 
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
-import { ROOT, VECTORS } from "../helpers/common.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
+import { VECTORS } from "../helpers/common.ts";
 import { expectFailure, LOOKIMAGE_TIMEOUT_MS, lookimage, lookimageCases, VECTOR_NAMES } from "../helpers/lookimage.ts";
 
 setDefaultTimeout(LOOKIMAGE_TIMEOUT_MS);

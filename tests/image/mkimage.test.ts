@@ -12,9 +12,10 @@ import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { makeImage } from "@ramdisk-tools/image/make.ts";
 import { ZLIB_BLOCK_SIZE } from "@ramdisk-tools/image/payload-encoders.ts";
 import { FLUSH_INTERVAL, type ZlibLevel } from "@ramdisk-tools/image/zlib-stream.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { samplePoolChunks } from "@ramdisk-tools/lab/sample-pool.ts";
 import { IMAGE_THREADS } from "../../workers/entry-points.ts";
-import { python, ROOT, runCommandBytes, VECTORS } from "../helpers/common.ts";
+import { python, runCommandBytes, VECTORS } from "../helpers/common.ts";
 import { listing, MKIMAGE_TIMEOUT_MS, mkimage, mkimageScratch, sameBytes } from "../helpers/mkimage.ts";
 
 const { caseDir } = mkimageScratch();

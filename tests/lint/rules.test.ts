@@ -9,7 +9,8 @@
 import { afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT, runCommand } from "../helpers/common.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
+import { runCommand } from "../helpers/common.ts";
 
 /** Planted files live where the rules look, so every one is removed after its test. */
 const planted: string[] = [];

@@ -17,11 +17,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MIB } from "@ramdisk-tools/bytes/units.ts";
 import { decodeSeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import { type ZstdImageMemory, ZstdImageReader, zstdImageMemory } from "@ramdisk-tools/netboot/block-cache.ts";
 import { startReadAhead } from "@ramdisk-tools/netboot/served-image.ts";
 import { SERVER_THREADS } from "../../workers/entry-points.ts";
-import { programOutput, python, ROOT } from "../helpers/common.ts";
+import { programOutput, python } from "../helpers/common.ts";
 import { runSleds, ServerProcess, writePool } from "../helpers/netboot.ts";
 
 setDefaultTimeout(120_000);

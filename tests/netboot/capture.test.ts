@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { canUseRawNetwork, withVethPair } from "@ramdisk-tools/lab/veth.ts";
 import {
   BROADCAST_MAC,
@@ -22,7 +23,7 @@ import {
   sameMac,
 } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapLink } from "@ramdisk-tools/wire/libpcap.ts";
-import { commandOutput, programOutput, python, ROOT, runProgram, startProgram } from "../helpers/common.ts";
+import { commandOutput, programOutput, python, runProgram, startProgram } from "../helpers/common.ts";
 
 const DISSECTOR = join(ROOT, "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");

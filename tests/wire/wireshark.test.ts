@@ -12,11 +12,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { ROOT } from "@ramdisk-tools/lab/paths.ts";
 import { BROADCAST_MAC, datasetField, encodeFrame, type Message, READ_SLOTS } from "@ramdisk-tools/protocol/frames.ts";
 import { PcapFileError, PcapFileWriter } from "@ramdisk-tools/wire/pcap-file.ts";
 import { commandOutput, hex, python, runCommand } from "../helpers/common.ts";
 
-const DISSECTOR = join(import.meta.dir, "..", "..", "wireshark", "oxide-netboot.lua");
+const DISSECTOR = join(ROOT, "wireshark", "oxide-netboot.lua");
 const TSHARK = Bun.which("tshark");
 const CAPINFOS = Bun.which("capinfos");
 const PYTHON = Bun.which("python3");
