@@ -25,8 +25,8 @@ import { sendPayload } from "@ramdisk-tools/image/verify.ts";
 import { PieceSender, receivePieces } from "@ramdisk-tools/threads/piece-queue.ts";
 import { inflateDirectory, RawImageFill, type RawImageHandle, RawImageReader } from "./raw-image.ts";
 
-/** Bytes of a plain image hashed at a time. */
-const HASH_CHUNK = 4 * 1024 * 1024;
+/** Bytes read from an image file at a time: a plain image hashed here, a zstd payload loaded (served-image.ts). */
+export const READ_CHUNK = 4 * 1024 * 1024;
 
 /** How far below the sessions the thread runs (nice). */
 const FILL_PRIORITY = 10;
@@ -89,11 +89,11 @@ async function fillAndCheck(request: FillRequest, fill: RawImageFill): Promise<v
 /** Hash a plain image's file as it is served (its own descriptor on the loader's open file). */
 function hashFile(request: FillRequest, hasher: Bun.CryptoHasher): number {
   const reader = new RawImageReader(request.handle);
-  const buffer = new Uint8Array(HASH_CHUNK);
+  const buffer = new Uint8Array(READ_CHUNK);
   try {
     let done = 0;
     while (done < reader.size) {
-      const length = Math.min(HASH_CHUNK, reader.size - done);
+      const length = Math.min(READ_CHUNK, reader.size - done);
       try {
         reader.read(buffer, 0, done, length);
       } catch (error) {

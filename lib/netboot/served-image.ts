@@ -55,7 +55,7 @@ import {
 import { IMAGE_VERSIONS, payloadCodec, readSeekTable } from "@ramdisk-tools/image/zstd-image.ts";
 import type { SeekTable } from "@ramdisk-tools/image/zstd-seekable.ts";
 import { stopReadAhead, type ZstdImageMemory, zstdImageMemory } from "./block-cache.ts";
-import type { FillRequest, FillResult } from "./image-fill.ts";
+import { type FillRequest, type FillResult, READ_CHUNK } from "./image-fill.ts";
 import { inflateDirectory, RawImageFill, type RawImageHandle, rawImageHandle } from "./raw-image.ts";
 import type { ServedImageThreads } from "./threads.ts";
 
@@ -95,9 +95,6 @@ export interface ServedImage {
    */
   retire?: () => void;
 }
-
-/** Bytes read from the file at a time. */
-const READ_CHUNK = 4 * 1024 * 1024;
 
 function stampOf(stats: { size: number; mtimeMs: number; ino: number; dev: number }): FileStamp {
   return { size: stats.size, mtimeMs: stats.mtimeMs, ino: stats.ino, dev: stats.dev };
